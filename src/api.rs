@@ -1,0 +1,371 @@
+//! The `RedisCluster` custom resource (`redis-xds.dev/v1alpha1`).
+//!
+//! These types are the user-facing contract: the CRD in `crds/` is generated from them, the
+//! Kubernetes watcher and the manifests directory both deserialize into them, and `compile`
+//! reads them (through [`crate::model`]). Every field documented here is either turned into an
+//! Envoy field by `compile` or rejected there with a reason; nothing is silently dropped.
+//!
+//! What the API server can check on its own is expressed in the schema (enums, ranges,
+//! patterns, CEL rules), so a bad object is refused at `kubectl apply` time. `compile` repeats
+//! every check because manifests files never pass through an API server.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::GoDuration;
+
+/// API group of every resource redis-xds defines.
+pub const GROUP: &str = "redis-xds.dev";
+/// The only served (and stored) version.
+pub const VERSION: &str = "v1alpha1";
+/// Kind of the custom resource.
+pub const KIND: &str = "RedisCluster";
+
+/// One set of Redis servers (an Envoy cluster) and, optionally, a listener that sidecars open
+/// for applications.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "redis-xds.dev",
+    version = "v1alpha1",
+    kind = "RedisCluster",
+    namespaced,
+    status = "RedisClusterStatus",
+    shortname = "rdc",
+    category = "redis-xds",
+    doc = "A set of Redis servers that Envoy sidecars reach through redis_proxy, optionally with a listener the sidecars open for applications.",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints"),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        json_path = ".status.proxies.connected"
+    ),
+    printcolumn(
+        name = "Synced",
+        type_ = "integer",
+        json_path = ".status.proxies.synced"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.topology)").message("spec.topology applies to mode Cluster only: Envoy discovers no topology for Sharded servers"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.listener) || !has(self.listener.readPolicy)").message("spec.listener.readPolicy applies to mode Cluster only: Envoy ignores it for Sharded servers"))]
+#[serde(rename_all = "camelCase")]
+pub struct RedisClusterSpec {
+    /// How Envoy talks to the servers. `Cluster` (default): the Redis Cluster protocol, Envoy
+    /// learns the slot map itself. `Sharded`: independent primaries, keys spread by consistent
+    /// hashing on a stable endpoint name.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// Where the Redis servers are: exactly one of `selector`, `service` or `static`.
+    pub endpoints: Endpoints,
+
+    /// Redis port on the endpoints found by `selector` or `service`. Default 6379.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+
+    /// Upstream AUTH: Envoy authenticates to every server with this Secret's `password` (and
+    /// optional `username`). The Secret lives in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+
+    /// Upstream connect timeout (Envoy `Cluster.connect_timeout`). Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<GoDuration>,
+
+    /// Topology refresh settings (mode Cluster only): Envoy `RedisClusterConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+
+    /// The listener sidecars open for applications. Without it this RedisCluster is only a
+    /// target of other RedisClusters' routes and mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<Listener>,
+}
+
+/// How Envoy distributes keys over the servers.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Redis Cluster protocol (`envoy.clusters.redis`, CLUSTER_PROVIDED load balancing).
+    #[default]
+    Cluster,
+    /// Independent primaries, ring-hash on the endpoint name, Redis health checks.
+    Sharded,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Cluster => "Cluster",
+            Mode::Sharded => "Sharded",
+        })
+    }
+}
+
+/// Where the Redis servers are. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.selector), has(self.service), has(self.static)].filter(x, x).size() == 1").message("set exactly one of endpoints.selector, endpoints.service or endpoints.static"))]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    /// Ready Pods in this namespace whose labels match; the pod name is the stable endpoint
+    /// name (StatefulSet pods keep it across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// A Service in this namespace: its ready EndpointSlice endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub service: Option<String>,
+    /// Fixed addresses, `host:port` or `name=host:port`. The name (default: the address
+    /// itself) is what Sharded mode hashes on, so a server can move without moving keys.
+    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub static_: Option<Vec<String>>,
+}
+
+/// A reference to a Secret in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// The Secret holding `password` (required) and `username` (optional).
+    pub secret_ref: SecretRef,
+}
+
+/// Names a Secret in the referring object's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Envoy `envoy.clusters.redis` topology refresh settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    /// How often Envoy re-reads CLUSTER SLOTS (`cluster_refresh_rate`). Envoy default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<GoDuration>,
+    /// Timeout of one topology request (`cluster_refresh_timeout`). Envoy default 3s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_timeout: Option<GoDuration>,
+    /// Minimum time between redirection-triggered refreshes (`redirect_refresh_interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_refresh_interval: Option<GoDuration>,
+    /// MOVED/ASK replies that trigger a refresh (`redirect_refresh_threshold`); 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_refresh_threshold: Option<u32>,
+    /// Upstream failures that trigger a refresh (`failure_refresh_threshold`); 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_refresh_threshold: Option<u32>,
+    /// Degraded-host events that trigger a refresh (`host_degraded_refresh_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_degraded_refresh_threshold: Option<u32>,
+}
+
+/// A `redis_proxy` listener on the sidecars that `clients` selects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Port the sidecar listens on for applications.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+    /// IP address the sidecar listens on. Default 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Which proxies get this listener. Default: every proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Clients>,
+    /// Where reads go (mode Cluster only). Default Master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_policy: Option<ReadPolicy>,
+    /// Per-command timeout (`op_timeout`). Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_timeout: Option<GoDuration>,
+    /// Hash only the `{...}` part of keys (`enable_hashtagging`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_hashtagging: Option<bool>,
+    /// Follow MOVED/ASK (`enable_redirection`). Default true in mode Cluster, false in Sharded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_redirection: Option<bool>,
+    /// Per-command stats on the upstream (`enable_command_stats`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_command_stats: Option<bool>,
+    /// Flush pipelined requests after this long (`buffer_flush_timeout`). Envoy default 3ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_flush_timeout: Option<GoDuration>,
+    /// Buffer this many bytes before flushing (`max_buffer_size_before_flush`); 0 flushes
+    /// every request at once. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffer_size_before_flush: Option<u32>,
+    /// Cap on connections to hosts learned by redirection
+    /// (`max_upstream_unknown_connections`). Envoy default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upstream_unknown_connections: Option<u32>,
+    /// Match route prefixes case-insensitively (`prefix_routes.case_insensitive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_insensitive: Option<bool>,
+    /// Prefix routes; Envoy picks the longest matching prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Keys no route matches. Default: this RedisCluster, no mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_all: Option<CatchAll>,
+    /// Clients must AUTH with this Secret's `password` (and `username`, when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream_auth: Option<Auth>,
+    /// Injected faults (`faults`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+}
+
+/// Selects the proxies (sidecars) that receive a listener, by the namespace and labels they
+/// report in their xDS node metadata.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Clients {
+    /// Namespaces of the proxies; `*` means any. Default `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// Labels of the proxies. Default: any labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Envoy `ConnPoolSettings.ReadPolicy`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPolicy {
+    /// Reads go to primaries only.
+    Master,
+    /// Primaries, replicas when no primary is healthy.
+    PreferMaster,
+    /// Replicas only.
+    Replica,
+    /// Replicas, primaries when no replica is healthy.
+    PreferReplica,
+    /// Any node.
+    Any,
+}
+
+/// A prefix route.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Key prefix. The longest matching prefix wins.
+    #[schemars(length(min = 1))]
+    pub prefix: String,
+    /// Target RedisCluster: `name` (same namespace) or `namespace/name`.
+    #[schemars(length(min = 1))]
+    pub cluster: String,
+    /// Strip the prefix before forwarding. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_prefix: Option<bool>,
+    /// Read commands go to this RedisCluster instead (`read_command_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_cluster: Option<String>,
+    /// Copies of matching commands go to these RedisClusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<Mirror>,
+}
+
+/// What keys matching no route do.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CatchAll {
+    /// Target RedisCluster. Default: the RedisCluster that owns the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Read commands go to this RedisCluster instead (`read_command_policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_cluster: Option<String>,
+    /// Copies of commands go to these RedisClusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<Mirror>,
+}
+
+/// A request mirror (`request_mirror_policy`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    /// Mirror target RedisCluster: `name` or `namespace/name`.
+    #[schemars(length(min = 1))]
+    pub cluster: String,
+    /// Share of commands mirrored, 0..100. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<u32>,
+    /// Mirror writes only. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_read_commands: Option<bool>,
+}
+
+/// An injected fault (`RedisFault`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type == 'Delay' ? has(self.delay) : !has(self.delay)").message("a Delay fault needs delay; an Error fault takes none"))]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    /// Error: reply with an error. Delay: hold the command for `delay`.
+    #[serde(rename = "type")]
+    pub type_: FaultType,
+    /// Share of matching commands affected, 0..100.
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+    /// Commands affected (e.g. GET); empty means every command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
+    /// How long a Delay fault holds the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<GoDuration>,
+}
+
+/// Envoy `RedisFault.RedisFaultType`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultType {
+    /// Reply with an error.
+    Error,
+    /// Delay the command.
+    Delay,
+}
+
+/// Observed state, written by the replica that holds the status Lease.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisClusterStatus {
+    /// `metadata.generation` these facts were computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (the spec is valid and its references resolve) and `Programmed` (the
+    /// proxies that should have it accepted it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Resolved Redis endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<u32>,
+    /// Proxies that should receive this object's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxies: Option<ProxyCounts>,
+}
+
+/// Counts of the proxies that should receive an object's resources.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyCounts {
+    /// Connected proxies that select this object.
+    pub connected: u32,
+    /// Of those, the ones that ACKed the current version.
+    pub synced: u32,
+    /// Of those, the ones that NACKed it.
+    pub rejected: u32,
+}
+
+/// Labels as found on Pods, Services and proxies.
+pub type Labels = BTreeMap<String, String>;

@@ -1,0 +1,317 @@
+//! Builds Envoy protobuf messages from validated [`Plan`]s. Every function here is a plain
+//! translation: all decisions (defaults, validation, reference resolution) were made before.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::clusters::redis::v3::RedisClusterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::redis_proxy::v3 as redis;
+use envoy_types::pb::envoy::extensions::health_checkers::redis::v3::Redis as RedisHealthCheck;
+use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
+use envoy_types::pb::google::protobuf as pbw;
+
+use super::names;
+use super::plan::{Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan};
+use crate::api::{FaultType, Mode, ReadPolicy};
+use crate::model::SecretValue;
+
+/// Filter name of redis_proxy; also the key of its protocol options on clusters.
+pub const REDIS_PROXY_FILTER: &str = "envoy.filters.network.redis_proxy";
+/// Custom cluster type for Redis Cluster mode.
+pub const REDIS_CLUSTER_TYPE: &str = "envoy.clusters.redis";
+/// Health checker for Sharded mode.
+pub const REDIS_HEALTH_CHECKER: &str = "envoy.health_checkers.redis";
+/// Endpoint metadata namespace read by Envoy's hashing load balancers.
+pub const LB_METADATA: &str = "envoy.lb";
+
+/// Sharded-mode health check timing. Fixed, documented values: a shard marked down moves
+/// its keys to the next ring entry, so flapping must be avoided more than slow detection.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(3);
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const HEALTH_CHECK_UNHEALTHY_THRESHOLD: u32 = 3;
+const HEALTH_CHECK_HEALTHY_THRESHOLD: u32 = 1;
+
+/// Packs a message into `google.protobuf.Any`.
+pub fn any<M: prost::Name>(m: &M) -> pbw::Any {
+    pbw::Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn duration(d: Duration) -> pbw::Duration {
+    pbw::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn percent(p: u32) -> core::RuntimeFractionalPercent {
+    core::RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent {
+            numerator: p,
+            denominator: DenominatorType::Hundred as i32,
+        }),
+        runtime_key: String::new(),
+    }
+}
+
+fn secret_source(v: &SecretValue) -> core::DataSource {
+    let specifier = match std::str::from_utf8(v.expose()) {
+        Ok(s) => core::data_source::Specifier::InlineString(s.to_owned()),
+        Err(_) => core::data_source::Specifier::InlineBytes(v.expose().to_vec()),
+    };
+    core::DataSource {
+        specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+/// A TCP socket address.
+pub fn socket_address(host: &str, port: u16) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            protocol: core::socket_address::Protocol::Tcp as i32,
+            address: host.to_owned(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
+                port,
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The ADS config source, used by EDS clusters.
+pub fn ads_config_source() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+/// Endpoints of a cluster. In Sharded mode each carries its stable name as the ring-hash
+/// key, so a server that comes back with a new address keeps its keys.
+pub fn load_assignment(
+    cluster_name: &str,
+    mode: Mode,
+    endpoints: &[Endpoint],
+) -> endpoint::ClusterLoadAssignment {
+    let lb_endpoints = endpoints
+        .iter()
+        .map(|ep| {
+            let metadata = (mode == Mode::Sharded).then(|| core::Metadata {
+                filter_metadata: HashMap::from([(
+                    LB_METADATA.to_owned(),
+                    pbw::Struct {
+                        fields: HashMap::from([(
+                            "hash_key".to_owned(),
+                            pbw::Value {
+                                kind: Some(pbw::value::Kind::StringValue(ep.name.clone())),
+                            },
+                        )]),
+                    },
+                )]),
+                ..Default::default()
+            });
+            endpoint::LbEndpoint {
+                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                    endpoint::Endpoint {
+                        address: Some(socket_address(&ep.host, ep.port)),
+                        hostname: ep.name.clone(),
+                        ..Default::default()
+                    },
+                )),
+                metadata,
+                ..Default::default()
+            }
+        })
+        .collect();
+    endpoint::ClusterLoadAssignment {
+        cluster_name: cluster_name.to_owned(),
+        endpoints: vec![endpoint::LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The Envoy cluster of a plan and, for EDS clusters (Sharded mode), its endpoints as a
+/// separate ClusterLoadAssignment.
+pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAssignment>) {
+    let name = names::cluster_name(&plan.key);
+    let mut c = cluster::Cluster {
+        name: name.clone(),
+        connect_timeout: Some(duration(plan.connect_timeout)),
+        ..Default::default()
+    };
+    if let Some(auth) = &plan.auth {
+        let options = redis::RedisProtocolOptions {
+            auth_password: Some(secret_source(&auth.password)),
+            auth_username: auth.username.as_ref().map(secret_source),
+            ..Default::default()
+        };
+        c.typed_extension_protocol_options =
+            HashMap::from([(REDIS_PROXY_FILTER.to_owned(), any(&options))]);
+    }
+    match plan.mode {
+        Mode::Cluster => {
+            let t = &plan.topology;
+            let config = RedisClusterConfig {
+                cluster_refresh_rate: t.refresh_interval.map(duration),
+                cluster_refresh_timeout: t.refresh_timeout.map(duration),
+                redirect_refresh_interval: t.redirect_refresh_interval.map(duration),
+                redirect_refresh_threshold: t
+                    .redirect_refresh_threshold
+                    .map(|value| pbw::UInt32Value { value }),
+                failure_refresh_threshold: t.failure_refresh_threshold,
+                host_degraded_refresh_threshold: t.host_degraded_refresh_threshold,
+                ..Default::default()
+            };
+            c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::ClusterType(
+                cluster::cluster::CustomClusterType {
+                    name: REDIS_CLUSTER_TYPE.to_owned(),
+                    typed_config: Some(any(&config)),
+                },
+            ));
+            c.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+            c.load_assignment = Some(load_assignment(&name, plan.mode, &plan.endpoints));
+            (c, None)
+        }
+        Mode::Sharded => {
+            c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+                cluster::cluster::DiscoveryType::Eds as i32,
+            ));
+            c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
+                eds_config: Some(ads_config_source()),
+                service_name: String::new(),
+            });
+            c.lb_policy = cluster::cluster::LbPolicy::RingHash as i32;
+            c.health_checks = vec![core::HealthCheck {
+                timeout: Some(duration(HEALTH_CHECK_TIMEOUT)),
+                interval: Some(duration(HEALTH_CHECK_INTERVAL)),
+                unhealthy_threshold: Some(pbw::UInt32Value {
+                    value: HEALTH_CHECK_UNHEALTHY_THRESHOLD,
+                }),
+                healthy_threshold: Some(pbw::UInt32Value {
+                    value: HEALTH_CHECK_HEALTHY_THRESHOLD,
+                }),
+                health_checker: Some(core::health_check::HealthChecker::CustomHealthCheck(
+                    core::health_check::CustomHealthCheck {
+                        name: REDIS_HEALTH_CHECKER.to_owned(),
+                        config_type: Some(
+                            core::health_check::custom_health_check::ConfigType::TypedConfig(any(
+                                &RedisHealthCheck::default(),
+                            )),
+                        ),
+                    },
+                )),
+                ..Default::default()
+            }];
+            let cla = load_assignment(&name, plan.mode, &plan.endpoints);
+            (c, Some(cla))
+        }
+    }
+}
+
+fn mirror(m: &MirrorPlan) -> redis::redis_proxy::prefix_routes::route::RequestMirrorPolicy {
+    redis::redis_proxy::prefix_routes::route::RequestMirrorPolicy {
+        cluster: names::cluster_name(&m.target),
+        runtime_fraction: Some(percent(m.percent)),
+        exclude_read_commands: m.exclude_read_commands,
+    }
+}
+
+fn route(r: &RoutePlan) -> redis::redis_proxy::prefix_routes::Route {
+    redis::redis_proxy::prefix_routes::Route {
+        prefix: r.prefix.clone(),
+        remove_prefix: r.remove_prefix,
+        cluster: names::cluster_name(&r.target),
+        request_mirror_policy: r.mirrors.iter().map(mirror).collect(),
+        read_command_policy: r.read_target.as_ref().map(|t| {
+            redis::redis_proxy::prefix_routes::route::ReadCommandPolicy {
+                cluster: names::cluster_name(t),
+            }
+        }),
+        ..Default::default()
+    }
+}
+
+fn read_policy(p: ReadPolicy) -> redis::redis_proxy::conn_pool_settings::ReadPolicy {
+    use redis::redis_proxy::conn_pool_settings::ReadPolicy as Envoy;
+    match p {
+        ReadPolicy::Master => Envoy::Master,
+        ReadPolicy::PreferMaster => Envoy::PreferMaster,
+        ReadPolicy::Replica => Envoy::Replica,
+        ReadPolicy::PreferReplica => Envoy::PreferReplica,
+        ReadPolicy::Any => Envoy::Any,
+    }
+}
+
+fn fault(f: &FaultPlan) -> redis::redis_proxy::RedisFault {
+    use redis::redis_proxy::redis_fault::RedisFaultType;
+    redis::redis_proxy::RedisFault {
+        fault_type: match f.kind {
+            FaultType::Error => RedisFaultType::Error,
+            FaultType::Delay => RedisFaultType::Delay,
+        } as i32,
+        fault_enabled: Some(percent(f.percent)),
+        delay: f.delay.map(duration),
+        commands: f.commands.clone(),
+    }
+}
+
+fn downstream_auth(proxy: &mut redis::RedisProxy, creds: &Credentials) {
+    proxy.downstream_auth_passwords = vec![secret_source(&creds.password)];
+    proxy.downstream_auth_username = creds.username.as_ref().map(secret_source);
+}
+
+/// The redis_proxy listener of a plan.
+pub fn listener(plan: &Plan, l: &ListenerPlan) -> listener::Listener {
+    let mut proxy = redis::RedisProxy {
+        stat_prefix: names::stat_prefix(&plan.key),
+        settings: Some(redis::redis_proxy::ConnPoolSettings {
+            op_timeout: Some(duration(l.op_timeout)),
+            enable_hashtagging: l.enable_hashtagging,
+            enable_redirection: l.enable_redirection,
+            max_buffer_size_before_flush: l.max_buffer_size_before_flush,
+            buffer_flush_timeout: l.buffer_flush_timeout.map(duration),
+            max_upstream_unknown_connections: l
+                .max_upstream_unknown_connections
+                .map(|value| pbw::UInt32Value { value }),
+            enable_command_stats: l.enable_command_stats,
+            read_policy: l.read_policy.map_or(0, |p| read_policy(p) as i32),
+            ..Default::default()
+        }),
+        prefix_routes: Some(redis::redis_proxy::PrefixRoutes {
+            routes: l.routes.iter().map(route).collect(),
+            case_insensitive: l.case_insensitive,
+            catch_all_route: Some(route(&l.catch_all)),
+        }),
+        faults: l.faults.iter().map(fault).collect(),
+        ..Default::default()
+    };
+    if let Some(creds) = &l.downstream_auth {
+        downstream_auth(&mut proxy, creds);
+    }
+    listener::Listener {
+        name: names::listener_name(&plan.key, l.address, l.port),
+        address: Some(socket_address(&l.address.to_string(), l.port)),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        filter_chains: vec![listener::FilterChain {
+            filters: vec![listener::Filter {
+                name: REDIS_PROXY_FILTER.to_owned(),
+                config_type: Some(listener::filter::ConfigType::TypedConfig(any(&proxy))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

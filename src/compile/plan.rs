@@ -1,0 +1,821 @@
+//! Checks one RedisCluster on its own and resolves what it needs from the model (endpoints,
+//! Secrets). The result is a [`Plan`]: everything the Envoy builders need, already validated,
+//! or the list of every problem found (not just the first, so one edit can fix them all).
+//!
+//! References to other RedisClusters are only parsed here; whether their targets exist and
+//! are accepted is decided across objects in [`super::compile`].
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::problem::{Problem, Reason};
+use super::selector;
+use crate::api::{FaultType, Mode, ReadPolicy, RedisClusterSpec};
+use crate::duration::GoDuration;
+use crate::model::{Model, ObjectKey, RedisClusterObject, SecretValue};
+
+/// Default Redis port of `selector` and `service` endpoints.
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default per-command timeout; Envoy requires one.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default listener address: sidecars serve their own pod only.
+pub const DEFAULT_LISTENER_ADDRESS: &str = "127.0.0.1";
+
+/// A Redis server address with its stable name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// Stable name; Sharded mode hashes on it.
+    pub name: String,
+    /// IP address or (Cluster mode, static only) DNS name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// AUTH material from a Secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// `username`, when the Secret has one.
+    pub username: Option<SecretValue>,
+    /// `password`.
+    pub password: SecretValue,
+}
+
+/// Which proxies a listener goes to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientMatcher {
+    /// Namespaces; `None` means any.
+    pub namespaces: Option<BTreeSet<String>>,
+    /// Label selector; `None` means any labels.
+    pub selector: Option<LabelSelector>,
+}
+
+impl ClientMatcher {
+    /// True when the proxy with this identity gets the listener. A proxy that reported no
+    /// namespace (or no labels) matches every namespace (or selector): it said nothing that
+    /// could exclude it.
+    pub fn selects(&self, namespace: Option<&str>, labels: Option<&crate::api::Labels>) -> bool {
+        let ns_ok = match (&self.namespaces, namespace) {
+            (Some(allowed), Some(ns)) => allowed.contains(ns),
+            _ => true,
+        };
+        let labels_ok = match (&self.selector, labels) {
+            (Some(sel), Some(labels)) => selector::matches(sel, labels),
+            _ => true,
+        };
+        ns_ok && labels_ok
+    }
+
+    /// False only when no proxy can be selected by both.
+    pub fn may_overlap(&self, other: &ClientMatcher) -> bool {
+        let ns = match (&self.namespaces, &other.namespaces) {
+            (Some(a), Some(b)) => !a.is_disjoint(b),
+            _ => true,
+        };
+        let labels = match (&self.selector, &other.selector) {
+            (Some(a), Some(b)) => selector::may_overlap(a, b),
+            _ => true,
+        };
+        ns && labels
+    }
+}
+
+/// A reference from this object to another RedisCluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ref {
+    /// Field that holds it, for problems.
+    pub field: String,
+    /// Target.
+    pub target: ObjectKey,
+}
+
+/// A validated mirror.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorPlan {
+    /// Target.
+    pub target: ObjectKey,
+    /// 0..=100.
+    pub percent: u32,
+    /// Writes only.
+    pub exclude_read_commands: bool,
+}
+
+/// A validated route (`prefix` is empty for the catch-all route).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePlan {
+    /// Key prefix.
+    pub prefix: String,
+    /// Strip the prefix.
+    pub remove_prefix: bool,
+    /// Target.
+    pub target: ObjectKey,
+    /// Target of read commands.
+    pub read_target: Option<ObjectKey>,
+    /// Mirrors.
+    pub mirrors: Vec<MirrorPlan>,
+}
+
+/// A validated fault.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultPlan {
+    /// Error or delay.
+    pub kind: FaultType,
+    /// 0..=100.
+    pub percent: u32,
+    /// Lower-cased command names; empty means all.
+    pub commands: Vec<String>,
+    /// Delay faults only.
+    pub delay: Option<Duration>,
+}
+
+/// A validated listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerPlan {
+    /// Address.
+    pub address: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Who gets it.
+    pub clients: ClientMatcher,
+    /// Read policy (Cluster mode).
+    pub read_policy: Option<ReadPolicy>,
+    /// Per-command timeout.
+    pub op_timeout: Duration,
+    /// Hashtagging.
+    pub enable_hashtagging: bool,
+    /// Redirection.
+    pub enable_redirection: bool,
+    /// Command stats.
+    pub enable_command_stats: bool,
+    /// Buffer flush timeout, if set.
+    pub buffer_flush_timeout: Option<Duration>,
+    /// Buffer size before flush.
+    pub max_buffer_size_before_flush: u32,
+    /// Unknown upstream connection cap, if set.
+    pub max_upstream_unknown_connections: Option<u32>,
+    /// Case-insensitive prefixes.
+    pub case_insensitive: bool,
+    /// Prefix routes, in spec order.
+    pub routes: Vec<RoutePlan>,
+    /// The catch-all route.
+    pub catch_all: RoutePlan,
+    /// Client AUTH.
+    pub downstream_auth: Option<Credentials>,
+    /// Faults.
+    pub faults: Vec<FaultPlan>,
+    /// Every RedisCluster this listener sends commands to, with the field naming it.
+    pub refs: Vec<Ref>,
+}
+
+/// Topology settings (Cluster mode).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopologyPlan {
+    /// `cluster_refresh_rate`.
+    pub refresh_interval: Option<Duration>,
+    /// `cluster_refresh_timeout`.
+    pub refresh_timeout: Option<Duration>,
+    /// `redirect_refresh_interval`.
+    pub redirect_refresh_interval: Option<Duration>,
+    /// `redirect_refresh_threshold`.
+    pub redirect_refresh_threshold: Option<u32>,
+    /// `failure_refresh_threshold`.
+    pub failure_refresh_threshold: u32,
+    /// `host_degraded_refresh_threshold`.
+    pub host_degraded_refresh_threshold: u32,
+}
+
+/// One RedisCluster, validated and resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Identity.
+    pub key: ObjectKey,
+    /// Mode.
+    pub mode: Mode,
+    /// Resolved endpoints, sorted by name.
+    pub endpoints: Vec<Endpoint>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Topology settings (Cluster mode).
+    pub topology: TopologyPlan,
+    /// Upstream AUTH.
+    pub auth: Option<Credentials>,
+    /// The listener, if any.
+    pub listener: Option<ListenerPlan>,
+}
+
+/// Collects problems for one object.
+struct Checker<'a> {
+    key: &'a ObjectKey,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, field: impl Into<String>, reason: Reason, message: impl Into<String>) {
+        self.problems.push(Problem {
+            object: self.key.clone(),
+            field: field.into(),
+            reason,
+            message: message.into(),
+        });
+    }
+
+    fn invalid(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.report(field, Reason::Invalid, message);
+    }
+
+    fn port(&mut self, field: &str, value: u32) -> u16 {
+        match u16::try_from(value) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.invalid(field, format!("port {value} is out of range 1..65535"));
+                1
+            }
+        }
+    }
+
+    fn positive(&mut self, field: &str, value: Option<&GoDuration>) -> Option<Duration> {
+        let d = value?.get();
+        if d.is_zero() {
+            self.invalid(field, "must be greater than 0");
+        }
+        Some(d)
+    }
+
+    fn percent(&mut self, field: &str, value: u32) -> u32 {
+        if value > 100 {
+            self.invalid(field, format!("percent {value} is out of range 0..100"));
+        }
+        value.min(100)
+    }
+
+    /// Parses `name` or `namespace/name`.
+    fn reference(&mut self, field: &str, text: &str) -> Option<ObjectKey> {
+        let (ns, name) = match text.split_once('/') {
+            Some((ns, name)) => (ns, name),
+            None => (self.key.namespace.as_str(), text),
+        };
+        if !is_dns_label(ns) || !is_dns_subdomain(name) {
+            self.invalid(
+                field,
+                format!("{text:?} is not a RedisCluster reference: write `name` (same namespace) or `namespace/name`"),
+            );
+            return None;
+        }
+        Some(ObjectKey::new(ns, name))
+    }
+
+    fn credentials(
+        &mut self,
+        field: &str,
+        model: &Model,
+        secret_name: &str,
+    ) -> Option<Credentials> {
+        let secret_key = ObjectKey::new(&self.key.namespace, secret_name);
+        let Some(secret) = model.secrets.get(&secret_key) else {
+            self.report(
+                field,
+                Reason::SecretNotFound,
+                format!(
+                    "Secret {secret_name:?} not found in namespace {:?}",
+                    self.key.namespace
+                ),
+            );
+            return None;
+        };
+        let Some(password) = secret.data.get("password") else {
+            self.report(
+                field,
+                Reason::SecretNotFound,
+                format!("Secret {secret_key} has no key \"password\": add it (and optionally \"username\")"),
+            );
+            return None;
+        };
+        if password.expose().is_empty() {
+            self.invalid(
+                field,
+                format!("Secret {secret_key} has an empty \"password\""),
+            );
+            return None;
+        }
+        let username = secret
+            .data
+            .get("username")
+            .filter(|u| !u.expose().is_empty())
+            .cloned();
+        Some(Credentials {
+            username,
+            password: password.clone(),
+        })
+    }
+}
+
+/// Validates one object and resolves its inputs.
+pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem>> {
+    let mut c = Checker {
+        key: &obj.key,
+        problems: Vec::new(),
+    };
+    let spec: &RedisClusterSpec = &obj.spec;
+    let mode = spec.mode;
+
+    let port = match spec.port {
+        Some(p) => c.port("spec.port", p),
+        None => DEFAULT_REDIS_PORT,
+    };
+    let endpoints = endpoints(&mut c, obj, model, port);
+
+    let connect_timeout = c
+        .positive("spec.connectTimeout", spec.connect_timeout.as_ref())
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+
+    let mut topology = TopologyPlan::default();
+    if let Some(t) = &spec.topology {
+        if mode == Mode::Sharded {
+            c.invalid(
+                "spec.topology",
+                "topology applies to mode Cluster only (Envoy discovers no topology for Sharded servers): remove it",
+            );
+        }
+        topology = TopologyPlan {
+            refresh_interval: c
+                .positive("spec.topology.refreshInterval", t.refresh_interval.as_ref()),
+            refresh_timeout: c.positive("spec.topology.refreshTimeout", t.refresh_timeout.as_ref()),
+            redirect_refresh_interval: t.redirect_refresh_interval.as_ref().map(GoDuration::get),
+            redirect_refresh_threshold: t.redirect_refresh_threshold,
+            failure_refresh_threshold: t.failure_refresh_threshold.unwrap_or(0),
+            host_degraded_refresh_threshold: t.host_degraded_refresh_threshold.unwrap_or(0),
+        };
+    }
+
+    let auth = spec
+        .auth
+        .as_ref()
+        .and_then(|a| c.credentials("spec.auth.secretRef.name", model, &a.secret_ref.name));
+
+    let listener = spec
+        .listener
+        .as_ref()
+        .map(|l| listener(&mut c, obj, model, l));
+
+    if c.problems.is_empty() {
+        Ok(Plan {
+            key: obj.key.clone(),
+            mode,
+            endpoints,
+            connect_timeout,
+            topology,
+            auth,
+            listener,
+        })
+    } else {
+        Err(c.problems)
+    }
+}
+
+fn endpoints(
+    c: &mut Checker<'_>,
+    obj: &RedisClusterObject,
+    model: &Model,
+    port: u16,
+) -> Vec<Endpoint> {
+    let e = &obj.spec.endpoints;
+    let set = [
+        e.selector.is_some(),
+        e.service.is_some(),
+        e.static_.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() != 1 {
+        c.invalid(
+            "spec.endpoints",
+            "set exactly one of endpoints.selector, endpoints.service or endpoints.static",
+        );
+        return Vec::new();
+    }
+    let ns = &obj.key.namespace;
+    let mut out = Vec::new();
+    if let Some(sel) = &e.selector {
+        if let Err((field, msg)) = selector::validate(sel) {
+            c.invalid(format!("spec.endpoints.selector.{field}"), msg);
+            return Vec::new();
+        }
+        out.extend(
+            model
+                .pods
+                .values()
+                .filter(|p| &p.key.namespace == ns && p.ready && selector::matches(sel, &p.labels))
+                .filter_map(|p| {
+                    Some(Endpoint {
+                        name: p.key.name.clone(),
+                        host: p.ip.clone()?,
+                        port,
+                    })
+                }),
+        );
+    } else if let Some(service) = &e.service {
+        if !is_dns_label(service) {
+            c.invalid(
+                "spec.endpoints.service",
+                format!("{service:?} is not a valid Service name"),
+            );
+            return Vec::new();
+        }
+        let mut seen = BTreeSet::new();
+        for slice in model
+            .endpoint_slices
+            .values()
+            .filter(|s| &s.key.namespace == ns && &s.service == service)
+        {
+            for ep in slice.endpoints.iter().filter(|ep| ep.ready) {
+                if seen.insert(ep.ip.clone()) {
+                    out.push(Endpoint {
+                        name: ep.name.clone(),
+                        host: ep.ip.clone(),
+                        port,
+                    });
+                }
+            }
+        }
+    } else if let Some(entries) = &e.static_ {
+        if entries.is_empty() {
+            c.invalid("spec.endpoints.static", "list at least one address");
+        }
+        let mut names = BTreeSet::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let field = format!("spec.endpoints.static[{i}]");
+            match parse_static(entry) {
+                Ok(ep) => {
+                    if obj.spec.mode == Mode::Sharded && ep.host.parse::<IpAddr>().is_err() {
+                        c.invalid(
+                            &field,
+                            format!("{entry:?}: mode Sharded needs IP addresses (Envoy does not resolve names for hashed endpoints)"),
+                        );
+                    }
+                    if !names.insert(ep.name.clone()) {
+                        c.invalid(
+                            &field,
+                            format!(
+                                "endpoint name {:?} is used twice; names must be unique",
+                                ep.name
+                            ),
+                        );
+                    }
+                    out.push(ep);
+                }
+                Err(msg) => c.invalid(&field, msg),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Parses `[name=]host:port`, with IPv6 hosts in brackets.
+fn parse_static(entry: &str) -> Result<Endpoint, String> {
+    let hint = "write host:port or name=host:port, e.g. 10.0.0.5:6379, [fd00::5]:6379 or shard-a=redis-0.example:6379";
+    let (name, addr) = match entry.split_once('=') {
+        Some((n, a)) if !n.is_empty() => (Some(n), a),
+        Some(_) => return Err(format!("{entry:?} has an empty name: {hint}")),
+        None => (None, entry),
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{entry:?} has no port: {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{entry:?} has an invalid port: {hint}"))?;
+    let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("{entry:?}: {v6:?} is not an IPv6 address: {hint}"))?;
+        v6.to_owned()
+    } else if host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_subdomain(host) {
+        host.to_owned()
+    } else {
+        return Err(format!(
+            "{entry:?}: {host:?} is neither an IP address nor a DNS name: {hint}"
+        ));
+    };
+    Ok(Endpoint {
+        name: name.map_or_else(|| addr.to_owned(), str::to_owned),
+        host,
+        port,
+    })
+}
+
+fn listener(
+    c: &mut Checker<'_>,
+    obj: &RedisClusterObject,
+    model: &Model,
+    l: &crate::api::Listener,
+) -> ListenerPlan {
+    let mode = obj.spec.mode;
+    let port = c.port("spec.listener.port", l.port);
+    let address_text = l.address.as_deref().unwrap_or(DEFAULT_LISTENER_ADDRESS);
+    let address = address_text.parse::<IpAddr>().unwrap_or_else(|_| {
+        c.invalid(
+            "spec.listener.address",
+            format!("{address_text:?} is not an IP address (e.g. 127.0.0.1 or ::1)"),
+        );
+        IpAddr::from([127, 0, 0, 1])
+    });
+
+    let mut clients = ClientMatcher {
+        namespaces: None,
+        selector: None,
+    };
+    if let Some(cl) = &l.clients {
+        if let Some(namespaces) = &cl.namespaces {
+            if namespaces.is_empty() {
+                c.invalid(
+                    "spec.listener.clients.namespaces",
+                    "list namespaces, or \"*\" for any; an empty list would select no proxy",
+                );
+            }
+            for (i, ns) in namespaces.iter().enumerate() {
+                if ns != "*" && !is_dns_label(ns) {
+                    c.invalid(
+                        format!("spec.listener.clients.namespaces[{i}]"),
+                        format!("{ns:?} is not a namespace name or \"*\""),
+                    );
+                }
+            }
+            if !namespaces.iter().any(|n| n == "*") {
+                clients.namespaces = Some(namespaces.iter().cloned().collect());
+            }
+        }
+        if let Some(sel) = &cl.selector {
+            match selector::validate(sel) {
+                Ok(()) => clients.selector = Some(sel.clone()),
+                Err((field, msg)) => {
+                    c.invalid(format!("spec.listener.clients.selector.{field}"), msg)
+                }
+            }
+        }
+    }
+
+    if l.read_policy.is_some() && mode == Mode::Sharded {
+        c.invalid(
+            "spec.listener.readPolicy",
+            "readPolicy applies to mode Cluster only (Envoy ignores it for Sharded servers): remove it",
+        );
+    }
+
+    let op_timeout = c
+        .positive("spec.listener.opTimeout", l.op_timeout.as_ref())
+        .unwrap_or(DEFAULT_OP_TIMEOUT);
+    let case_insensitive = l.case_insensitive.unwrap_or(false);
+
+    let mut refs = Vec::new();
+    let mirrors =
+        |c: &mut Checker<'_>, base: &str, list: &[crate::api::Mirror], refs: &mut Vec<Ref>| {
+            let mut out = Vec::new();
+            for (j, m) in list.iter().enumerate() {
+                let field = format!("{base}.mirror[{j}]");
+                let percent = c.percent(&format!("{field}.percent"), m.percent.unwrap_or(100));
+                if let Some(target) = c.reference(&format!("{field}.cluster"), &m.cluster) {
+                    refs.push(Ref {
+                        field: format!("{field}.cluster"),
+                        target: target.clone(),
+                    });
+                    out.push(MirrorPlan {
+                        target,
+                        percent,
+                        exclude_read_commands: m.exclude_read_commands.unwrap_or(false),
+                    });
+                }
+            }
+            out
+        };
+
+    let mut routes = Vec::new();
+    let mut prefixes = BTreeSet::new();
+    for (i, r) in l.routes.iter().enumerate() {
+        let base = format!("spec.listener.routes[{i}]");
+        if r.prefix.is_empty() {
+            c.invalid(
+                format!("{base}.prefix"),
+                "prefix must not be empty: use spec.listener.catchAll for keys no route matches",
+            );
+        }
+        let folded = if case_insensitive {
+            r.prefix.to_lowercase()
+        } else {
+            r.prefix.clone()
+        };
+        if !prefixes.insert(folded) {
+            c.invalid(
+                format!("{base}.prefix"),
+                format!(
+                    "prefix {:?} is routed twice{}",
+                    r.prefix,
+                    if case_insensitive {
+                        " (caseInsensitive)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let target = c.reference(&format!("{base}.cluster"), &r.cluster);
+        let read_target = r
+            .read_cluster
+            .as_ref()
+            .and_then(|rc| c.reference(&format!("{base}.readCluster"), rc));
+        if let Some(t) = &target {
+            refs.push(Ref {
+                field: format!("{base}.cluster"),
+                target: t.clone(),
+            });
+        }
+        if let Some(t) = &read_target {
+            refs.push(Ref {
+                field: format!("{base}.readCluster"),
+                target: t.clone(),
+            });
+        }
+        let mirror = mirrors(c, &base, &r.mirror, &mut refs);
+        if let Some(target) = target {
+            routes.push(RoutePlan {
+                prefix: r.prefix.clone(),
+                remove_prefix: r.remove_prefix.unwrap_or(false),
+                target,
+                read_target,
+                mirrors: mirror,
+            });
+        }
+    }
+
+    let catch_all = {
+        let base = "spec.listener.catchAll";
+        let ca = l.catch_all.clone().unwrap_or_default();
+        let target = match &ca.cluster {
+            Some(t) => c.reference(&format!("{base}.cluster"), t),
+            None => Some(obj.key.clone()),
+        };
+        let target = target.unwrap_or_else(|| obj.key.clone());
+        refs.push(Ref {
+            field: format!("{base}.cluster"),
+            target: target.clone(),
+        });
+        let read_target = ca
+            .read_cluster
+            .as_ref()
+            .and_then(|rc| c.reference(&format!("{base}.readCluster"), rc));
+        if let Some(t) = &read_target {
+            refs.push(Ref {
+                field: format!("{base}.readCluster"),
+                target: t.clone(),
+            });
+        }
+        let mirror = mirrors(c, base, &ca.mirror, &mut refs);
+        RoutePlan {
+            prefix: String::new(),
+            remove_prefix: false,
+            target,
+            read_target,
+            mirrors: mirror,
+        }
+    };
+
+    let downstream_auth = l.downstream_auth.as_ref().and_then(|a| {
+        c.credentials(
+            "spec.listener.downstreamAuth.secretRef.name",
+            model,
+            &a.secret_ref.name,
+        )
+    });
+
+    let mut faults = Vec::new();
+    for (i, f) in l.faults.iter().enumerate() {
+        let base = format!("spec.listener.faults[{i}]");
+        let percent = c.percent(&format!("{base}.percent"), f.percent);
+        let delay = match (f.type_, &f.delay) {
+            (FaultType::Delay, None) => {
+                c.invalid(
+                    format!("{base}.delay"),
+                    "a Delay fault needs delay, e.g. 20ms",
+                );
+                None
+            }
+            (FaultType::Error, Some(_)) => {
+                c.invalid(
+                    format!("{base}.delay"),
+                    "an Error fault takes no delay: remove it, or use type Delay",
+                );
+                None
+            }
+            (_, d) => d.as_ref().map(GoDuration::get),
+        };
+        let mut commands = Vec::new();
+        for (j, cmd) in f.commands.iter().enumerate() {
+            if cmd.is_empty()
+                || !cmd
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '|')
+            {
+                c.invalid(
+                    format!("{base}.commands[{j}]"),
+                    format!("{cmd:?} is not a Redis command name"),
+                );
+            }
+            // Envoy compares against the lower-cased command of each request.
+            commands.push(cmd.to_ascii_lowercase());
+        }
+        faults.push(FaultPlan {
+            kind: f.type_,
+            percent,
+            commands,
+            delay,
+        });
+    }
+
+    ListenerPlan {
+        address,
+        port,
+        clients,
+        read_policy: l.read_policy,
+        op_timeout,
+        enable_hashtagging: l.enable_hashtagging.unwrap_or(true),
+        enable_redirection: l.enable_redirection.unwrap_or(mode == Mode::Cluster),
+        enable_command_stats: l.enable_command_stats.unwrap_or(false),
+        buffer_flush_timeout: l.buffer_flush_timeout.as_ref().map(GoDuration::get),
+        max_buffer_size_before_flush: l.max_buffer_size_before_flush.unwrap_or(0),
+        max_upstream_unknown_connections: l.max_upstream_unknown_connections,
+        case_insensitive,
+        routes,
+        catch_all,
+        downstream_auth,
+        faults,
+        refs,
+    }
+}
+
+/// RFC 1123 label: namespaces and Service names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// RFC 1123 subdomain: object names and host names.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_parse_static_entries_with_and_without_names() {
+        let ep = parse_static("10.0.0.5:6379").unwrap();
+        assert_eq!(
+            (ep.name.as_str(), ep.host.as_str(), ep.port),
+            ("10.0.0.5:6379", "10.0.0.5", 6379)
+        );
+        let ep = parse_static("shard-a=127.0.0.1:7001").unwrap();
+        assert_eq!(
+            (ep.name.as_str(), ep.host.as_str(), ep.port),
+            ("shard-a", "127.0.0.1", 7001)
+        );
+        let ep = parse_static("[fd00::5]:6379").unwrap();
+        assert_eq!(ep.host, "fd00::5");
+        let ep = parse_static("redis-0.example:6379").unwrap();
+        assert_eq!(ep.host, "redis-0.example");
+    }
+
+    #[test]
+    fn should_reject_static_entries_without_port_or_with_bad_hosts() {
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5:0",
+            "10.0.0.5:70000",
+            "=1.2.3.4:5",
+            "[zz]:1",
+            "a b:1",
+            ":6379",
+        ] {
+            let err = parse_static(bad).unwrap_err();
+            assert!(err.contains("host:port"), "{bad}: {err}");
+        }
+    }
+}

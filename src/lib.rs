@@ -1,0 +1,15 @@
+//! redis-xds: a Kubernetes-native xDS control plane for Envoy's redis_proxy.
+//!
+//! Data flows one way: `source` (manifests directory, Kubernetes) fills the [`model`],
+//! [`compile`] turns it into Envoy resources, later stages serve them. See DESIGN in the
+//! README for the whole picture.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod compile;
+pub mod duration;
+pub mod model;
+pub mod protojson;
+pub mod render;
+pub mod source;

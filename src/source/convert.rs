@@ -1,0 +1,98 @@
+//! Kubernetes objects -> model values. Shared by every source.
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::discovery::v1 as discoveryv1;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::api::RedisCluster;
+use crate::model::{self, ObjectKey, Origin, SecretValue};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Namespace used for objects that name none, as kubectl does.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The object's key, defaulting the namespace.
+pub fn key(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// A RedisCluster as compile sees it. `seen` orders objects with equal creation times.
+pub fn redis_cluster(rc: &RedisCluster, seen: u64, origin: Origin) -> model::RedisClusterObject {
+    model::RedisClusterObject {
+        key: key(&rc.metadata),
+        generation: rc.metadata.generation,
+        created: rc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        seen,
+        spec: rc.spec.clone(),
+        origin,
+    }
+}
+
+/// A Pod: labels, IP and readiness.
+pub fn pod(p: &corev1::Pod) -> model::Pod {
+    let status = p.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    model::Pod {
+        key: key(&p.metadata),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ip: status
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty()),
+        ready,
+    }
+}
+
+/// An EndpointSlice, or `None` when it belongs to no Service.
+pub fn endpoint_slice(s: &discoveryv1::EndpointSlice) -> Option<model::EndpointSlice> {
+    let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    let endpoints = s
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            let ip = ep.addresses.first()?.clone();
+            let name = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone())
+                .or_else(|| ep.hostname.clone())
+                .unwrap_or_else(|| ip.clone());
+            // Per the EndpointSlice API, an unknown ready state is to be read as ready.
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            Some(model::SliceEndpoint { name, ip, ready })
+        })
+        .collect();
+    Some(model::EndpointSlice {
+        key: key(&s.metadata),
+        service,
+        endpoints,
+    })
+}
+
+/// A Secret with `data` and `stringData` merged.
+pub fn secret(s: &corev1::Secret) -> model::Secret {
+    let mut data: std::collections::BTreeMap<String, SecretValue> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), SecretValue::new(v.0.clone())))
+        .collect();
+    for (k, v) in s.string_data.iter().flatten() {
+        data.insert(k.clone(), SecretValue::new(v.as_bytes()));
+    }
+    model::Secret {
+        key: key(&s.metadata),
+        data,
+    }
+}
