@@ -38,23 +38,11 @@ pub const KIND: &str = "RedisCluster";
     shortname = "rdc",
     category = "redis-xds",
     doc = "A set of Redis servers that Envoy sidecars reach through redis_proxy, optionally with a listener the sidecars open for applications.",
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints"),
-    printcolumn(
-        name = "Proxies",
-        type_ = "integer",
-        json_path = ".status.proxies.connected"
-    ),
-    printcolumn(
-        name = "Synced",
-        type_ = "integer",
-        json_path = ".status.proxies.synced"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.endpoints"}"#,
+    printcolumn = r#"{"name":"Proxies","type":"integer","jsonPath":".status.proxies.connected"}"#,
+    printcolumn = r#"{"name":"Synced","type":"integer","jsonPath":".status.proxies.synced"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.topology)").message("spec.topology applies to mode Cluster only: Envoy discovers no topology for Sharded servers"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.listener) || !has(self.listener.readPolicy)").message("spec.listener.readPolicy applies to mode Cluster only: Envoy ignores it for Sharded servers"))]

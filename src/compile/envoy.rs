@@ -124,7 +124,13 @@ pub fn load_assignment(
                 host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
                     endpoint::Endpoint {
                         address: Some(socket_address(&ep.host, ep.port)),
-                        hostname: ep.name.clone(),
+                        // Shown in Envoy's admin pages next to the hash key it stands for.
+                        // Cluster mode seeds are only seeds: Envoy names hosts from CLUSTER SLOTS.
+                        hostname: if mode == Mode::Sharded {
+                            ep.name.clone()
+                        } else {
+                            String::new()
+                        },
                         ..Default::default()
                     },
                 )),

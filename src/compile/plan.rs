@@ -127,7 +127,7 @@ pub struct FaultPlan {
     pub kind: FaultType,
     /// 0..=100.
     pub percent: u32,
-    /// Lower-cased command names; empty means all.
+    /// Command names as written; empty means all.
     pub commands: Vec<String>,
     /// Delay faults only.
     pub delay: Option<Duration>,
@@ -724,8 +724,8 @@ fn listener(
                     format!("{cmd:?} is not a Redis command name"),
                 );
             }
-            // Envoy compares against the lower-cased command of each request.
-            commands.push(cmd.to_ascii_lowercase());
+            // Passed as written: Envoy lower-cases both sides itself.
+            commands.push(cmd.clone());
         }
         faults.push(FaultPlan {
             kind: f.type_,
@@ -734,6 +734,8 @@ fn listener(
             delay,
         });
     }
+
+    check_fault_budget(c, &faults);
 
     ListenerPlan {
         address,
@@ -753,6 +755,36 @@ fn listener(
         downstream_auth,
         faults,
         refs,
+    }
+}
+
+/// Envoy draws one random number per command and walks the faults that apply to it, so
+/// their percentages add up; past 100 the later faults can never fire (Envoy does not check).
+fn check_fault_budget(c: &mut Checker<'_>, faults: &[FaultPlan]) {
+    let everyone: u32 = faults
+        .iter()
+        .filter(|f| f.commands.is_empty())
+        .map(|f| f.percent)
+        .sum();
+    let mut per_command: std::collections::BTreeMap<String, u32> =
+        std::collections::BTreeMap::new();
+    for f in faults {
+        for cmd in &f.commands {
+            *per_command.entry(cmd.to_ascii_lowercase()).or_default() += f.percent;
+        }
+    }
+    let worst = per_command
+        .iter()
+        .map(|(cmd, p)| (cmd.as_str(), p + everyone))
+        .chain(std::iter::once(("every command", everyone)))
+        .find(|(_, total)| *total > 100);
+    if let Some((cmd, total)) = worst {
+        c.invalid(
+            "spec.listener.faults",
+            format!(
+                "fault percentages for {cmd} add up to {total}; keep the total at or below 100"
+            ),
+        );
     }
 }
 

@@ -239,7 +239,12 @@ fn read_value(path: &Path, document: usize, value: Value, out: &mut ParsedFile) 
 /// does not know is an error too.
 fn typed<T: DeserializeOwned>(value: Value, strict: bool) -> Result<T, String> {
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    // serde_ignored writes `?` for each Option it passes through; users never see those.
+    let mut on_unknown = |path: serde_ignored::Path<'_>| {
+        let text = path.to_string();
+        let clean: Vec<&str> = text.split('.').filter(|seg| *seg != "?").collect();
+        unknown.push(clean.join("."));
+    };
     let result: Result<T, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut on_unknown));
     let obj = result.map_err(|e| {

@@ -1,0 +1,811 @@
+//! Validation and compilation rules, driven through the manifests parser exactly as users
+//! write objects.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use redis_xds::compile::{Compiled, ProxyIdentity, Reason, compile};
+use redis_xds::source::manifests::{LoadProblem, assemble, load_dir, parse_file};
+use serde_json::Value;
+
+fn load(yaml: &str) -> (Compiled, Vec<LoadProblem>) {
+    let path = PathBuf::from("test.yaml");
+    let parsed = parse_file(&path, yaml);
+    let (model, problems, _) = assemble(&[(path, parsed)], &mut |_| None);
+    (compile(&model), problems)
+}
+
+fn compiled(yaml: &str) -> Compiled {
+    let (c, problems) = load(yaml);
+    assert!(
+        problems.is_empty(),
+        "unexpected load problems: {problems:?}"
+    );
+    c
+}
+
+fn problem_lines(c: &Compiled) -> Vec<String> {
+    c.problems.iter().map(ToString::to_string).collect()
+}
+
+fn accepted(c: &Compiled, ns_name: &str) -> bool {
+    let (ns, name) = ns_name.split_once('/').unwrap();
+    c.objects[&redis_xds::model::ObjectKey::new(ns, name)].accepted
+}
+
+fn rc(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
+        spec.lines()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+const STATIC: &str = "endpoints: {static: [\"127.0.0.1:7000\"]}";
+
+fn listener_json(c: &Compiled, name: &str) -> Value {
+    let l = &c.listeners[name].listener;
+    let json = redis_xds::protojson::to_json(l).unwrap();
+    json["filterChains"][0]["filters"][0]["typedConfig"].clone()
+}
+
+#[test]
+fn should_reject_route_to_missing_cluster_and_still_compile_the_rest() {
+    let yaml = rc(
+        "shop",
+        "orders",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 6379\n  routes: [{{prefix: \"a:\", cluster: nowhere}}]"
+        ),
+    ) + &rc(
+        "shop",
+        "fine",
+        &format!("{STATIC}\nlistener: {{port: 6380}}"),
+    );
+    let c = compiled(&yaml);
+    assert_eq!(
+        problem_lines(&c),
+        ["shop/orders: spec.listener.routes[0].cluster: RedisCluster \"nowhere\" not found"]
+    );
+    assert_eq!(c.problems[0].reason, Reason::RefNotFound);
+    assert!(!accepted(&c, "shop/orders"));
+    assert!(accepted(&c, "shop/fine"));
+    assert!(c.clusters.contains_key("redis/shop/fine"));
+    assert!(!c.clusters.contains_key("redis/shop/orders"));
+    assert_eq!(c.listeners.len(), 1);
+}
+
+#[test]
+fn should_reject_referrers_of_a_rejected_cluster_along_the_chain() {
+    let yaml = rc(
+        "ns",
+        "a",
+        &format!("{STATIC}\nlistener:\n  port: 1000\n  catchAll: {{cluster: b}}"),
+    ) + &rc(
+        "ns",
+        "b",
+        &format!("{STATIC}\nlistener:\n  port: 1001\n  catchAll: {{mirror: [{{cluster: c}}]}}"),
+    ) + &rc("ns", "c", "endpoints: {static: [\"no-port\"]}");
+    let c = compiled(&yaml);
+    assert!(!accepted(&c, "ns/a") && !accepted(&c, "ns/b") && !accepted(&c, "ns/c"));
+    let lines = problem_lines(&c);
+    assert!(lines.contains(&"ns/a: spec.listener.catchAll.cluster: RedisCluster \"b\" is not accepted; fix its problems first".to_string()), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ns/b: spec.listener.catchAll.mirror[0].cluster:")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ns/c: spec.endpoints.static[0]:")),
+        "{lines:?}"
+    );
+    assert!(c.clusters.is_empty() && c.listeners.is_empty());
+}
+
+#[test]
+fn should_resolve_cross_namespace_references() {
+    let yaml = rc(
+        "app",
+        "front",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 1000\n  routes: [{{prefix: \"x\", cluster: data/store}}]"
+        ),
+    ) + &rc("data", "store", STATIC);
+    let c = compiled(&yaml);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let l = &c.listeners["redis/app/front@127.0.0.1:1000"];
+    assert!(l.clusters.contains("redis/data/store"));
+}
+
+#[test]
+fn should_give_a_contested_port_to_the_older_object() {
+    let older = rc(
+        "shop",
+        "zz-old",
+        &format!("{STATIC}\nlistener: {{port: 6379}}"),
+    )
+    .replace(
+        "namespace: shop}",
+        "namespace: shop, creationTimestamp: \"2024-01-01T00:00:00Z\"}",
+    );
+    let newer = rc(
+        "shop",
+        "aa-new",
+        &format!("{STATIC}\nlistener: {{port: 6379}}"),
+    )
+    .replace(
+        "namespace: shop}",
+        "namespace: shop, creationTimestamp: \"2025-01-01T00:00:00Z\"}",
+    );
+    // Newer first in the file and first by name: age still decides.
+    let c = compiled(&(newer + &older));
+    assert!(accepted(&c, "shop/zz-old"));
+    assert!(!accepted(&c, "shop/aa-new"));
+    assert_eq!(c.problems.len(), 1);
+    assert_eq!(c.problems[0].reason, Reason::PortConflict);
+    assert_eq!(c.problems[0].field, "spec.listener.port");
+    assert!(
+        c.problems[0].message.contains("shop/zz-old"),
+        "{}",
+        c.problems[0].message
+    );
+}
+
+#[test]
+fn should_give_a_contested_port_to_the_first_defined_without_timestamps() {
+    let c = compiled(
+        &(rc(
+            "x",
+            "second-by-name",
+            &format!("{STATIC}\nlistener: {{port: 7000, address: 0.0.0.0}}"),
+        ) + &rc(
+            "x",
+            "a-first-by-name",
+            &format!("{STATIC}\nlistener: {{port: 7000}}"),
+        )),
+    );
+    // 0.0.0.0 and 127.0.0.1 collide on one host; the first in the file wins.
+    assert!(accepted(&c, "x/second-by-name"));
+    assert!(!accepted(&c, "x/a-first-by-name"));
+}
+
+#[test]
+fn should_let_listeners_with_disjoint_clients_share_a_port() {
+    let a = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 7000, clients: {{namespaces: [one]}}}}"),
+    );
+    let b = rc(
+        "x",
+        "b",
+        &format!("{STATIC}\nlistener: {{port: 7000, clients: {{namespaces: [two]}}}}"),
+    );
+    let d = rc(
+        "x",
+        "d",
+        &format!(
+            "{STATIC}\nlistener: {{port: 7001, clients: {{selector: {{matchLabels: {{app: p}}}}}}}}"
+        ),
+    );
+    let e = rc(
+        "x",
+        "e",
+        &format!(
+            "{STATIC}\nlistener: {{port: 7001, clients: {{selector: {{matchLabels: {{app: q}}}}}}}}"
+        ),
+    );
+    let c = compiled(&(a + &b + &d + &e));
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(c.listeners.len(), 4);
+}
+
+#[test]
+fn should_send_a_proxy_only_its_listeners_and_the_clusters_they_use() {
+    let yaml = rc(
+        "x",
+        "for-shop",
+        "endpoints: {static: [\"127.0.0.1:7000\"]}\nlistener: {port: 7000, clients: {namespaces: [shop], selector: {matchLabels: {team: pay}}}, catchAll: {cluster: backend}}",
+    ) + &rc("x", "backend", STATIC)
+        + &rc(
+            "x",
+            "for-all",
+            &format!("{STATIC}\nlistener: {{port: 7001}}"),
+        )
+        + &rc("x", "unused", STATIC);
+    let c = compiled(&yaml);
+    let names = |p: &ProxyIdentity| {
+        let v = c.view(p);
+        (
+            v.listeners
+                .iter()
+                .map(|l| l.listener.name.clone())
+                .collect::<Vec<_>>(),
+            v.clusters
+                .iter()
+                .map(|c| c.cluster.name.clone())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let labels = |k: &str, v: &str| Some([(k.to_string(), v.to_string())].into_iter().collect());
+    let shop_pay = ProxyIdentity {
+        namespace: Some("shop".into()),
+        labels: labels("team", "pay"),
+    };
+    assert_eq!(
+        names(&shop_pay),
+        (
+            vec![
+                "redis/x/for-all@127.0.0.1:7001".to_string(),
+                "redis/x/for-shop@127.0.0.1:7000".to_string()
+            ],
+            vec!["redis/x/backend".to_string(), "redis/x/for-all".to_string()]
+        )
+    );
+    let shop_other = ProxyIdentity {
+        namespace: Some("shop".into()),
+        labels: labels("team", "web"),
+    };
+    assert_eq!(names(&shop_other).0, ["redis/x/for-all@127.0.0.1:7001"]);
+    let elsewhere = ProxyIdentity {
+        namespace: Some("web".into()),
+        labels: labels("team", "pay"),
+    };
+    assert_eq!(names(&elsewhere).1, ["redis/x/for-all"]);
+    // A proxy that reports no metadata matches every clients selector.
+    let anonymous = ProxyIdentity::default();
+    assert_eq!(names(&anonymous).0.len(), 2);
+    // The unused, listener-less RedisCluster goes to nobody.
+    assert!(!names(&anonymous).1.contains(&"redis/x/unused".to_string()));
+}
+
+#[test]
+fn should_reject_read_policy_and_topology_on_sharded_mode() {
+    let yaml = rc(
+        "x",
+        "s",
+        "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}\ntopology: {refreshInterval: 5s}\nlistener: {port: 7000, readPolicy: Replica}",
+    );
+    let c = compiled(&yaml);
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.listener.readPolicy", "spec.topology"]);
+    assert!(c.problems.iter().all(|p| p.reason == Reason::Invalid));
+}
+
+#[test]
+fn should_reject_host_names_in_sharded_mode_but_accept_them_in_cluster_mode() {
+    let c = compiled(&rc(
+        "x",
+        "s",
+        "mode: Sharded\nendpoints: {static: [\"redis-0.example:6379\"]}",
+    ));
+    assert_eq!(c.problems.len(), 1);
+    assert!(c.problems[0].message.contains("IP addresses"));
+    let c = compiled(&rc(
+        "x",
+        "s",
+        "endpoints: {static: [\"redis-0.example:6379\"]}",
+    ));
+    assert!(c.problems.is_empty());
+}
+
+#[test]
+fn should_require_exactly_one_endpoint_source() {
+    let c = compiled(&rc(
+        "x",
+        "a",
+        "endpoints: {service: svc, static: [\"127.0.0.1:1\"]}",
+    ));
+    assert_eq!(
+        problem_lines(&c),
+        [
+            "x/a: spec.endpoints: set exactly one of endpoints.selector, endpoints.service or endpoints.static"
+        ]
+    );
+    let c = compiled(&rc("x", "a", "endpoints: {}"));
+    assert_eq!(c.problems.len(), 1);
+}
+
+#[test]
+fn should_report_missing_secrets_and_missing_password_keys() {
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: nopass, namespace: x}\nstringData: {username: u}\n";
+    let yaml = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nauth: {{secretRef: {{name: absent}}}}"),
+    ) + &rc(
+        "x",
+        "b",
+        &format!(
+            "{STATIC}\nlistener: {{port: 1, downstreamAuth: {{secretRef: {{name: nopass}}}}}}"
+        ),
+    ) + secret;
+    let c = compiled(&yaml);
+    assert_eq!(
+        problem_lines(&c),
+        [
+            "x/a: spec.auth.secretRef.name: Secret \"absent\" not found in namespace \"x\"",
+            "x/b: spec.listener.downstreamAuth.secretRef.name: Secret x/nopass has no key \"password\": add it (and optionally \"username\")",
+        ]
+    );
+    assert!(
+        c.problems
+            .iter()
+            .all(|p| p.reason == Reason::SecretNotFound)
+    );
+}
+
+#[test]
+fn should_use_secret_data_and_string_data() {
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: x}\ndata: {password: b2xk}\nstringData: {username: bmV3}\n";
+    let yaml = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nauth: {{secretRef: {{name: s}}}}"),
+    ) + secret;
+    let c = compiled(&yaml);
+    let cluster = &c.clusters["redis/x/a"].cluster;
+    let opts = &cluster.typed_extension_protocol_options["envoy.filters.network.redis_proxy"];
+    let json = redis_xds::protojson::bytes_to_json(
+        "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions",
+        &opts.value,
+    )
+    .unwrap();
+    assert_eq!(json["authPassword"]["inlineString"], "old");
+    assert_eq!(json["authUsername"]["inlineString"], "bmV3");
+}
+
+#[test]
+fn should_reject_duplicate_and_empty_prefixes() {
+    let yaml = rc(
+        "x",
+        "a",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 1\n  caseInsensitive: true\n  routes: [{{prefix: \"A:\", cluster: a}}, {{prefix: \"a:\", cluster: a}}, {{prefix: \"\", cluster: a}}]"
+        ),
+    );
+    let c = compiled(&yaml);
+    let lines = problem_lines(&c);
+    assert!(
+        lines.contains(
+            &"x/a: spec.listener.routes[1].prefix: prefix \"a:\" is routed twice (caseInsensitive)"
+                .to_string()
+        ),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("x/a: spec.listener.routes[2].prefix: prefix must not be empty")), "{lines:?}");
+}
+
+#[test]
+fn should_reject_fault_percentages_over_one_hundred_per_command() {
+    let yaml = rc(
+        "x",
+        "a",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 1\n  faults: [{{type: Error, percent: 60}}, {{type: Delay, percent: 50, delay: 1s, commands: [get]}}]"
+        ),
+    );
+    let c = compiled(&yaml);
+    assert_eq!(
+        problem_lines(&c),
+        [
+            "x/a: spec.listener.faults: fault percentages for get add up to 110; keep the total at or below 100"
+        ]
+    );
+}
+
+#[test]
+fn should_reject_values_the_schema_would_reject() {
+    let yaml = rc(
+        "x",
+        "a",
+        "endpoints: {static: [\"127.0.0.1:1\"]}\nport: 70000\nconnectTimeout: 0s\nlistener:\n  port: 0\n  address: localhost\n  clients: {namespaces: [], selector: {matchExpressions: [{key: a, operator: Equals}]}}\n  catchAll: {mirror: [{cluster: a, percent: 101}]}\n  faults: [{type: Error, percent: 1, delay: 1s}, {type: Delay, percent: 1}]",
+    );
+    let c = compiled(&yaml);
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    for expected in [
+        "spec.port",
+        "spec.connectTimeout",
+        "spec.listener.port",
+        "spec.listener.address",
+        "spec.listener.clients.namespaces",
+        "spec.listener.clients.selector.matchExpressions[0].operator",
+        "spec.listener.catchAll.mirror[0].percent",
+        "spec.listener.faults[0].delay",
+        "spec.listener.faults[1].delay",
+    ] {
+        assert!(
+            fields.contains(&expected),
+            "missing {expected} in {fields:?}"
+        );
+    }
+}
+
+#[test]
+fn should_reject_an_unknown_field_naming_its_path() {
+    let yaml = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 1, readPolicyy: Replica}}"),
+    );
+    let (c, problems) = load(&yaml);
+    assert!(c.objects.is_empty());
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        problems[0].to_string(),
+        "test.yaml: RedisCluster x/a: spec.listener.readPolicyy: unknown field; check its spelling against `redis-xds crd` (fields are camelCase)"
+    );
+}
+
+#[test]
+fn should_report_a_bad_duration_or_enum_with_its_field_path() {
+    let (_, problems) = load(&rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 1, opTimeout: 5sec}}"),
+    ));
+    assert_eq!(problems.len(), 1);
+    let line = problems[0].to_string();
+    assert!(
+        line.starts_with(
+            "test.yaml: RedisCluster x/a: spec.listener.opTimeout: invalid duration \"5sec\""
+        ),
+        "{line}"
+    );
+    let (_, problems) = load(&rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 1, readPolicy: Replicas}}"),
+    ));
+    assert!(
+        problems[0]
+            .to_string()
+            .contains("spec.listener.readPolicy: unknown variant `Replicas`"),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn should_resolve_ready_pods_matching_the_selector_in_the_same_namespace() {
+    let pod = |ns: &str, name: &str, app: &str, ip: Option<&str>, ready: &str| {
+        let ip = ip.map(|i| format!("podIP: {i}, ")).unwrap_or_default();
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {app}}}}}\nstatus: {{{ip}conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
+        )
+    };
+    let yaml = rc(
+        "x",
+        "a",
+        "endpoints: {selector: {matchLabels: {app: r}}}\nport: 7000",
+    ) + &pod("x", "r-1", "r", Some("10.0.0.2"), "True")
+        + &pod("x", "r-0", "r", Some("10.0.0.1"), "True")
+        + &pod("x", "r-2", "r", Some("10.0.0.3"), "False")
+        + &pod("x", "r-3", "r", None, "True")
+        + &pod("y", "r-4", "r", Some("10.0.0.5"), "True")
+        + &pod("x", "other", "web", Some("10.0.0.6"), "True");
+    let c = compiled(&yaml);
+    let cla = c.clusters["redis/x/a"]
+        .cluster
+        .load_assignment
+        .clone()
+        .unwrap();
+    let json = redis_xds::protojson::to_json(&cla).unwrap();
+    let addrs: Vec<String> = json["endpoints"][0]["lbEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let sa = &e["endpoint"]["address"]["socketAddress"];
+            format!("{}:{}", sa["address"].as_str().unwrap(), sa["portValue"])
+        })
+        .collect();
+    assert_eq!(addrs, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    assert_eq!(
+        c.objects[&redis_xds::model::ObjectKey::new("x", "a")].endpoints,
+        2
+    );
+}
+
+#[test]
+fn should_hash_sharded_endpoints_on_their_stable_names() {
+    let slice = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: x, labels: {kubernetes.io/service-name: svc}}\naddressType: IPv4\nendpoints:\n- {addresses: [10.1.0.1], targetRef: {kind: Pod, name: shard-b}}\n- {addresses: [10.1.0.2], targetRef: {kind: Pod, name: shard-a}, conditions: {ready: true}}\n- {addresses: [10.1.0.3], targetRef: {kind: Pod, name: shard-c}, conditions: {ready: false}}\n";
+    let c = compiled(&(rc("x", "a", "mode: Sharded\nendpoints: {service: svc}") + slice));
+    let cc = &c.clusters["redis/x/a"];
+    assert!(
+        cc.cluster.load_assignment.is_none(),
+        "Sharded clusters use EDS"
+    );
+    let json = redis_xds::protojson::to_json(cc.endpoints.as_ref().unwrap()).unwrap();
+    let keys: Vec<(&str, &str)> = json["endpoints"][0]["lbEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["filterMetadata"]["envoy.lb"]["hash_key"]
+                    .as_str()
+                    .unwrap(),
+                e["endpoint"]["address"]["socketAddress"]["address"]
+                    .as_str()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("shard-a", "10.1.0.2"), ("shard-b", "10.1.0.1")]);
+    let cluster = redis_xds::protojson::to_json(&cc.cluster).unwrap();
+    assert_eq!(cluster["lbPolicy"], "RING_HASH");
+    assert_eq!(
+        cluster["healthChecks"][0]["customHealthCheck"]["name"],
+        "envoy.health_checkers.redis"
+    );
+}
+
+#[test]
+fn should_default_the_catch_all_to_the_owner_and_mirrors_to_all_commands() {
+    let yaml = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 1, catchAll: {{mirror: [{{cluster: b}}]}}}}"),
+    ) + &rc("x", "b", STATIC);
+    let c = compiled(&yaml);
+    let proxy = listener_json(&c, "redis/x/a@127.0.0.1:1");
+    let catch_all = &proxy["prefixRoutes"]["catchAllRoute"];
+    assert_eq!(catch_all["cluster"], "redis/x/a");
+    assert_eq!(catch_all["requestMirrorPolicy"][0]["cluster"], "redis/x/b");
+    assert_eq!(
+        catch_all["requestMirrorPolicy"][0]["runtimeFraction"]["defaultValue"]["numerator"],
+        100
+    );
+    assert!(
+        catch_all["requestMirrorPolicy"][0]
+            .get("excludeReadCommands")
+            .is_none()
+    );
+    assert_eq!(proxy["settings"]["opTimeout"], "5s");
+    assert_eq!(proxy["settings"]["enableRedirection"], true);
+    assert_eq!(proxy["settings"]["enableHashtagging"], true);
+}
+
+#[test]
+fn should_carry_every_field_of_the_kitchen_sink_fixture_to_envoy() {
+    let dir = common::root().join("tests/fixtures/everything");
+    let loaded = load_dir(&dir).unwrap();
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    let c = compile(&loaded.model);
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let proxy = listener_json(&c, "redis/shop/orders@127.0.0.1:6379");
+    let s = &proxy["settings"];
+    assert_eq!(s["opTimeout"], "0.750s");
+    assert!(
+        s.get("enableHashtagging").is_none(),
+        "false must reach Envoy as false"
+    );
+    assert!(s.get("enableRedirection").is_none());
+    assert_eq!(s["enableCommandStats"], true);
+    assert_eq!(s["bufferFlushTimeout"], "0.002s");
+    assert_eq!(s["maxBufferSizeBeforeFlush"], 4096);
+    assert_eq!(s["maxUpstreamUnknownConnections"], 42);
+    assert_eq!(s["readPolicy"], "PREFER_REPLICA");
+    let routes = &proxy["prefixRoutes"];
+    assert_eq!(routes["caseInsensitive"], true);
+    assert_eq!(routes["routes"][0]["prefix"], "session:");
+    assert_eq!(routes["routes"][0]["removePrefix"], true);
+    assert_eq!(
+        routes["routes"][0]["readCommandPolicy"]["cluster"],
+        "redis/shop/sessions-ro"
+    );
+    let m = &routes["routes"][0]["requestMirrorPolicy"][0];
+    assert_eq!(m["cluster"], "redis/shop/archive");
+    assert_eq!(m["excludeReadCommands"], true);
+    assert_eq!(m["runtimeFraction"]["defaultValue"]["numerator"], 50);
+    assert_eq!(
+        routes["catchAllRoute"]["readCommandPolicy"]["cluster"],
+        "redis/shop/orders"
+    );
+    assert!(
+        routes["catchAllRoute"]["requestMirrorPolicy"][0]["runtimeFraction"]["defaultValue"]
+            .get("numerator")
+            .is_none(),
+        "percent 0 stays 0"
+    );
+    assert_eq!(proxy["faults"][0]["faultType"], "ERROR");
+    assert_eq!(proxy["faults"][0]["commands"][0], "GET");
+    assert_eq!(proxy["faults"][1]["delay"], "0.020s");
+    assert_eq!(
+        proxy["faults"][1]["faultEnabled"]["defaultValue"]["numerator"],
+        5
+    );
+    assert_eq!(
+        proxy["downstreamAuthPasswords"][0]["inlineString"],
+        "kitchen-sink-downstream"
+    );
+    assert_eq!(proxy["downstreamAuthUsername"]["inlineString"], "app");
+
+    let cluster = redis_xds::protojson::to_json(&c.clusters["redis/shop/orders"].cluster).unwrap();
+    assert_eq!(cluster["connectTimeout"], "2s");
+    assert_eq!(cluster["lbPolicy"], "CLUSTER_PROVIDED");
+    let topo = &cluster["clusterType"]["typedConfig"];
+    assert_eq!(
+        topo["@type"],
+        "type.googleapis.com/envoy.extensions.clusters.redis.v3.RedisClusterConfig"
+    );
+    assert_eq!(topo["clusterRefreshRate"], "10s");
+    assert_eq!(topo["clusterRefreshTimeout"], "2s");
+    assert_eq!(topo["redirectRefreshInterval"], "1s");
+    assert_eq!(topo["redirectRefreshThreshold"], 7);
+    assert_eq!(topo["failureRefreshThreshold"], 4);
+    assert_eq!(topo["hostDegradedRefreshThreshold"], 2);
+    let auth = &cluster["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"];
+    assert_eq!(
+        auth["authPassword"]["inlineString"],
+        "kitchen-sink-upstream"
+    );
+    assert_eq!(auth["authUsername"]["inlineString"], "envoy");
+    let seeds = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"]
+        .as_array()
+        .unwrap();
+    assert_eq!(seeds.len(), 2, "the pod that is not Ready is left out");
+    assert_eq!(
+        seeds[0]["endpoint"]["address"]["socketAddress"]["portValue"],
+        6380
+    );
+
+    let l = &c.listeners["redis/shop/orders@127.0.0.1:6379"];
+    let ns: Vec<&String> = l.clients.namespaces.as_ref().unwrap().iter().collect();
+    assert_eq!(ns, ["checkout", "shop"]);
+    assert_eq!(
+        c.objects[&redis_xds::model::ObjectKey::new("shop", "sessions")].endpoints,
+        2
+    );
+}
+
+#[test]
+fn kitchen_sink_static_bootstrap_is_accepted_by_envoy() {
+    let dir = common::root().join("tests/fixtures/everything");
+    let out = common::run(&[
+        "render",
+        "--static-bootstrap",
+        "--manifests",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bootstrap.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let (ok, log) = common::envoy_validate(&path);
+    assert!(ok, "{log}");
+}
+
+#[test]
+fn should_report_malformed_files_by_line_and_keep_the_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("good.yaml"),
+        rc("x", "good", &format!("{STATIC}\nlistener: {{port: 7000}}")),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("bad.yml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s\n  oops: [\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), "not a manifest").unwrap();
+    std::fs::write(
+        tmp.path().join("other.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+    )
+    .unwrap();
+    let loaded = load_dir(tmp.path()).unwrap();
+    assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+    let line = loaded.problems[0].to_string();
+    let bad = tmp.path().join("bad.yml");
+    assert!(
+        line.starts_with(&format!("{}:4: not valid YAML", bad.display())),
+        "{line}"
+    );
+    assert_eq!(loaded.notes.len(), 1);
+    assert!(
+        loaded.notes[0].contains("skipped apps/v1 Deployment default/d"),
+        "{}",
+        loaded.notes[0]
+    );
+    let c = compile(&loaded.model);
+    assert_eq!(c.listeners.len(), 1);
+}
+
+#[test]
+fn should_keep_the_first_of_two_objects_with_the_same_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("a.yaml"),
+        rc("x", "dup", &format!("{STATIC}\nlistener: {{port: 7000}}")),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("b.yaml"),
+        rc("x", "dup", &format!("{STATIC}\nlistener: {{port: 7001}}")),
+    )
+    .unwrap();
+    let loaded = load_dir(tmp.path()).unwrap();
+    assert_eq!(loaded.problems.len(), 1);
+    assert!(
+        loaded.problems[0]
+            .to_string()
+            .contains("already defined in"),
+        "{}",
+        loaded.problems[0]
+    );
+    let c = compile(&loaded.model);
+    assert!(c.listeners.contains_key("redis/x/dup@127.0.0.1:7000"));
+}
+
+#[test]
+fn render_exits_1_on_problems_but_still_prints_the_valid_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("all.yaml"),
+        rc("x", "ok", &format!("{STATIC}\nlistener: {{port: 7000}}"))
+            + &rc(
+                "x",
+                "broken",
+                &format!(
+                    "{STATIC}\nlistener: {{port: 7001, routes: [{{prefix: p, cluster: gone}}]}}"
+                ),
+            ),
+    )
+    .unwrap();
+    let out = common::run(&["render", "--manifests", tmp.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        ["problem: x/broken: spec.listener.routes[0].cluster: RedisCluster \"gone\" not found"]
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["listeners"].as_array().unwrap().len(), 1);
+    assert_eq!(json["listeners"][0]["name"], "redis/x/ok@127.0.0.1:7000");
+}
+
+#[test]
+fn render_selects_the_view_of_one_proxy() {
+    let dir = common::root().join("examples/auth");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["render", "--manifests", dir.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let out = common::run(&a);
+        assert!(out.status.success());
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["listeners"].as_array().unwrap().len()
+    };
+    assert_eq!(
+        args(&["--node-namespace", "shop", "--node-label", "app=checkout"]),
+        1
+    );
+    assert_eq!(
+        args(&["--node-namespace", "shop", "--node-label", "app=web"]),
+        0
+    );
+    assert_eq!(
+        args(&["--node-namespace", "other", "--node-label", "app=checkout"]),
+        0
+    );
+}
+
+#[test]
+fn render_fails_clearly_on_a_missing_directory() {
+    let out = common::run(&["render", "--manifests", "/nonexistent/dir"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir: not a directory"));
+    let _ = Path::new("/");
+}

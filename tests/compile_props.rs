@@ -1,0 +1,288 @@
+//! Property tests: no input makes compile panic, and its output keeps its promises for any
+//! input.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use redis_xds::api::{
+    Auth, CatchAll, Clients, Endpoints, Fault, FaultType, Listener, Mirror, Mode, ReadPolicy,
+    RedisClusterSpec, Route, SecretRef, Topology,
+};
+use redis_xds::compile::{ProxyIdentity, compile};
+use redis_xds::duration::GoDuration;
+use redis_xds::model::{Model, ObjectKey, Origin, RedisClusterObject, Secret, SecretValue};
+
+fn reference() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "a", "b", "c", "d", "other/a", "other/zz", "Bad Name", "", "a/b/c",
+    ])
+    .prop_map(String::from)
+}
+
+fn duration() -> impl Strategy<Value = Option<GoDuration>> {
+    prop::option::of(
+        prop::sample::select(vec!["0s", "1ms", "5s", "1h", "1.5s"])
+            .prop_map(|s| s.parse().unwrap()),
+    )
+}
+
+fn mirror() -> impl Strategy<Value = Mirror> {
+    (
+        reference(),
+        prop::option::of(0u32..150),
+        prop::option::of(any::<bool>()),
+    )
+        .prop_map(|(cluster, percent, ex)| Mirror {
+            cluster,
+            percent,
+            exclude_read_commands: ex,
+        })
+}
+
+fn route() -> impl Strategy<Value = Route> {
+    (
+        prop::sample::select(vec!["", "a:", "A:", "a:b:", "x"]),
+        reference(),
+        prop::option::of(any::<bool>()),
+        prop::option::of(reference()),
+        prop::collection::vec(mirror(), 0..3),
+    )
+        .prop_map(
+            |(prefix, cluster, remove_prefix, read_cluster, mirror)| Route {
+                prefix: prefix.into(),
+                cluster,
+                remove_prefix,
+                read_cluster,
+                mirror,
+            },
+        )
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    (
+        prop::bool::ANY,
+        0u32..130,
+        prop::collection::vec(
+            prop::sample::select(vec!["GET", "set", "", "bad cmd"]).prop_map(String::from),
+            0..3,
+        ),
+        duration(),
+    )
+        .prop_map(|(error, percent, commands, delay)| Fault {
+            type_: if error {
+                FaultType::Error
+            } else {
+                FaultType::Delay
+            },
+            percent,
+            commands,
+            delay,
+        })
+}
+
+fn listener() -> impl Strategy<Value = Listener> {
+    (
+        (
+            prop::sample::select(vec![0u32, 1, 6379, 6380, 70000]),
+            prop::option::of(
+                prop::sample::select(vec!["127.0.0.1", "0.0.0.0", "::1", "nope"])
+                    .prop_map(String::from),
+            ),
+            prop::option::of(
+                prop::collection::vec(
+                    prop::sample::select(vec!["*", "ns", "other", "Bad"]).prop_map(String::from),
+                    0..3,
+                )
+                .prop_map(|namespaces| Clients {
+                    namespaces: Some(namespaces),
+                    selector: None,
+                }),
+            ),
+            prop::option::of(prop::sample::select(vec![
+                ReadPolicy::Master,
+                ReadPolicy::PreferMaster,
+                ReadPolicy::Replica,
+                ReadPolicy::PreferReplica,
+                ReadPolicy::Any,
+            ])),
+            duration(),
+            prop::option::of(any::<bool>()),
+        ),
+        (
+            prop::collection::vec(route(), 0..4),
+            prop::option::of((
+                prop::option::of(reference()),
+                prop::option::of(reference()),
+                prop::collection::vec(mirror(), 0..2),
+            )),
+            prop::option::of(
+                prop::sample::select(vec!["secret", "missing", "nopass"]).prop_map(String::from),
+            ),
+            prop::collection::vec(fault(), 0..3),
+            duration(),
+            prop::option::of(any::<u32>()),
+        ),
+    )
+        .prop_map(
+            |(
+                (port, address, clients, read_policy, op_timeout, case_insensitive),
+                (routes, catch_all, auth, faults, flush, unknown),
+            )| {
+                Listener {
+                    port,
+                    address,
+                    clients,
+                    read_policy,
+                    op_timeout,
+                    case_insensitive,
+                    routes,
+                    catch_all: catch_all.map(|(cluster, read_cluster, mirror)| CatchAll {
+                        cluster,
+                        read_cluster,
+                        mirror,
+                    }),
+                    downstream_auth: auth.map(|name| Auth {
+                        secret_ref: SecretRef { name },
+                    }),
+                    faults,
+                    buffer_flush_timeout: flush,
+                    max_upstream_unknown_connections: unknown,
+                    ..Default::default()
+                }
+            },
+        )
+}
+
+fn spec() -> impl Strategy<Value = RedisClusterSpec> {
+    (
+        prop::bool::ANY,
+        prop::collection::vec(
+            prop::sample::select(vec![
+                "127.0.0.1:7000",
+                "n=127.0.0.1:7001",
+                "host.example:1",
+                "bad",
+                "[::1]:7",
+                "n=10.0.0.1:2",
+            ])
+            .prop_map(String::from),
+            0..4,
+        ),
+        prop::option::of(prop::sample::select(vec![0u32, 6379, 70000])),
+        prop::option::of(prop::sample::select(vec!["secret", "missing"]).prop_map(String::from)),
+        duration(),
+        prop::option::of(duration().prop_map(|refresh_interval| Topology {
+            refresh_interval,
+            ..Default::default()
+        })),
+        prop::option::of(listener()),
+    )
+        .prop_map(
+            |(sharded, statics, port, auth, connect_timeout, topology, listener)| {
+                RedisClusterSpec {
+                    mode: if sharded {
+                        Mode::Sharded
+                    } else {
+                        Mode::Cluster
+                    },
+                    endpoints: Endpoints {
+                        static_: Some(statics),
+                        ..Default::default()
+                    },
+                    port,
+                    auth: auth.map(|name| Auth {
+                        secret_ref: SecretRef { name },
+                    }),
+                    connect_timeout,
+                    topology,
+                    listener,
+                }
+            },
+        )
+}
+
+fn model() -> impl Strategy<Value = Model> {
+    prop::collection::vec(
+        (
+            prop::sample::select(vec!["ns/a", "ns/b", "ns/c", "other/a"]),
+            spec(),
+            0i64..3,
+        ),
+        0..6,
+    )
+    .prop_map(|objects| {
+        let mut model = Model::default();
+        for ns in ["ns", "other"] {
+            let key = ObjectKey::new(ns, "secret");
+            model.secrets.insert(
+                key.clone(),
+                Secret {
+                    key,
+                    data: [("password".to_string(), SecretValue::new("pw"))]
+                        .into_iter()
+                        .collect(),
+                },
+            );
+            let key = ObjectKey::new(ns, "nopass");
+            model.secrets.insert(
+                key.clone(),
+                Secret {
+                    key,
+                    data: Default::default(),
+                },
+            );
+        }
+        for (seen, (key, spec, created)) in objects.into_iter().enumerate() {
+            let (ns, name) = key.split_once('/').unwrap();
+            let key = ObjectKey::new(ns, name);
+            model.redis_clusters.insert(
+                key.clone(),
+                RedisClusterObject {
+                    key,
+                    generation: Some(1),
+                    created: Some(created),
+                    seen: seen as u64,
+                    spec,
+                    origin: Origin::Kubernetes,
+                },
+            );
+        }
+        model
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compile_never_panics_and_keeps_its_promises(model in model(), ns in prop::option::of(prop::sample::select(vec!["ns", "other"]))) {
+        let c = compile(&model);
+        // Every object is either accepted, or rejected with at least one problem naming it.
+        for (key, outcome) in &c.objects {
+            let has_problem = c.problems.iter().any(|p| &p.object == key);
+            prop_assert_eq!(outcome.accepted, !has_problem, "{} accepted={} problems={:?}", key, outcome.accepted, c.problems);
+        }
+        prop_assert_eq!(c.objects.len(), model.redis_clusters.len());
+        // No listener refers to a cluster that is not served.
+        for l in c.listeners.values() {
+            for name in &l.clusters {
+                prop_assert!(c.clusters.contains_key(name), "{} uses missing {}", l.listener.name, name);
+            }
+        }
+        // A proxy's view holds every cluster its listeners use, and no two listeners on one socket.
+        let view = c.view(&ProxyIdentity { namespace: ns.map(String::from), labels: None });
+        let have: BTreeSet<&str> = view.clusters.iter().map(|c| c.cluster.name.as_str()).collect();
+        let mut sockets = BTreeSet::new();
+        for l in &view.listeners {
+            for name in &l.clusters {
+                prop_assert!(have.contains(name.as_str()));
+            }
+            let addr = l.listener.address.clone();
+            prop_assert!(sockets.insert(format!("{addr:?}")), "two listeners on {:?}", addr);
+        }
+        // Every accepted object encodes and prints.
+        for cc in c.clusters.values() {
+            prop_assert!(redis_xds::protojson::to_json(&cc.cluster).is_ok());
+        }
+    }
+}
