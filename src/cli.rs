@@ -31,6 +31,86 @@ enum Command {
     Render(RenderArgs),
     /// Print the RedisCluster CustomResourceDefinition (YAML).
     Crd,
+    /// Print the Envoy bootstrap of a sidecar that takes its configuration from redis-xds.
+    Bootstrap(BootstrapArgs),
+    /// Serve the compiled resources to Envoy sidecars over ADS (gRPC), following changes.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Directory of *.yaml / *.yml manifests to follow. Without it, the Kubernetes API.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Address of the ADS (xDS gRPC) server.
+    #[arg(long, default_value = "0.0.0.0:18000")]
+    xds_addr: std::net::SocketAddr,
+    /// Quiet period that ends a burst of changes before a push.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    debounce_quiet: std::time::Duration,
+    /// Longest delay of a push after the first change of a burst.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    debounce_max: std::time::Duration,
+    /// How often the manifests directory is re-read.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    poll_interval: std::time::Duration,
+    /// Server certificate (PEM) for TLS on the xDS port.
+    #[arg(long, requires = "xds_tls_key")]
+    xds_tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for TLS on the xDS port.
+    #[arg(long, requires = "xds_tls_cert")]
+    xds_tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: turns on mutual TLS.
+    #[arg(long, requires = "xds_tls_cert")]
+    xds_tls_client_ca: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(clap::Args, Debug)]
+struct BootstrapArgs {
+    /// HOST:PORT of redis-xds' xDS server.
+    #[arg(long)]
+    xds_address: String,
+    /// The proxy's node id (unique per sidecar, e.g. the pod name).
+    #[arg(long)]
+    node_id: String,
+    /// The proxy's namespace (node metadata), matched by `clients.namespaces`.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A label of the proxy (node metadata, repeatable), matched by `clients.selector`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Envoy admin port (listening on 127.0.0.1).
+    #[arg(long, default_value_t = 9901)]
+    admin_port: u16,
+    /// Use State-of-the-World ADS instead of Delta.
+    #[arg(long)]
+    sotw: bool,
+    /// CA (PEM file path on the sidecar) that the xDS server certificate must chain to:
+    /// turns on TLS.
+    #[arg(long)]
+    xds_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM file path on the sidecar) for mutual TLS.
+    #[arg(long, requires = "xds_tls_ca", requires = "xds_tls_key")]
+    xds_tls_cert: Option<PathBuf>,
+    /// Client key (PEM file path on the sidecar) for mutual TLS.
+    #[arg(long, requires = "xds_tls_cert")]
+    xds_tls_key: Option<PathBuf>,
+    /// Name the xDS server certificate must carry (and SNI); default: the xDS host.
+    #[arg(long, requires = "xds_tls_ca")]
+    xds_tls_server_name: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(s)
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,6 +146,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(args) => run_render(&args),
         Command::Crd => run_crd().map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => run_serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Bootstrap(args) => run_bootstrap(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -129,4 +211,67 @@ fn run_render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let opts = crate::serve::ServeOptions {
+        manifests: args.manifests,
+        xds_addr: args.xds_addr,
+        poll_interval: args.poll_interval,
+        debounce: crate::publish::Debounce {
+            quiet: args.debounce_quiet,
+            max_delay: args.debounce_max,
+        },
+        tls: args.xds_tls_cert.map(|cert| crate::serve::TlsFiles {
+            cert,
+            key: args
+                .xds_tls_key
+                .expect("clap requires the key with the certificate"),
+            client_ca: args.xds_tls_client_ca,
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        crate::serve::cancel_on_signals(shutdown.clone());
+        crate::serve::run(opts, shutdown, |_, _| {}).await
+    })
+}
+
+fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
+    let opts = crate::bootstrap::BootstrapOptions {
+        xds_address: args.xds_address,
+        node_id: args.node_id,
+        namespace: args.namespace,
+        labels: args.labels.into_iter().collect(),
+        admin_port: args.admin_port,
+        sotw: args.sotw,
+        tls: args.xds_tls_ca.map(|ca| crate::bootstrap::ClientTls {
+            ca,
+            cert: args.xds_tls_cert,
+            key: args.xds_tls_key,
+            server_name: args.xds_tls_server_name,
+        }),
+    };
+    let json = crate::bootstrap::bootstrap(&opts)?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &json)?;
+    writeln!(stdout)?;
+    Ok(())
 }

@@ -6,10 +6,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bootstrap;
 pub mod cli;
 pub mod compile;
 pub mod duration;
 pub mod model;
 pub mod protojson;
+pub mod publish;
 pub mod render;
+pub mod serve;
+pub mod snapshot;
 pub mod source;
+pub mod xds;

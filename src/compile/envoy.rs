@@ -188,6 +188,10 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                 },
             ));
             c.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+            // Envoy otherwise holds its whole initialization (every listener) until this
+            // cluster has read CLUSTER SLOTS once: one unreachable Redis would keep a new
+            // sidecar from serving any other RedisCluster.
+            c.wait_for_warm_on_init = Some(pbw::BoolValue { value: false });
             c.load_assignment = Some(load_assignment(&name, plan.mode, &plan.endpoints));
             (c, None)
         }

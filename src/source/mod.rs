@@ -6,3 +6,4 @@
 
 pub mod convert;
 pub mod manifests;
+pub mod watch;

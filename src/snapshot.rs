@@ -1,0 +1,165 @@
+//! Snapshots: compiled resources, each encoded once per version and shared by every stream.
+//!
+//! Built by the publisher after every compile. Resource versions are content hashes, and a
+//! resource whose bytes did not change keeps the very same allocation as in the previous
+//! snapshot, so unchanged resources cost neither memory nor pushes. Per-proxy views are
+//! computed once per distinct identity (namespace and labels), not once per connection.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::compile::{ClientMatcher, Compiled};
+use crate::xds::{NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource};
+
+#[derive(Debug)]
+struct ListenerEntry {
+    clients: ClientMatcher,
+    resource: Arc<Resource>,
+}
+
+/// One published state of the world.
+#[derive(Debug)]
+pub struct Snapshot {
+    clusters: ResourceMap,
+    endpoints: ResourceMap,
+    listeners: BTreeMap<String, ListenerEntry>,
+    views: Mutex<HashMap<NodeIdentity, Arc<ProxyResources>>>,
+    /// The compile output it was built from, for the debug views and status.
+    pub compiled: Arc<Compiled>,
+    /// When the model change that led to this snapshot was first observed.
+    pub observed_at: Instant,
+}
+
+fn version(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn resource(
+    name: &str,
+    body: Vec<u8>,
+    clusters: Vec<String>,
+    previous: Option<&Arc<Resource>>,
+) -> Arc<Resource> {
+    if let Some(prev) = previous
+        && prev.body.as_ref() == body.as_slice()
+        && prev.clusters == clusters
+    {
+        return Arc::clone(prev);
+    }
+    Arc::new(Resource {
+        name: name.to_owned(),
+        version: version(&body),
+        body: Bytes::from(body),
+        clusters,
+    })
+}
+
+impl Snapshot {
+    /// Encodes a compile output, reusing the resources of `previous` that did not change.
+    pub fn build(
+        compiled: Arc<Compiled>,
+        previous: Option<&Snapshot>,
+        observed_at: Instant,
+    ) -> Snapshot {
+        let mut clusters = ResourceMap::new();
+        let mut endpoints = ResourceMap::new();
+        for (name, c) in &compiled.clusters {
+            let prev = previous.and_then(|p| p.clusters.get(name));
+            clusters.insert(
+                name.clone(),
+                resource(name, c.cluster.encode_to_vec(), Vec::new(), prev),
+            );
+            if let Some(cla) = &c.endpoints {
+                let prev = previous.and_then(|p| p.endpoints.get(name));
+                endpoints.insert(
+                    name.clone(),
+                    resource(name, cla.encode_to_vec(), Vec::new(), prev),
+                );
+            }
+        }
+        let mut listeners = BTreeMap::new();
+        for (name, l) in &compiled.listeners {
+            let prev = previous
+                .and_then(|p| p.listeners.get(name))
+                .map(|e| &e.resource);
+            let uses: Vec<String> = l.clusters.iter().cloned().collect();
+            listeners.insert(
+                name.clone(),
+                ListenerEntry {
+                    clients: l.clients.clone(),
+                    resource: resource(name, l.listener.encode_to_vec(), uses, prev),
+                },
+            );
+        }
+        Snapshot {
+            clusters,
+            endpoints,
+            listeners,
+            views: Mutex::new(HashMap::new()),
+            compiled,
+            observed_at,
+        }
+    }
+
+    fn compute(&self, node: &NodeIdentity) -> ProxyResources {
+        let listeners: ResourceMap = self
+            .listeners
+            .iter()
+            .filter(|(_, e)| {
+                e.clients
+                    .selects(node.namespace.as_deref(), node.labels.as_ref())
+            })
+            .map(|(n, e)| (n.clone(), Arc::clone(&e.resource)))
+            .collect();
+        let used: BTreeSet<&String> = listeners.values().flat_map(|r| r.clusters.iter()).collect();
+        let pick = |map: &ResourceMap| -> ResourceMap {
+            used.iter()
+                .filter_map(|n| map.get(*n).map(|r| ((*n).clone(), Arc::clone(r))))
+                .collect()
+        };
+        ProxyResources {
+            clusters: pick(&self.clusters),
+            endpoints: pick(&self.endpoints),
+            listeners,
+        }
+    }
+}
+
+impl ResourceSource for Snapshot {
+    fn resources_for(&self, node: &NodeIdentity) -> Arc<ProxyResources> {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = views.get(node) {
+            return Arc::clone(v);
+        }
+        let view = Arc::new(self.compute(node));
+        views.insert(node.clone(), Arc::clone(&view));
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    #[test]
+    fn should_reuse_unchanged_resources_and_cache_views_per_identity() {
+        let compiled = Arc::new(crate::compile::compile(&Model::default()));
+        let a = Snapshot::build(Arc::clone(&compiled), None, Instant::now());
+        let node = NodeIdentity::default();
+        let v1 = a.resources_for(&node);
+        let v2 = a.resources_for(&node);
+        assert!(Arc::ptr_eq(&v1, &v2));
+        let r1 = resource("x", vec![1, 2, 3], vec![], None);
+        let r2 = resource("x", vec![1, 2, 3], vec![], Some(&r1));
+        assert!(Arc::ptr_eq(&r1, &r2));
+        let r3 = resource("x", vec![1, 2, 4], vec![], Some(&r1));
+        assert_ne!(r1.version, r3.version);
+    }
+}

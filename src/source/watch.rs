@@ -1,0 +1,216 @@
+//! Follows a manifests directory: every change to a `*.yaml` / `*.yml` file (create, edit,
+//! rename, delete, replace-by-rename) produces a new model.
+//!
+//! The directory is polled: content hashes of every manifest are compared each interval.
+//! Polling sees renames and atomic replaces the same way as edits, works on every file
+//! system (including the symlink swaps of Kubernetes ConfigMap volumes) and costs little
+//! for the few files such a directory holds.
+//!
+//! A file that cannot be read as YAML at all keeps its last good content in the model, with
+//! the problem reported; other files are unaffected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::manifests::{self, LoadProblem, ParsedFile};
+use crate::model::{Model, ObjectKey};
+
+/// What the directory currently says.
+#[derive(Debug, Default)]
+pub struct DirState {
+    /// The model.
+    pub model: Arc<Model>,
+    /// Problems with files and objects (including files served from their last good read).
+    pub problems: Vec<LoadProblem>,
+    /// Skipped documents.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    hash: [u8; 32],
+    /// What is served for this file: the latest parse, or the last good one.
+    served: ParsedFile,
+    /// Set while the current content is unreadable and `served` is older.
+    stale: Option<LoadProblem>,
+}
+
+/// Reads the directory and keeps per-file state between reads.
+#[derive(Debug)]
+pub struct DirWatcher {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileEntry>,
+    first_seen: HashMap<ObjectKey, u64>,
+    next_seen: u64,
+    dir_problem: Option<LoadProblem>,
+}
+
+impl DirWatcher {
+    /// A watcher for `dir`; nothing is read until [`DirWatcher::poll`].
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirWatcher {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            first_seen: HashMap::new(),
+            next_seen: 0,
+            dir_problem: None,
+        }
+    }
+
+    /// Re-reads the directory; returns the new state when anything changed.
+    pub fn poll(&mut self) -> Option<DirState> {
+        let mut changed = false;
+        let listing = match list(&self.dir) {
+            Ok(l) => {
+                changed |= self.dir_problem.take().is_some();
+                l
+            }
+            Err(e) => {
+                // Keep serving what was read before: a directory that briefly disappears
+                // (a volume remount) must not take every listener away.
+                let problem = LoadProblem {
+                    file: self.dir.clone(),
+                    line: None,
+                    object: None,
+                    message: format!(
+                        "cannot read the manifests directory: {e}; serving the last good content"
+                    ),
+                };
+                if self.dir_problem.as_ref() != Some(&problem) {
+                    warn!(dir = %self.dir.display(), error = %e, "cannot read the manifests directory");
+                    self.dir_problem = Some(problem);
+                    return Some(self.state());
+                }
+                return None;
+            }
+        };
+        let before = self.files.len();
+        self.files.retain(|path, _| listing.contains(path));
+        changed |= self.files.len() != before;
+        for path in listing {
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let hash: [u8; 32] = Sha256::digest(&bytes).into();
+            if self.files.get(&path).is_some_and(|f| f.hash == hash) {
+                continue;
+            }
+            changed = true;
+            let parsed = match String::from_utf8(bytes) {
+                Ok(text) => manifests::parse_file(&path, &text),
+                Err(_) => ParsedFile {
+                    problems: vec![LoadProblem {
+                        file: path.clone(),
+                        line: None,
+                        object: None,
+                        message: "not UTF-8 text".into(),
+                    }],
+                    ..Default::default()
+                },
+            };
+            info!(file = %path.display(), objects = parsed.objects.len(), problems = parsed.problems.len(), "manifest file read");
+            let entry = match self.files.remove(&path) {
+                Some(old) if parsed.is_unreadable() && !old.served.objects.is_empty() => {
+                    FileEntry {
+                        hash,
+                        stale: parsed.problems.first().cloned().map(|mut p| {
+                            p.message
+                                .push_str("; serving the last good content of this file");
+                            p
+                        }),
+                        served: old.served,
+                    }
+                }
+                _ => FileEntry {
+                    hash,
+                    served: parsed,
+                    stale: None,
+                },
+            };
+            self.files.insert(path, entry);
+        }
+        changed.then(|| self.state())
+    }
+
+    fn state(&mut self) -> DirState {
+        let parsed: Vec<(PathBuf, ParsedFile)> = self
+            .files
+            .iter()
+            .map(|(p, f)| {
+                let mut served = f.served.clone();
+                if let Some(stale) = &f.stale {
+                    served.problems.push(stale.clone());
+                }
+                (p.clone(), served)
+            })
+            .collect();
+        let first_seen = &mut self.first_seen;
+        let next_seen = &mut self.next_seen;
+        let (model, mut problems, notes) = manifests::assemble(&parsed, &mut |key| {
+            Some(*first_seen.entry(key.clone()).or_insert_with(|| {
+                *next_seen += 1;
+                *next_seen
+            }))
+        });
+        if let Some(p) = &self.dir_problem {
+            problems.insert(0, p.clone());
+        }
+        DirState {
+            model: Arc::new(model),
+            problems,
+            notes,
+        }
+    }
+}
+
+fn list(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if manifests::is_manifest(&path) && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Polls `dir` every `interval` until `shutdown`, publishing each new state.
+pub async fn run(
+    mut watcher: DirWatcher,
+    interval: Duration,
+    states: watch::Sender<Arc<DirState>>,
+    models: watch::Sender<Arc<Model>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(state) = watcher.poll() {
+            for p in &state.problems {
+                warn!(problem = %p, "manifest problem");
+            }
+            let model = Arc::clone(&state.model);
+            states.send_replace(Arc::new(state));
+            models.send_if_modified(|current| {
+                if **current == *model {
+                    false
+                } else {
+                    *current = model;
+                    true
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The ADS server: Envoy's Aggregated Discovery Service, State-of-the-World and Delta.
+//!
+//! It knows the xDS protocol (nonces, ACK/NACK, subscriptions, ordering) and nothing about
+//! Redis: resources come from a [`ResourceSource`] published on a `watch` channel. Every
+//! stream runs its own task; per-type protocol state lives in [`tracker::TypeTracker`], the
+//! per-stream state visible to operators in [`Registry`].
+
+pub mod registry;
+pub mod resource;
+mod stream;
+pub mod tracker;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use self::registry::{ProxyStatus, Registry, TypeStatus, Variant};
+pub use self::resource::{
+    NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
+};
+pub use self::stream::identity;
+use self::stream::{Request as AnyRequest, Response as AnyResponse, StreamContext};
+
+/// Responses buffered per stream before the handler waits for the client to read.
+const RESPONSE_BUFFER: usize = 4;
+
+/// The ADS service.
+#[derive(Clone, Debug)]
+pub struct AdsServer {
+    source: watch::Receiver<Arc<dyn ResourceSource>>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    next_stream: Arc<AtomicU64>,
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl AdsServer {
+    /// A server that serves what `source` holds, records streams in `registry`, and ends
+    /// every stream when `shutdown` is cancelled.
+    pub fn new(
+        source: watch::Receiver<Arc<dyn ResourceSource>>,
+        registry: Arc<Registry>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AdsServer {
+            source,
+            registry,
+            shutdown,
+            next_stream: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// The tonic service, ready for `Server::add_service`.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    fn start<Req, Resp>(
+        &self,
+        variant: Variant,
+        incoming: Streaming<Req>,
+        wrap: fn(Req) -> AnyRequest,
+        unwrap: fn(AnyResponse) -> Option<Resp>,
+    ) -> ResponseStream<Resp>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let ctx = StreamContext {
+            id,
+            variant,
+            source: self.source.clone(),
+            registry: Arc::clone(&self.registry),
+            shutdown: self.shutdown.clone(),
+        };
+        let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);
+        let (req_tx, req_rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut incoming = incoming;
+            // The first request names the node; wait for it before anything else.
+            let first = match incoming.message().await {
+                Ok(Some(m)) => wrap(m),
+                _ => return,
+            };
+            let forward = async move {
+                loop {
+                    let item = match incoming.message().await {
+                        Ok(Some(m)) => Ok(wrap(m)),
+                        Ok(None) => break,
+                        Err(status) => Err(status),
+                    };
+                    let failed = item.is_err();
+                    if req_tx.send(item).await.is_err() || failed {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                () = stream::run(ctx, first, req_rx, resp_tx) => {}
+                () = forward => {}
+            }
+        });
+        let out = ReceiverStream::new(resp_rx).filter_map(move |item| match item {
+            Ok(resp) => unwrap(resp).map(Ok),
+            Err(status) => Some(Err(status)),
+        });
+        Box::pin(out)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<discovery::DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<discovery::DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<discovery::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let stream = self.start(
+            Variant::Sotw,
+            request.into_inner(),
+            AnyRequest::Sotw,
+            |r| match r {
+                AnyResponse::Sotw(r) => Some(r),
+                AnyResponse::Delta(_) => None,
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let stream = self.start(
+            Variant::Delta,
+            request.into_inner(),
+            AnyRequest::Delta,
+            |r| match r {
+                AnyResponse::Delta(r) => Some(r),
+                AnyResponse::Sotw(_) => None,
+            },
+        );
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,101 @@
+//! Per-proxy xDS state as data: what each connected stream was sent and what it accepted.
+//! Written by the stream handlers, read by the debug view and status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use super::resource::{NodeIdentity, ResourceType};
+use super::tracker::Nack;
+
+/// The xDS variant a stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Variant {
+    /// State of the World.
+    Sotw,
+    /// Incremental (Delta).
+    Delta,
+}
+
+impl Variant {
+    /// Label for logs, metrics and the debug view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Sotw => "sotw",
+            Variant::Delta => "delta",
+        }
+    }
+}
+
+/// One type's state on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// Version of the state this proxy should hold now.
+    pub desired_version: Option<String>,
+    /// Version of the last response sent.
+    pub sent_version: Option<String>,
+    /// Nonce of the last response sent.
+    pub nonce: Option<String>,
+    /// Version the proxy last ACKed.
+    pub acked_version: Option<String>,
+    /// A response awaits its ACK or NACK.
+    pub pending: bool,
+    /// The last NACK, until a later ACK.
+    pub nack: Option<Nack>,
+}
+
+/// One connected stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyStatus {
+    /// Server-assigned stream id.
+    pub stream: u64,
+    /// `node.id`.
+    pub node_id: String,
+    /// Namespace and labels from the node metadata.
+    pub identity: NodeIdentity,
+    /// SotW or Delta.
+    pub variant: Variant,
+    /// When the stream opened.
+    pub connected_at: SystemTime,
+    /// Per type.
+    pub types: BTreeMap<ResourceType, TypeStatus>,
+}
+
+/// All connected streams.
+#[derive(Debug, Default)]
+pub struct Registry {
+    streams: Mutex<HashMap<u64, ProxyStatus>>,
+}
+
+impl Registry {
+    /// Adds or replaces a stream's status.
+    pub fn put(&self, status: ProxyStatus) {
+        self.lock().insert(status.stream, status);
+    }
+
+    /// Forgets a stream.
+    pub fn remove(&self, stream: u64) {
+        self.lock().remove(&stream);
+    }
+
+    /// Every stream, ordered by node id then stream id.
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        let mut out: Vec<ProxyStatus> = self.lock().values().cloned().collect();
+        out.sort_by(|a, b| (&a.node_id, a.stream).cmp(&(&b.node_id, b.stream)));
+        out
+    }
+
+    /// Number of connected streams per variant.
+    pub fn count(&self, variant: Variant) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.variant == variant)
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyStatus>> {
+        // A panic while holding the lock cannot leave the map half-updated (every update is
+        // one insert or remove), so a poisoned lock is still usable.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,128 @@
+//! What the ADS server serves: encoded resources and per-proxy sets of them.
+//!
+//! The server is generic over [`ResourceSource`]; it never sees how the resources were made.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// `type_url` of clusters (CDS).
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// `type_url` of endpoints (EDS).
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// `type_url` of listeners (LDS).
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+/// The resource types served, in make-before-break order: clusters before their endpoints,
+/// both before the listeners that use them (xDS protocol, "Eventual consistency
+/// considerations").
+pub const TYPES: [ResourceType; 3] = [
+    ResourceType::Cluster,
+    ResourceType::Endpoint,
+    ResourceType::Listener,
+];
+
+/// A served resource type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    /// CDS.
+    Cluster,
+    /// EDS.
+    Endpoint,
+    /// LDS.
+    Listener,
+}
+
+impl ResourceType {
+    /// The xDS `type_url`.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => CLUSTER,
+            ResourceType::Endpoint => ENDPOINT,
+            ResourceType::Listener => LISTENER,
+        }
+    }
+
+    /// Parses a `type_url`.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        TYPES.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Short name for logs and the debug view.
+    pub fn short(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "CDS",
+            ResourceType::Endpoint => "EDS",
+            ResourceType::Listener => "LDS",
+        }
+    }
+
+    /// Whether a client may subscribe to every resource of the type at once (xDS wildcard).
+    /// EDS is always requested by name.
+    pub fn allows_wildcard(self) -> bool {
+        !matches!(self, ResourceType::Endpoint)
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// One resource, encoded once and shared by every stream that sends it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resource {
+    /// Resource name.
+    pub name: String,
+    /// Content hash of `body`; changes exactly when the content does.
+    pub version: String,
+    /// The encoded message (not wrapped in `Any`).
+    pub body: Bytes,
+    /// Names of the clusters this resource sends traffic to (listeners only). The server
+    /// keeps those clusters on a proxy for as long as it may hold the resource.
+    pub clusters: Vec<String>,
+}
+
+/// Resources of one type by name.
+pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
+
+/// Everything one proxy should hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProxyResources {
+    /// CDS.
+    pub clusters: ResourceMap,
+    /// EDS.
+    pub endpoints: ResourceMap,
+    /// LDS.
+    pub listeners: ResourceMap,
+}
+
+impl ProxyResources {
+    /// Resources of one type.
+    pub fn of(&self, t: ResourceType) -> &ResourceMap {
+        match t {
+            ResourceType::Cluster => &self.clusters,
+            ResourceType::Endpoint => &self.endpoints,
+            ResourceType::Listener => &self.listeners,
+        }
+    }
+}
+
+/// The identity a proxy claims in its xDS `node`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeIdentity {
+    /// `node.metadata.namespace`.
+    pub namespace: Option<String>,
+    /// `node.metadata.labels`.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Supplies the resources of each proxy. Implementations cache per identity: thousands of
+/// streams with one identity must cost one computation.
+pub trait ResourceSource: Send + Sync + fmt::Debug + 'static {
+    /// The resources of a proxy with this identity.
+    fn resources_for(&self, node: &NodeIdentity) -> Arc<ProxyResources>;
+}

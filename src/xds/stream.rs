@@ -1,0 +1,369 @@
+//! One ADS stream: a loop over {resources changed, client request, shutdown}.
+//!
+//! Both variants share the loop and the make-before-break logic; they differ only in how
+//! requests are read into the [`TypeTracker`]s and how responses are built.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::{Instrument, debug, info, warn};
+
+use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
+use super::resource::{
+    NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
+};
+use super::tracker::{Received, TypeTracker};
+
+/// A request of either variant, reduced to what the trackers need.
+pub(super) enum Request {
+    Sotw(discovery::DiscoveryRequest),
+    Delta(discovery::DeltaDiscoveryRequest),
+}
+
+impl Request {
+    fn node(&self) -> Option<&Node> {
+        match self {
+            Request::Sotw(r) => r.node.as_ref(),
+            Request::Delta(r) => r.node.as_ref(),
+        }
+    }
+
+    fn type_url(&self) -> &str {
+        match self {
+            Request::Sotw(r) => &r.type_url,
+            Request::Delta(r) => &r.type_url,
+        }
+    }
+}
+
+/// A response of either variant.
+pub(super) enum Response {
+    Sotw(discovery::DiscoveryResponse),
+    Delta(discovery::DeltaDiscoveryResponse),
+}
+
+/// Reads namespace and labels from node metadata; anything else there is ignored.
+pub fn identity(node: &Node) -> NodeIdentity {
+    let fields = node.metadata.as_ref().map(|m: &Struct| &m.fields);
+    let namespace = fields
+        .and_then(|f| f.get("namespace"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        });
+    let labels = fields
+        .and_then(|f| f.get("labels"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StructValue(s)) => Some(
+                s.fields
+                    .iter()
+                    .filter_map(|(k, v)| match &v.kind {
+                        Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                        _ => None,
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            _ => None,
+        });
+    NodeIdentity { namespace, labels }
+}
+
+pub(super) struct StreamContext {
+    pub id: u64,
+    pub variant: Variant,
+    pub source: watch::Receiver<Arc<dyn ResourceSource>>,
+    pub registry: Arc<Registry>,
+    pub shutdown: CancellationToken,
+}
+
+struct Stream {
+    ctx: StreamContext,
+    node_id: String,
+    identity: NodeIdentity,
+    connected_at: SystemTime,
+    view: Arc<ProxyResources>,
+    trackers: BTreeMap<ResourceType, TypeTracker>,
+    nonces: u64,
+}
+
+/// Runs one stream until the client goes away, the server shuts down, or the send side
+/// closes. `first` is the stream's first request.
+pub(super) async fn run(
+    mut ctx: StreamContext,
+    first: Request,
+    mut requests: mpsc::Receiver<Result<Request, Status>>,
+    responses: mpsc::Sender<Result<Response, Status>>,
+) {
+    let Some(node) = first.node() else {
+        let _ = responses
+            .send(Err(Status::invalid_argument(
+                "the first request of an ADS stream must carry the node (id and metadata)",
+            )))
+            .await;
+        return;
+    };
+    let node_id = node.id.clone();
+    let identity = identity(node);
+    let view = ctx.source.borrow_and_update().resources_for(&identity);
+    let span = tracing::info_span!("xds_stream", stream = ctx.id, proxy = %node_id, variant = ctx.variant.as_str());
+    async move {
+        info!(namespace = ?identity.namespace, "proxy connected");
+        let mut s = Stream {
+            ctx,
+            node_id,
+            identity,
+            connected_at: SystemTime::now(),
+            view,
+            trackers: TYPES
+                .into_iter()
+                .map(|t| (t, TypeTracker::new(t)))
+                .collect(),
+            nonces: 0,
+        };
+        let result = s.serve(first, &mut requests, &responses).await;
+        s.ctx.registry.remove(s.ctx.id);
+        match result {
+            Ok(()) => info!("proxy disconnected"),
+            Err(e) => warn!(error = %e, "stream ended"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+impl Stream {
+    async fn serve(
+        &mut self,
+        first: Request,
+        requests: &mut mpsc::Receiver<Result<Request, Status>>,
+        responses: &mpsc::Sender<Result<Response, Status>>,
+    ) -> Result<(), Status> {
+        self.on_request(first);
+        self.sync(responses).await?;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.ctx.shutdown.cancelled() => return Ok(()),
+                req = requests.recv() => match req {
+                    Some(Ok(req)) => {
+                        self.on_request(req);
+                        self.sync(responses).await?;
+                    }
+                    Some(Err(status)) => return Err(status),
+                    None => return Ok(()),
+                },
+                changed = self.ctx.source.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let view = self.ctx.source.borrow_and_update().resources_for(&self.identity);
+                    self.view = view;
+                    self.sync(responses).await?;
+                }
+            }
+        }
+    }
+
+    fn on_request(&mut self, req: Request) {
+        let Some(kind) = ResourceType::from_type_url(req.type_url()) else {
+            debug!(
+                type_url = req.type_url(),
+                "ignoring request for a type this server does not serve"
+            );
+            return;
+        };
+        let tracker = self
+            .trackers
+            .get_mut(&kind)
+            .expect("every type has a tracker");
+        let now = SystemTime::now();
+        let outcome = match &req {
+            Request::Sotw(r) => tracker.on_sotw_request(
+                &r.resource_names,
+                &r.response_nonce,
+                r.error_detail.as_ref().map(|e| e.message.clone()),
+                now,
+            ),
+            Request::Delta(r) => tracker.on_delta_request(
+                &r.resource_names_subscribe,
+                &r.resource_names_unsubscribe,
+                &r.initial_resource_versions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                &r.response_nonce,
+                r.error_detail.as_ref().map(|e| e.message.clone()),
+                now,
+            ),
+        };
+        match outcome {
+            Received::Nack => warn!(
+                type_url = %kind,
+                error = tracker.nack().map_or("", |n| n.message.as_str()),
+                "proxy rejected configuration"
+            ),
+            Received::Ack => debug!(type_url = %kind, version = tracker.acked_version(), "ACK"),
+            Received::Stale => debug!(type_url = %kind, "stale nonce; ignored"),
+            Received::Subscription => debug!(type_url = %kind, "subscription"),
+        }
+    }
+
+    /// What may be sent for each type now. Clusters (and their endpoints) that listeners
+    /// the proxy may still hold are kept until those listeners are gone: a proxy never holds
+    /// a listener that routes to a cluster it does not have.
+    fn available(&self, kind: ResourceType) -> ResourceMap {
+        let mut out = self.view.of(kind).clone();
+        if kind == ResourceType::Listener {
+            return out;
+        }
+        let needed: BTreeSet<&str> = self.trackers[&ResourceType::Listener]
+            .held()
+            .filter_map(|k| k.resource.as_ref())
+            .flat_map(|r| r.clusters.iter().map(String::as_str))
+            .collect();
+        for (name, known) in self.trackers[&kind].sent() {
+            if needed.contains(name.as_str())
+                && !out.contains_key(name)
+                && let Some(r) = &known.resource
+            {
+                out.insert(name.clone(), Arc::clone(r));
+            }
+        }
+        out
+    }
+
+    /// Listeners may only go out once every cluster they use was sent before them.
+    fn listeners_ready(&self, listeners: &ResourceMap) -> bool {
+        let tracker = &self.trackers[&ResourceType::Listener];
+        let clusters = self.trackers[&ResourceType::Cluster].sent();
+        listeners
+            .iter()
+            .filter(|(name, _)| tracker.is_wildcard() || tracker.names().contains(*name))
+            .flat_map(|(_, r)| r.clusters.iter())
+            .all(|c| clusters.contains_key(c))
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        format!("{:x}-{}", self.ctx.id, self.nonces)
+    }
+
+    /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
+    async fn sync(
+        &mut self,
+        responses: &mpsc::Sender<Result<Response, Status>>,
+    ) -> Result<(), Status> {
+        for kind in TYPES {
+            let available = self.available(kind);
+            if kind == ResourceType::Listener && !self.listeners_ready(&available) {
+                debug!("listeners wait for their clusters");
+                continue;
+            }
+            let response = self.plan(kind, &available);
+            if let Some(response) = response
+                && responses.send(Ok(response)).await.is_err()
+            {
+                return Err(Status::cancelled("client went away"));
+            }
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    fn plan(&mut self, kind: ResourceType, available: &ResourceMap) -> Option<Response> {
+        let type_url = kind.type_url();
+        match self.ctx.variant {
+            Variant::Sotw => {
+                let plan = self.trackers[&kind].plan_sotw(available)?;
+                let nonce = self.next_nonce();
+                let response = discovery::DiscoveryResponse {
+                    version_info: plan.version.clone(),
+                    resources: plan.resources.iter().map(|r| any(type_url, r)).collect(),
+                    type_url: type_url.to_owned(),
+                    nonce: nonce.clone(),
+                    ..Default::default()
+                };
+                debug!(type_url = %kind, version = %plan.version, resources = plan.resources.len(), "push");
+                self.trackers
+                    .get_mut(&kind)
+                    .expect("tracker")
+                    .sent_sotw(nonce, plan);
+                Some(Response::Sotw(response))
+            }
+            Variant::Delta => {
+                let plan = self.trackers[&kind].plan_delta(available)?;
+                let nonce = self.next_nonce();
+                let response = discovery::DeltaDiscoveryResponse {
+                    system_version_info: plan.version.clone(),
+                    resources: plan
+                        .resources
+                        .iter()
+                        .map(|r| discovery::Resource {
+                            name: r.name.clone(),
+                            version: r.version.clone(),
+                            resource: Some(any(type_url, r)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    type_url: type_url.to_owned(),
+                    removed_resources: plan.removed.clone(),
+                    nonce: nonce.clone(),
+                    ..Default::default()
+                };
+                debug!(type_url = %kind, updated = plan.resources.len(), removed = plan.removed.len(), "push");
+                self.trackers
+                    .get_mut(&kind)
+                    .expect("tracker")
+                    .sent_delta(nonce, plan);
+                Some(Response::Delta(response))
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let types = self
+            .trackers
+            .iter()
+            .filter(|(_, t)| t.is_initialized())
+            .map(|(kind, t)| {
+                let desired = t.desired(&self.available(*kind));
+                let desired_version = super::tracker::state_version(
+                    desired.iter().map(|(n, k)| (n, k.version.as_str())),
+                );
+                (
+                    *kind,
+                    TypeStatus {
+                        desired_version: Some(desired_version),
+                        sent_version: t.sent_version().map(str::to_owned),
+                        nonce: t.last_nonce().map(str::to_owned),
+                        acked_version: t.acked_version().map(str::to_owned),
+                        pending: t.is_pending(),
+                        nack: t.nack().cloned(),
+                    },
+                )
+            })
+            .collect();
+        self.ctx.registry.put(ProxyStatus {
+            stream: self.ctx.id,
+            node_id: self.node_id.clone(),
+            identity: self.identity.clone(),
+            variant: self.ctx.variant,
+            connected_at: self.connected_at,
+            types,
+        });
+    }
+}
+
+fn any(type_url: &str, r: &Resource) -> Any {
+    Any {
+        type_url: type_url.to_owned(),
+        value: r.body.to_vec(),
+    }
+}

@@ -1,0 +1,663 @@
+//! Per-stream, per-type xDS protocol state as plain data.
+//!
+//! A [`TypeTracker`] knows what the client subscribed to, what the server last sent, what
+//! the client confirmed, and the last rejection. Its methods are the protocol's transitions;
+//! each cites the rule of the xDS protocol specification it follows. No I/O happens here, so
+//! every rule is unit-tested below without a network.
+//!
+//! One response per type is in flight at a time: the next one waits for the ACK or NACK of
+//! the previous. That keeps "what the client holds" exact, which make-before-break needs,
+//! and costs nothing when changes arrive slower than a round trip (they are debounced).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::resource::{Resource, ResourceMap, ResourceType};
+
+/// A resource version the client holds or will hold, with the resource when the server
+/// knows it (it may not, for versions a reconnecting Delta client declared).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// The resource's version.
+    pub version: String,
+    /// The resource, when known.
+    pub resource: Option<Arc<Resource>>,
+}
+
+/// A client's resources of one type by name.
+pub type State = BTreeMap<String, Known>;
+
+/// A rejected response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// Version (state hash) of the rejected response.
+    pub version: String,
+    /// Envoy's error message.
+    pub message: String,
+    /// When the NACK arrived.
+    pub at: SystemTime,
+}
+
+/// What a request meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// The first request, or a change of subscription.
+    Subscription,
+    /// The pending response was applied.
+    Ack,
+    /// The pending response was rejected.
+    Nack,
+    /// SotW request carrying an old nonce: ignored entirely.
+    Stale,
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    nonce: String,
+    state: State,
+    version: String,
+}
+
+/// Protocol state of one resource type on one stream.
+#[derive(Clone, Debug)]
+pub struct TypeTracker {
+    kind: ResourceType,
+    initialized: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    sent: State,
+    acked: State,
+    pending: Option<Pending>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    last_nonce: Option<String>,
+    nack: Option<Nack>,
+    reported_missing: BTreeSet<String>,
+}
+
+/// What to put in a State-of-the-World response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SotwPlan {
+    /// `version_info`.
+    pub version: String,
+    /// The complete set.
+    pub resources: Vec<Arc<Resource>>,
+    state: State,
+}
+
+/// What to put in a Delta response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DeltaPlan {
+    /// `system_version_info`: the hash of the client's state once applied.
+    pub version: String,
+    /// New and changed resources.
+    pub resources: Vec<Arc<Resource>>,
+    /// `removed_resources`: deleted, and subscribed names that do not exist.
+    pub removed: Vec<String>,
+    state: State,
+    missing: Vec<String>,
+}
+
+/// Hash of a state: names and versions. Stable across processes and runs.
+pub fn state_version<'a>(entries: impl Iterator<Item = (&'a String, &'a str)>) -> String {
+    // FNV-1a, 64 bit: tiny, deterministic, and collisions only cost a redundant push.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, version) in entries {
+        for b in name.bytes().chain([0]).chain(version.bytes()).chain([0]) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+fn version_of(state: &State) -> String {
+    state_version(state.iter().map(|(n, k)| (n, k.version.as_str())))
+}
+
+impl TypeTracker {
+    /// A tracker for a type the client has not asked for yet.
+    pub fn new(kind: ResourceType) -> Self {
+        TypeTracker {
+            kind,
+            initialized: false,
+            wildcard: false,
+            names: BTreeSet::new(),
+            sent: State::new(),
+            acked: State::new(),
+            pending: None,
+            sent_version: None,
+            acked_version: None,
+            last_nonce: None,
+            nack: None,
+            reported_missing: BTreeSet::new(),
+        }
+    }
+
+    /// Whether the client has asked for this type.
+    pub fn is_initialized(&self) -> bool {
+        self.initialized
+    }
+
+    /// Version of the last response sent.
+    pub fn sent_version(&self) -> Option<&str> {
+        self.sent_version.as_deref()
+    }
+
+    /// Version of the last response the client ACKed.
+    pub fn acked_version(&self) -> Option<&str> {
+        self.acked_version.as_deref()
+    }
+
+    /// Nonce of the last response sent.
+    pub fn last_nonce(&self) -> Option<&str> {
+        self.last_nonce.as_deref()
+    }
+
+    /// The last NACK, until a later response is ACKed.
+    pub fn nack(&self) -> Option<&Nack> {
+        self.nack.as_ref()
+    }
+
+    /// Whether a response waits for its ACK or NACK.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether the client subscribed to everything of this type.
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    /// Explicitly subscribed names.
+    pub fn names(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    /// Resources the client holds for sure (ACKed), plus those of the response in flight:
+    /// everything it may be using right now.
+    pub fn held(&self) -> impl Iterator<Item = &Known> {
+        self.acked
+            .values()
+            .chain(self.pending.iter().flat_map(|p| p.state.values()))
+    }
+
+    /// Resources of the last response sent, as the client will hold them once applied.
+    pub fn sent(&self) -> &State {
+        &self.sent
+    }
+
+    fn settle(&mut self, nonce: &str, error: Option<String>, at: SystemTime) -> Option<Received> {
+        let pending = self.pending.take_if(|p| p.nonce == nonce)?;
+        Some(match error {
+            // "The client ... will send a NACK ... with the error_detail populated." The
+            // client keeps its previous state; the rejected version is not sent again (the
+            // server's `sent` still holds it, so only a new version differs from it).
+            Some(message) => {
+                self.nack = Some(Nack {
+                    version: pending.version,
+                    message,
+                    at,
+                });
+                Received::Nack
+            }
+            None => {
+                self.acked = pending.state;
+                self.acked_version = Some(pending.version);
+                self.nack = None;
+                Received::Ack
+            }
+        })
+    }
+
+    /// A State-of-the-World request.
+    pub fn on_sotw_request(
+        &mut self,
+        resource_names: &[String],
+        response_nonce: &str,
+        error: Option<String>,
+        at: SystemTime,
+    ) -> Received {
+        let mut outcome = Received::Subscription;
+        if !response_nonce.is_empty() {
+            // "If the nonce is not the most recent one sent, the request is stale and the
+            // management server should not respond to it" (xDS protocol, "Resource update
+            // ordering"). A request for a settled nonce is stale as well.
+            match self.settle(response_nonce, error, at) {
+                Some(r) => outcome = r,
+                None => return Received::Stale,
+            }
+        }
+        self.initialized = true;
+        // SotW requests always carry the full list of names. For LDS and CDS an empty list
+        // means wildcard (legacy wildcard); "*" means wildcard too.
+        let explicit: BTreeSet<String> = resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .cloned()
+            .collect();
+        self.wildcard = self.kind.allows_wildcard()
+            && (resource_names.is_empty() || resource_names.iter().any(|n| n == "*"));
+        self.names = explicit;
+        outcome
+    }
+
+    /// A Delta request.
+    pub fn on_delta_request(
+        &mut self,
+        subscribe: &[String],
+        unsubscribe: &[String],
+        initial_versions: &BTreeMap<String, String>,
+        response_nonce: &str,
+        error: Option<String>,
+        at: SystemTime,
+    ) -> Received {
+        let mut outcome = Received::Subscription;
+        if !response_nonce.is_empty()
+            && let Some(r) = self.settle(response_nonce, error, at)
+        {
+            outcome = r;
+        }
+        // In Delta, subscription changes are honoured whatever the nonce: they are not
+        // tied to a response ("the nonce ... is only used to match ACK/NACKs").
+        if !self.initialized {
+            self.initialized = true;
+            // "If the first request has no resource names, the client is a wildcard
+            // subscriber" (legacy wildcard, LDS and CDS only).
+            self.wildcard = self.kind.allows_wildcard() && subscribe.is_empty();
+            // "initial_resource_versions ... the versions of the resources the client
+            // already has": only what differs is sent after a reconnect.
+            self.sent = initial_versions
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        Known {
+                            version: v.clone(),
+                            resource: None,
+                        },
+                    )
+                })
+                .collect();
+            self.acked = self.sent.clone();
+        }
+        for name in subscribe {
+            if name == "*" {
+                self.wildcard = self.kind.allows_wildcard();
+            } else {
+                self.names.insert(name.clone());
+            }
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(name);
+                // The client forgets an unsubscribed resource; resubscribing must resend it.
+                self.sent.remove(name);
+                self.acked.remove(name);
+                self.reported_missing.remove(name);
+            }
+        }
+        outcome
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The state this client should hold: what it subscribed to, out of `available`.
+    pub fn desired(&self, available: &ResourceMap) -> State {
+        available
+            .iter()
+            .filter(|(name, _)| self.wants(name))
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    Known {
+                        version: r.version.clone(),
+                        resource: Some(Arc::clone(r)),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The SotW response to send now, if any.
+    pub fn plan_sotw(&self, available: &ResourceMap) -> Option<SotwPlan> {
+        if !self.initialized || self.pending.is_some() {
+            return None;
+        }
+        let state = self.desired(available);
+        let version = version_of(&state);
+        // The first request is always answered, even with nothing: Envoy waits for it
+        // before finishing initialization. Afterwards only a changed state is sent.
+        if self.sent_version.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let resources = state.values().filter_map(|k| k.resource.clone()).collect();
+        Some(SotwPlan {
+            version,
+            resources,
+            state,
+        })
+    }
+
+    /// The Delta response to send now, if any.
+    pub fn plan_delta(&self, available: &ResourceMap) -> Option<DeltaPlan> {
+        if !self.initialized || self.pending.is_some() {
+            return None;
+        }
+        let state = self.desired(available);
+        let resources: Vec<Arc<Resource>> = state
+            .iter()
+            .filter(|(name, k)| self.sent.get(*name).is_none_or(|s| s.version != k.version))
+            .filter_map(|(_, k)| k.resource.clone())
+            .collect();
+        let mut removed: Vec<String> = self
+            .sent
+            .keys()
+            .filter(|n| !state.contains_key(*n))
+            .cloned()
+            .collect();
+        // Names subscribed explicitly that do not exist are reported once, so the client
+        // stops waiting for them; they are delivered when they appear.
+        let missing: Vec<String> = self
+            .names
+            .iter()
+            .filter(|n| {
+                !state.contains_key(*n)
+                    && !self.sent.contains_key(*n)
+                    && !self.reported_missing.contains(*n)
+            })
+            .cloned()
+            .collect();
+        removed.extend(missing.iter().cloned());
+        removed.sort();
+        removed.dedup();
+        let first = self.sent_version.is_none();
+        if resources.is_empty() && removed.is_empty() && !first {
+            return None;
+        }
+        Some(DeltaPlan {
+            version: version_of(&state),
+            resources,
+            removed,
+            state,
+            missing,
+        })
+    }
+
+    /// Records a SotW response as sent.
+    pub fn sent_sotw(&mut self, nonce: String, plan: SotwPlan) {
+        self.record(nonce, plan.state, plan.version);
+    }
+
+    /// Records a Delta response as sent.
+    pub fn sent_delta(&mut self, nonce: String, plan: DeltaPlan) {
+        self.reported_missing.extend(plan.missing);
+        self.record(nonce, plan.state, plan.version);
+    }
+
+    fn record(&mut self, nonce: String, state: State, version: String) {
+        self.sent = state.clone();
+        self.sent_version = Some(version.clone());
+        self.last_nonce = Some(nonce.clone());
+        self.pending = Some(Pending {
+            nonce,
+            state,
+            version,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn res(name: &str, version: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.into(),
+            version: version.into(),
+            body: Bytes::from(format!("{name}{version}")),
+            clusters: Vec::new(),
+        })
+    }
+
+    fn map(items: &[(&str, &str)]) -> ResourceMap {
+        items
+            .iter()
+            .map(|(n, v)| (n.to_string(), res(n, v)))
+            .collect()
+    }
+
+    fn names(rs: &[Arc<Resource>]) -> Vec<&str> {
+        rs.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    #[test]
+    fn sotw_should_answer_the_first_request_even_when_empty() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        assert!(
+            t.plan_sotw(&map(&[])).is_none(),
+            "nothing before the client asks"
+        );
+        assert_eq!(
+            t.on_sotw_request(&[], "", None, NOW),
+            Received::Subscription
+        );
+        let plan = t.plan_sotw(&map(&[])).expect("empty first response");
+        assert!(plan.resources.is_empty());
+    }
+
+    #[test]
+    fn sotw_should_send_the_full_set_and_nothing_while_unchanged() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        t.on_sotw_request(&[], "", None, NOW);
+        let avail = map(&[("a", "1"), ("b", "1")]);
+        let plan = t.plan_sotw(&avail).unwrap();
+        assert_eq!(names(&plan.resources), ["a", "b"]);
+        t.sent_sotw("n1".into(), plan);
+        assert!(t.plan_sotw(&avail).is_none(), "one response in flight");
+        assert_eq!(t.on_sotw_request(&[], "n1", None, NOW), Received::Ack);
+        assert!(
+            t.plan_sotw(&avail).is_none(),
+            "unchanged state is not resent"
+        );
+        let changed = map(&[("a", "2"), ("b", "1")]);
+        let plan = t.plan_sotw(&changed).unwrap();
+        assert_eq!(
+            names(&plan.resources),
+            ["a", "b"],
+            "LDS/CDS responses carry the full set"
+        );
+    }
+
+    #[test]
+    fn sotw_should_ignore_a_request_with_a_stale_nonce() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        t.on_sotw_request(&[], "", None, NOW);
+        let plan = t.plan_sotw(&map(&[("a", "1")])).unwrap();
+        t.sent_sotw("n1".into(), plan);
+        assert_eq!(t.on_sotw_request(&[], "n0", None, NOW), Received::Stale);
+        assert!(t.is_pending());
+        assert_eq!(t.on_sotw_request(&[], "n1", None, NOW), Received::Ack);
+        assert_eq!(
+            t.on_sotw_request(&[], "n1", None, NOW),
+            Received::Stale,
+            "settled nonce"
+        );
+    }
+
+    #[test]
+    fn sotw_should_record_a_nack_and_not_resend_the_rejected_version() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_sotw_request(&[], "", None, NOW);
+        let good = map(&[("l", "1")]);
+        let plan = t.plan_sotw(&good).unwrap();
+        t.sent_sotw("n1".into(), plan);
+        t.on_sotw_request(&[], "n1", None, NOW);
+        let bad = map(&[("l", "2")]);
+        let plan = t.plan_sotw(&bad).unwrap();
+        let bad_version = plan.version.clone();
+        t.sent_sotw("n2".into(), plan);
+        assert_eq!(
+            t.on_sotw_request(&[], "n2", Some("boom".into()), NOW),
+            Received::Nack
+        );
+        assert_eq!(t.nack().unwrap().message, "boom");
+        assert_eq!(t.nack().unwrap().version, bad_version);
+        assert_ne!(t.acked_version(), Some(bad_version.as_str()));
+        assert!(
+            t.plan_sotw(&bad).is_none(),
+            "a NACKed version is not sent again"
+        );
+        let fixed = map(&[("l", "3")]);
+        let plan = t.plan_sotw(&fixed).unwrap();
+        t.sent_sotw("n3".into(), plan);
+        t.on_sotw_request(&[], "n3", None, NOW);
+        assert!(t.nack().is_none(), "a later ACK clears the NACK");
+    }
+
+    #[test]
+    fn sotw_should_send_only_named_endpoints() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_sotw_request(&[], "", None, NOW);
+        assert!(!t.is_wildcard(), "EDS has no wildcard");
+        t.on_sotw_request(&["b".into()], "", None, NOW);
+        let plan = t.plan_sotw(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        assert_eq!(names(&plan.resources), ["b"]);
+    }
+
+    #[test]
+    fn sotw_should_answer_a_changed_subscription_in_an_ack() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_sotw_request(&["a".into()], "", None, NOW);
+        let avail = map(&[("a", "1"), ("b", "1")]);
+        let plan = t.plan_sotw(&avail).unwrap();
+        t.sent_sotw("n1".into(), plan);
+        t.on_sotw_request(&["a".into(), "b".into()], "n1", None, NOW);
+        let plan = t.plan_sotw(&avail).unwrap();
+        assert_eq!(names(&plan.resources), ["a", "b"]);
+    }
+
+    #[test]
+    fn delta_should_send_only_changes_and_report_deletions() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        assert!(t.is_wildcard());
+        let plan = t.plan_delta(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        assert_eq!(names(&plan.resources), ["a", "b"]);
+        t.sent_delta("n1".into(), plan);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "n1", None, NOW);
+        let plan = t.plan_delta(&map(&[("a", "2")])).unwrap();
+        assert_eq!(names(&plan.resources), ["a"]);
+        assert_eq!(plan.removed, ["b"]);
+    }
+
+    #[test]
+    fn delta_should_honour_subscriptions_whatever_the_nonce() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_delta_request(&["a".into()], &[], &BTreeMap::new(), "", None, NOW);
+        let avail = map(&[("a", "1"), ("b", "1")]);
+        let plan = t.plan_delta(&avail).unwrap();
+        t.sent_delta("n1".into(), plan);
+        assert_eq!(
+            t.on_delta_request(
+                &["b".into()],
+                &["a".into()],
+                &BTreeMap::new(),
+                "stale",
+                None,
+                NOW
+            ),
+            Received::Subscription
+        );
+        assert!(t.names().contains("b") && !t.names().contains("a"));
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "n1", None, NOW);
+        let plan = t.plan_delta(&avail).unwrap();
+        assert_eq!(names(&plan.resources), ["b"]);
+        assert!(
+            plan.removed.is_empty(),
+            "an unsubscribed name is not reported removed"
+        );
+    }
+
+    #[test]
+    fn delta_should_report_missing_names_once_and_deliver_them_when_they_appear() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_delta_request(&["later".into()], &[], &BTreeMap::new(), "", None, NOW);
+        let plan = t.plan_delta(&map(&[])).unwrap();
+        assert_eq!(plan.removed, ["later"]);
+        t.sent_delta("n1".into(), plan);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "n1", None, NOW);
+        assert!(t.plan_delta(&map(&[])).is_none(), "reported once");
+        let plan = t.plan_delta(&map(&[("later", "1")])).unwrap();
+        assert_eq!(names(&plan.resources), ["later"]);
+    }
+
+    #[test]
+    fn delta_should_honour_initial_resource_versions_on_reconnect() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        let initial: BTreeMap<String, String> = [
+            ("a".to_string(), "1".to_string()),
+            ("gone".to_string(), "1".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        t.on_delta_request(&[], &[], &initial, "", None, NOW);
+        let plan = t.plan_delta(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        assert_eq!(names(&plan.resources), ["b"], "the client already has a@1");
+        assert_eq!(plan.removed, ["gone"]);
+    }
+
+    #[test]
+    fn delta_should_not_resend_a_nacked_version() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        let bad = map(&[("l", "bad")]);
+        let plan = t.plan_delta(&bad).unwrap();
+        t.sent_delta("n1".into(), plan);
+        assert_eq!(
+            t.on_delta_request(
+                &[],
+                &[],
+                &BTreeMap::new(),
+                "n1",
+                Some("rejected".into()),
+                NOW
+            ),
+            Received::Nack
+        );
+        assert!(t.plan_delta(&bad).is_none());
+        assert_eq!(t.held().count(), 0, "the client holds nothing it NACKed");
+    }
+
+    #[test]
+    fn delta_explicit_wildcard_can_be_added_and_removed() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_delta_request(&["x".into()], &[], &BTreeMap::new(), "", None, NOW);
+        assert!(!t.is_wildcard());
+        t.on_delta_request(&["*".into()], &[], &BTreeMap::new(), "", None, NOW);
+        assert!(t.is_wildcard());
+        t.on_delta_request(&[], &["*".into()], &BTreeMap::new(), "", None, NOW);
+        assert!(!t.is_wildcard());
+    }
+
+    #[test]
+    fn state_versions_depend_on_names_and_versions_only() {
+        let a = map(&[("a", "1"), ("b", "2")]);
+        let t = TypeTracker::new(ResourceType::Cluster);
+        let v1 = version_of(&t.desired(&a));
+        let mut t2 = TypeTracker::new(ResourceType::Cluster);
+        t2.on_sotw_request(&[], "", None, NOW);
+        let v2 = version_of(&t2.desired(&a));
+        assert_ne!(v1, v2, "an unsubscribed tracker wants nothing");
+        assert_eq!(v2, version_of(&t2.desired(&map(&[("b", "2"), ("a", "1")]))));
+        assert_ne!(v2, version_of(&t2.desired(&map(&[("a", "1"), ("b", "3")]))));
+    }
+}
