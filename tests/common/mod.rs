@@ -80,3 +80,237 @@ pub fn examples() -> Vec<(String, PathBuf)> {
     );
     out
 }
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after a generous bound with `what`.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `redis-xds serve` on 127.0.0.1 with an OS-chosen xDS port; returns the process, its
+/// xDS address and a buffer that collects its log.
+pub fn start_serve(
+    manifests: &Path,
+    extra: &[&str],
+) -> (
+    Proc,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead;
+    let mut child = redis_xds()
+        .args([
+            "serve",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "50ms",
+            "--manifests",
+        ])
+        .arg(manifests)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("xDS server listening")
+                && let Some(addr) = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+            {
+                let _ = tx.send(addr.to_string());
+            }
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let proc = Proc {
+        child,
+        name: "redis-xds serve",
+    };
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("serve did not start:\n{}", log.lock().unwrap()));
+    (proc, addr.parse().unwrap(), log)
+}
+
+/// Real Envoy started from `redis-xds bootstrap` output; returns it and its admin address.
+pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
+    use std::os::unix::process::CommandExt;
+    let out = run(&[&["bootstrap", "--admin-port", "0"], bootstrap_args].concat());
+    assert!(
+        out.status.success(),
+        "bootstrap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.join(format!("envoy-{}.json", std::process::id()));
+    std::fs::write(&config, &out.stdout).unwrap();
+    let admin_path = dir.join("envoy-admin-address");
+    let _ = std::fs::remove_file(&admin_path);
+    let child = Command::new(envoy_bin())
+        .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
+        .arg(&config)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
+        // Its own process group: a signal to the test's group does not reach it, and the
+        // guard below kills it whatever happens to the test.
+        .process_group(0)
+        .spawn()
+        .expect("envoy starts");
+    let proc = Proc {
+        child,
+        name: "envoy",
+    };
+    let admin = wait_until("envoy writes its admin address", || {
+        std::fs::read_to_string(&admin_path)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim().to_string())
+    });
+    (proc, admin)
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`; returns the body of a 200 response.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some(body.to_string());
+    }
+    // Chunked: size line, data, CRLF, ... until a zero-size chunk.
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size + 2..)?;
+    }
+}
+
+/// Names of Envoy's active dynamic clusters and listeners, from its admin /config_dump.
+pub fn envoy_dynamic(admin: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let body = http_get(admin, "/config_dump")?;
+    let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut clusters = Vec::new();
+    let mut listeners = Vec::new();
+    for config in dump["configs"].as_array()? {
+        for c in config["dynamic_active_clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            clusters.push(c["cluster"]["name"].as_str()?.to_string());
+        }
+        for l in config["dynamic_listeners"].as_array().into_iter().flatten() {
+            if l.get("active_state").is_some() {
+                listeners.push(l["name"].as_str()?.to_string());
+            }
+        }
+    }
+    clusters.sort();
+    listeners.sort();
+    Some((clusters, listeners))
+}
+
+/// Sends one Redis command in RESP and returns the raw reply.
+pub fn redis_command(addr: &str, args: &[&str]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

@@ -1,0 +1,118 @@
+//! Real Envoy 1.40 against `redis-xds serve`, over Delta and over SotW: it ends up with
+//! the listener and clusters active, serves Redis on the listener, and follows a change.
+
+mod common;
+
+use common::{envoy_dynamic, redis_command, start_envoy, start_serve, wait_until};
+
+fn manifests(listener_port: u16) -> String {
+    format!(
+        r#"apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: orders, namespace: shop}}
+spec:
+  endpoints: {{static: ["127.0.0.1:7000", "127.0.0.1:7001"]}}
+  listener:
+    port: {listener_port}
+    clients: {{namespaces: [shop]}}
+    routes: [{{prefix: "c:", cluster: cache}}]
+---
+apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: cache, namespace: shop}}
+spec:
+  mode: Sharded
+  endpoints: {{static: ["a=127.0.0.1:7100", "b=127.0.0.1:7101"]}}
+"#
+    )
+}
+
+fn extra(port: u16) -> String {
+    format!(
+        r#"apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: extra, namespace: shop}}
+spec:
+  endpoints: {{static: ["127.0.0.1:7200"]}}
+  listener: {{port: {port}}}
+"#
+    )
+}
+
+fn envoy_follows_serve(sotw: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let port = common::free_port();
+    std::fs::write(dir.join("orders.yaml"), manifests(port)).unwrap();
+    let (mut serve, xds, log) = start_serve(&dir, &[]);
+
+    let xds = xds.to_string();
+    let mut args = vec![
+        "--xds-address",
+        &xds,
+        "--node-id",
+        "envoy-test",
+        "--namespace",
+        "shop",
+        "--label",
+        "app=test",
+    ];
+    if sotw {
+        args.push("--sotw");
+    }
+    let (_envoy, admin) = start_envoy(tmp.path(), &args);
+
+    let listener = format!("redis/shop/orders@127.0.0.1:{port}");
+    wait_until("Envoy holds both clusters and the listener", || {
+        let (clusters, listeners) = envoy_dynamic(&admin)?;
+        (clusters == ["redis/shop/cache", "redis/shop/orders"] && listeners == [listener.clone()])
+            .then_some(())
+    });
+    // redis_proxy answers PING itself: the listener is really serving Redis.
+    let reply = wait_until("the listener answers PING", || {
+        redis_command(&format!("127.0.0.1:{port}"), &["PING"])
+    });
+    assert_eq!(reply, "+PONG\r\n");
+
+    // A change: a new RedisCluster with a listener appears on the proxy, without restart.
+    let port2 = common::free_port();
+    std::fs::write(dir.join("extra.yaml"), extra(port2)).unwrap();
+    let listener2 = format!("redis/shop/extra@127.0.0.1:{port2}");
+    wait_until("Envoy holds the new listener and cluster", || {
+        let (clusters, listeners) = envoy_dynamic(&admin)?;
+        (clusters.contains(&"redis/shop/extra".to_string()) && listeners.contains(&listener2))
+            .then_some(())
+    });
+    // And a removal takes the listener away, then its cluster.
+    std::fs::remove_file(dir.join("extra.yaml")).unwrap();
+    wait_until("Envoy dropped the removed listener and cluster", || {
+        let (clusters, listeners) = envoy_dynamic(&admin)?;
+        (!clusters.contains(&"redis/shop/extra".to_string()) && listeners == [listener.clone()])
+            .then_some(())
+    });
+
+    let status = serve.terminate();
+    assert!(
+        status.success(),
+        "serve exits cleanly on SIGTERM: {status:?}\n{}",
+        log.lock().unwrap()
+    );
+    let log = log.lock().unwrap();
+    assert!(log.contains("proxy connected"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("rejected configuration"),
+        "Envoy NACKed something:\n{log}"
+    );
+}
+
+#[test]
+fn envoy_over_delta_gets_listener_and_clusters_and_follows_changes() {
+    envoy_follows_serve(false);
+}
+
+#[test]
+fn envoy_over_sotw_gets_listener_and_clusters_and_follows_changes() {
+    envoy_follows_serve(true);
+}
