@@ -28,7 +28,7 @@ pub const KIND: &str = "RedisCluster";
 
 /// One set of Redis servers (an Envoy cluster) and, optionally, a listener that sidecars open
 /// for applications.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "redis-xds.dev",
     version = "v1alpha1",

@@ -86,3 +86,113 @@ pub async fn run(
         sources.send_replace(snap);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObjectKey, Origin, RedisClusterObject};
+
+    fn model(n: u64) -> Arc<Model> {
+        let mut m = Model::default();
+        let key = ObjectKey::new("ns", format!("rc{n}"));
+        m.redis_clusters.insert(
+            key.clone(),
+            RedisClusterObject {
+                key,
+                generation: Some(1),
+                created: None,
+                seen: n,
+                spec: crate::api::RedisClusterSpec::default(),
+                origin: Origin::Kubernetes,
+            },
+        );
+        Arc::new(m)
+    }
+
+    struct Rig {
+        models: watch::Sender<Arc<Model>>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        shutdown: CancellationToken,
+    }
+
+    fn rig(debounce: Debounce) -> Rig {
+        let (models, model_rx) = watch::channel(model(0));
+        let first = Arc::new(snapshot(&model(0), None, Instant::now()));
+        let (snap_tx, snapshots) = watch::channel(Arc::clone(&first));
+        let (source_tx, _source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(run(
+            model_rx,
+            snap_tx,
+            source_tx,
+            debounce,
+            shutdown.clone(),
+        ));
+        Rig {
+            models,
+            snapshots,
+            shutdown,
+        }
+    }
+
+    fn objects(s: &Snapshot) -> usize {
+        s.compiled.objects.len()
+    }
+
+    fn name(s: &Snapshot) -> String {
+        s.compiled.objects.keys().next().unwrap().name.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn should_coalesce_a_burst_into_one_snapshot_after_the_quiet_period() {
+        let mut r = rig(Debounce::default());
+        r.snapshots.borrow_and_update();
+        for n in 1..=5 {
+            r.models.send_replace(model(n));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                !r.snapshots.has_changed().unwrap(),
+                "published during the burst"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            r.snapshots.has_changed().unwrap(),
+            "not published after the quiet period"
+        );
+        let s = Arc::clone(&r.snapshots.borrow_and_update());
+        assert_eq!(
+            (objects(&s), name(&s)),
+            (1, "rc5".to_string()),
+            "the last model of the burst"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !r.snapshots.has_changed().unwrap(),
+            "one snapshot per burst"
+        );
+        r.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn should_publish_within_the_maximum_delay_while_changes_keep_coming() {
+        let mut r = rig(Debounce::default());
+        r.snapshots.borrow_and_update();
+        let start = tokio::time::Instant::now();
+        let mut n = 0;
+        while !r.snapshots.has_changed().unwrap() {
+            n += 1;
+            r.models.send_replace(model(n));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                start.elapsed() <= Duration::from_millis(1100),
+                "no snapshot within the maximum delay"
+            );
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(950),
+            "published before the maximum delay"
+        );
+        r.shutdown.cancel();
+    }
+}
