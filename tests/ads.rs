@@ -1,32 +1,24 @@
 //! The ADS server driven by an in-process client over real gRPC on 127.0.0.1, through
 //! every protocol rule it promises. Each test is named after the rule it checks.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+use common::xds::{
+    self, CDS, Delta, EDS, LDS, PATIENCE, Sotw, delta_names, nack, node, sotw_names,
 };
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc::Status as RpcStatus;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use redis_xds::snapshot::Snapshot;
 use redis_xds::source::manifests::{assemble, parse_file};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource, ResourceType};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
-
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-/// Bound on waiting for a response that must come; never reached when the server works.
-const PATIENCE: Duration = Duration::from_secs(10);
 
 fn rc(name: &str, spec: &str) -> String {
     format!(
@@ -120,221 +112,13 @@ impl Harness {
         self.sources.send_replace(snap);
     }
 
-    async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
     async fn delta(&self) -> Delta {
-        let (tx, rx) = mpsc::channel(16);
-        let stream = self
-            .client()
-            .await
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Delta {
-            tx,
-            rx: stream,
-            nonces: BTreeSet::new(),
-        }
+        xds::delta(self.addr).await
     }
 
     async fn sotw(&self) -> Sotw {
-        let (tx, rx) = mpsc::channel(16);
-        let stream = self
-            .client()
-            .await
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Sotw {
-            tx,
-            rx: stream,
-            nonces: BTreeSet::new(),
-        }
+        xds::sotw(self.addr).await
     }
-}
-
-fn node(id: &str, namespace: Option<&str>) -> Option<Node> {
-    let mut fields = std::collections::HashMap::new();
-    if let Some(ns) = namespace {
-        fields.insert(
-            "namespace".to_string(),
-            Value {
-                kind: Some(Kind::StringValue(ns.into())),
-            },
-        );
-    }
-    Some(Node {
-        id: id.into(),
-        metadata: Some(Struct { fields }),
-        ..Default::default()
-    })
-}
-
-fn nack(message: &str) -> Option<RpcStatus> {
-    Some(RpcStatus {
-        code: 3,
-        message: message.into(),
-        details: vec![],
-    })
-}
-
-struct Delta {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: Streaming<DeltaDiscoveryResponse>,
-    nonces: BTreeSet<String>,
-}
-
-impl Delta {
-    async fn send(&self, req: DeltaDiscoveryRequest) {
-        self.tx.send(req).await.unwrap();
-    }
-
-    async fn subscribe(&self, node: Option<Node>, type_url: &str, names: &[&str]) {
-        self.send(DeltaDiscoveryRequest {
-            node,
-            type_url: type_url.into(),
-            resource_names_subscribe: names.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    async fn ack(&self, resp: &DeltaDiscoveryResponse) {
-        self.send(DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    /// The next response; checks the rules every response must keep.
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        let resp = tokio::time::timeout(PATIENCE, self.rx.message())
-            .await
-            .expect("a response within the patience bound")
-            .expect("stream ok")
-            .expect("stream open");
-        assert!(!resp.nonce.is_empty(), "nonces are never empty");
-        assert!(
-            self.nonces.insert(resp.nonce.clone()),
-            "nonce {} reused on one stream",
-            resp.nonce
-        );
-        let names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
-        let unique: BTreeSet<&str> = names.iter().copied().collect();
-        assert_eq!(
-            unique.len(),
-            names.len(),
-            "two resources of one name in {names:?}"
-        );
-        for r in &resp.resources {
-            assert!(!r.version.is_empty());
-            assert_eq!(r.resource.as_ref().unwrap().type_url, resp.type_url);
-        }
-        resp
-    }
-
-    /// Receives and ACKs the next response.
-    async fn recv_ack(&mut self) -> DeltaDiscoveryResponse {
-        let resp = self.recv().await;
-        self.ack(&resp).await;
-        resp
-    }
-}
-
-fn delta_names(resp: &DeltaDiscoveryResponse) -> Vec<&str> {
-    resp.resources.iter().map(|r| r.name.as_str()).collect()
-}
-
-struct Sotw {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-    nonces: BTreeSet<String>,
-}
-
-impl Sotw {
-    async fn send(
-        &self,
-        node: Option<Node>,
-        type_url: &str,
-        names: &[&str],
-        version: &str,
-        nonce: &str,
-        error: Option<RpcStatus>,
-    ) {
-        self.tx
-            .send(DiscoveryRequest {
-                node,
-                type_url: type_url.into(),
-                resource_names: names.iter().map(|s| s.to_string()).collect(),
-                version_info: version.into(),
-                response_nonce: nonce.into(),
-                error_detail: error,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn recv(&mut self) -> DiscoveryResponse {
-        let resp = tokio::time::timeout(PATIENCE, self.rx.message())
-            .await
-            .expect("a response within the patience bound")
-            .expect("stream ok")
-            .expect("stream open");
-        assert!(!resp.nonce.is_empty(), "nonces are never empty");
-        assert!(self.nonces.insert(resp.nonce.clone()), "nonce reused");
-        assert!(!resp.version_info.is_empty());
-        resp
-    }
-
-    async fn ack(&self, resp: &DiscoveryResponse, names: &[&str]) {
-        self.send(
-            None,
-            &resp.type_url,
-            names,
-            &resp.version_info,
-            &resp.nonce,
-            None,
-        )
-        .await;
-    }
-}
-
-fn sotw_names(resp: &DiscoveryResponse) -> Vec<String> {
-    use prost::Message;
-    resp.resources
-        .iter()
-        .map(|any| {
-            assert_eq!(any.type_url, resp.type_url);
-            match resp.type_url.as_str() {
-                CDS => {
-                    envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&*any.value)
-                        .unwrap()
-                        .name
-                }
-                LDS => {
-                    envoy_types::pb::envoy::config::listener::v3::Listener::decode(&*any.value)
-                        .unwrap()
-                        .name
-                }
-                _ => {
-                    envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-                        &*any.value,
-                    )
-                    .unwrap()
-                    .cluster_name
-                }
-            }
-        })
-        .collect()
 }
 
 /// Opens a Delta stream for a proxy in "shop" and takes it to a synced state: CDS a,b,c,

@@ -50,6 +50,7 @@ pub struct DirWatcher {
     first_seen: HashMap<ObjectKey, u64>,
     next_seen: u64,
     dir_problem: Option<LoadProblem>,
+    polled: bool,
 }
 
 impl DirWatcher {
@@ -61,12 +62,14 @@ impl DirWatcher {
             first_seen: HashMap::new(),
             next_seen: 0,
             dir_problem: None,
+            polled: false,
         }
     }
 
     /// Re-reads the directory; returns the new state when anything changed.
     pub fn poll(&mut self) -> Option<DirState> {
-        let mut changed = false;
+        // The first poll always reports, even an empty directory.
+        let mut changed = !std::mem::replace(&mut self.polled, true);
         let listing = match list(&self.dir) {
             Ok(l) => {
                 changed |= self.dir_problem.take().is_some();
@@ -212,5 +215,106 @@ pub async fn run(
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  endpoints: {{static: [\"127.0.0.1:{port}\"]}}\n"
+        )
+    }
+
+    fn names(state: &DirState) -> Vec<String> {
+        state
+            .model
+            .redis_clusters
+            .keys()
+            .map(|k| k.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn should_follow_creates_edits_renames_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = DirWatcher::new(dir.path());
+        let s = w.poll().expect("the first poll reports the (empty) state");
+        assert!(names(&s).is_empty());
+        assert!(w.poll().is_none(), "nothing changed");
+
+        std::fs::write(dir.path().join("a.yaml"), rc("a", 1)).unwrap();
+        assert_eq!(names(&w.poll().unwrap()), ["a"]);
+
+        std::fs::write(dir.path().join("a.yaml"), rc("a", 2)).unwrap();
+        let s = w.poll().expect("an edit is a change");
+        let spec = &s.model.redis_clusters.values().next().unwrap().spec;
+        assert_eq!(spec.endpoints.static_.as_ref().unwrap()[0], "127.0.0.1:2");
+
+        std::fs::rename(dir.path().join("a.yaml"), dir.path().join("b.yml")).unwrap();
+        let s = w.poll().expect("a rename is a change");
+        assert_eq!(names(&s), ["a"]);
+        assert!(
+            matches!(&s.model.redis_clusters.values().next().unwrap().origin, crate::model::Origin::File(p) if p.ends_with("b.yml"))
+        );
+
+        // Replace by rename, as editors and ConfigMap volumes do.
+        std::fs::write(dir.path().join(".b.yml.tmp"), rc("c", 3)).unwrap();
+        assert!(
+            w.poll().is_none(),
+            "hidden and non-manifest files are not read"
+        );
+        std::fs::rename(dir.path().join(".b.yml.tmp"), dir.path().join("b.yml")).unwrap();
+        assert_eq!(names(&w.poll().unwrap()), ["c"]);
+
+        std::fs::remove_file(dir.path().join("b.yml")).unwrap();
+        assert!(names(&w.poll().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn should_keep_the_last_good_content_of_a_file_that_stops_parsing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), rc("a", 1)).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), rc("b", 1)).unwrap();
+        let mut w = DirWatcher::new(dir.path());
+        assert_eq!(names(&w.poll().unwrap()), ["a", "b"]);
+
+        std::fs::write(dir.path().join("a.yaml"), "apiVersion: [unclosed\n").unwrap();
+        let s = w.poll().unwrap();
+        assert_eq!(
+            names(&s),
+            ["a", "b"],
+            "a.yaml keeps serving its last good content"
+        );
+        assert_eq!(s.problems.len(), 1);
+        let line = s.problems[0].to_string();
+        assert!(
+            line.contains("a.yaml")
+                && line.contains("not valid YAML")
+                && line.contains("last good content"),
+            "{line}"
+        );
+
+        std::fs::write(dir.path().join("a.yaml"), rc("a2", 1)).unwrap();
+        let s = w.poll().unwrap();
+        assert_eq!(names(&s), ["a2", "b"]);
+        assert!(s.problems.is_empty());
+    }
+
+    #[test]
+    fn should_keep_first_seen_order_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("z.yaml"), rc("first", 1)).unwrap();
+        let mut w = DirWatcher::new(dir.path());
+        w.poll();
+        std::fs::write(dir.path().join("a.yaml"), rc("second", 1)).unwrap();
+        let s = w.poll().unwrap();
+        let seen = |n: &str| s.model.redis_clusters[&ObjectKey::new("ns", n)].seen;
+        assert!(
+            seen("first") < seen("second"),
+            "an object seen earlier stays older whatever the file order"
+        );
     }
 }
