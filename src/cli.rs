@@ -33,6 +33,8 @@ enum Command {
     Crd,
     /// Print the Envoy bootstrap of a sidecar that takes its configuration from redis-xds.
     Bootstrap(BootstrapArgs),
+    /// Show every connected proxy and whether it is in sync (from a running server).
+    Status(StatusArgs),
     /// Serve the compiled resources to Envoy sidecars over ADS (gRPC), following changes.
     Serve(ServeArgs),
 }
@@ -45,6 +47,9 @@ struct ServeArgs {
     /// Address of the ADS (xDS gRPC) server.
     #[arg(long, default_value = "0.0.0.0:18000")]
     xds_addr: std::net::SocketAddr,
+    /// Address of the read-only debug HTTP server (/debug/*, /healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    debug_addr: std::net::SocketAddr,
     /// Quiet period that ends a burst of changes before a push.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     debounce_quiet: std::time::Duration,
@@ -103,6 +108,16 @@ struct BootstrapArgs {
     xds_tls_server_name: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Address of the server's debug HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    debug_addr: String,
+    /// Print the raw /debug/syncz JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum LogFormat {
     Text,
@@ -148,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Crd => run_crd().map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => run_serve(args).map(|()| ExitCode::SUCCESS),
         Command::Bootstrap(args) => run_bootstrap(args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => run_status(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -232,6 +248,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let opts = crate::serve::ServeOptions {
         manifests: args.manifests,
         xds_addr: args.xds_addr,
+        debug_addr: Some(args.debug_addr),
         poll_interval: args.poll_interval,
         debounce: crate::publish::Debounce {
             quiet: args.debounce_quiet,
@@ -275,5 +292,18 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut stdout, &json)?;
     writeln!(stdout)?;
+    Ok(())
+}
+
+fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
+    let body = crate::status::http_get(&args.debug_addr, "/debug/syncz")?;
+    let syncz: serde_json::Value = serde_json::from_str(&body).context("reading /debug/syncz")?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &syncz)?;
+        writeln!(stdout)?;
+    } else {
+        stdout.write_all(crate::status::table(&syncz).as_bytes())?;
+    }
     Ok(())
 }

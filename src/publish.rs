@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::compile::compile;
+use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::snapshot::Snapshot;
 use crate::xds::ResourceSource;
@@ -35,13 +36,41 @@ impl Default for Debounce {
 }
 
 /// Compiles a model into a snapshot, reusing what did not change.
-pub fn snapshot(model: &Model, previous: Option<&Snapshot>, observed_at: Instant) -> Snapshot {
+pub fn snapshot(
+    model: &Model,
+    previous: Option<&Snapshot>,
+    observed_at: Instant,
+    metrics: &Metrics,
+) -> Snapshot {
     let started = Instant::now();
     let compiled = compile(model);
+    metrics
+        .compile_duration
+        .observe(started.elapsed().as_secs_f64());
+    for (kind, count) in [
+        ("RedisCluster", model.redis_clusters.len()),
+        ("Pod", model.pods.len()),
+        ("EndpointSlice", model.endpoint_slices.len()),
+        ("Secret", model.secrets.len()),
+    ] {
+        metrics
+            .model_objects
+            .get_or_create(&[("kind", kind)])
+            .set(count as i64);
+    }
+    metrics
+        .problems
+        .get_or_create(&[("stage", "compile")])
+        .set(compiled.problems.len() as i64);
     for p in &compiled.problems {
         warn!(object = %p.object, field = %p.field, reason = p.reason.as_str(), "{}", p.message);
     }
-    let snap = Snapshot::build(Arc::new(compiled), previous, observed_at);
+    let snap = Snapshot::build(
+        Arc::new(model.clone()),
+        Arc::new(compiled),
+        previous,
+        observed_at,
+    );
     info!(
         clusters = snap.compiled.clusters.len(),
         listeners = snap.compiled.listeners.len(),
@@ -59,6 +88,7 @@ pub async fn run(
     snapshots: watch::Sender<Arc<Snapshot>>,
     sources: watch::Sender<Arc<dyn ResourceSource>>,
     debounce: Debounce,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -81,7 +111,7 @@ pub async fn run(
         }
         let model = Arc::clone(&models.borrow_and_update());
         let previous = Arc::clone(&snapshots.borrow());
-        let snap = Arc::new(snapshot(&model, Some(&previous), first));
+        let snap = Arc::new(snapshot(&model, Some(&previous), first, &metrics));
         snapshots.send_replace(Arc::clone(&snap));
         sources.send_replace(snap);
     }
@@ -117,7 +147,12 @@ mod tests {
 
     fn rig(debounce: Debounce) -> Rig {
         let (models, model_rx) = watch::channel(model(0));
-        let first = Arc::new(snapshot(&model(0), None, Instant::now()));
+        let first = Arc::new(snapshot(
+            &model(0),
+            None,
+            Instant::now(),
+            &Metrics::default(),
+        ));
         let (snap_tx, snapshots) = watch::channel(Arc::clone(&first));
         let (source_tx, _source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
         let shutdown = CancellationToken::new();
@@ -126,6 +161,7 @@ mod tests {
             snap_tx,
             source_tx,
             debounce,
+            Arc::new(Metrics::default()),
             shutdown.clone(),
         ));
         Rig {

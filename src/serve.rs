@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::info;
 
+use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::publish::{self, Debounce};
 use crate::snapshot::Snapshot;
@@ -38,6 +39,8 @@ pub struct ServeOptions {
     pub manifests: Option<PathBuf>,
     /// Where the ADS server listens.
     pub xds_addr: SocketAddr,
+    /// Where the debug HTTP server listens; `None` turns it off.
+    pub debug_addr: Option<SocketAddr>,
     /// How often the manifests directory is re-read.
     pub poll_interval: Duration,
     /// Debounce of model changes.
@@ -49,6 +52,10 @@ pub struct ServeOptions {
 /// The running parts other components (the debug server, tests) look at.
 #[derive(Clone, Debug)]
 pub struct Handles {
+    /// Bound address of the debug server, when it runs.
+    pub debug_addr: Option<SocketAddr>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
     /// Connected proxies.
     pub registry: Arc<Registry>,
     /// The latest snapshot.
@@ -81,15 +88,31 @@ pub async fn run(
         tracing::warn!(problem = %p, "manifest problem");
     }
     let initial_model: Arc<Model> = Arc::clone(&initial.model);
+    let initial_problems = initial.problems.len();
     let (dir_tx, dir_rx) = watch::channel(Arc::new(initial));
     let (model_tx, model_rx) = watch::channel(Arc::clone(&initial_model));
 
-    let first = Arc::new(publish::snapshot(&initial_model, None, Instant::now()));
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .problems
+        .get_or_create(&[("stage", "load")])
+        .set(initial_problems as i64);
+    let first = Arc::new(publish::snapshot(
+        &initial_model,
+        None,
+        Instant::now(),
+        &metrics,
+    ));
     let (snap_tx, snap_rx) = watch::channel(Arc::clone(&first));
     let (source_tx, source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
 
     let registry = Arc::new(Registry::default());
-    let ads = AdsServer::new(source_rx, Arc::clone(&registry), shutdown.clone());
+    let ads = AdsServer::new(
+        source_rx,
+        Arc::clone(&registry),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    );
 
     let listener = TcpListener::bind(opts.xds_addr)
         .await
@@ -107,12 +130,42 @@ pub async fn run(
             .context("configuring TLS")?;
     }
 
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let mut debug_addr = None;
+    let mut debug_task = None;
+    if let Some(addr) = opts.debug_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the debug address {addr}"))?;
+        debug_addr = Some(listener.local_addr()?);
+        let router = crate::debug::router(crate::debug::DebugState {
+            registry: Arc::clone(&registry),
+            snapshots: snap_rx.clone(),
+            dir: Some(dir_rx.clone()),
+            metrics: Arc::clone(&metrics),
+            ready: ready_rx,
+        });
+        let stop = shutdown.clone();
+        info!(addr = %listener.local_addr()?, "debug server listening");
+        debug_task = Some(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "debug server failed");
+            }
+        }));
+    }
+    // The manifests directory was read completely above.
+    ready_tx.send_replace(true);
+
     let tasks = [
         tokio::spawn(dirwatch::run(
             watcher,
             opts.poll_interval,
             dir_tx,
             model_tx,
+            Arc::clone(&metrics),
             shutdown.clone(),
         )),
         tokio::spawn(publish::run(
@@ -120,6 +173,7 @@ pub async fn run(
             snap_tx,
             source_tx,
             opts.debounce,
+            Arc::clone(&metrics),
             shutdown.clone(),
         )),
     ];
@@ -128,6 +182,8 @@ pub async fn run(
     on_listening(
         local,
         Handles {
+            debug_addr,
+            metrics: Arc::clone(&metrics),
             registry,
             snapshots: snap_rx,
             dir: Some(dir_rx),
@@ -142,7 +198,7 @@ pub async fn run(
         .await
         .context("xDS server failed")?;
     shutdown.cancel();
-    for t in tasks {
+    for t in tasks.into_iter().chain(debug_task) {
         let _ = t.await;
     }
     info!("stopped");

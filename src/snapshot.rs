@@ -14,7 +14,12 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::compile::{ClientMatcher, Compiled};
+use crate::model::Model;
 use crate::xds::{NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource};
+
+/// Shorter values are not searched for in text: replacing one or two characters everywhere
+/// would destroy messages without protecting anything.
+const MIN_REDACTED_LEN: usize = 4;
 
 #[derive(Debug)]
 struct ListenerEntry {
@@ -29,8 +34,12 @@ pub struct Snapshot {
     endpoints: ResourceMap,
     listeners: BTreeMap<String, ListenerEntry>,
     views: Mutex<HashMap<NodeIdentity, Arc<ProxyResources>>>,
+    /// The model it was compiled from, for the debug views.
+    pub model: Arc<Model>,
     /// The compile output it was built from, for the debug views and status.
     pub compiled: Arc<Compiled>,
+    /// Every secret value of the model, longest first, for [`ResourceSource::redact`].
+    secrets: Vec<String>,
     /// When the model change that led to this snapshot was first observed.
     pub observed_at: Instant,
 }
@@ -63,6 +72,7 @@ fn resource(
 impl Snapshot {
     /// Encodes a compile output, reusing the resources of `previous` that did not change.
     pub fn build(
+        model: Arc<Model>,
         compiled: Arc<Compiled>,
         previous: Option<&Snapshot>,
         observed_at: Instant,
@@ -97,12 +107,24 @@ impl Snapshot {
                 },
             );
         }
+        let mut secrets: Vec<String> = model
+            .secrets
+            .values()
+            .flat_map(|s| s.data.values())
+            .filter_map(|v| std::str::from_utf8(v.expose()).ok())
+            .filter(|v| v.len() >= MIN_REDACTED_LEN)
+            .map(str::to_owned)
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
         Snapshot {
             clusters,
             endpoints,
             listeners,
             views: Mutex::new(HashMap::new()),
+            model,
             compiled,
+            secrets,
             observed_at,
         }
     }
@@ -141,17 +163,30 @@ impl ResourceSource for Snapshot {
         views.insert(node.clone(), Arc::clone(&view));
         view
     }
+
+    fn observed_at(&self) -> Instant {
+        self.observed_at
+    }
+
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), crate::protojson::REDACTED);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Model;
 
     #[test]
     fn should_reuse_unchanged_resources_and_cache_views_per_identity() {
         let compiled = Arc::new(crate::compile::compile(&Model::default()));
-        let a = Snapshot::build(Arc::clone(&compiled), None, Instant::now());
+        let a = Snapshot::build(Arc::default(), Arc::clone(&compiled), None, Instant::now());
         let node = NodeIdentity::default();
         let v1 = a.resources_for(&node);
         let v2 = a.resources_for(&node);
@@ -161,5 +196,37 @@ mod tests {
         assert!(Arc::ptr_eq(&r1, &r2));
         let r3 = resource("x", vec![1, 2, 4], vec![], Some(&r1));
         assert_ne!(r1.version, r3.version);
+    }
+
+    #[test]
+    fn should_redact_secret_values_from_proxy_messages() {
+        let mut model = Model::default();
+        let key = crate::model::ObjectKey::new("ns", "s");
+        model.secrets.insert(
+            key.clone(),
+            crate::model::Secret {
+                key,
+                data: [
+                    (
+                        "password".to_string(),
+                        crate::model::SecretValue::new("hunter22-long"),
+                    ),
+                    ("username".to_string(), crate::model::SecretValue::new("ab")),
+                ]
+                .into_iter()
+                .collect(),
+            },
+        );
+        let compiled = Arc::new(crate::compile::compile(&model));
+        let snap = Snapshot::build(Arc::new(model), compiled, None, Instant::now());
+        assert_eq!(
+            snap.redact("auth_password: inline_string: \"hunter22-long\" rejected"),
+            "auth_password: inline_string: \"[redacted]\" rejected"
+        );
+        assert_eq!(
+            snap.redact("about ab"),
+            "about ab",
+            "too short to search for"
+        );
     }
 }

@@ -72,6 +72,7 @@ fn snapshot(yaml: &str, previous: Option<&Snapshot>) -> Arc<Snapshot> {
     let compiled = redis_xds::compile::compile(&model);
     assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
     Arc::new(Snapshot::build(
+        Arc::new(model),
         Arc::new(compiled),
         previous,
         Instant::now(),
@@ -84,7 +85,7 @@ impl Harness {
         let (sources, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
         let registry = Arc::new(Registry::default());
         let shutdown = CancellationToken::new();
-        let ads = AdsServer::new(rx, Arc::clone(&registry), shutdown.clone());
+        let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();

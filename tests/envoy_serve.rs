@@ -45,7 +45,12 @@ fn envoy_follows_serve(sotw: bool) {
     std::fs::create_dir(&dir).unwrap();
     let port = common::free_port();
     std::fs::write(dir.join("orders.yaml"), manifests(port)).unwrap();
-    let (mut serve, xds, log) = start_serve(&dir, &[]);
+    let common::Serve {
+        proc: mut serve,
+        xds,
+        log,
+        ..
+    } = start_serve(&dir, &[]);
 
     let xds = xds.to_string();
     let mut args = vec![

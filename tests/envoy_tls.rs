@@ -68,7 +68,9 @@ fn envoy_with_a_client_certificate_gets_config_over_mutual_tls_and_others_are_re
     )
     .unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
-    let (_serve, xds, _log) = start_serve(
+    let common::Serve {
+        proc: _serve, xds, ..
+    } = start_serve(
         &dir,
         &[
             "--xds-tls-cert",

@@ -23,6 +23,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
     let opts = ServeOptions {
         manifests: Some(dir.to_owned()),
         xds_addr: "127.0.0.1:0".parse().unwrap(),
+        debug_addr: None,
         poll_interval: Duration::from_millis(20),
         debounce: Debounce {
             quiet: Duration::from_millis(10),

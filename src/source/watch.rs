@@ -191,6 +191,7 @@ pub async fn run(
     interval: Duration,
     states: watch::Sender<Arc<DirState>>,
     models: watch::Sender<Arc<Model>>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -201,6 +202,14 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         if let Some(state) = watcher.poll() {
+            metrics
+                .source_events
+                .get_or_create(&[("source", "manifests")])
+                .inc();
+            metrics
+                .problems
+                .get_or_create(&[("stage", "load")])
+                .set(state.problems.len() as i64);
             for p in &state.problems {
                 warn!(problem = %p, "manifest problem");
             }

@@ -38,6 +38,7 @@ const RESPONSE_BUFFER: usize = 4;
 /// The ADS service.
 #[derive(Clone, Debug)]
 pub struct AdsServer {
+    metrics: Arc<crate::metrics::Metrics>,
     source: watch::Receiver<Arc<dyn ResourceSource>>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
@@ -52,9 +53,11 @@ impl AdsServer {
     pub fn new(
         source: watch::Receiver<Arc<dyn ResourceSource>>,
         registry: Arc<Registry>,
+        metrics: Arc<crate::metrics::Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
         AdsServer {
+            metrics,
             source,
             registry,
             shutdown,
@@ -82,6 +85,7 @@ impl AdsServer {
     {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let ctx = StreamContext {
+            metrics: Arc::clone(&self.metrics),
             id,
             variant,
             source: self.source.clone(),

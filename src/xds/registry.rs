@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::resource::{NodeIdentity, ResourceType};
-use super::tracker::Nack;
+use super::tracker::{Known, Nack};
 
 /// The xDS variant a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,6 +42,9 @@ pub struct TypeStatus {
     pub pending: bool,
     /// The last NACK, until a later ACK.
     pub nack: Option<Nack>,
+    /// The resources of the last response, as the proxy holds them once applied (for the
+    /// config dump). Shared with the snapshot, not copied.
+    pub sent: BTreeMap<String, Known>,
 }
 
 /// One connected stream.

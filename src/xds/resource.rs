@@ -125,4 +125,14 @@ pub struct NodeIdentity {
 pub trait ResourceSource: Send + Sync + fmt::Debug + 'static {
     /// The resources of a proxy with this identity.
     fn resources_for(&self, node: &NodeIdentity) -> Arc<ProxyResources>;
+
+    /// When the change that produced these resources was first observed; push latency is
+    /// measured from here to the proxy's ACK.
+    fn observed_at(&self) -> std::time::Instant;
+
+    /// Removes secret values from text that came from a proxy (NACK messages can quote the
+    /// configuration they reject) before it is logged or shown.
+    fn redact(&self, text: &str) -> String {
+        text.to_owned()
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
@@ -76,6 +76,7 @@ pub fn identity(node: &Node) -> NodeIdentity {
 }
 
 pub(super) struct StreamContext {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub id: u64,
     pub variant: Variant,
     pub source: watch::Receiver<Arc<dyn ResourceSource>>,
@@ -89,6 +90,10 @@ struct Stream {
     identity: NodeIdentity,
     connected_at: SystemTime,
     view: Arc<ProxyResources>,
+    /// When the change behind the current view was observed.
+    observed_at: Instant,
+    /// Per type, when the change behind the response in flight was observed.
+    in_flight_since: BTreeMap<ResourceType, Instant>,
     trackers: BTreeMap<ResourceType, TypeTracker>,
     nonces: u64,
 }
@@ -111,7 +116,10 @@ pub(super) async fn run(
     };
     let node_id = node.id.clone();
     let identity = identity(node);
-    let view = ctx.source.borrow_and_update().resources_for(&identity);
+    let (view, observed_at) = {
+        let source = ctx.source.borrow_and_update();
+        (source.resources_for(&identity), source.observed_at())
+    };
     let span = tracing::info_span!("xds_stream", stream = ctx.id, proxy = %node_id, variant = ctx.variant.as_str());
     async move {
         info!(namespace = ?identity.namespace, "proxy connected");
@@ -121,13 +129,23 @@ pub(super) async fn run(
             identity,
             connected_at: SystemTime::now(),
             view,
+            observed_at,
+            in_flight_since: BTreeMap::new(),
             trackers: TYPES
                 .into_iter()
                 .map(|t| (t, TypeTracker::new(t)))
                 .collect(),
             nonces: 0,
         };
+        let connected = s
+            .ctx
+            .metrics
+            .connected
+            .get_or_create(&[("variant", s.ctx.variant.as_str())])
+            .clone();
+        connected.inc();
         let result = s.serve(first, &mut requests, &responses).await;
+        connected.dec();
         s.ctx.registry.remove(s.ctx.id);
         match result {
             Ok(()) => info!("proxy disconnected"),
@@ -163,8 +181,12 @@ impl Stream {
                     if changed.is_err() {
                         return Ok(());
                     }
-                    let view = self.ctx.source.borrow_and_update().resources_for(&self.identity);
+                    let (view, observed_at) = {
+                        let source = self.ctx.source.borrow_and_update();
+                        (source.resources_for(&self.identity), source.observed_at())
+                    };
                     self.view = view;
+                    self.observed_at = observed_at;
                     self.sync(responses).await?;
                 }
             }
@@ -179,6 +201,8 @@ impl Stream {
             );
             return;
         };
+        let source = Arc::clone(&self.ctx.source.borrow());
+        let redact = |text: &str| source.redact(text);
         let tracker = self
             .trackers
             .get_mut(&kind)
@@ -188,7 +212,7 @@ impl Stream {
             Request::Sotw(r) => tracker.on_sotw_request(
                 &r.resource_names,
                 &r.response_nonce,
-                r.error_detail.as_ref().map(|e| e.message.clone()),
+                r.error_detail.as_ref().map(|e| redact(&e.message)),
                 now,
             ),
             Request::Delta(r) => tracker.on_delta_request(
@@ -199,10 +223,23 @@ impl Stream {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 &r.response_nonce,
-                r.error_detail.as_ref().map(|e| e.message.clone()),
+                r.error_detail.as_ref().map(|e| redact(&e.message)),
                 now,
             ),
         };
+        let type_label = [("type", kind.short())];
+        if matches!(outcome, Received::Ack | Received::Nack)
+            && let Some(since) = self.in_flight_since.remove(&kind)
+        {
+            if outcome == Received::Ack {
+                self.ctx
+                    .metrics
+                    .push_latency
+                    .observe(since.elapsed().as_secs_f64());
+            } else {
+                self.ctx.metrics.nacks.get_or_create(&type_label).inc();
+            }
+        }
         match outcome {
             Received::Nack => warn!(
                 type_url = %kind,
@@ -278,6 +315,17 @@ impl Stream {
     }
 
     fn plan(&mut self, kind: ResourceType, available: &ResourceMap) -> Option<Response> {
+        let response = self.plan_variant(kind, available)?;
+        self.ctx
+            .metrics
+            .pushes
+            .get_or_create(&[("type", kind.short())])
+            .inc();
+        self.in_flight_since.insert(kind, self.observed_at);
+        Some(response)
+    }
+
+    fn plan_variant(&mut self, kind: ResourceType, available: &ResourceMap) -> Option<Response> {
         let type_url = kind.type_url();
         match self.ctx.variant {
             Variant::Sotw => {
@@ -346,6 +394,7 @@ impl Stream {
                         acked_version: t.acked_version().map(str::to_owned),
                         pending: t.is_pending(),
                         nack: t.nack().cloned(),
+                        sent: t.sent().clone(),
                     },
                 )
             })

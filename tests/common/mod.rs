@@ -141,21 +141,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `redis-xds serve` on 127.0.0.1 with an OS-chosen xDS port; returns the process, its
-/// xDS address and a buffer that collects its log.
-pub fn start_serve(
-    manifests: &Path,
-    extra: &[&str],
-) -> (
-    Proc,
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<String>>,
-) {
+/// A running `redis-xds serve`.
+pub struct Serve {
+    pub proc: Proc,
+    pub xds: std::net::SocketAddr,
+    pub debug: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// `redis-xds serve` on 127.0.0.1 with OS-chosen xDS and debug ports, logging at `level`.
+pub fn start_serve_logging(manifests: &Path, extra: &[&str], level: &str) -> Serve {
     use std::io::BufRead;
     let mut child = redis_xds()
         .args([
             "serve",
             "--xds-addr",
+            "127.0.0.1:0",
+            "--debug-addr",
             "127.0.0.1:0",
             "--poll-interval",
             "50ms",
@@ -163,7 +165,7 @@ pub fn start_serve(
         ])
         .arg(manifests)
         .args(extra)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -177,13 +179,18 @@ pub fn start_serve(
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains("xDS server listening")
-                && let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-            {
-                let _ = tx.send(addr.to_string());
+            for (what, marker) in [
+                ("xds", "xDS server listening"),
+                ("debug", "debug server listening"),
+            ] {
+                if line.contains(marker)
+                    && let Some(addr) = line
+                        .split("addr=")
+                        .nth(1)
+                        .and_then(|s| s.split_whitespace().next())
+                {
+                    let _ = tx.send((what, addr.to_string()));
+                }
             }
             let mut l = sink.lock().unwrap();
             l.push_str(&line);
@@ -194,10 +201,29 @@ pub fn start_serve(
         child,
         name: "redis-xds serve",
     };
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("serve did not start:\n{}", log.lock().unwrap()));
-    (proc, addr.parse().unwrap(), log)
+    let mut xds = None;
+    let mut debug = None;
+    while xds.is_none() || debug.is_none() {
+        let (what, addr) = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve did not start:\n{}", log.lock().unwrap()));
+        if what == "xds" {
+            xds = Some(addr)
+        } else {
+            debug = Some(addr)
+        }
+    }
+    Serve {
+        proc,
+        xds: xds.unwrap().parse().unwrap(),
+        debug: debug.unwrap(),
+        log,
+    }
+}
+
+/// `redis-xds serve` at log level info.
+pub fn start_serve(manifests: &Path, extra: &[&str]) -> Serve {
+    start_serve_logging(manifests, extra, "info")
 }
 
 /// Real Envoy started from `redis-xds bootstrap` output; returns it and its admin address.
@@ -238,42 +264,9 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
     (proc, admin)
 }
 
-/// A plain HTTP/1.1 GET with `Connection: close`; returns the body of a 200 response.
+/// A plain HTTP GET; the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Some(body.to_string());
-    }
-    // Chunked: size line, data, CRLF, ... until a zero-size chunk.
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
-    }
+    redis_xds::status::http_get(addr, path).ok()
 }
 
 /// Names of Envoy's active dynamic clusters and listeners, from its admin /config_dump.
@@ -315,4 +308,12 @@ pub fn redis_command(addr: &str, args: &[&str]) -> Option<String> {
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The raw answer (status line and body) of a debug-server GET, whatever its status.
+pub fn redis_xds_status(addr: &str, path: &str) -> String {
+    match redis_xds::status::http_get(addr, path) {
+        Ok(body) => format!("200 {body}"),
+        Err(e) => e.to_string(),
+    }
 }

@@ -1,0 +1,350 @@
+//! The debug HTTP server: read-only views for operators.
+//!
+//! | path | what |
+//! |---|---|
+//! | `/debug/config_dump?proxy=ID` | what that proxy was sent, in Envoy's config_dump layout |
+//! | `/debug/syncz` | every connected proxy, per type: versions and SYNCED/STALE/NACKED/NOT_SENT |
+//! | `/debug/model` | every input object with its source, and every problem |
+//! | `/healthz`, `/readyz` | liveness; readiness (the source finished its initial read) |
+//! | `/metrics` | Prometheus (OpenMetrics) text |
+//!
+//! AUTH passwords never leave this server: resources go through [`protojson::redact`], and
+//! NACK messages were redacted when they arrived.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use envoy_types::pb::envoy::admin::v3 as admin;
+use envoy_types::pb::google::protobuf::Any;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::compile::any;
+use crate::metrics::Metrics;
+use crate::protojson;
+use crate::snapshot::Snapshot;
+use crate::source::watch::DirState;
+use crate::xds::tracker::Known;
+use crate::xds::{ProxyStatus, Registry, ResourceType, TypeStatus};
+
+/// What the debug server reads.
+#[derive(Clone, Debug)]
+pub struct DebugState {
+    /// Connected proxies.
+    pub registry: Arc<Registry>,
+    /// The latest snapshot.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The manifests directory, when that is the source.
+    pub dir: Option<watch::Receiver<Arc<DirState>>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// True once the source finished its initial read.
+    pub ready: watch::Receiver<bool>,
+}
+
+/// The router.
+pub fn router(state: DebugState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/model", get(model))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<DebugState>) -> Response {
+    if *s.ready.borrow() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the source has not finished its initial read\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<DebugState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Sync state of one type on one proxy, as `status` and `/debug/syncz` show it.
+pub fn sync_state(t: &TypeStatus) -> &'static str {
+    if t.sent_version.is_none() {
+        "NOT_SENT"
+    } else if t.nack.is_some() {
+        "NACKED"
+    } else if !t.pending && t.acked_version.is_some() && t.acked_version == t.desired_version {
+        "SYNCED"
+    } else {
+        "STALE"
+    }
+}
+
+fn time(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn proxy_json(p: &ProxyStatus) -> Value {
+    let types: serde_json::Map<String, Value> = p
+        .types
+        .iter()
+        .map(|(kind, t)| {
+            (
+                kind.short().to_owned(),
+                json!({
+                    "state": sync_state(t),
+                    "desired_version": t.desired_version,
+                    "sent_version": t.sent_version,
+                    "acked_version": t.acked_version,
+                    "nonce": t.nonce,
+                    "resources": t.sent.len(),
+                    "last_nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at": time(n.at)})),
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "proxy": p.node_id,
+        "stream": p.stream,
+        "namespace": p.identity.namespace,
+        "labels": p.identity.labels,
+        "variant": p.variant.as_str(),
+        "connected_at": time(p.connected_at),
+        "types": types,
+    })
+}
+
+async fn syncz(State(s): State<DebugState>) -> Json<Value> {
+    let proxies: Vec<Value> = s.registry.list().iter().map(proxy_json).collect();
+    Json(json!({ "proxies": proxies }))
+}
+
+fn resources(
+    t: Option<&TypeStatus>,
+) -> impl Iterator<Item = (&String, &Known, &Arc<crate::xds::Resource>)> {
+    t.into_iter()
+        .flat_map(|t| t.sent.iter())
+        .filter_map(|(name, k)| k.resource.as_ref().map(|r| (name, k, r)))
+}
+
+fn packed(type_url: &str, r: &crate::xds::Resource) -> Option<Any> {
+    Some(Any {
+        type_url: type_url.to_owned(),
+        value: r.body.to_vec(),
+    })
+}
+
+/// Envoy's config_dump of what the proxy was sent.
+pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
+    let cds = p.types.get(&ResourceType::Cluster);
+    let eds = p.types.get(&ResourceType::Endpoint);
+    let lds = p.types.get(&ResourceType::Listener);
+    let clusters = admin::ClustersConfigDump {
+        version_info: cds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
+        dynamic_active_clusters: resources(cds)
+            .map(|(_, k, r)| admin::clusters_config_dump::DynamicCluster {
+                version_info: k.version.clone(),
+                cluster: packed(ResourceType::Cluster.type_url(), r),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let endpoints = admin::EndpointsConfigDump {
+        dynamic_endpoint_configs: resources(eds)
+            .map(
+                |(_, k, r)| admin::endpoints_config_dump::DynamicEndpointConfig {
+                    version_info: k.version.clone(),
+                    endpoint_config: packed(ResourceType::Endpoint.type_url(), r),
+                    ..Default::default()
+                },
+            )
+            .collect(),
+        ..Default::default()
+    };
+    let listeners = admin::ListenersConfigDump {
+        version_info: lds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
+        dynamic_listeners: resources(lds)
+            .map(
+                |(name, k, r)| admin::listeners_config_dump::DynamicListener {
+                    name: name.clone(),
+                    active_state: Some(admin::listeners_config_dump::DynamicListenerState {
+                        version_info: k.version.clone(),
+                        listener: packed(ResourceType::Listener.type_url(), r),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .collect(),
+        ..Default::default()
+    };
+    let dump = admin::ConfigDump {
+        configs: vec![any(&clusters), any(&endpoints), any(&listeners)],
+    };
+    let mut json = protojson::to_json(&dump)?;
+    protojson::redact(&mut json);
+    Ok(json)
+}
+
+async fn config_dump(
+    State(s): State<DebugState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = q.get("proxy") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name the proxy: /debug/config_dump?proxy=NODE_ID (see /debug/syncz)\n",
+        )
+            .into_response();
+    };
+    let latest = s
+        .registry
+        .list()
+        .into_iter()
+        .filter(|p| &p.node_id == id)
+        .max_by_key(|p| p.stream);
+    let Some(p) = latest else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no connected proxy with node id {id:?}; /debug/syncz lists the connected ones\n"
+            ),
+        )
+            .into_response();
+    };
+    match config_dump_json(&p) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Every input object with its source, and every problem.
+pub fn model_json(snapshot: &Snapshot, dir: Option<&DirState>) -> Value {
+    let m = &snapshot.model;
+    let c = &snapshot.compiled;
+    let objects: Vec<Value> = m
+        .redis_clusters
+        .values()
+        .map(|o| {
+            let outcome = c.objects.get(&o.key);
+            json!({
+                "kind": "RedisCluster",
+                "name": o.key.to_string(),
+                "source": o.origin.to_string(),
+                "generation": o.generation,
+                "accepted": outcome.is_some_and(|x| x.accepted),
+                "endpoints": outcome.map_or(0, |x| x.endpoints),
+                "problems": c.problems.iter().filter(|p| p.object == o.key).map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let secrets: Vec<Value> = m
+        .secrets
+        .values()
+        .map(|s| json!({"name": s.key.to_string(), "keys": s.data.keys().collect::<Vec<_>>()}))
+        .collect();
+    let pods: Vec<Value> = m
+        .pods
+        .values()
+        .map(|p| json!({"name": p.key.to_string(), "ip": p.ip, "ready": p.ready, "labels": p.labels}))
+        .collect();
+    let slices: Vec<Value> = m
+        .endpoint_slices
+        .values()
+        .map(|s| json!({"name": s.key.to_string(), "service": s.service, "endpoints": s.endpoints.len()}))
+        .collect();
+    let mut problems: Vec<Value> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    if let Some(d) = dir {
+        problems.extend(d.problems.iter().map(|p| {
+            json!({"stage": "load", "file": p.file, "line": p.line, "object": p.object, "message": p.message, "text": p.to_string()})
+        }));
+        notes.extend(d.notes.iter().cloned());
+    }
+    problems.extend(c.problems.iter().map(|p| {
+        json!({"stage": "compile", "object": p.object.to_string(), "field": p.field, "reason": p.reason.as_str(), "message": p.message, "text": p.to_string()})
+    }));
+    json!({
+        "redis_clusters": objects,
+        "secrets": secrets,
+        "pods": pods,
+        "endpoint_slices": slices,
+        "problems": problems,
+        "notes": notes,
+    })
+}
+
+async fn model(State(s): State<DebugState>) -> Json<Value> {
+    let snapshot = Arc::clone(&s.snapshots.borrow());
+    let dir = s.dir.as_ref().map(|d| Arc::clone(&d.borrow()));
+    Json(model_json(&snapshot, dir.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(
+        sent: Option<&str>,
+        acked: Option<&str>,
+        desired: &str,
+        pending: bool,
+        nack: bool,
+    ) -> TypeStatus {
+        TypeStatus {
+            desired_version: Some(desired.into()),
+            sent_version: sent.map(Into::into),
+            acked_version: acked.map(Into::into),
+            pending,
+            nack: nack.then(|| crate::xds::tracker::Nack {
+                version: "v2".into(),
+                message: "bad".into(),
+                at: SystemTime::UNIX_EPOCH,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn should_classify_sync_states() {
+        assert_eq!(
+            sync_state(&status(None, None, "v1", false, false)),
+            "NOT_SENT"
+        );
+        assert_eq!(
+            sync_state(&status(Some("v1"), Some("v1"), "v1", false, false)),
+            "SYNCED"
+        );
+        assert_eq!(
+            sync_state(&status(Some("v2"), Some("v1"), "v2", true, false)),
+            "STALE"
+        );
+        assert_eq!(
+            sync_state(&status(Some("v1"), Some("v1"), "v2", false, false)),
+            "STALE"
+        );
+        assert_eq!(
+            sync_state(&status(Some("v2"), Some("v1"), "v2", false, true)),
+            "NACKED"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Every metric redis-xds exports, registered in one place. Served as Prometheus text on
+//! `/metrics` by the debug server.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// One label.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// The metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connected proxies by xDS variant (`variant` = sotw | delta).
+    pub connected: Family<Label, Gauge>,
+    /// Responses sent, by resource type (`type` = CDS | EDS | LDS).
+    pub pushes: Family<Label, Counter>,
+    /// NACKs received, by resource type.
+    pub nacks: Family<Label, Counter>,
+    /// From the model change being observed to the proxy's ACK of the resulting push.
+    pub push_latency: Histogram,
+    /// Duration of one compile of the whole model.
+    pub compile_duration: Histogram,
+    /// Objects in the model, by kind.
+    pub model_objects: Family<Label, Gauge>,
+    /// Problems by stage: `load` (files and objects that failed to parse), `compile`
+    /// (objects left out).
+    pub problems: Family<Label, Gauge>,
+    /// Changes seen by the sources, by source (`source` = manifests | kubernetes).
+    pub source_events: Family<Label, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("redis_xds");
+        let m = Metrics {
+            connected: Family::default(),
+            pushes: Family::default(),
+            nacks: Family::default(),
+            // 1 ms .. ~33 s
+            push_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 0.1 ms .. ~3 s
+            compile_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            model_objects: Family::default(),
+            problems: Family::default(),
+            source_events: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "xds_connected_proxies",
+            "Connected proxies by xDS variant",
+            m.connected.clone(),
+        );
+        registry.register(
+            "xds_pushes",
+            "xDS responses sent, by resource type",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "xds_nacks",
+            "NACKs received, by resource type",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "xds_push_latency_seconds",
+            "Model change observed to ACK of the resulting push",
+            m.push_latency.clone(),
+        );
+        registry.register(
+            "compile_duration_seconds",
+            "Compile of the whole model",
+            m.compile_duration.clone(),
+        );
+        registry.register(
+            "model_objects",
+            "Objects in the model, by kind",
+            m.model_objects.clone(),
+        );
+        registry.register(
+            "model_problems",
+            "Objects left out and files that failed to parse",
+            m.problems.clone(),
+        );
+        registry.register(
+            "source_events",
+            "Changes seen by the sources",
+            m.source_events.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_export_every_metric_with_its_labels() {
+        let m = Metrics::default();
+        m.connected.get_or_create(&[("variant", "delta")]).inc();
+        m.pushes.get_or_create(&[("type", "LDS")]).inc();
+        m.push_latency.observe(0.02);
+        let text = m.encode();
+        assert!(
+            text.contains("redis_xds_xds_connected_proxies{variant=\"delta\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis_xds_xds_pushes_total{type=\"LDS\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis_xds_xds_push_latency_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("redis_xds_compile_duration_seconds"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
