@@ -71,6 +71,18 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Kubernetes: watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Kubernetes: namespace of the Lease that elects the status writer.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Kubernetes: name of that Lease.
+    #[arg(long, default_value = "redis-xds-status")]
+    lease_name: String,
+    /// Kubernetes: this replica's identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,6 +266,12 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             quiet: args.debounce_quiet,
             max_delay: args.debounce_max,
         },
+        kube: crate::serve::KubeOptions {
+            namespace: args.namespace,
+            lease_namespace: args.lease_namespace,
+            lease_name: args.lease_name,
+            identity: args.identity.unwrap_or_else(default_identity),
+        },
         tls: args.xds_tls_cert.map(|cert| crate::serve::TlsFiles {
             cert,
             key: args
@@ -306,4 +324,17 @@ fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
         stdout.write_all(crate::status::table(&syncz).as_bytes())?;
     }
     Ok(())
+}
+
+/// The host name (the pod name in Kubernetes), with the process id as a fallback.
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("redis-xds-{}", std::process::id()))
 }

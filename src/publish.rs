@@ -85,16 +85,25 @@ pub fn snapshot(
 /// `snapshots` (for the debug views) and `sources` (for the ADS server).
 pub async fn run(
     mut models: watch::Receiver<Arc<Model>>,
+    mut ready: watch::Receiver<bool>,
     snapshots: watch::Sender<Arc<Snapshot>>,
     sources: watch::Sender<Arc<dyn ResourceSource>>,
     debounce: Debounce,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    let mut ready_open = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = models.changed() => if changed.is_err() { return },
+            // A closed readiness channel means the source is done changing it.
+            changed = ready.changed(), if ready_open => {
+                if changed.is_err() {
+                    ready_open = false;
+                    continue;
+                }
+            }
         }
         let first = Instant::now();
         let deadline = tokio::time::Instant::from_std(first + debounce.max_delay);
@@ -111,7 +120,9 @@ pub async fn run(
         }
         let model = Arc::clone(&models.borrow_and_update());
         let previous = Arc::clone(&snapshots.borrow());
-        let snap = Arc::new(snapshot(&model, Some(&previous), first, &metrics));
+        let mut snap = snapshot(&model, Some(&previous), first, &metrics);
+        snap.ready = *ready.borrow_and_update();
+        let snap = Arc::new(snap);
         snapshots.send_replace(Arc::clone(&snap));
         sources.send_replace(snap);
     }
@@ -156,8 +167,10 @@ mod tests {
         let (snap_tx, snapshots) = watch::channel(Arc::clone(&first));
         let (source_tx, _source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
         let shutdown = CancellationToken::new();
+        let (_ready_tx, ready_rx) = watch::channel(true);
         tokio::spawn(run(
             model_rx,
+            ready_rx,
             snap_tx,
             source_tx,
             debounce,

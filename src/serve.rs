@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub debounce: Debounce,
     /// TLS on the xDS port.
     pub tls: Option<TlsFiles>,
+    /// Kubernetes settings (used without `manifests`).
+    pub kube: KubeOptions,
 }
 
 /// The running parts other components (the debug server, tests) look at.
@@ -69,6 +71,106 @@ pub struct Handles {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Kubernetes settings of `serve` without `--manifests`.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Namespace of the status Lease.
+    pub lease_namespace: String,
+    /// Name of the status Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease.
+    pub identity: String,
+}
+
+/// What a source hands to the rest of `serve`.
+struct SourceParts {
+    models: watch::Receiver<Arc<Model>>,
+    state: watch::Receiver<Arc<DirState>>,
+    ready: watch::Receiver<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Kubernetes client, for the status writer.
+    client: Option<kube::Client>,
+}
+
+async fn manifests_source(
+    dir: &std::path::Path,
+    poll_interval: Duration,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SourceParts> {
+    if !dir.is_dir() {
+        bail!("--manifests {}: not a directory", dir.display());
+    }
+    let mut watcher = DirWatcher::new(dir);
+    let initial = watcher.poll().unwrap_or_default();
+    for p in &initial.problems {
+        tracing::warn!(problem = %p, "manifest problem");
+    }
+    metrics
+        .problems
+        .get_or_create(&[("stage", "load")])
+        .set(initial.problems.len() as i64);
+    let (model_tx, models) = watch::channel(Arc::clone(&initial.model));
+    let (state_tx, state) = watch::channel(Arc::new(initial));
+    // The directory was read completely above.
+    let (_ready_tx, ready) = watch::channel(true);
+    let task = tokio::spawn(dirwatch::run(
+        watcher,
+        poll_interval,
+        state_tx,
+        model_tx,
+        Arc::clone(metrics),
+        shutdown.clone(),
+    ));
+    Ok(SourceParts {
+        models,
+        state,
+        ready,
+        tasks: vec![task],
+        client: None,
+    })
+}
+
+async fn kubernetes_source(
+    opts: &KubeOptions,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<SourceParts> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster config or kubeconfig); pass --manifests DIR to run without Kubernetes")?;
+    let (model_tx, models) = watch::channel(Arc::new(Model::default()));
+    let (ready_tx, ready) = watch::channel(false);
+    let (state_tx, state) = watch::channel(Arc::new(DirState::default()));
+    let shared = crate::source::k8s::watch::Shared {
+        index: Arc::new(std::sync::Mutex::new(
+            crate::source::k8s::index::Index::new(model_tx, ready_tx),
+        )),
+        problems: Arc::default(),
+        state: state_tx,
+        metrics: Arc::clone(metrics),
+    };
+    info!(
+        namespace = opts.namespace.as_deref().unwrap_or("(all)"),
+        "watching Kubernetes"
+    );
+    let tasks = crate::source::k8s::watch::spawn(
+        &client,
+        opts.namespace.as_deref(),
+        shared,
+        shutdown.clone(),
+    );
+    Ok(SourceParts {
+        models,
+        state,
+        ready,
+        tasks,
+        client: Some(client),
+    })
+}
+
 /// Runs until `shutdown` is cancelled; then ends every stream and returns once the server
 /// has stopped. `on_listening` is called with the bound xDS address.
 pub async fn run(
@@ -76,33 +178,25 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr, Handles),
 ) -> anyhow::Result<()> {
-    let Some(dir) = opts.manifests.clone() else {
-        bail!("the Kubernetes source is not available in this build yet; run with --manifests DIR");
-    };
-    if !dir.is_dir() {
-        bail!("--manifests {}: not a directory", dir.display());
-    }
-    let mut watcher = DirWatcher::new(&dir);
-    let initial = watcher.poll().unwrap_or_default();
-    for p in &initial.problems {
-        tracing::warn!(problem = %p, "manifest problem");
-    }
-    let initial_model: Arc<Model> = Arc::clone(&initial.model);
-    let initial_problems = initial.problems.len();
-    let (dir_tx, dir_rx) = watch::channel(Arc::new(initial));
-    let (model_tx, model_rx) = watch::channel(Arc::clone(&initial_model));
-
     let metrics = Arc::new(Metrics::default());
-    metrics
-        .problems
-        .get_or_create(&[("stage", "load")])
-        .set(initial_problems as i64);
-    let first = Arc::new(publish::snapshot(
-        &initial_model,
-        None,
-        Instant::now(),
-        &metrics,
-    ));
+    let source = match &opts.manifests {
+        Some(dir) => manifests_source(dir, opts.poll_interval, &metrics, &shutdown).await?,
+        None => kubernetes_source(&opts.kube, &metrics, &shutdown).await?,
+    };
+    let SourceParts {
+        models,
+        state,
+        ready,
+        mut tasks,
+        client,
+    } = source;
+
+    let initial_model = Arc::clone(&models.borrow());
+    let mut first = publish::snapshot(&initial_model, None, Instant::now(), &metrics);
+    // Until the source has read everything, proxies are held rather than served: an empty
+    // model would withdraw every listener from a proxy that reconnects during a restart.
+    first.ready = *ready.borrow();
+    let first = Arc::new(first);
     let (snap_tx, snap_rx) = watch::channel(Arc::clone(&first));
     let (source_tx, source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
 
@@ -130,9 +224,7 @@ pub async fn run(
             .context("configuring TLS")?;
     }
 
-    let (ready_tx, ready_rx) = watch::channel(false);
     let mut debug_addr = None;
-    let mut debug_task = None;
     if let Some(addr) = opts.debug_addr {
         let listener = TcpListener::bind(addr)
             .await
@@ -141,13 +233,13 @@ pub async fn run(
         let router = crate::debug::router(crate::debug::DebugState {
             registry: Arc::clone(&registry),
             snapshots: snap_rx.clone(),
-            dir: Some(dir_rx.clone()),
+            dir: Some(state.clone()),
             metrics: Arc::clone(&metrics),
-            ready: ready_rx,
+            ready: ready.clone(),
         });
         let stop = shutdown.clone();
         info!(addr = %listener.local_addr()?, "debug server listening");
-        debug_task = Some(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
@@ -156,27 +248,41 @@ pub async fn run(
             }
         }));
     }
-    // The manifests directory was read completely above.
-    ready_tx.send_replace(true);
 
-    let tasks = [
-        tokio::spawn(dirwatch::run(
-            watcher,
-            opts.poll_interval,
-            dir_tx,
-            model_tx,
-            Arc::clone(&metrics),
+    tasks.push(tokio::spawn(publish::run(
+        models,
+        ready.clone(),
+        snap_tx,
+        source_tx,
+        opts.debounce,
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    )));
+
+    if let Some(client) = client {
+        let (leader_tx, leader_rx) = watch::channel(false);
+        let lease_api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), &opts.kube.lease_namespace);
+        let cfg = crate::source::k8s::lease::LeaseConfig {
+            name: opts.kube.lease_name.clone(),
+            identity: opts.kube.identity.clone(),
+            duration: Duration::from_secs(15),
+        };
+        tasks.push(tokio::spawn(crate::source::k8s::lease::run(
+            lease_api,
+            cfg,
+            leader_tx,
             shutdown.clone(),
-        )),
-        tokio::spawn(publish::run(
-            model_rx,
-            snap_tx,
-            source_tx,
-            opts.debounce,
-            Arc::clone(&metrics),
+        )));
+        tasks.push(tokio::spawn(crate::source::k8s::status::run(
+            client,
+            snap_rx.clone(),
+            Arc::clone(&registry),
+            leader_rx,
+            Duration::from_secs(5),
             shutdown.clone(),
-        )),
-    ];
+        )));
+    }
 
     info!(addr = %local, tls = opts.tls.is_some(), mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "xDS server listening");
     on_listening(
@@ -186,7 +292,7 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
             registry,
             snapshots: snap_rx,
-            dir: Some(dir_rx),
+            dir: Some(state),
         },
     );
     let stop = shutdown.clone();
@@ -198,7 +304,7 @@ pub async fn run(
         .await
         .context("xDS server failed")?;
     shutdown.cancel();
-    for t in tasks.into_iter().chain(debug_task) {
+    for t in tasks {
         let _ = t.await;
     }
     info!("stopped");

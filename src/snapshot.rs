@@ -42,6 +42,9 @@ pub struct Snapshot {
     secrets: Vec<String>,
     /// When the model change that led to this snapshot was first observed.
     pub observed_at: Instant,
+    /// Whether the source had read everything when this was built; proxies are not served
+    /// from a snapshot that is not ready.
+    pub ready: bool,
 }
 
 fn version(body: &[u8]) -> String {
@@ -126,6 +129,7 @@ impl Snapshot {
             compiled,
             secrets,
             observed_at,
+            ready: true,
         }
     }
 
@@ -166,6 +170,10 @@ impl ResourceSource for Snapshot {
 
     fn observed_at(&self) -> Instant {
         self.observed_at
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready
     }
 
     fn redact(&self, text: &str) -> String {

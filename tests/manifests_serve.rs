@@ -30,6 +30,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
             max_delay: Duration::from_millis(200),
         },
         tls: None,
+        kube: Default::default(),
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

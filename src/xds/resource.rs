@@ -130,6 +130,12 @@ pub trait ResourceSource: Send + Sync + fmt::Debug + 'static {
     /// measured from here to the proxy's ACK.
     fn observed_at(&self) -> std::time::Instant;
 
+    /// Whether the resources reflect a complete read of the source. Streams wait, holding
+    /// the proxy's current configuration, until the source is ready.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// Removes secret values from text that came from a proxy (NACK messages can quote the
     /// configuration they reject) before it is logged or shown.
     fn redact(&self, text: &str) -> String {

@@ -116,6 +116,13 @@ pub(super) async fn run(
     };
     let node_id = node.id.clone();
     let identity = identity(node);
+    // Hold the proxy (it keeps its current configuration) until the source is complete.
+    while !ctx.source.borrow_and_update().is_ready() {
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            changed = ctx.source.changed() => if changed.is_err() { return },
+        }
+    }
     let (view, observed_at) = {
         let source = ctx.source.borrow_and_update();
         (source.resources_for(&identity), source.observed_at())

@@ -1,0 +1,55 @@
+//! Every Kubernetes API call redis-xds makes, in one place. `deploy/` RBAC is checked
+//! against this list, so a new call without a matching rule fails a test.
+
+/// One kind of call: an API group, a resource, and the verbs used on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    /// Resource (plural, with `/subresource` where one is used).
+    pub resource: &'static str,
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+    /// Why.
+    pub why: &'static str,
+}
+
+/// The calls.
+pub const API_CALLS: &[ApiCall] = &[
+    ApiCall {
+        group: "redis-xds.dev",
+        resource: "redisclusters",
+        verbs: &["get", "list", "watch"],
+        why: "the desired configuration",
+    },
+    ApiCall {
+        group: "redis-xds.dev",
+        resource: "redisclusters/status",
+        verbs: &["patch"],
+        why: "conditions, endpoints and proxy counts (lease holder only)",
+    },
+    ApiCall {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+        why: "Ready pods behind spec.endpoints.selector",
+    },
+    ApiCall {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+        why: "endpoints behind spec.endpoints.service",
+    },
+    ApiCall {
+        group: "",
+        resource: "secrets",
+        verbs: &["list", "watch"],
+        why: "AUTH passwords named by spec.auth and spec.listener.downstreamAuth",
+    },
+    ApiCall {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "update"],
+        why: "electing the one replica that writes status",
+    },
+];

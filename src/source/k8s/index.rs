@@ -1,0 +1,359 @@
+//! The Kubernetes index: watch events in, one [`Model`] out.
+//!
+//! Fed by the watchers with `apply`, `delete` and `reset` (the full list after a (re)list)
+//! per kind, it keeps the model current and publishes it on a `watch` channel. It talks to
+//! no API server, so its tests feed it objects by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::watch;
+
+use crate::api::RedisCluster;
+use crate::model::{Model, ObjectKey, Origin};
+use crate::source::convert;
+
+/// The kinds the index follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// RedisCluster.
+    RedisCluster,
+    /// Pod.
+    Pod,
+    /// EndpointSlice.
+    EndpointSlice,
+    /// Secret.
+    Secret,
+}
+
+/// Every kind, for readiness.
+pub const KINDS: [Kind; 4] = [
+    Kind::RedisCluster,
+    Kind::Pod,
+    Kind::EndpointSlice,
+    Kind::Secret,
+];
+
+/// An object of one of the followed kinds.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A RedisCluster.
+    RedisCluster(Box<RedisCluster>),
+    /// A Pod.
+    Pod(Box<Pod>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A Secret.
+    Secret(Box<Secret>),
+}
+
+impl Object {
+    fn kind(&self) -> Kind {
+        match self {
+            Object::RedisCluster(_) => Kind::RedisCluster,
+            Object::Pod(_) => Kind::Pod,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Secret(_) => Kind::Secret,
+        }
+    }
+
+    fn key(&self) -> ObjectKey {
+        convert::key(match self {
+            Object::RedisCluster(o) => &o.metadata,
+            Object::Pod(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Secret(o) => &o.metadata,
+        })
+    }
+}
+
+/// The model built from watch events.
+#[derive(Debug)]
+pub struct Index {
+    model: Model,
+    seen: u64,
+    first_seen: BTreeMap<ObjectKey, u64>,
+    synced: BTreeSet<Kind>,
+    models: watch::Sender<Arc<Model>>,
+    ready: watch::Sender<bool>,
+}
+
+impl Index {
+    /// An empty index publishing on `models`; `ready` turns true once every kind finished
+    /// its initial list.
+    pub fn new(models: watch::Sender<Arc<Model>>, ready: watch::Sender<bool>) -> Self {
+        Index {
+            model: Model::default(),
+            seen: 0,
+            first_seen: BTreeMap::new(),
+            synced: BTreeSet::new(),
+            models,
+            ready,
+        }
+    }
+
+    /// The current model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn insert(&mut self, obj: &Object) {
+        let key = obj.key();
+        match obj {
+            Object::RedisCluster(rc) => {
+                let seen = *self.first_seen.entry(key.clone()).or_insert_with(|| {
+                    self.seen += 1;
+                    self.seen
+                });
+                self.model
+                    .redis_clusters
+                    .insert(key, convert::redis_cluster(rc, seen, Origin::Kubernetes));
+            }
+            Object::Pod(p) => {
+                self.model.pods.insert(key, convert::pod(p));
+            }
+            Object::EndpointSlice(s) => match convert::endpoint_slice(s) {
+                Some(slice) => {
+                    self.model.endpoint_slices.insert(key, slice);
+                }
+                None => {
+                    self.model.endpoint_slices.remove(&key);
+                }
+            },
+            Object::Secret(s) => {
+                self.model.secrets.insert(key, convert::secret(s));
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjectKey) {
+        match kind {
+            Kind::RedisCluster => {
+                self.model.redis_clusters.remove(key);
+                self.first_seen.remove(key);
+            }
+            Kind::Pod => {
+                self.model.pods.remove(key);
+            }
+            Kind::EndpointSlice => {
+                self.model.endpoint_slices.remove(key);
+            }
+            Kind::Secret => {
+                self.model.secrets.remove(key);
+            }
+        }
+    }
+
+    /// An object was added or changed.
+    pub fn apply(&mut self, obj: Object) {
+        self.insert(&obj);
+        self.publish();
+    }
+
+    /// An object was deleted.
+    pub fn delete(&mut self, obj: &Object) {
+        self.remove(obj.kind(), &obj.key());
+        self.publish();
+    }
+
+    /// The complete list of one kind after a (re)list: objects missing from it were deleted
+    /// while the watch was down.
+    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) {
+        let keep: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let stale: Vec<ObjectKey> = match kind {
+            Kind::RedisCluster => self.model.redis_clusters.keys().cloned().collect(),
+            Kind::Pod => self.model.pods.keys().cloned().collect(),
+            Kind::EndpointSlice => self.model.endpoint_slices.keys().cloned().collect(),
+            Kind::Secret => self.model.secrets.keys().cloned().collect(),
+        };
+        for key in stale.iter().filter(|k| !keep.contains(*k)) {
+            self.remove(kind, key);
+        }
+        for obj in &objects {
+            self.insert(obj);
+        }
+        if self.synced.insert(kind) && self.synced.len() == KINDS.len() {
+            self.ready.send_replace(true);
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        // Only once every kind was listed: a model without its Secrets or Pods would make
+        // every RedisCluster look broken and withdraw listeners from the proxies.
+        if self.synced.len() < KINDS.len() {
+            return;
+        }
+        let model = &self.model;
+        self.models.send_if_modified(|current| {
+            if **current == *model {
+                false
+            } else {
+                *current = Arc::new(model.clone());
+                true
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            labels: (!labels.is_empty()).then(|| {
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn mk_pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Object {
+        Object::Pod(Box::new(Pod {
+            metadata: meta(ns, name, &[("app", app)]),
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    fn mk_rc(ns: &str, name: &str, app: &str) -> Object {
+        let spec: crate::api::RedisClusterSpec = serde_json::from_value(serde_json::json!({
+            "endpoints": {"selector": {"matchLabels": {"app": app}}},
+            "listener": {"port": 6379}
+        }))
+        .unwrap();
+        let mut rc = RedisCluster::new(name, spec);
+        rc.metadata.namespace = Some(ns.into());
+        Object::RedisCluster(Box::new(rc))
+    }
+
+    fn mk_secret(ns: &str, name: &str, password: &str) -> Object {
+        Object::Secret(Box::new(Secret {
+            metadata: meta(ns, name, &[]),
+            string_data: Some(
+                [("password".to_string(), password.to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    fn index() -> (Index, watch::Receiver<Arc<Model>>, watch::Receiver<bool>) {
+        let (models, rx) = watch::channel(Arc::new(Model::default()));
+        let (ready, ready_rx) = watch::channel(false);
+        (Index::new(models, ready), rx, ready_rx)
+    }
+
+    fn sync_all(idx: &mut Index) {
+        for kind in KINDS {
+            idx.reset(kind, Vec::new());
+        }
+    }
+
+    #[test]
+    fn should_publish_nothing_and_stay_unready_until_every_kind_was_listed() {
+        let (mut idx, mut rx, ready) = index();
+        idx.reset(Kind::RedisCluster, vec![mk_rc("shop", "orders", "redis")]);
+        idx.reset(
+            Kind::Pod,
+            vec![mk_pod("shop", "redis-0", "redis", "10.0.0.1", true)],
+        );
+        idx.reset(Kind::EndpointSlice, vec![]);
+        assert!(!rx.has_changed().unwrap());
+        assert!(!*ready.borrow());
+        idx.reset(Kind::Secret, vec![]);
+        assert!(*ready.borrow());
+        let model = rx.borrow_and_update().clone();
+        assert_eq!(model.redis_clusters.len(), 1);
+        assert_eq!(model.pods.len(), 1);
+    }
+
+    #[test]
+    fn should_follow_pods_becoming_ready_and_going_away() {
+        let (mut idx, mut rx, _) = index();
+        sync_all(&mut idx);
+        idx.apply(mk_rc("shop", "orders", "redis"));
+        idx.apply(mk_pod("shop", "redis-0", "redis", "10.0.0.1", false));
+        let compiled = crate::compile::compile(&rx.borrow_and_update());
+        assert_eq!(
+            compiled.objects[&ObjectKey::new("shop", "orders")].endpoints,
+            0
+        );
+        idx.apply(mk_pod("shop", "redis-0", "redis", "10.0.0.1", true));
+        let compiled = crate::compile::compile(&rx.borrow_and_update());
+        assert_eq!(
+            compiled.objects[&ObjectKey::new("shop", "orders")].endpoints,
+            1
+        );
+        idx.delete(&mk_pod("shop", "redis-0", "redis", "10.0.0.1", true));
+        let compiled = crate::compile::compile(&rx.borrow_and_update());
+        assert_eq!(
+            compiled.objects[&ObjectKey::new("shop", "orders")].endpoints,
+            0
+        );
+    }
+
+    #[test]
+    fn should_drop_objects_missing_from_a_relist() {
+        let (mut idx, mut rx, _) = index();
+        sync_all(&mut idx);
+        idx.apply(mk_secret("shop", "a", "one"));
+        idx.apply(mk_secret("shop", "b", "two"));
+        idx.reset(Kind::Secret, vec![mk_secret("shop", "b", "rotated")]);
+        let model = rx.borrow_and_update().clone();
+        let keys: Vec<String> = model.secrets.keys().map(|k| k.to_string()).collect();
+        assert_eq!(keys, ["shop/b"]);
+        assert_eq!(
+            model.secrets[&ObjectKey::new("shop", "b")].data["password"].expose(),
+            b"rotated"
+        );
+    }
+
+    #[test]
+    fn should_not_publish_an_unchanged_model() {
+        let (mut idx, mut rx, _) = index();
+        sync_all(&mut idx);
+        rx.borrow_and_update();
+        idx.apply(mk_secret("shop", "a", "one"));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        idx.apply(mk_secret("shop", "a", "one"));
+        assert!(
+            !rx.has_changed().unwrap(),
+            "a resync of the same object is not a change"
+        );
+    }
+
+    #[test]
+    fn should_keep_first_seen_order_for_conflicts_between_equal_timestamps() {
+        let (mut idx, _rx, _) = index();
+        sync_all(&mut idx);
+        idx.apply(mk_rc("shop", "zz", "a"));
+        idx.apply(mk_rc("shop", "aa", "a"));
+        idx.apply(mk_rc("shop", "zz", "b"));
+        let m = idx.model();
+        assert!(
+            m.redis_clusters[&ObjectKey::new("shop", "zz")].seen
+                < m.redis_clusters[&ObjectKey::new("shop", "aa")].seen
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! RedisCluster `.status`: computed from the compile output and the connected proxies,
+//! written by the lease holder only when it changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::api::{ProxyCounts, RedisCluster, RedisClusterStatus};
+use crate::compile::Reason;
+use crate::model::ObjectKey;
+use crate::snapshot::Snapshot;
+use crate::xds::{ProxyStatus, Registry, ResourceSource, ResourceType};
+
+/// Proxy facts about one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Counts.
+    pub counts: ProxyCounts,
+    /// The first NACK message about this object's resources.
+    pub nack: Option<String>,
+}
+
+/// Per object: how many connected proxies should hold its resources, how many are in sync,
+/// how many rejected them.
+pub fn proxy_facts(snapshot: &Snapshot, proxies: &[ProxyStatus]) -> BTreeMap<ObjectKey, Facts> {
+    let compiled = &snapshot.compiled;
+    let owner = |kind: ResourceType, name: &str| -> Option<&ObjectKey> {
+        match kind {
+            ResourceType::Listener => compiled.listeners.get(name).map(|l| &l.owner),
+            _ => compiled.clusters.get(name).map(|c| &c.owner),
+        }
+    };
+    let mut out: BTreeMap<ObjectKey, Facts> = BTreeMap::new();
+    for p in proxies {
+        let view = snapshot.resources_for(&p.identity);
+        let mut objects: Vec<&ObjectKey> = view
+            .listeners
+            .keys()
+            .filter_map(|n| owner(ResourceType::Listener, n))
+            .chain(
+                view.clusters
+                    .keys()
+                    .filter_map(|n| owner(ResourceType::Cluster, n)),
+            )
+            .collect();
+        objects.sort();
+        objects.dedup();
+        let synced = p
+            .types
+            .values()
+            .all(|t| crate::debug::sync_state(t) == "SYNCED");
+        for key in objects {
+            let facts = out.entry(key.clone()).or_default();
+            facts.counts.connected += 1;
+            if synced {
+                facts.counts.synced += 1;
+            }
+            let rejected = p.types.iter().find_map(|(kind, t)| {
+                let nack = t.nack.as_ref()?;
+                t.sent
+                    .keys()
+                    .any(|n| owner(*kind, n) == Some(key))
+                    .then(|| nack.message.clone())
+            });
+            if let Some(message) = rejected {
+                facts.counts.rejected += 1;
+                facts.nack.get_or_insert(message);
+            }
+        }
+    }
+    out
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    previous: Option<&RedisClusterStatus>,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time moves only when the status does (Kubernetes convention).
+    let last = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: last,
+    }
+}
+
+/// The status one object should have now.
+pub fn status_for(
+    key: &ObjectKey,
+    snapshot: &Snapshot,
+    facts: Option<&Facts>,
+    previous: Option<&RedisClusterStatus>,
+    now: &Time,
+) -> Option<RedisClusterStatus> {
+    let outcome = snapshot.compiled.objects.get(key)?;
+    let generation = outcome.generation;
+    let problems: Vec<_> = snapshot
+        .compiled
+        .problems
+        .iter()
+        .filter(|p| &p.object == key)
+        .collect();
+    let accepted = if outcome.accepted {
+        condition(
+            "Accepted",
+            true,
+            "Accepted",
+            "valid; every reference resolves".into(),
+            generation,
+            previous,
+            now,
+        )
+    } else {
+        let reason = problems.first().map_or(Reason::Invalid, |p| p.reason);
+        let message = problems
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        condition(
+            "Accepted",
+            false,
+            reason.as_str(),
+            message,
+            generation,
+            previous,
+            now,
+        )
+    };
+    let facts = facts.cloned().unwrap_or_default();
+    let c = &facts.counts;
+    let programmed = if !outcome.accepted {
+        condition(
+            "Programmed",
+            false,
+            "NotAccepted",
+            "not sent to any proxy until it is accepted".into(),
+            generation,
+            previous,
+            now,
+        )
+    } else if c.rejected > 0 {
+        let nack = facts.nack.clone().unwrap_or_default();
+        condition(
+            "Programmed",
+            false,
+            "Rejected",
+            format!(
+                "{} of {} proxies rejected it: {nack}",
+                c.rejected, c.connected
+            ),
+            generation,
+            previous,
+            now,
+        )
+    } else if c.synced < c.connected {
+        condition(
+            "Programmed",
+            false,
+            "Pending",
+            format!("{} of {} proxies in sync", c.synced, c.connected),
+            generation,
+            previous,
+            now,
+        )
+    } else if c.connected == 0 {
+        condition(
+            "Programmed",
+            true,
+            "NoProxies",
+            "no connected proxy uses it yet".into(),
+            generation,
+            previous,
+            now,
+        )
+    } else {
+        condition(
+            "Programmed",
+            true,
+            "Programmed",
+            format!("all {} proxies in sync", c.connected),
+            generation,
+            previous,
+            now,
+        )
+    };
+    Some(RedisClusterStatus {
+        observed_generation: generation,
+        conditions: vec![accepted, programmed],
+        endpoints: Some(u32::try_from(outcome.endpoints).unwrap_or(u32::MAX)),
+        proxies: Some(facts.counts),
+    })
+}
+
+/// Writes statuses while `leader` is true, every `period` and after every snapshot.
+pub async fn run(
+    client: kube::Client,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    registry: Arc<Registry>,
+    mut leader: watch::Receiver<bool>,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut written: HashMap<ObjectKey, RedisClusterStatus> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = snapshots.changed() => {}
+            _ = leader.changed() => {}
+            () = tokio::time::sleep(period) => {}
+        }
+        if !*leader.borrow_and_update() {
+            // A new leader writes everything once: our cache may be stale by then.
+            written.clear();
+            continue;
+        }
+        let snapshot = Arc::clone(&snapshots.borrow_and_update());
+        write_changed(&client, &snapshot, &registry.list(), &mut written).await;
+    }
+}
+
+/// Patches the status of every object whose status differs from what was last written.
+pub async fn write_changed(
+    client: &kube::Client,
+    snapshot: &Snapshot,
+    proxies: &[ProxyStatus],
+    written: &mut HashMap<ObjectKey, RedisClusterStatus>,
+) {
+    let facts = proxy_facts(snapshot, proxies);
+    let now = Time(jiff::Timestamp::now());
+    written.retain(|k, _| snapshot.model.redis_clusters.contains_key(k));
+    for key in snapshot.model.redis_clusters.keys() {
+        let previous = written.get(key);
+        let Some(status) = status_for(key, snapshot, facts.get(key), previous, &now) else {
+            continue;
+        };
+        if previous == Some(&status) {
+            continue;
+        }
+        let api: Api<RedisCluster> = Api::namespaced(client.clone(), &key.namespace);
+        let patch = Patch::Merge(json!({ "status": status }));
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => {
+                debug!(object = %key, "status written");
+                written.insert(key.clone(), status);
+            }
+            Err(e) => warn!(object = %key, error = %e, "cannot write status; will retry"),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Watchers: one kube-runtime watcher per kind, feeding the [`Index`].
+//!
+//! RedisClusters are read as dynamic objects and converted one by one, so a single object
+//! that does not deserialize is reported and left out instead of failing the whole list.
+//! Watch errors are retried with kube-runtime's default backoff; meanwhile the index, and
+//! so the proxies, keep the last known state.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, CustomResourceExt, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, warn};
+
+use super::index::{Index, Kind, Object};
+use crate::api::RedisCluster;
+use crate::metrics::Metrics;
+use crate::source::manifests::LoadProblem;
+use crate::source::watch::DirState;
+
+/// Shared by the watchers.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// The index.
+    pub index: Arc<Mutex<Index>>,
+    /// RedisClusters that could not be read, by `namespace/name`.
+    pub problems: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Publishes those problems for `/debug/model`.
+    pub state: channel::Sender<Arc<DirState>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn with_index(&self, f: impl FnOnce(&mut Index)) {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut index);
+    }
+
+    fn publish_problems(&self) {
+        let problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let list = problems
+            .iter()
+            .map(|(object, message)| LoadProblem {
+                file: "kubernetes".into(),
+                line: None,
+                object: Some(format!("RedisCluster {object}")),
+                message: message.clone(),
+            })
+            .collect();
+        self.state.send_replace(Arc::new(DirState {
+            problems: list,
+            ..Default::default()
+        }));
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Converts a RedisCluster read as a dynamic object, recording a problem when it does not
+/// deserialize.
+fn redis_cluster(shared: &Shared, obj: DynamicObject) -> Option<Object> {
+    let name = format!(
+        "{}/{}",
+        obj.metadata.namespace.as_deref().unwrap_or_default(),
+        obj.metadata.name.as_deref().unwrap_or_default()
+    );
+    let value = match serde_json::to_value(&obj) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(object = %name, error = %e, "cannot re-encode RedisCluster");
+            return None;
+        }
+    };
+    let result: Result<RedisCluster, _> = serde_path_to_error::deserialize(value);
+    let mut problems = shared.problems.lock().unwrap_or_else(|e| e.into_inner());
+    let changed = match result {
+        Ok(rc) => {
+            let changed = problems.remove(&name).is_some();
+            drop(problems);
+            if changed {
+                shared.publish_problems();
+            }
+            return Some(Object::RedisCluster(Box::new(rc)));
+        }
+        Err(e) => {
+            let message = format!("{}: {}", e.path(), e.inner());
+            warn!(object = %name, problem = %message, "RedisCluster left out");
+            problems.insert(name, message.clone()).as_ref() != Some(&message)
+        }
+    };
+    drop(problems);
+    if changed {
+        shared.publish_problems();
+    }
+    None
+}
+
+async fn follow<K, F>(
+    api: Api<K>,
+    kind: Kind,
+    shared: Shared,
+    convert: F,
+    shutdown: CancellationToken,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: Fn(&Shared, K) -> Option<Object>,
+{
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Vec<Object> = Vec::new();
+    let events = shared
+        .metrics
+        .source_events
+        .get_or_create(&[("source", "kubernetes")])
+        .clone();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = stream.next() => e,
+        };
+        let Some(event) = event else { return };
+        events.inc();
+        match event {
+            Ok(Event::Init) => buffer.clear(),
+            Ok(Event::InitApply(obj)) => buffer.extend(convert(&shared, obj)),
+            Ok(Event::InitDone) => {
+                let objects = std::mem::take(&mut buffer);
+                info!(objects = objects.len(), "listed");
+                shared.with_index(|i| i.reset(kind, objects));
+            }
+            Ok(Event::Apply(obj)) => {
+                if let Some(o) = convert(&shared, obj) {
+                    shared.with_index(|i| i.apply(o));
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                if let Some(o) = convert(&shared, obj) {
+                    shared.with_index(|i| i.delete(&o));
+                }
+            }
+            // The backoff wrapper retries; the index keeps serving the last known state.
+            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+/// Starts one watcher per kind; they run until `shutdown`.
+pub fn spawn(
+    client: &Client,
+    namespace: Option<&str>,
+    shared: Shared,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let rc_api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &RedisCluster::api_resource()),
+        None => Api::all_with(client.clone(), &RedisCluster::api_resource()),
+    };
+    vec![
+        tokio::spawn(
+            follow(
+                rc_api,
+                Kind::RedisCluster,
+                shared.clone(),
+                redis_cluster,
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "RedisCluster")),
+        ),
+        tokio::spawn(
+            follow(
+                api::<Pod>(client, namespace),
+                Kind::Pod,
+                shared.clone(),
+                |_, p| Some(Object::Pod(Box::new(p))),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "Pod")),
+        ),
+        tokio::spawn(
+            follow(
+                api::<EndpointSlice>(client, namespace),
+                Kind::EndpointSlice,
+                shared.clone(),
+                |_, s| Some(Object::EndpointSlice(Box::new(s))),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "EndpointSlice")),
+        ),
+        tokio::spawn(
+            follow(
+                api::<Secret>(client, namespace),
+                Kind::Secret,
+                shared,
+                |_, s| Some(Object::Secret(Box::new(s))),
+                shutdown,
+            )
+            .instrument(tracing::info_span!("watch", kind = "Secret")),
+        ),
+    ]
+}
