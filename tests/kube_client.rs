@@ -362,6 +362,38 @@ async fn watchers_list_every_kind_in_all_namespaces_and_leave_out_only_the_broke
         problems[0]
     );
 
+    // After each list, a watch from the list's resourceVersion, with bookmarks.
+    let watches = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let w: Vec<String> = requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("watch=true"))
+                .cloned()
+                .collect();
+            if w.len() == 4 {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("four watches");
+    for path in [
+        "/api/v1/pods",
+        "/api/v1/secrets",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/apis/redis-xds.dev/v1alpha1/redisclusters",
+    ] {
+        let w = watches
+            .iter()
+            .find(|l| l.starts_with(&format!("GET {path}?")))
+            .unwrap_or_else(|| panic!("no watch of {path}: {watches:?}"));
+        assert!(w.contains("resourceVersion=10"), "{w}");
+        assert!(w.contains("allowWatchBookmarks=true"), "{w}");
+        assert!(w.contains("timeoutSeconds="), "{w}");
+    }
     let mut lines = requests.lock().unwrap().clone();
     lines.retain(|l| !l.contains("watch=true"));
     lines.sort();

@@ -271,3 +271,88 @@ pub async fn write_changed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::tracker::{Known, Nack};
+    use crate::xds::{NodeIdentity, TypeStatus, Variant};
+    use std::time::{Instant, SystemTime};
+
+    #[test]
+    fn should_count_a_proxy_that_nacked_an_objects_listener_as_rejected_with_its_message() {
+        let yaml = "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {name: orders, namespace: shop}\nspec:\n  endpoints: {static: [\"10.0.0.1:6379\"]}\n  listener: {port: 6379}\n";
+        let path = std::path::PathBuf::from("t.yaml");
+        let parsed = crate::source::manifests::parse_file(&path, yaml);
+        let (model, _, _) = crate::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
+        let compiled = crate::compile::compile(&model);
+        let snap = Snapshot::build(Arc::new(model), Arc::new(compiled), None, Instant::now());
+        let listener = "redis/shop/orders@127.0.0.1:6379".to_string();
+        let resource = snap.resources_for(&NodeIdentity::default()).listeners[&listener].clone();
+        let nacked = TypeStatus {
+            desired_version: Some("v1".into()),
+            sent_version: Some("v1".into()),
+            nack: Some(Nack {
+                version: "v1".into(),
+                message: "port in use".into(),
+                at: SystemTime::UNIX_EPOCH,
+            }),
+            sent: [(
+                listener,
+                Known {
+                    version: resource.version.clone(),
+                    resource: Some(resource),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let proxy = |types| ProxyStatus {
+            stream: 1,
+            node_id: "p".into(),
+            identity: NodeIdentity::default(),
+            variant: Variant::Delta,
+            connected_at: SystemTime::UNIX_EPOCH,
+            types,
+        };
+        let synced = TypeStatus {
+            desired_version: Some("v1".into()),
+            sent_version: Some("v1".into()),
+            acked_version: Some("v1".into()),
+            ..Default::default()
+        };
+        let proxies = [
+            proxy([(ResourceType::Listener, nacked)].into_iter().collect()),
+            proxy([(ResourceType::Listener, synced)].into_iter().collect()),
+        ];
+        let facts = proxy_facts(&snap, &proxies);
+        let f = &facts[&ObjectKey::new("shop", "orders")];
+        assert_eq!(
+            f.counts,
+            ProxyCounts {
+                connected: 2,
+                synced: 1,
+                rejected: 1
+            }
+        );
+        let now = Time(jiff::Timestamp::UNIX_EPOCH);
+        let status = status_for(
+            &ObjectKey::new("shop", "orders"),
+            &snap,
+            Some(f),
+            None,
+            &now,
+        )
+        .unwrap();
+        let programmed = &status.conditions[1];
+        assert_eq!(
+            (programmed.status.as_str(), programmed.reason.as_str()),
+            ("False", "Rejected")
+        );
+        assert_eq!(
+            programmed.message,
+            "1 of 2 proxies rejected it: port in use"
+        );
+    }
+}
