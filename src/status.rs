@@ -99,12 +99,8 @@ pub fn table(syncz: &Value) -> String {
         "LAST ERROR".into(),
     ]];
     for p in syncz["proxies"].as_array().into_iter().flatten() {
-        let state = |t: &str| {
-            p["types"][t]["state"]
-                .as_str()
-                .unwrap_or("NOT_SENT")
-                .to_string()
-        };
+        // "-": the proxy never asked for that type (e.g. EDS without Sharded clusters).
+        let state = |t: &str| p["types"][t]["state"].as_str().unwrap_or("-").to_string();
         let error = ["CDS", "EDS", "LDS"]
             .iter()
             .find_map(|t| {
@@ -164,7 +160,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            lines[2].starts_with("b-long-name  -          sotw     STALE   NOT_SENT"),
+            lines[2].starts_with("b-long-name  -          sotw     STALE   -"),
             "{t}"
         );
     }

@@ -151,12 +151,17 @@ pub struct Serve {
 
 /// `redis-xds serve` on 127.0.0.1 with OS-chosen xDS and debug ports, logging at `level`.
 pub fn start_serve_logging(manifests: &Path, extra: &[&str], level: &str) -> Serve {
+    start_serve_full(manifests, "127.0.0.1:0", extra, level)
+}
+
+/// `redis-xds serve` with its xDS server on `xds_addr`.
+pub fn start_serve_full(manifests: &Path, xds_addr: &str, extra: &[&str], level: &str) -> Serve {
     use std::io::BufRead;
     let mut child = redis_xds()
         .args([
             "serve",
             "--xds-addr",
-            "127.0.0.1:0",
+            xds_addr,
             "--debug-addr",
             "127.0.0.1:0",
             "--poll-interval",

@@ -1,0 +1,252 @@
+//! Real Redis servers on loopback for the scenarios: Redis Clusters made with
+//! `redis-cli --cluster create`, and standalone servers. Every server is a child process
+//! killed when its guard drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::common::{Proc, wait_until};
+use crate::resp::Conn;
+
+/// A port whose cluster bus port (port + 10000) is free too.
+pub fn cluster_port() -> u16 {
+    loop {
+        let p = crate::common::free_port();
+        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+pub struct Server {
+    pub port: u16,
+    pub proc: Proc,
+    pub password: Option<String>,
+}
+
+impl Server {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Connects to a server, authenticating when it has a password.
+pub fn conn(port: u16, password: Option<&str>) -> Conn {
+    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).expect("connect to redis");
+    if let Some(pw) = password {
+        c.ok(&["AUTH", pw]);
+    }
+    c
+}
+
+pub fn start_server(dir: &Path, port: u16, cluster: bool, password: Option<&str>) -> Server {
+    let data = dir.join(port.to_string());
+    std::fs::create_dir_all(&data).unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
+    .arg("--dir")
+    .arg(&data)
+    .stdout(std::fs::File::create(data.join("redis.log")).unwrap())
+    .stderr(Stdio::null());
+    if cluster {
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]);
+    }
+    if let Some(pw) = password {
+        cmd.args(["--requirepass", pw, "--masterauth", pw]);
+    }
+    let child = cmd
+        .spawn()
+        .expect("redis-server starts (scripts/test installs it)");
+    let server = Server {
+        port,
+        proc: Proc {
+            child,
+            name: "redis-server",
+        },
+        password: password.map(str::to_owned),
+    };
+    wait_until(&format!("redis on {port} answers PING"), || {
+        let mut c = Conn::connect(&server.addr()).ok()?;
+        if let Some(pw) = password {
+            c.cmd(&["AUTH", pw]).ok()?;
+        }
+        (c.cmd(&["PING"]).ok()?.text() == "PONG").then_some(())
+    });
+    server
+}
+
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    pub password: Option<String>,
+    _dir: PathBuf,
+}
+
+impl Cluster {
+    /// `masters` primaries, each with `replicas` replicas.
+    pub fn start(dir: &Path, masters: usize, replicas: usize, password: Option<&str>) -> Cluster {
+        let n = masters * (1 + replicas);
+        let servers: Vec<Server> = (0..n)
+            .map(|_| start_server(dir, cluster_port(), true, password))
+            .collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.arg("--cluster").arg("create");
+        for s in &servers {
+            cmd.arg(s.addr());
+        }
+        cmd.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        if let Some(pw) = password {
+            cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        let out = cmd.output().expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster {
+            servers,
+            password: password.map(str::to_owned),
+            _dir: dir.to_owned(),
+        };
+        // Replicas appear in CLUSTER SLOTS (what Envoy reads) only after their first sync.
+        wait_until(
+            "the cluster is ok with every replica in CLUSTER SLOTS",
+            || {
+                for s in &cluster.servers {
+                    let mut c = cluster.conn(s.port);
+                    if !c
+                        .cmd(&["CLUSTER", "INFO"])
+                        .ok()?
+                        .text()
+                        .contains("cluster_state:ok")
+                    {
+                        return None;
+                    }
+                    let slots = c.cmd(&["CLUSTER", "SLOTS"]).ok()?;
+                    let crate::resp::Reply::Array(Some(ranges)) = slots else {
+                        return None;
+                    };
+                    if ranges.len() < masters {
+                        return None;
+                    }
+                    for r in ranges {
+                        let crate::resp::Reply::Array(Some(items)) = r else {
+                            return None;
+                        };
+                        // start, end, primary, replicas...
+                        if items.len() < 3 + replicas {
+                            return None;
+                        }
+                    }
+                }
+                Some(())
+            },
+        );
+        cluster
+    }
+
+    pub fn conn(&self, port: u16) -> Conn {
+        conn(port, self.password.as_deref())
+    }
+
+    pub fn static_entries(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("\"{}\"", s.addr()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Ports of the servers currently acting as primary (or replica), from CLUSTER NODES.
+    pub fn ports_with_role(&self, role: &str) -> Vec<u16> {
+        let port = self
+            .servers
+            .iter()
+            .find(|s| self.conn_ok(s.port))
+            .expect("a live node")
+            .port;
+        let nodes = self.conn(port).ok(&["CLUSTER", "NODES"]);
+        let mut out: Vec<u16> = nodes
+            .lines()
+            .filter(|l| {
+                let flags = l.split_whitespace().nth(2).unwrap_or_default();
+                flags.split(',').any(|f| f == role) && !flags.contains("fail")
+            })
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn conn_ok(&self, port: u16) -> bool {
+        Conn::connect(&format!("127.0.0.1:{port}")).is_ok()
+    }
+
+    pub fn primaries(&self) -> Vec<u16> {
+        self.ports_with_role("master")
+    }
+
+    pub fn replicas(&self) -> Vec<u16> {
+        self.ports_with_role("slave")
+    }
+
+    /// `INFO commandstats` calls of one command on one server.
+    pub fn calls(&self, port: u16, command: &str) -> u64 {
+        command_calls(&mut self.conn(port), command)
+    }
+
+    pub fn reset_stats(&self) {
+        for s in &self.servers {
+            if self.conn_ok(s.port) {
+                self.conn(s.port).ok(&["CONFIG", "RESETSTAT"]);
+            }
+        }
+    }
+
+    pub fn flush(&self) {
+        for p in self.primaries() {
+            self.conn(p).ok(&["FLUSHALL"]);
+        }
+    }
+
+    /// Keys stored on the primaries.
+    pub fn dbsize(&self) -> u64 {
+        self.primaries()
+            .iter()
+            .map(|p| self.conn(*p).ok(&["DBSIZE"]).parse::<u64>().unwrap())
+            .sum()
+    }
+}
+
+pub fn command_calls(c: &mut Conn, command: &str) -> u64 {
+    let info = c.ok(&["INFO", "commandstats"]);
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}

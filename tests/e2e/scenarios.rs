@@ -1,0 +1,583 @@
+//! The scenarios, in the order they run. `resilience` kills a primary of the shared
+//! cluster, so it runs last.
+
+use std::time::Instant;
+
+use crate::common::{free_port, http_get, start_serve_full, wait_until};
+use crate::redis::Cluster;
+use crate::resp::{Conn, Reply};
+use crate::{Fixture, Sidecar, rc, standalone};
+
+pub type Scenario = fn(&Fixture);
+
+pub const ALL: &[(&str, Scenario)] = &[
+    (
+        "sharding_spreads_keys_and_multi_key_commands_work",
+        sharding,
+    ),
+    (
+        "read_policy_sends_reads_to_replicas_and_flips_live",
+        read_policy,
+    ),
+    (
+        "prefix_routes_pick_the_longest_prefix_and_strip_it",
+        prefix_routes,
+    ),
+    (
+        "mirroring_copies_writes_not_reads_at_the_configured_share",
+        mirroring,
+    ),
+    ("auth_uses_the_secret_and_follows_its_rotation", auth),
+    ("sharded_mode_keeps_keys_when_a_server_moves", sharded),
+    (
+        "adding_and_deleting_a_listener_reaches_envoy_without_restart",
+        live_change,
+    ),
+    (
+        "bad_input_during_traffic_changes_nothing_that_works",
+        bad_input,
+    ),
+    (
+        "traffic_survives_a_control_plane_restart_and_a_primary_failure",
+        resilience,
+    ),
+];
+
+fn main_spec(f: &Fixture, port: u16, listener_extra: &str) -> String {
+    format!(
+        "endpoints: {{static: [{}]}}\ntopology: {{refreshInterval: 1s}}\nlistener:\n  port: {port}\n{}",
+        f.main.static_entries(),
+        listener_extra
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    )
+}
+
+fn second_rc(f: &Fixture) -> String {
+    rc(
+        "second",
+        &format!(
+            "endpoints: {{static: [{}]}}\ntopology: {{refreshInterval: 1s}}",
+            f.second.static_entries()
+        ),
+    )
+}
+
+/// Whether a key is stored on a cluster's primaries.
+fn holds(cluster: &Cluster, key: &str) -> bool {
+    cluster
+        .primaries()
+        .iter()
+        .any(|p| cluster.conn(*p).cmd(&["EXISTS", key]).ok() == Some(Reply::Int(1)))
+}
+
+fn sum_calls(cluster: &Cluster, ports: &[u16], command: &str) -> u64 {
+    ports.iter().map(|p| cluster.calls(*p, command)).sum()
+}
+
+fn sharding(f: &Fixture) {
+    f.main.flush();
+    let port = free_port();
+    let sc = Sidecar::start(&[("main.yaml", rc("main", &main_spec(f, port, "")))]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    c.ok(&["DEL", "probe"]);
+    for i in 0..1000 {
+        c.ok(&["SET", &format!("key:{i}"), &i.to_string()]);
+    }
+    let per_primary: Vec<u64> = f
+        .main
+        .primaries()
+        .iter()
+        .map(|p| f.main.conn(*p).ok(&["DBSIZE"]).parse().unwrap())
+        .collect();
+    println!("  keys per primary: {per_primary:?}");
+    assert_eq!(per_primary.len(), 3);
+    assert!(
+        per_primary.iter().all(|n| *n > 200),
+        "keys not spread over every primary: {per_primary:?}"
+    );
+    assert_eq!(per_primary.iter().sum::<u64>(), 1000);
+
+    let keys: Vec<String> = (0..50).map(|i| format!("key:{i}")).collect();
+    let mut args = vec!["MGET"];
+    args.extend(keys.iter().map(String::as_str));
+    let Reply::Array(Some(values)) = c.cmd(&args).unwrap() else {
+        panic!("MGET did not return an array")
+    };
+    let values: Vec<String> = values.iter().map(Reply::text).collect();
+    assert_eq!(
+        values,
+        (0..50).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "MGET across slots"
+    );
+    args[0] = "DEL";
+    assert_eq!(c.ok(&args), "50", "DEL across slots");
+
+    for k in ["{user:7}:name", "{user:7}:email", "{user:7}:cart"] {
+        c.ok(&["SET", k, "x"]);
+    }
+    let holding: Vec<u16> = f
+        .main
+        .primaries()
+        .into_iter()
+        .filter(|p| {
+            f.main
+                .conn(*p)
+                .cmd(&["EXISTS", "{user:7}:name", "{user:7}:email", "{user:7}:cart"])
+                .ok()
+                == Some(Reply::Int(3))
+        })
+        .collect();
+    assert_eq!(
+        holding.len(),
+        1,
+        "hash-tagged keys must share one slot, hence one primary"
+    );
+}
+
+fn read_policy(f: &Fixture) {
+    f.main.flush();
+    let port = free_port();
+    let sc = Sidecar::start(&[(
+        "main.yaml",
+        rc("main", &main_spec(f, port, "readPolicy: Replica")),
+    )]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    wait_until("replica reads work", || {
+        (!c.cmd(&["GET", "probe"]).ok()?.is_error()).then_some(())
+    });
+    for i in 0..30 {
+        c.ok(&["SET", &format!("r:{i}"), "v"]);
+    }
+    let (primaries, replicas) = (f.main.primaries(), f.main.replicas());
+    f.main.reset_stats();
+    for i in 0..100 {
+        c.ok(&["GET", &format!("r:{}", i % 30)]);
+    }
+    let (on_primaries, on_replicas) = (
+        sum_calls(&f.main, &primaries, "get"),
+        sum_calls(&f.main, &replicas, "get"),
+    );
+    println!("  Replica: GETs on primaries {on_primaries}, on replicas {on_replicas}");
+    assert_eq!(on_primaries, 0);
+    assert_eq!(on_replicas, 100);
+
+    let envoy_pid = sc.envoy.child.id();
+    sc.write(
+        "main.yaml",
+        &rc("main", &main_spec(f, port, "readPolicy: Master")),
+    );
+    // A listener change applies to new connections; existing ones keep the settings they
+    // started with until they close (Envoy drains the old listener).
+    wait_until("readPolicy Master applies to new connections", || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        f.main.reset_stats();
+        for i in 0..20 {
+            c.cmd(&["GET", &format!("r:{i}")]).ok()?;
+        }
+        (sum_calls(&f.main, &primaries, "get") == 20 && sum_calls(&f.main, &replicas, "get") == 0)
+            .then_some(())
+    });
+    assert_eq!(sc.envoy.child.id(), envoy_pid);
+    assert!(
+        crate::common::envoy_dynamic(&sc.admin).is_some(),
+        "Envoy kept running"
+    );
+}
+
+fn prefix_routes(f: &Fixture) {
+    f.main.flush();
+    f.second.flush();
+    let port = free_port();
+    let routes = "routes:\n  - {prefix: \"b:\", cluster: second}\n  - {prefix: \"strip:\", cluster: second, removePrefix: true}\n  - {prefix: \"b:main:\", cluster: main}";
+    let sc = Sidecar::start(&[(
+        "all.yaml",
+        rc("main", &main_spec(f, port, routes)) + &second_rc(f),
+    )]);
+    let mut c = sc.wait_serving(port, &["SET", "b:probe", "1"]);
+    for k in ["b:x", "strip:foo", "b:main:y", "plain"] {
+        c.ok(&["SET", k, "1"]);
+    }
+    assert!(
+        holds(&f.second, "b:x") && !holds(&f.main, "b:x"),
+        "prefixed key goes to the other cluster"
+    );
+    assert!(
+        holds(&f.second, "foo") && !holds(&f.second, "strip:foo"),
+        "removePrefix strips the prefix"
+    );
+    assert!(
+        holds(&f.main, "b:main:y") && !holds(&f.second, "b:main:y"),
+        "the longest prefix wins"
+    );
+    assert!(
+        holds(&f.main, "plain") && !holds(&f.second, "plain"),
+        "unrouted keys use the catch-all"
+    );
+    assert_eq!(
+        c.ok(&["GET", "foo"]),
+        "",
+        "reads of the stripped name go to main, which lacks it"
+    );
+    assert_eq!(c.ok(&["GET", "strip:foo"]), "1");
+}
+
+fn mirroring(f: &Fixture) {
+    f.main.flush();
+    f.second.flush();
+    let port = free_port();
+    let spec = "routes:\n  - {prefix: \"half:\", cluster: main, mirror: [{cluster: second, percent: 50}]}\n  - {prefix: \"none:\", cluster: main, mirror: [{cluster: second, percent: 0}]}\ncatchAll:\n  mirror: [{cluster: second, excludeReadCommands: true}]";
+    let sc = Sidecar::start(&[(
+        "all.yaml",
+        rc("main", &main_spec(f, port, spec)) + &second_rc(f),
+    )]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    wait_until("the mirror receives writes", || {
+        holds(&f.second, "probe").then_some(())
+    });
+    f.second.flush();
+    f.second.reset_stats();
+    let primaries = f.second.primaries();
+    for i in 0..100 {
+        c.ok(&["SET", &format!("m:{i}"), "v"]);
+    }
+    for i in 0..100 {
+        c.ok(&["GET", &format!("m:{i}")]);
+    }
+    // Mirrored requests are fire-and-forget: wait for the last writes to land.
+    wait_until("100 mirrored writes", || {
+        (f.second.dbsize() == 100).then_some(())
+    });
+    assert_eq!(sum_calls(&f.second, &primaries, "set"), 100);
+    assert_eq!(
+        sum_calls(&f.second, &primaries, "get"),
+        0,
+        "excludeReadCommands keeps reads off the mirror"
+    );
+
+    for i in 0..100 {
+        c.ok(&["SET", &format!("none:{i}"), "v"]);
+    }
+    for i in 0..400 {
+        c.ok(&["SET", &format!("half:{i}"), "v"]);
+    }
+    // Flush the mirror path with one more catch-all write, then count.
+    c.ok(&["SET", "m:last", "v"]);
+    wait_until("the last mirrored write", || {
+        holds(&f.second, "m:last").then_some(())
+    });
+    let half = f.second.dbsize() - 101;
+    println!("  percent 50 mirrored {half} of 400 writes");
+    assert!(
+        (120..=280).contains(&half),
+        "percent 50 mirrored {half} of 400"
+    );
+    let none = (0..100)
+        .filter(|i| holds(&f.second, &format!("none:{i}")))
+        .count();
+    assert_eq!(none, 0, "percent 0 mirrors nothing");
+}
+
+fn auth(f: &Fixture) {
+    let port = free_port();
+    let secret = |pw: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: redis-auth, namespace: e2e}}\nstringData: {{password: {pw}}}\n"
+        )
+    };
+    let cluster = rc(
+        "secured",
+        &format!(
+            "endpoints: {{static: [{}]}}\ntopology: {{refreshInterval: 1s}}\nauth: {{secretRef: {{name: redis-auth}}}}\nlistener: {{port: {port}}}",
+            f.secured.static_entries()
+        ),
+    );
+    let sc = Sidecar::start(&[
+        ("secret.yaml", secret("e2e-first-password")),
+        ("rc.yaml", cluster),
+    ]);
+    let mut c = sc.wait_serving(port, &["SET", "auth:probe", "1"]);
+    assert_eq!(c.ok(&["GET", "auth:probe"]), "1");
+    assert!(holds(&f.secured, "auth:probe"));
+
+    // Rotate: the servers first, then the Secret. Old connections are killed so that only
+    // a fresh AUTH with the new password can work.
+    for s in &f.secured.servers {
+        let mut admin = f.secured.conn(s.port);
+        admin.ok(&["CONFIG", "SET", "requirepass", "e2e-second-password"]);
+        admin.ok(&["CONFIG", "SET", "masterauth", "e2e-second-password"]);
+    }
+    let rotated = |port: u16| crate::redis::conn(port, Some("e2e-second-password"));
+    for s in &f.secured.servers {
+        let _ = rotated(s.port).cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    }
+    wait_until("the old password no longer works", || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        c.cmd(&["SET", "auth:old", "1"])
+            .ok()?
+            .is_error()
+            .then_some(())
+    });
+    sc.write("secret.yaml", &secret("e2e-second-password"));
+    let started = Instant::now();
+    wait_until("commands work with the rotated password", || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        (c.cmd(&["SET", "auth:rotated", "2"]).ok()?.text() == "OK").then_some(())
+    });
+    println!(
+        "  rotated password in use after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let auth_fails = http_get(&sc.serve.debug, "/metrics").unwrap_or_default();
+    assert!(!auth_fails.contains("e2e-second-password"));
+    // Restore for anyone running the scenario again against the same fixture.
+    for s in &f.secured.servers {
+        let mut admin = rotated(s.port);
+        admin.ok(&["CONFIG", "SET", "requirepass", "e2e-first-password"]);
+        admin.ok(&["CONFIG", "SET", "masterauth", "e2e-first-password"]);
+    }
+}
+
+fn sharded(f: &Fixture) {
+    let dir = f._dir.path().join("sharded");
+    let servers = [standalone(&dir), standalone(&dir), standalone(&dir)];
+    let port = free_port();
+    let spec = |addrs: &[String]| {
+        rc(
+            "cache",
+            &format!(
+                "mode: Sharded\nendpoints: {{static: [\"s0={}\", \"s1={}\", \"s2={}\"]}}\nlistener: {{port: {port}}}",
+                addrs[0], addrs[1], addrs[2]
+            ),
+        )
+    };
+    let mut addrs: Vec<String> = servers.iter().map(|s| s.addr()).collect();
+    let sc = Sidecar::start(&[("cache.yaml", spec(&addrs))]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    wait_until("every shard is healthy and receives keys", || {
+        for i in 0..50 {
+            c.cmd(&["SET", &format!("warm:{i}"), "1"]).ok()?;
+        }
+        servers
+            .iter()
+            .all(|s| crate::redis::conn(s.port, None).ok(&["DBSIZE"]) != "0")
+            .then_some(())
+    });
+    for s in &servers {
+        crate::redis::conn(s.port, None).ok(&["FLUSHALL"]);
+    }
+    for i in 0..300 {
+        c.ok(&["SET", &format!("k:{i}"), &i.to_string()]);
+    }
+    let keys_on = |port: u16| -> Vec<String> {
+        let mut keys: Vec<String> = crate::redis::conn(port, None)
+            .ok(&["KEYS", "k:*"])
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let before: Vec<Vec<String>> = servers.iter().map(|s| keys_on(s.port)).collect();
+    println!(
+        "  keys per shard: {:?}",
+        before.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(before.iter().all(|k| !k.is_empty()), "every shard got keys");
+    assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 300);
+
+    // s2 comes back on another port, under the same name.
+    let [s0, s1, s2] = servers;
+    drop(s2);
+    let moved = standalone(&dir);
+    addrs[2] = moved.addr();
+    sc.write("cache.yaml", &spec(&addrs));
+    wait_until("the moved shard receives its keys", || {
+        let _ = c.cmd(&["SET", &before[2][0], "again"]);
+        (crate::redis::conn(moved.port, None).ok(&["DBSIZE"]) != "0").then_some(())
+    });
+    for (server, keys) in [(&s0, &before[0]), (&s1, &before[1])] {
+        for k in keys {
+            let i = k.trim_start_matches("k:");
+            assert_eq!(
+                c.ok(&["GET", k]),
+                i,
+                "{k} moved away from {}",
+                server.addr()
+            );
+        }
+        let now = keys_on(server.port);
+        assert!(
+            keys.iter().all(|k| now.contains(k)),
+            "a key left {}",
+            server.addr()
+        );
+    }
+    // Keys of s2 now go to the moved server, nowhere else.
+    for k in before[2].iter().take(20) {
+        c.ok(&["SET", k, "x"]);
+    }
+    assert!(keys_on(moved.port).len() >= 20.min(before[2].len()));
+}
+
+fn live_change(f: &Fixture) {
+    let port = free_port();
+    let sc = Sidecar::start(&[("main.yaml", rc("main", &main_spec(f, port, "")))]);
+    sc.wait_serving(port, &["SET", "probe", "1"]);
+    let pid = sc.envoy.child.id();
+    let port2 = free_port();
+    let started = Instant::now();
+    sc.write(
+        "second.yaml",
+        &rc(
+            "second",
+            &format!(
+                "endpoints: {{static: [{}]}}\nlistener: {{port: {port2}}}",
+                f.second.static_entries()
+            ),
+        ),
+    );
+    sc.wait_serving(port2, &["PING"]);
+    println!(
+        "  new listener serving after {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::remove_file(sc.manifests.join("second.yaml")).unwrap();
+    let started = Instant::now();
+    wait_until("the deleted listener closes", || {
+        Conn::connect(&format!("127.0.0.1:{port2}"))
+            .is_err()
+            .then_some(())
+    });
+    println!(
+        "  deleted listener closed after {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(sc.envoy.child.id(), pid);
+    assert!(
+        crate::common::envoy_dynamic(&sc.admin).is_some(),
+        "Envoy never restarted"
+    );
+}
+
+fn bad_input(f: &Fixture) {
+    let port = free_port();
+    let sc = Sidecar::start(&[("main.yaml", rc("main", &main_spec(f, port, "")))]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    let port2 = free_port();
+    sc.write(
+        "broken.yaml",
+        "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {name: broken\n",
+    );
+    sc.write(
+        "dangling.yaml",
+        &rc("dangling", &format!("endpoints: {{static: [{}]}}\nlistener: {{port: {port2}, catchAll: {{cluster: missing}}}}", f.second.static_entries())),
+    );
+    let model = wait_until("both problems show in /debug/model", || {
+        let body = http_get(&sc.serve.debug, "/debug/model")?;
+        (body.contains("broken.yaml") && body.contains("RedisCluster \\\"missing\\\" not found"))
+            .then_some(body)
+    });
+    assert!(model.contains("not valid YAML"), "{model}");
+    for i in 0..200 {
+        c.ok(&["SET", &format!("bad:{i}"), "v"]);
+        assert_eq!(c.ok(&["GET", &format!("bad:{i}")]), "v");
+    }
+    assert!(
+        Conn::connect(&format!("127.0.0.1:{port2}")).is_err(),
+        "the dangling listener was not sent"
+    );
+    assert!(sc.listeners().iter().all(|l| !l.contains("dangling")));
+}
+
+fn resilience(f: &Fixture) {
+    let port = free_port();
+    let xds_port = free_port();
+    let xds = format!("127.0.0.1:{xds_port}");
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("main.yaml"),
+        rc("main", &main_spec(f, port, "")),
+    )
+    .unwrap();
+    let mut serve = Some(start_serve_full(&manifests, &xds, &[], "info"));
+    let (_envoy, _admin) = crate::common::start_envoy(
+        tmp.path(),
+        &[
+            "--xds-address",
+            &xds,
+            "--node-id",
+            "e2e-app",
+            "--namespace",
+            "e2e",
+        ],
+    );
+    let sidecar = format!("127.0.0.1:{port}");
+    wait_until("the sidecar serves", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        (c.cmd(&["SET", "probe", "1"]).ok()?.text() == "OK").then_some(())
+    });
+
+    // A bounded loop of commands while the control plane dies and comes back.
+    let mut c = Conn::connect(&sidecar).unwrap();
+    let mut failures = 0;
+    for i in 0..1500 {
+        if i == 300 {
+            // Killed, not stopped: the worst case.
+            serve = None;
+        }
+        if i == 400 {
+            serve = Some(start_serve_full(&manifests, &xds, &[], "info"));
+        }
+        let key = format!("res:{i}");
+        match (c.cmd(&["SET", &key, "v"]), c.cmd(&["GET", &key])) {
+            (Ok(a), Ok(b)) if !a.is_error() && b.text() == "v" => {}
+            other => {
+                failures += 1;
+                eprintln!("  command {i} failed: {other:?}");
+            }
+        }
+    }
+    assert_eq!(
+        failures, 0,
+        "commands failed while the control plane restarted"
+    );
+    let debug = serve.as_ref().unwrap().debug.clone();
+    wait_until("Envoy reconnects to the restarted control plane", || {
+        let syncz = http_get(&debug, "/debug/syncz")?;
+        syncz.contains("e2e-app").then_some(())
+    });
+
+    // Kill a primary: its replica takes over and commands succeed again.
+    let victim = f.main.primaries()[0];
+    let pid = f
+        .main
+        .servers
+        .iter()
+        .find(|s| s.port == victim)
+        .unwrap()
+        .proc
+        .child
+        .id();
+    let started = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+    // Keys in every slot range: some go to the dead primary's slots.
+    let keys: Vec<String> = (0..60).map(|i| format!("failover:{i}")).collect();
+    wait_until("every slot is served again", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        keys.iter()
+            .all(|k| c.cmd(&["SET", k, "v"]).is_ok_and(|r| !r.is_error()))
+            .then_some(())
+    });
+    println!(
+        "  recovered from a primary failure in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(!f.main.primaries().contains(&victim));
+}
