@@ -118,6 +118,9 @@ struct BootstrapArgs {
     /// Name the xDS server certificate must carry (and SNI); default: the xDS host.
     #[arg(long, requires = "xds_tls_ca")]
     xds_tls_server_name: Option<String>,
+    /// Write the bootstrap to this file instead of stdout (for init containers).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -292,6 +295,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
+    let output = args.output.clone();
     let opts = crate::bootstrap::BootstrapOptions {
         xds_address: args.xds_address,
         node_id: args.node_id,
@@ -307,9 +311,12 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         }),
     };
     let json = crate::bootstrap::bootstrap(&opts)?;
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut stdout, &json)?;
-    writeln!(stdout)?;
+    let mut text = serde_json::to_string_pretty(&json)?;
+    text.push('\n');
+    match &output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
     Ok(())
 }
 

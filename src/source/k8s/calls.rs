@@ -19,7 +19,7 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall {
         group: "redis-xds.dev",
         resource: "redisclusters",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         why: "the desired configuration",
     },
     ApiCall {
