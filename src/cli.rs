@@ -314,7 +314,9 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(&json)?;
     text.push('\n');
     match &output {
-        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
     Ok(())

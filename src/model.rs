@@ -159,3 +159,19 @@ pub struct Model {
     /// Secrets referenced by `auth` and `downstreamAuth`.
     pub secrets: BTreeMap<ObjectKey, Secret>,
 }
+
+/// Publishes `model` on `tx` unless it equals what `tx` already holds, so that downstream
+/// work (compile, pushes) only happens for real changes.
+pub fn publish_if_changed(
+    tx: &tokio::sync::watch::Sender<std::sync::Arc<Model>>,
+    model: &Model,
+) -> bool {
+    tx.send_if_modified(|current| {
+        if **current == *model {
+            false
+        } else {
+            *current = std::sync::Arc::new(model.clone());
+            true
+        }
+    })
+}

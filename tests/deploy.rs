@@ -34,7 +34,10 @@ fn manifest_files() -> Vec<PathBuf> {
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .map(|d| {
+            <Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -43,8 +46,9 @@ fn documents(path: &Path) -> Vec<Value> {
 fn strict<T: DeserializeOwned>(doc: &Value) -> Result<T, String> {
     let mut unknown = Vec::new();
     let mut cb = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let v: T = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(doc.clone(), &mut cb))
-        .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
+    let v: T =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(doc.clone(), &mut cb))
+            .map_err(|e| format!("{}: {}", e.path(), e.inner()))?;
     unknown.retain(|p| p != "apiVersion" && p != "kind");
     match unknown.first() {
         Some(p) => Err(format!("unknown field {p}")),
@@ -76,7 +80,9 @@ fn check(doc: &Value) -> Result<(), String> {
             strict::<redis_xds::api::RedisCluster>(&d).map(drop)
         }
         "Kustomization" => Ok(()),
-        other => Err(format!("no type checked for kind {other:?}; add it to this test")),
+        other => Err(format!(
+            "no type checked for kind {other:?}; add it to this test"
+        )),
     }
 }
 
@@ -86,10 +92,25 @@ fn every_manifest_parses_into_its_type_with_unknown_fields_rejected() {
     for path in manifest_files() {
         for doc in documents(&path) {
             kinds.insert(doc["kind"].as_str().unwrap_or_default().to_string());
-            check(&doc).unwrap_or_else(|e| panic!("{}: {} {}: {e}", path.display(), doc["kind"].as_str().unwrap_or(""), doc["metadata"]["name"].as_str().unwrap_or("")));
+            check(&doc).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {} {}: {e}",
+                    path.display(),
+                    doc["kind"].as_str().unwrap_or(""),
+                    doc["metadata"]["name"].as_str().unwrap_or("")
+                )
+            });
         }
     }
-    for k in ["Deployment", "ClusterRole", "Service", "PodDisruptionBudget", "StatefulSet", "RedisCluster", "CustomResourceDefinition"] {
+    for k in [
+        "Deployment",
+        "ClusterRole",
+        "Service",
+        "PodDisruptionBudget",
+        "StatefulSet",
+        "RedisCluster",
+        "CustomResourceDefinition",
+    ] {
         assert!(kinds.contains(k), "no {k} found in deploy/");
     }
 }
@@ -97,7 +118,9 @@ fn every_manifest_parses_into_its_type_with_unknown_fields_rejected() {
 #[test]
 fn a_misspelt_field_is_caught() {
     let path = common::root().join("deploy/deployment.yaml");
-    let text = std::fs::read_to_string(path).unwrap().replace("readinessProbe:", "readynessProbe:");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("readinessProbe:", "readynessProbe:");
     let doc: Value = serde_yaml_ng::from_str(&text).unwrap();
     let err = check(&doc).unwrap_err();
     assert!(err.contains("readynessProbe"), "{err}");
@@ -107,9 +130,17 @@ fn a_misspelt_field_is_caught() {
 fn kustomizations_list_files_that_exist_and_install_the_crd() {
     for dir in ["deploy", "deploy/examples", "crds"] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
-        let resources: Vec<&str> = k["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        let resources: Vec<&str> = k["resources"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
         for r in &resources {
-            assert!(common::root().join(dir).join(r).exists(), "{dir}/kustomization.yaml lists missing {r}");
+            assert!(
+                common::root().join(dir).join(r).exists(),
+                "{dir}/kustomization.yaml lists missing {r}"
+            );
         }
         if dir == "deploy" {
             assert!(resources.contains(&"../crds"));
@@ -118,10 +149,21 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
     // Every manifest in those directories is part of its kustomization.
     for dir in ["deploy", "deploy/examples"] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
-        let listed: BTreeSet<String> = k["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
-        for f in manifest_files().iter().filter(|p| p.parent() == Some(&common::root().join(dir))) {
+        let listed: BTreeSet<String> = k["resources"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        for f in manifest_files()
+            .iter()
+            .filter(|p| p.parent() == Some(&common::root().join(dir)))
+        {
             let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            assert!(name == "kustomization.yaml" || listed.contains(&name), "{dir}/{name} is not in the kustomization");
+            assert!(
+                name == "kustomization.yaml" || listed.contains(&name),
+                "{dir}/{name} is not in the kustomization"
+            );
         }
     }
 }
@@ -131,7 +173,10 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
     let mut granted = BTreeSet::new();
     for doc in documents(&common::root().join("deploy/rbac.yaml")) {
         let rules = match doc["kind"].as_str() {
-            Some("ClusterRole") => strict::<ClusterRole>(&doc).unwrap().rules.unwrap_or_default(),
+            Some("ClusterRole") => strict::<ClusterRole>(&doc)
+                .unwrap()
+                .rules
+                .unwrap_or_default(),
             Some("Role") => strict::<Role>(&doc).unwrap().rules.unwrap_or_default(),
             _ => continue,
         };
@@ -148,7 +193,11 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
     }
     let used: BTreeSet<(String, String, String)> = API_CALLS
         .iter()
-        .flat_map(|c| c.verbs.iter().map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string())))
+        .flat_map(|c| {
+            c.verbs
+                .iter()
+                .map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string()))
+        })
         .collect();
     assert_eq!(granted, used);
 }
@@ -160,35 +209,88 @@ fn the_deployment_is_hardened_and_probed() {
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.unwrap();
-    assert_eq!(pod.security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
     let c = &pod.containers[0];
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-    assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_string()][..])
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/healthz")
+    );
     let res = c.resources.as_ref().unwrap();
     assert!(res.requests.is_some() && res.limits.is_some());
     assert_eq!(pod.service_account_name.as_deref(), Some("redis-xds"));
     // The args are ones serve accepts.
-    let args: Vec<&str> = c.args.as_ref().unwrap().iter().map(String::as_str).collect();
-    let out = common::redis_xds().args(&args).arg("--help").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args: Vec<&str> = c
+        .args
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let out = common::redis_xds()
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn the_example_redisclusters_compile_and_envoy_accepts_them() {
     let dir = common::root().join("deploy/examples");
-    let out = common::run(&["render", "--manifests", dir.to_str().unwrap(), "--node-namespace", "shop", "--node-label", "app=checkout"]);
+    let out = common::run(&[
+        "render",
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--node-namespace",
+        "shop",
+        "--node-label",
+        "app=checkout",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["listeners"].as_array().unwrap().len(), 1);
     assert_eq!(json["clusters"].as_array().unwrap().len(), 3);
 
-    let out = common::run(&["render", "--static-bootstrap", "--manifests", dir.to_str().unwrap()]);
+    let out = common::run(&[
+        "render",
+        "--static-bootstrap",
+        "--manifests",
+        dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bootstrap.json");
@@ -199,7 +301,14 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
     // The init container's bootstrap command is one redis-xds accepts, and Envoy too.
     let doc = documents(&dir.join("checkout.yaml")).remove(0);
     let d: Deployment = strict(&doc).unwrap();
-    let init = &d.spec.unwrap().template.spec.unwrap().init_containers.unwrap()[0];
+    let init = &d
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()[0];
     let args: Vec<String> = init
         .args
         .as_ref()
@@ -213,7 +322,11 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
         })
         .collect();
     let out = common::redis_xds().args(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (ok, log) = common::envoy_validate(&path);
     assert!(ok, "{log}");
 }

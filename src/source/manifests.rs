@@ -69,14 +69,8 @@ pub enum Object {
 impl Object {
     /// `Kind namespace/name`.
     pub fn describe(&self) -> String {
-        let (kind, meta) = match self {
-            Object::RedisCluster(o) => (KIND, &o.metadata),
-            Object::Secret(o) => ("Secret", &o.metadata),
-            Object::Pod(o) => ("Pod", &o.metadata),
-            Object::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
-            Object::Service(o) => ("Service", &o.metadata),
-        };
-        format!("{kind} {}", convert::key(meta))
+        let (kind, key) = self.kind_and_key();
+        format!("{kind} {key}")
     }
 
     fn kind_and_key(&self) -> (&'static str, ObjectKey) {

@@ -215,14 +215,7 @@ pub async fn run(
             }
             let model = Arc::clone(&state.model);
             states.send_replace(Arc::new(state));
-            models.send_if_modified(|current| {
-                if **current == *model {
-                    false
-                } else {
-                    *current = model;
-                    true
-                }
-            });
+            crate::model::publish_if_changed(&models, &model);
         }
     }
 }

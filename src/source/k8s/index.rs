@@ -186,15 +186,7 @@ impl Index {
         if self.synced.len() < KINDS.len() {
             return;
         }
-        let model = &self.model;
-        self.models.send_if_modified(|current| {
-            if **current == *model {
-                false
-            } else {
-                *current = Arc::new(model.clone());
-                true
-            }
-        });
+        crate::model::publish_if_changed(&self.models, &self.model);
     }
 }
 
