@@ -120,12 +120,28 @@ pub struct Endpoints {
     pub static_: Option<Vec<String>>,
 }
 
-/// A reference to a Secret in the same namespace.
+/// A reference to a Secret in the same namespace, and how Envoy gets its values.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Auth {
     /// The Secret holding `password` (required) and `username` (optional).
     pub secret_ref: SecretRef,
+    /// `Inline` (default): the values travel to the proxy inside its configuration, over the
+    /// authenticated xDS stream. `File`: the configuration only names files under
+    /// `/etc/redis-xds/secrets/<secret name>/` that the sidecar mounts from the same Secret,
+    /// so no password crosses the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// How a proxy receives AUTH material.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Inside the configuration.
+    #[default]
+    Inline,
+    /// As files the sidecar mounts.
+    File,
 }
 
 /// Names a Secret in the referring object's namespace.

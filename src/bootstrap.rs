@@ -45,6 +45,9 @@ pub struct BootstrapOptions {
     pub sotw: bool,
     /// TLS towards redis-xds.
     pub tls: Option<ClientTls>,
+    /// Send this projected ServiceAccount token file as `authorization: Bearer` (matches
+    /// `serve --xds-auth token`). Needs TLS: gRPC sends call credentials over TLS only.
+    pub token_path: Option<PathBuf>,
 }
 
 /// Errors building a bootstrap.
@@ -55,6 +58,9 @@ pub enum Error {
         "--xds-address {0:?}: write HOST:PORT, e.g. redis-xds.redis-xds.svc:18000 or 127.0.0.1:18000"
     )]
     Address(String),
+    /// Token authentication without TLS.
+    #[error("--xds-auth token needs --xds-tls-ca: the token is only ever sent over TLS")]
+    TokenWithoutTls,
     /// The JSON does not match Envoy's schema (a bug in this module).
     #[error("building the bootstrap: {0}")]
     Schema(String),
@@ -128,6 +134,41 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
         });
     }
 
+    let grpc_service = match &opts.token_path {
+        None => json!({"envoyGrpc": {"clusterName": XDS_CLUSTER}}),
+        Some(token) => {
+            // Envoy's own gRPC client cannot read a rotating token file; the Google gRPC
+            // client with the file_based_metadata plugin re-reads it for every stream.
+            let tls = opts.tls.as_ref().ok_or(Error::TokenWithoutTls)?;
+            let mut ssl = json!({"rootCerts": {"filename": tls.ca}});
+            if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+                ssl["certChain"] = json!({"filename": cert});
+                ssl["privateKey"] = json!({"filename": key});
+            }
+            let mut args = json!({
+                "grpc.keepalive_time_ms": {"intValue": "30000"},
+                "grpc.keepalive_timeout_ms": {"intValue": "10000"}
+            });
+            if let Some(name) = &tls.server_name {
+                args["grpc.ssl_target_name_override"] = json!({"stringValue": name});
+            }
+            json!({"googleGrpc": {
+                "targetUri": format!("{host}:{port}"),
+                "statPrefix": "redis_xds",
+                "channelCredentials": {"sslCredentials": ssl},
+                "callCredentials": [{"fromPlugin": {
+                    "name": "envoy.grpc_credentials.file_based_metadata",
+                    "typedConfig": {
+                        "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                        "secretData": {"filename": token},
+                        "headerKey": "authorization",
+                        "headerPrefix": "Bearer "
+                    }
+                }}],
+                "channelArgs": {"args": args}
+            }})
+        }
+    };
     let doc = json!({
         "node": {"id": opts.node_id, "cluster": "redis-xds-sidecar", "metadata": metadata},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": opts.admin_port}}},
@@ -135,7 +176,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             "adsConfig": {
                 "apiType": if opts.sotw { "GRPC" } else { "DELTA_GRPC" },
                 "transportApiVersion": "V3",
-                "grpcServices": [{"envoyGrpc": {"clusterName": XDS_CLUSTER}}],
+                "grpcServices": [grpc_service],
                 "setNodeOnFirstMessageOnly": true
             },
             "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"},
@@ -174,6 +215,7 @@ mod tests {
             admin_port: 9901,
             sotw: false,
             tls: None,
+            token_path: None,
         }
     }
 

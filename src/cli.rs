@@ -83,6 +83,25 @@ struct ServeArgs {
     /// Kubernetes: this replica's identity in the Lease (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// How proxies authenticate on the xDS port: token (projected ServiceAccount token,
+    /// checked with TokenReview; the default with Kubernetes), mtls (SPIFFE client
+    /// certificates), none (the default with --manifests; with Kubernetes only when given
+    /// explicitly, and warned about).
+    #[arg(long, value_enum)]
+    xds_auth: Option<AuthMode>,
+    /// Audience the ServiceAccount tokens must carry (--xds-auth token).
+    #[arg(long, default_value = "redis-xds")]
+    token_audience: String,
+    /// SPIFFE trust domain of client certificates (--xds-auth mtls).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthMode {
+    None,
+    Token,
+    Mtls,
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,6 +137,14 @@ struct BootstrapArgs {
     /// Name the xDS server certificate must carry (and SNI); default: the xDS host.
     #[arg(long, requires = "xds_tls_ca")]
     xds_tls_server_name: Option<String>,
+    /// How the sidecar authenticates: token (its projected ServiceAccount token, sent over
+    /// TLS; matches serve --xds-auth token), mtls (the client certificate given with
+    /// --xds-tls-cert), none.
+    #[arg(long, value_enum, default_value_t = AuthMode::None)]
+    xds_auth: AuthMode,
+    /// Path of the projected ServiceAccount token on the sidecar (--xds-auth token).
+    #[arg(long, default_value = "/var/run/secrets/redis-xds/token")]
+    token_path: PathBuf,
     /// Write the bootstrap to this file instead of stdout (for init containers).
     #[arg(long)]
     output: Option<PathBuf>,
@@ -269,6 +296,15 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             quiet: args.debounce_quiet,
             max_delay: args.debounce_max,
         },
+        xds_auth: args.xds_auth.map(|m| match m {
+            AuthMode::None => crate::serve::XdsAuth::None,
+            AuthMode::Token => crate::serve::XdsAuth::Token {
+                audience: args.token_audience.clone(),
+            },
+            AuthMode::Mtls => crate::serve::XdsAuth::Mtls {
+                trust_domain: args.trust_domain.clone(),
+            },
+        }),
         kube: crate::serve::KubeOptions {
             namespace: args.namespace,
             lease_namespace: args.lease_namespace,
@@ -296,6 +332,13 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
     let output = args.output.clone();
+    if args.xds_auth == AuthMode::Mtls
+        && (args.xds_tls_cert.is_none() || args.xds_tls_key.is_none())
+    {
+        bail!(
+            "--xds-auth mtls needs the client certificate: --xds-tls-ca, --xds-tls-cert and --xds-tls-key"
+        );
+    }
     let opts = crate::bootstrap::BootstrapOptions {
         xds_address: args.xds_address,
         node_id: args.node_id,
@@ -303,6 +346,7 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         labels: args.labels.into_iter().collect(),
         admin_port: args.admin_port,
         sotw: args.sotw,
+        token_path: (args.xds_auth == AuthMode::Token).then(|| args.token_path.clone()),
         tls: args.xds_tls_ca.map(|ca| crate::bootstrap::ClientTls {
             ca,
             cert: args.xds_tls_cert,

@@ -49,6 +49,26 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Kubernetes settings (used without `manifests`).
     pub kube: KubeOptions,
+    /// Proxy authentication on the xDS port; `None` picks the default of the source:
+    /// token in Kubernetes, none with a manifests directory.
+    pub xds_auth: Option<XdsAuth>,
+}
+
+/// `--xds-auth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdsAuth {
+    /// Anyone who reaches the port may claim any identity: local runs only.
+    None,
+    /// Projected ServiceAccount tokens, checked with TokenReview for this audience.
+    Token {
+        /// Expected token audience.
+        audience: String,
+    },
+    /// Client certificates with SPIFFE identities of this trust domain.
+    Mtls {
+        /// Trust domain.
+        trust_domain: String,
+    },
 }
 
 /// The running parts other components (the debug server, tests) look at.
@@ -201,12 +221,51 @@ pub async fn run(
     let (source_tx, source_rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
 
     let registry = Arc::new(Registry::default());
-    let ads = AdsServer::new(
+    let mut ads = AdsServer::new(
         source_rx,
         Arc::clone(&registry),
         Arc::clone(&metrics),
         shutdown.clone(),
     );
+    let auth = opts
+        .xds_auth
+        .clone()
+        .unwrap_or(if opts.manifests.is_some() {
+            XdsAuth::None
+        } else {
+            XdsAuth::Token {
+                audience: "redis-xds".into(),
+            }
+        });
+    match &auth {
+        XdsAuth::None if opts.manifests.is_none() => tracing::warn!(
+            "--xds-auth none: any process that reaches the xDS port can claim any namespace and receive its listeners, clusters and AUTH passwords"
+        ),
+        XdsAuth::None => {}
+        XdsAuth::Token { audience } => {
+            let client = match &client {
+                Some(c) => c.clone(),
+                None => kube::Client::try_default()
+                    .await
+                    .context("--xds-auth token needs the Kubernetes API for TokenReview")?,
+            };
+            ads = ads.with_authenticator(Arc::new(crate::auth::TokenReviewer::new(
+                client,
+                audience.clone(),
+            )));
+        }
+        XdsAuth::Mtls { trust_domain } => {
+            if opts.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
+                bail!(
+                    "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
+                );
+            }
+            ads = ads.with_authenticator(Arc::new(crate::auth::SpiffeAuthenticator::new(
+                trust_domain.clone(),
+            )));
+        }
+    }
+    info!(xds_auth = ?auth, "proxy authentication");
 
     let listener = TcpListener::bind(opts.xds_addr)
         .await

@@ -143,6 +143,7 @@ fn listener() -> impl Strategy<Value = Listener> {
                     }),
                     downstream_auth: auth.map(|name| Auth {
                         secret_ref: SecretRef { name },
+                        delivery: None,
                     }),
                     faults,
                     buffer_flush_timeout: flush,
@@ -169,7 +170,10 @@ fn spec() -> impl Strategy<Value = RedisClusterSpec> {
             0..4,
         ),
         prop::option::of(prop::sample::select(vec![0u32, 6379, 70000])),
-        prop::option::of(prop::sample::select(vec!["secret", "missing"]).prop_map(String::from)),
+        prop::option::of((
+            prop::sample::select(vec!["secret", "missing"]).prop_map(String::from),
+            any::<bool>(),
+        )),
         duration(),
         prop::option::of(duration().prop_map(|refresh_interval| Topology {
             refresh_interval,
@@ -190,8 +194,9 @@ fn spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     },
                     port,
-                    auth: auth.map(|name| Auth {
+                    auth: auth.map(|(name, file)| Auth {
                         secret_ref: SecretRef { name },
+                        delivery: file.then_some(redis_xds::api::Delivery::File),
                     }),
                     connect_timeout,
                     topology,

@@ -321,12 +321,37 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
                 .replace("/etc/envoy/envoy.json", path.to_str().unwrap())
         })
         .collect();
+    // Files the sidecar would mount: a CA and a token.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = tmp.path().join("ca.crt");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let token_path = tmp.path().join("token");
+    std::fs::write(&token_path, "projected-token").unwrap();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            a.replace("/etc/redis-xds/ca/ca.crt", ca_path.to_str().unwrap())
+                .replace(
+                    "/var/run/secrets/redis-xds/token",
+                    token_path.to_str().unwrap(),
+                )
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| a == "--xds-auth=token"),
+        "the example uses token auth"
+    );
     let out = common::redis_xds().args(&args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let bootstrap = std::fs::read_to_string(&path).unwrap();
+    assert!(bootstrap.contains("envoy.grpc_credentials.file_based_metadata"));
     let (ok, log) = common::envoy_validate(&path);
     assert!(ok, "{log}");
 }

@@ -69,7 +69,10 @@ fn envoy_with_a_client_certificate_gets_config_over_mutual_tls_and_others_are_re
     .unwrap();
     let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let common::Serve {
-        proc: _serve, xds, ..
+        proc: _serve,
+        xds,
+        debug,
+        log,
     } = start_serve(
         &dir,
         &[
@@ -79,6 +82,8 @@ fn envoy_with_a_client_certificate_gets_config_over_mutual_tls_and_others_are_re
             &p("server.key"),
             "--xds-tls-client-ca",
             &p("ca.pem"),
+            "--xds-auth",
+            "mtls",
         ],
     );
     let xds = xds.to_string();
@@ -97,6 +102,8 @@ fn envoy_with_a_client_certificate_gets_config_over_mutual_tls_and_others_are_re
             &p("client.pem"),
             "--xds-tls-key",
             &p("client.key"),
+            "--xds-auth",
+            "mtls",
         ],
     );
     let listener = format!("redis/shop/orders@127.0.0.1:{port}");
@@ -104,6 +111,36 @@ fn envoy_with_a_client_certificate_gets_config_over_mutual_tls_and_others_are_re
         let (_, listeners) = envoy_dynamic(&admin)?;
         (listeners == [listener.clone()]).then_some(())
     });
+    // The namespace is the certificate's (spiffe://cluster.local/ns/shop/sa/app).
+    let syncz = common::http_get(&debug, "/debug/syncz").unwrap();
+    assert!(syncz.contains("\"namespace\":\"shop\""), "{syncz}");
+
+    // The same certificate claiming another namespace is refused.
+    let other = tmp.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_liar, _) = start_envoy(
+        &other,
+        &[
+            "--xds-address",
+            &xds,
+            "--node-id",
+            "liar-proxy",
+            "--namespace",
+            "bank",
+            "--xds-tls-ca",
+            &p("ca.pem"),
+            "--xds-tls-cert",
+            &p("client.pem"),
+            "--xds-tls-key",
+            &p("client.key"),
+        ],
+    );
+    wait_until("the lying proxy is refused", || {
+        let l = log.lock().unwrap();
+        (l.contains("liar-proxy") && l.contains("refused") && l.contains("\"bank\"")).then_some(())
+    });
+    let syncz = common::http_get(&debug, "/debug/syncz").unwrap();
+    assert!(!syncz.contains("liar-proxy"), "{syncz}");
 
     // A client that trusts the server but presents no certificate is refused, and so is a
     // plaintext client.

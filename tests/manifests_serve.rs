@@ -31,6 +31,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
         },
         tls: None,
         kube: Default::default(),
+        xds_auth: None,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

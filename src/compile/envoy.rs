@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf as pbw;
 
 use super::names;
 use super::plan::{Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan};
-use crate::api::{FaultType, Mode, ReadPolicy};
+use crate::api::{Delivery, FaultType, Mode, ReadPolicy};
 use crate::model::SecretValue;
 
 /// Filter name of redis_proxy; also the key of its protocol options on clusters.
@@ -57,6 +57,23 @@ fn percent(p: u32) -> core::RuntimeFractionalPercent {
             denominator: DenominatorType::Hundred as i32,
         }),
         runtime_key: String::new(),
+    }
+}
+
+/// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.
+pub const SECRET_MOUNT_ROOT: &str = "/etc/redis-xds/secrets";
+
+/// The DataSource of one Secret key: the value itself, or the file the sidecar mounts.
+fn credential(creds: &Credentials, key: &str, value: &SecretValue) -> core::DataSource {
+    match creds.delivery {
+        Delivery::Inline => secret_source(value),
+        Delivery::File => core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(format!(
+                "{SECRET_MOUNT_ROOT}/{}/{key}",
+                creds.secret
+            ))),
+            ..Default::default()
+        },
     }
 }
 
@@ -160,8 +177,11 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
     };
     if let Some(auth) = &plan.auth {
         let options = redis::RedisProtocolOptions {
-            auth_password: Some(secret_source(&auth.password)),
-            auth_username: auth.username.as_ref().map(secret_source),
+            auth_password: Some(credential(auth, "password", &auth.password)),
+            auth_username: auth
+                .username
+                .as_ref()
+                .map(|u| credential(auth, "username", u)),
             ..Default::default()
         };
         c.typed_extension_protocol_options =
@@ -279,8 +299,11 @@ fn fault(f: &FaultPlan) -> redis::redis_proxy::RedisFault {
 }
 
 fn downstream_auth(proxy: &mut redis::RedisProxy, creds: &Credentials) {
-    proxy.downstream_auth_passwords = vec![secret_source(&creds.password)];
-    proxy.downstream_auth_username = creds.username.as_ref().map(secret_source);
+    proxy.downstream_auth_passwords = vec![credential(creds, "password", &creds.password)];
+    proxy.downstream_auth_username = creds
+        .username
+        .as_ref()
+        .map(|u| credential(creds, "username", u));
 }
 
 /// The redis_proxy listener of a plan.

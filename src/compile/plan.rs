@@ -44,6 +44,10 @@ pub struct Credentials {
     pub username: Option<SecretValue>,
     /// `password`.
     pub password: SecretValue,
+    /// Inline, or files named after the Secret.
+    pub delivery: crate::api::Delivery,
+    /// The Secret's name, for file paths.
+    pub secret: String,
 }
 
 /// Which proxies a listener goes to.
@@ -273,8 +277,9 @@ impl Checker<'_> {
         &mut self,
         field: &str,
         model: &Model,
-        secret_name: &str,
+        auth: &crate::api::Auth,
     ) -> Option<Credentials> {
+        let secret_name = auth.secret_ref.name.as_str();
         let secret_key = ObjectKey::new(&self.key.namespace, secret_name);
         let Some(secret) = model.secrets.get(&secret_key) else {
             self.report(
@@ -310,6 +315,8 @@ impl Checker<'_> {
         Some(Credentials {
             username,
             password: password.clone(),
+            delivery: auth.delivery.unwrap_or_default(),
+            secret: secret_name.to_owned(),
         })
     }
 }
@@ -355,7 +362,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
     let auth = spec
         .auth
         .as_ref()
-        .and_then(|a| c.credentials("spec.auth.secretRef.name", model, &a.secret_ref.name));
+        .and_then(|a| c.credentials("spec.auth.secretRef.name", model, a));
 
     let listener = spec
         .listener
@@ -683,13 +690,10 @@ fn listener(
         }
     };
 
-    let downstream_auth = l.downstream_auth.as_ref().and_then(|a| {
-        c.credentials(
-            "spec.listener.downstreamAuth.secretRef.name",
-            model,
-            &a.secret_ref.name,
-        )
-    });
+    let downstream_auth = l
+        .downstream_auth
+        .as_ref()
+        .and_then(|a| c.credentials("spec.listener.downstreamAuth.secretRef.name", model, a));
 
     let mut faults = Vec::new();
     for (i, f) in l.faults.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! stream runs its own task; per-type protocol state lives in [`tracker::TypeTracker`], the
 //! per-stream state visible to operators in [`Registry`].
 
+pub mod auth;
 pub mod registry;
 pub mod resource;
 mod stream;
@@ -38,6 +39,7 @@ const RESPONSE_BUFFER: usize = 4;
 /// The ADS service.
 #[derive(Clone, Debug)]
 pub struct AdsServer {
+    authenticator: Option<Arc<dyn auth::Authenticator>>,
     metrics: Arc<crate::metrics::Metrics>,
     source: watch::Receiver<Arc<dyn ResourceSource>>,
     registry: Arc<Registry>,
@@ -57,12 +59,33 @@ impl AdsServer {
         shutdown: CancellationToken,
     ) -> Self {
         AdsServer {
+            authenticator: None,
             metrics,
             source,
             registry,
             shutdown,
             next_stream: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    /// Requires every stream to authenticate; its namespace then comes from the identity.
+    pub fn with_authenticator(mut self, authenticator: Arc<dyn auth::Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<auth::Principal>, Status> {
+        let Some(a) = &self.authenticator else {
+            return Ok(None);
+        };
+        let certs: Option<Vec<Vec<u8>>> = request
+            .peer_certs()
+            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
+        let principal = a.authenticate(request.metadata(), certs.as_deref()).await?;
+        Ok(Some(principal))
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -74,6 +97,7 @@ impl AdsServer {
 
     fn start<Req, Resp>(
         &self,
+        principal: Option<auth::Principal>,
         variant: Variant,
         incoming: Streaming<Req>,
         wrap: fn(Req) -> AnyRequest,
@@ -85,6 +109,7 @@ impl AdsServer {
     {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let ctx = StreamContext {
+            principal,
             metrics: Arc::clone(&self.metrics),
             id,
             variant,
@@ -136,7 +161,9 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<discovery::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let principal = self.authenticate(&request).await?;
         let stream = self.start(
+            principal,
             Variant::Sotw,
             request.into_inner(),
             AnyRequest::Sotw,
@@ -152,7 +179,9 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let principal = self.authenticate(&request).await?;
         let stream = self.start(
+            principal,
             Variant::Delta,
             request.into_inner(),
             AnyRequest::Delta,

@@ -76,6 +76,7 @@ pub fn identity(node: &Node) -> NodeIdentity {
 }
 
 pub(super) struct StreamContext {
+    pub principal: Option<super::auth::Principal>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub id: u64,
     pub variant: Variant,
@@ -115,7 +116,17 @@ pub(super) async fn run(
         return;
     };
     let node_id = node.id.clone();
-    let identity = identity(node);
+    let mut identity = identity(node);
+    if let Some(principal) = &ctx.principal {
+        match super::auth::authorize(principal, identity.namespace.as_deref()) {
+            Ok(ns) => identity.namespace = Some(ns),
+            Err(status) => {
+                warn!(proxy = %node_id, principal = %principal, "refused: {}", status.message());
+                let _ = responses.send(Err(status)).await;
+                return;
+            }
+        }
+    }
     // Hold the proxy (it keeps its current configuration) until the source is complete.
     while !ctx.source.borrow_and_update().is_ready() {
         tokio::select! {

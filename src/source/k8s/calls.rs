@@ -47,6 +47,12 @@ pub const API_CALLS: &[ApiCall] = &[
         why: "AUTH passwords named by spec.auth and spec.listener.downstreamAuth",
     },
     ApiCall {
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        why: "verifying the ServiceAccount tokens of proxies (--xds-auth token)",
+    },
+    ApiCall {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],

@@ -1,0 +1,273 @@
+//! Proxy authentication on the xDS port (`serve --xds-auth token|mtls`).
+//!
+//! - `token`: the sidecar sends its projected Kubernetes ServiceAccount token as
+//!   `authorization: Bearer <token>`; it is checked with the TokenReview API for the
+//!   configured audience, and the answer is cached until the token expires.
+//! - `mtls`: the client certificate's URI SAN `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+//!
+//! Tokens are never logged or shown; the cache is keyed by their SHA-256.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::Api;
+use kube::api::PostParams;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::xds::auth::{Authenticator, Principal};
+
+/// How long a positive answer is cached at most, even for long-lived tokens.
+const MAX_CACHE: Duration = Duration::from_secs(600);
+/// Cache entries kept at most; beyond that the cache is cleared (a flood of bad tokens must
+/// not grow memory).
+const MAX_ENTRIES: usize = 100_000;
+
+/// Parses `system:serviceaccount:<ns>:<name>`.
+fn service_account(username: &str) -> Option<Principal> {
+    let rest = username.strip_prefix("system:serviceaccount:")?;
+    let (ns, sa) = rest.split_once(':')?;
+    (!ns.is_empty() && !sa.is_empty()).then(|| Principal {
+        namespace: ns.to_owned(),
+        service_account: sa.to_owned(),
+    })
+}
+
+/// The `exp` claim of a JWT, without verifying anything (the API server does that); only
+/// used to bound the cache and to refuse obviously expired tokens early.
+fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let json: serde_json::Value = serde_json::from_slice(&base64_decode(payload)?).ok()?;
+    let exp = json.get("exp")?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// base64url without padding, as in JWTs.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// `--xds-auth token`.
+#[derive(Debug)]
+pub struct TokenReviewer {
+    api: Api<TokenReview>,
+    audience: String,
+    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl TokenReviewer {
+    /// Checks tokens for `audience` with the TokenReview API of `client`.
+    pub fn new(client: kube::Client, audience: impl Into<String>) -> Self {
+        TokenReviewer {
+            api: Api::all(client),
+            audience: audience.into(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Authenticates one token.
+    pub async fn review(&self, token: &str) -> Result<Principal, Status> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((p, until)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && *until > now
+        {
+            return Ok(p.clone());
+        }
+        let expiry = jwt_expiry(token);
+        if expiry.is_some_and(|e| e <= SystemTime::now()) {
+            return Err(Status::unauthenticated(
+                "the ServiceAccount token has expired; the sidecar must read a fresh projected token",
+            ));
+        }
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![self.audience.clone()]),
+            },
+            ..Default::default()
+        };
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "TokenReview failed");
+                Status::unavailable("cannot verify the token right now (TokenReview failed); retry")
+            })?;
+        let status = answer.status.unwrap_or_default();
+        if status.authenticated != Some(true) {
+            let why = status.error.unwrap_or_else(|| "not authenticated".into());
+            return Err(Status::unauthenticated(format!(
+                "token rejected by the Kubernetes API: {why}"
+            )));
+        }
+        let audiences = status.audiences.unwrap_or_default();
+        if !audiences.is_empty() && !audiences.contains(&self.audience) {
+            return Err(Status::unauthenticated(format!(
+                "token is not for audience {:?}; project the ServiceAccount token with that audience",
+                self.audience
+            )));
+        }
+        let username = status.user.and_then(|u| u.username).unwrap_or_default();
+        let principal = service_account(&username).ok_or_else(|| {
+            Status::unauthenticated(format!("{username:?} is not a ServiceAccount; sidecars authenticate with their pod's ServiceAccount token"))
+        })?;
+        let ttl = expiry
+            .and_then(|e| e.duration_since(SystemTime::now()).ok())
+            .map_or(Duration::from_secs(60), |d| d.min(MAX_CACHE));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (principal.clone(), now + ttl));
+        Ok(principal)
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for TokenReviewer {
+    async fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+        _: Option<&[Vec<u8>]>,
+    ) -> Result<Principal, Status> {
+        let header = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no `authorization: Bearer <token>` metadata; configure the sidecar with `redis-xds bootstrap --xds-auth token`"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization metadata is not `Bearer <token>`")
+            })?;
+        self.review(token.trim()).await
+    }
+}
+
+/// `--xds-auth mtls`.
+#[derive(Debug)]
+pub struct SpiffeAuthenticator {
+    trust_domain: String,
+}
+
+impl SpiffeAuthenticator {
+    /// Accepts identities of `trust_domain`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        SpiffeAuthenticator {
+            trust_domain: trust_domain.into(),
+        }
+    }
+
+    /// The principal of a DER client certificate.
+    pub fn principal(&self, der: &[u8]) -> Result<Principal, Status> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+        let uris: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prefix = format!("spiffe://{}/", self.trust_domain);
+        for uri in &uris {
+            if let Some(path) = uri.strip_prefix(&prefix) {
+                let parts: Vec<&str> = path.split('/').collect();
+                if let ["ns", ns, "sa", sa] = parts[..]
+                    && !ns.is_empty()
+                    && !sa.is_empty()
+                {
+                    return Ok(Principal {
+                        namespace: ns.to_owned(),
+                        service_account: sa.to_owned(),
+                    });
+                }
+            }
+        }
+        Err(Status::unauthenticated(format!(
+            "the client certificate has no URI SAN {prefix}ns/<namespace>/sa/<serviceaccount> (found {uris:?})"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for SpiffeAuthenticator {
+    async fn authenticate(
+        &self,
+        _: &MetadataMap,
+        peer_certs: Option<&[Vec<u8>]>,
+    ) -> Result<Principal, Status> {
+        let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: --xds-auth mtls needs mutual TLS (--xds-tls-client-ca)",
+            )
+        })?;
+        self.principal(leaf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_read_service_account_usernames_only() {
+        assert_eq!(
+            service_account("system:serviceaccount:shop:checkout"),
+            Some(Principal {
+                namespace: "shop".into(),
+                service_account: "checkout".into()
+            })
+        );
+        assert_eq!(service_account("alice"), None);
+        assert_eq!(service_account("system:serviceaccount::x"), None);
+    }
+
+    #[test]
+    fn should_read_the_expiry_of_a_jwt() {
+        // {"alg":"none"} . {"exp":2000000000} . (no signature)
+        let token = "eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDAwMDAwMDB9.";
+        assert_eq!(
+            jwt_expiry(token),
+            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(jwt_expiry("not-a-jwt"), None);
+    }
+}

@@ -1,0 +1,403 @@
+//! Who may receive what: token authentication against a mocked TokenReview API, the
+//! namespace check on the node, per-namespace views checked on the wire, and passwords
+//! delivered as files.
+
+mod common;
+
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::xds::{self, CDS, LDS, node};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use prost::Message;
+use redis_xds::auth::TokenReviewer;
+use redis_xds::snapshot::Snapshot;
+use redis_xds::xds::auth::{Authenticator, Principal};
+use redis_xds::xds::{AdsServer, Registry, ResourceSource};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn client() -> (
+    kube::Client,
+    tower_test::mock::Handle<Request<Body>, Response<Body>>,
+) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+fn review_answer(
+    authenticated: bool,
+    username: &str,
+    audiences: &[&str],
+    error: Option<&str>,
+) -> Response<Body> {
+    let body = json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
+        "spec": {},
+        "status": {"authenticated": authenticated, "user": {"username": username}, "audiences": audiences, "error": error}
+    });
+    Response::builder()
+        .status(StatusCode::CREATED)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+/// Expects one TokenReview for `token` and answers it.
+async fn expect_review(
+    handle: &mut std::pin::Pin<&mut tower_test::mock::Handle<Request<Body>, Response<Body>>>,
+    token: &str,
+    answer: Response<Body>,
+) {
+    let (req, send) = handle.next_request().await.expect("a TokenReview request");
+    assert_eq!(req.method(), Method::POST);
+    assert_eq!(
+        req.uri().to_string(),
+        "/apis/authentication.k8s.io/v1/tokenreviews?"
+    );
+    let body: Value =
+        serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+    assert_eq!(body["kind"], "TokenReview");
+    assert_eq!(body["spec"]["token"], token);
+    assert_eq!(body["spec"]["audiences"], json!(["redis-xds"]));
+    send.send_response(answer);
+}
+
+#[tokio::test]
+async fn a_valid_token_names_the_namespace_and_is_cached() {
+    let (client, handle) = client();
+    let reviewer = TokenReviewer::new(client, "redis-xds");
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        expect_review(
+            &mut handle,
+            "good-token",
+            review_answer(
+                true,
+                "system:serviceaccount:shop:checkout",
+                &["redis-xds"],
+                None,
+            ),
+        )
+        .await;
+        // Nothing else: the second call is answered from the cache.
+    });
+    let mut md = MetadataMap::new();
+    md.insert("authorization", "Bearer good-token".parse().unwrap());
+    let p = reviewer.authenticate(&md, None).await.unwrap();
+    assert_eq!(
+        p,
+        Principal {
+            namespace: "shop".into(),
+            service_account: "checkout".into()
+        }
+    );
+    server.await.unwrap();
+    let again = tokio::time::timeout(PATIENCE, reviewer.authenticate(&md, None))
+        .await
+        .expect("cached, no request");
+    assert_eq!(again.unwrap(), p);
+}
+
+#[tokio::test]
+async fn unknown_and_wrong_audience_tokens_are_refused() {
+    let (client, handle) = client();
+    let reviewer = TokenReviewer::new(client, "redis-xds");
+    let server = tokio::spawn(async move {
+        let mut handle = pin!(handle);
+        expect_review(
+            &mut handle,
+            "unknown",
+            review_answer(false, "", &[], Some("invalid bearer token")),
+        )
+        .await;
+        expect_review(
+            &mut handle,
+            "other-audience",
+            review_answer(true, "system:serviceaccount:shop:x", &["vault"], None),
+        )
+        .await;
+        expect_review(
+            &mut handle,
+            "a-user",
+            review_answer(true, "alice", &["redis-xds"], None),
+        )
+        .await;
+    });
+    let err = reviewer.review("unknown").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("invalid bearer token"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("unknown\""),
+        "the token itself is never echoed"
+    );
+    let err = reviewer.review("other-audience").await.unwrap_err();
+    assert!(
+        err.message().contains("audience \"redis-xds\""),
+        "{}",
+        err.message()
+    );
+    let err = reviewer.review("a-user").await.unwrap_err();
+    assert!(
+        err.message().contains("not a ServiceAccount"),
+        "{}",
+        err.message()
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_without_asking_the_api_server() {
+    let (client, _handle) = client();
+    let reviewer = TokenReviewer::new(client, "redis-xds");
+    // {"alg":"none"}.{"exp":1000}. : expired in 1970. No responder: a request would hang.
+    let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjEwMDB9.";
+    let err = tokio::time::timeout(PATIENCE, reviewer.review(expired))
+        .await
+        .expect("no API call")
+        .unwrap_err();
+    assert!(err.message().contains("expired"), "{}", err.message());
+    let err = reviewer
+        .authenticate(&MetadataMap::new(), None)
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("Bearer"), "{}", err.message());
+}
+
+/// Maps bearer tokens to principals, standing in for TokenReview in the stream tests.
+#[derive(Debug)]
+struct Tokens;
+
+#[tonic::async_trait]
+impl Authenticator for Tokens {
+    async fn authenticate(
+        &self,
+        md: &MetadataMap,
+        _: Option<&[Vec<u8>]>,
+    ) -> Result<Principal, Status> {
+        match md.get("authorization").and_then(|v| v.to_str().ok()) {
+            Some("Bearer shop-token") => Ok(Principal {
+                namespace: "shop".into(),
+                service_account: "app".into(),
+            }),
+            Some("Bearer web-token") => Ok(Principal {
+                namespace: "web".into(),
+                service_account: "app".into(),
+            }),
+            _ => Err(Status::unauthenticated("bad token")),
+        }
+    }
+}
+
+const PASSWORD: &str = "shop-only-upstream-password";
+
+fn model_yaml() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: auth, namespace: shop}}
+stringData: {{password: {PASSWORD}}}
+---
+apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: orders, namespace: shop}}
+spec:
+  endpoints: {{static: ["127.0.0.1:7000"]}}
+  auth: {{secretRef: {{name: auth}}}}
+  listener: {{port: 7001, clients: {{namespaces: [shop]}}}}
+---
+apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: public, namespace: shop}}
+spec:
+  endpoints: {{static: ["127.0.0.1:7100"]}}
+  listener: {{port: 7101}}
+"#
+    )
+}
+
+async fn start_server() -> (std::net::SocketAddr, CancellationToken) {
+    let path = PathBuf::from("t.yaml");
+    let parsed = redis_xds::source::manifests::parse_file(&path, &model_yaml());
+    let (model, problems, _) =
+        redis_xds::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
+    assert!(problems.is_empty());
+    let compiled = redis_xds::compile::compile(&model);
+    let snap: Arc<dyn ResourceSource> = Arc::new(Snapshot::build(
+        Arc::new(model),
+        Arc::new(compiled),
+        None,
+        Instant::now(),
+    ));
+    let (_tx, rx) = watch::channel(snap);
+    let shutdown = CancellationToken::new();
+    let ads = AdsServer::new(
+        rx,
+        Arc::new(Registry::default()),
+        Arc::default(),
+        shutdown.clone(),
+    )
+    .with_authenticator(Arc::new(Tokens));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _keep = _tx;
+        tonic::transport::Server::builder()
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            })
+            .await
+            .unwrap();
+    });
+    (addr, shutdown)
+}
+
+/// Opens an authenticated Delta stream.
+async fn delta_with_token(addr: std::net::SocketAddr, token: &str) -> xds::Delta {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match client.delta_aggregated_resources(req).await {
+        Ok(resp) => xds::Delta {
+            tx,
+            rx: resp.into_inner(),
+            nonces: Default::default(),
+        },
+        Err(status) => panic!("stream refused at once: {status}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_claiming_another_namespace_is_refused() {
+    let (addr, shutdown) = start_server().await;
+    let mut d = delta_with_token(addr, "web-token").await;
+    d.subscribe(node("liar", Some("shop")), CDS, &[]).await;
+    let err = tokio::time::timeout(PATIENCE, d.rx.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message().contains("\"shop\"") && err.message().contains("web/app"),
+        "{}",
+        err.message()
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_unauthenticated_stream_is_refused() {
+    let (addr, shutdown) = start_server().await;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let req = tokio_stream::iter(vec![DeltaDiscoveryRequest::default()]);
+    let err = client.delta_aggregated_resources(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    shutdown.cancel();
+}
+
+/// Every byte a stream received, after subscribing to clusters and listeners.
+async fn received(
+    addr: std::net::SocketAddr,
+    token: &str,
+    claimed: Option<&str>,
+) -> (Vec<String>, Vec<String>, Vec<u8>) {
+    let mut d = delta_with_token(addr, token).await;
+    d.subscribe(node("p", claimed), CDS, &[]).await;
+    let cds = d.recv_ack().await;
+    d.subscribe(None, LDS, &[]).await;
+    let lds = d.recv_ack().await;
+    let bytes = [cds.encode_to_vec(), lds.encode_to_vec()].concat();
+    (
+        xds::delta_names(&cds)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        xds::delta_names(&lds)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        bytes,
+    )
+}
+
+#[tokio::test]
+async fn a_proxy_that_clients_does_not_select_never_receives_that_cluster_or_its_password() {
+    let (addr, shutdown) = start_server().await;
+    // A proxy of namespace web, claiming nothing (it may not claim everything either).
+    let (clusters, listeners, bytes) = received(addr, "web-token", None).await;
+    assert_eq!(clusters, ["redis/shop/public"]);
+    assert_eq!(listeners, ["redis/shop/public@127.0.0.1:7101"]);
+    let wire = String::from_utf8_lossy(&bytes);
+    assert!(
+        !wire.contains(PASSWORD),
+        "the password reached a proxy of another namespace"
+    );
+    assert!(!wire.contains("redis/shop/orders"));
+
+    // The shop proxy gets both, password included (inline delivery over its stream).
+    let (clusters, _, bytes) = received(addr, "shop-token", Some("shop")).await;
+    assert_eq!(clusters, ["redis/shop/orders", "redis/shop/public"]);
+    assert!(String::from_utf8_lossy(&bytes).contains(PASSWORD));
+    shutdown.cancel();
+}
+
+#[test]
+fn file_delivery_names_mounted_files_and_sends_no_password() {
+    let yaml = model_yaml().replace(
+        "auth: {secretRef: {name: auth}}",
+        "auth: {secretRef: {name: auth}, delivery: File}",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("m.yaml"), yaml).unwrap();
+    let out = common::run(&[
+        "render",
+        "--static-bootstrap",
+        "--manifests",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains(PASSWORD),
+        "File delivery must not inline the password"
+    );
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let clusters = json["staticResources"]["clusters"].as_array().unwrap();
+    let orders = clusters
+        .iter()
+        .find(|c| c["name"] == "redis/shop/orders")
+        .unwrap();
+    let opts = &orders["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"];
+    assert_eq!(
+        opts["authPassword"]["filename"],
+        "/etc/redis-xds/secrets/auth/password"
+    );
+}
