@@ -33,6 +33,11 @@ enum Command {
     Crd,
     /// Print the Envoy bootstrap of a sidecar that takes its configuration from redis-xds.
     Bootstrap(BootstrapArgs),
+    /// Measure push latency, CPU and memory under N simulated Envoys, against a floor.
+    Bench(BenchArgs),
+    /// The simulated Envoys of `bench` (run by it, not by hand).
+    #[command(hide = true)]
+    BenchClient(BenchClientArgs),
     /// Show every connected proxy and whether it is in sync (from a running server).
     Status(StatusArgs),
     /// Serve the compiled resources to Envoy sidecars over ADS (gRPC), following changes.
@@ -151,6 +156,32 @@ struct BootstrapArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Simulated Envoys (one connection and one ADS stream each).
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// RedisClusters in the generated model.
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    /// Share of streams speaking State of the World instead of Delta.
+    #[arg(long, default_value_t = 0.0)]
+    sotw_share: f64,
+    /// End with one JSON object on the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchClientArgs {
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    #[arg(long)]
+    streams: usize,
+    #[arg(long, default_value_t = 0.0)]
+    sotw_share: f64,
+}
+
+#[derive(clap::Args, Debug)]
 struct StatusArgs {
     /// Address of the server's debug HTTP endpoint.
     #[arg(long, default_value = "127.0.0.1:18001")]
@@ -206,6 +237,8 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => run_serve(args).map(|()| ExitCode::SUCCESS),
         Command::Bootstrap(args) => run_bootstrap(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => run_status(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => run_bench(&args).map(|()| ExitCode::SUCCESS),
+        Command::BenchClient(args) => run_bench_client(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -390,4 +423,36 @@ fn default_identity() -> String {
         })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("redis-xds-{}", std::process::id()))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.sotw_share) {
+        bail!("--sotw-share is a fraction between 0 and 1");
+    }
+    let opts = crate::bench::BenchOptions {
+        streams: args.streams,
+        clusters: args.clusters.max(3),
+        sotw_share: args.sotw_share,
+    };
+    let report = runtime()?.block_on(crate::bench::run(opts))?;
+    println!("{}", crate::bench::text(&report));
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(crate::bench::client(
+        args.addr,
+        args.streams,
+        args.sotw_share,
+    ))
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod bootstrap;
 pub mod cli;
 pub mod compile;

@@ -191,6 +191,15 @@ async fn kubernetes_source(
     })
 }
 
+/// The gRPC server settings of the xDS port, shared with `bench` so it measures the same.
+pub fn xds_server_builder() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .tcp_nodelay(true)
+}
+
 /// Runs until `shutdown` is cancelled; then ends every stream and returns once the server
 /// has stopped. `on_listening` is called with the bound xDS address.
 pub async fn run(
@@ -272,11 +281,7 @@ pub async fn run(
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let local = listener.local_addr()?;
 
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true);
+    let mut builder = xds_server_builder();
     if let Some(tls) = &opts.tls {
         builder = builder
             .tls_config(tls_config(tls)?)

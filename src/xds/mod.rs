@@ -131,7 +131,7 @@ impl AdsServer {
                     let item = match incoming.message().await {
                         Ok(Some(m)) => Ok(wrap(m)),
                         Ok(None) => break,
-                        Err(status) => Err(status),
+                        Err(status) => Err(Box::new(status)),
                     };
                     let failed = item.is_err();
                     if req_tx.send(item).await.is_err() || failed {
@@ -146,7 +146,7 @@ impl AdsServer {
         });
         let out = ReceiverStream::new(resp_rx).filter_map(move |item| match item {
             Ok(resp) => unwrap(resp).map(Ok),
-            Err(status) => Some(Err(status)),
+            Err(status) => Some(Err(*status)),
         });
         Box::pin(out)
     }
@@ -166,9 +166,9 @@ impl AggregatedDiscoveryService for AdsServer {
             principal,
             Variant::Sotw,
             request.into_inner(),
-            AnyRequest::Sotw,
+            |m| AnyRequest::Sotw(Box::new(m)),
             |r| match r {
-                AnyResponse::Sotw(r) => Some(r),
+                AnyResponse::Sotw(r) => Some(*r),
                 AnyResponse::Delta(_) => None,
             },
         );
@@ -184,9 +184,9 @@ impl AggregatedDiscoveryService for AdsServer {
             principal,
             Variant::Delta,
             request.into_inner(),
-            AnyRequest::Delta,
+            |m| AnyRequest::Delta(Box::new(m)),
             |r| match r {
-                AnyResponse::Delta(r) => Some(r),
+                AnyResponse::Delta(r) => Some(*r),
                 AnyResponse::Sotw(_) => None,
             },
         );

@@ -44,7 +44,7 @@ pub struct TypeStatus {
     pub nack: Option<Nack>,
     /// The resources of the last response, as the proxy holds them once applied (for the
     /// config dump). Shared with the snapshot, not copied.
-    pub sent: BTreeMap<String, Known>,
+    pub sent: std::sync::Arc<BTreeMap<String, Known>>,
 }
 
 /// One connected stream.

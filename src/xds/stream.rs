@@ -3,6 +3,7 @@
 //! Both variants share the loop and the make-before-break logic; they differ only in how
 //! requests are read into the [`TypeTracker`]s and how responses are built.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -23,8 +24,8 @@ use super::tracker::{Received, TypeTracker};
 
 /// A request of either variant, reduced to what the trackers need.
 pub(super) enum Request {
-    Sotw(discovery::DiscoveryRequest),
-    Delta(discovery::DeltaDiscoveryRequest),
+    Sotw(Box<discovery::DiscoveryRequest>),
+    Delta(Box<discovery::DeltaDiscoveryRequest>),
 }
 
 impl Request {
@@ -43,10 +44,16 @@ impl Request {
     }
 }
 
+/// What the request reader hands to the stream; boxed so that channel blocks stay small
+/// (thousands of idle streams each hold some).
+pub(super) type Incoming = Result<Request, Box<Status>>;
+/// What the stream hands to the response writer.
+pub(super) type Outgoing = Result<Response, Box<Status>>;
+
 /// A response of either variant.
 pub(super) enum Response {
-    Sotw(discovery::DiscoveryResponse),
-    Delta(discovery::DeltaDiscoveryResponse),
+    Sotw(Box<discovery::DiscoveryResponse>),
+    Delta(Box<discovery::DeltaDiscoveryResponse>),
 }
 
 /// Reads namespace and labels from node metadata; anything else there is ignored.
@@ -104,14 +111,14 @@ struct Stream {
 pub(super) async fn run(
     mut ctx: StreamContext,
     first: Request,
-    mut requests: mpsc::Receiver<Result<Request, Status>>,
-    responses: mpsc::Sender<Result<Response, Status>>,
+    mut requests: mpsc::Receiver<Incoming>,
+    responses: mpsc::Sender<Outgoing>,
 ) {
     let Some(node) = first.node() else {
         let _ = responses
-            .send(Err(Status::invalid_argument(
+            .send(Err(Box::new(Status::invalid_argument(
                 "the first request of an ADS stream must carry the node (id and metadata)",
-            )))
+            ))))
             .await;
         return;
     };
@@ -122,7 +129,7 @@ pub(super) async fn run(
             Ok(ns) => identity.namespace = Some(ns),
             Err(status) => {
                 warn!(proxy = %node_id, principal = %principal, "refused: {}", status.message());
-                let _ = responses.send(Err(status)).await;
+                let _ = responses.send(Err(Box::new(status))).await;
                 return;
             }
         }
@@ -178,8 +185,8 @@ impl Stream {
     async fn serve(
         &mut self,
         first: Request,
-        requests: &mut mpsc::Receiver<Result<Request, Status>>,
-        responses: &mpsc::Sender<Result<Response, Status>>,
+        requests: &mut mpsc::Receiver<Incoming>,
+        responses: &mpsc::Sender<Outgoing>,
     ) -> Result<(), Status> {
         self.on_request(first);
         self.sync(responses).await?;
@@ -192,7 +199,7 @@ impl Stream {
                         self.on_request(req);
                         self.sync(responses).await?;
                     }
-                    Some(Err(status)) => return Err(status),
+                    Some(Err(status)) => return Err(*status),
                     None => return Ok(()),
                 },
                 changed = self.ctx.source.changed() => {
@@ -273,25 +280,8 @@ impl Stream {
     /// What may be sent for each type now. Clusters (and their endpoints) that listeners
     /// the proxy may still hold are kept until those listeners are gone: a proxy never holds
     /// a listener that routes to a cluster it does not have.
-    fn available(&self, kind: ResourceType) -> ResourceMap {
-        let mut out = self.view.of(kind).clone();
-        if kind == ResourceType::Listener {
-            return out;
-        }
-        let needed: BTreeSet<&str> = self.trackers[&ResourceType::Listener]
-            .held()
-            .filter_map(|k| k.resource.as_ref())
-            .flat_map(|r| r.clusters.iter().map(String::as_str))
-            .collect();
-        for (name, known) in self.trackers[&kind].sent() {
-            if needed.contains(name.as_str())
-                && !out.contains_key(name)
-                && let Some(r) = &known.resource
-            {
-                out.insert(name.clone(), Arc::clone(r));
-            }
-        }
-        out
+    fn available(&self, kind: ResourceType) -> Cow<'_, ResourceMap> {
+        available(&self.view, &self.trackers, kind)
     }
 
     /// Listeners may only go out once every cluster they use was sent before them.
@@ -311,12 +301,10 @@ impl Stream {
     }
 
     /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
-    async fn sync(
-        &mut self,
-        responses: &mpsc::Sender<Result<Response, Status>>,
-    ) -> Result<(), Status> {
+    async fn sync(&mut self, responses: &mpsc::Sender<Outgoing>) -> Result<(), Status> {
         for kind in TYPES {
-            let available = self.available(kind);
+            let view = Arc::clone(&self.view);
+            let available = available(&view, &self.trackers, kind);
             if kind == ResourceType::Listener && !self.listeners_ready(&available) {
                 debug!("listeners wait for their clusters");
                 continue;
@@ -361,7 +349,7 @@ impl Stream {
                     .get_mut(&kind)
                     .expect("tracker")
                     .sent_sotw(nonce, plan);
-                Some(Response::Sotw(response))
+                Some(Response::Sotw(Box::new(response)))
             }
             Variant::Delta => {
                 let plan = self.trackers[&kind].plan_delta(available)?;
@@ -388,7 +376,7 @@ impl Stream {
                     .get_mut(&kind)
                     .expect("tracker")
                     .sent_delta(nonce, plan);
-                Some(Response::Delta(response))
+                Some(Response::Delta(Box::new(response)))
             }
         }
     }
@@ -399,10 +387,7 @@ impl Stream {
             .iter()
             .filter(|(_, t)| t.is_initialized())
             .map(|(kind, t)| {
-                let desired = t.desired(&self.available(*kind));
-                let desired_version = super::tracker::state_version(
-                    desired.iter().map(|(n, k)| (n, k.version.as_str())),
-                );
+                let desired_version = t.desired_version(&self.available(*kind));
                 (
                     *kind,
                     TypeStatus {
@@ -412,7 +397,7 @@ impl Stream {
                         acked_version: t.acked_version().map(str::to_owned),
                         pending: t.is_pending(),
                         nack: t.nack().cloned(),
-                        sent: t.sent().clone(),
+                        sent: t.sent_shared(),
                     },
                 )
             })
@@ -433,4 +418,38 @@ fn any(type_url: &str, r: &Resource) -> Any {
         type_url: type_url.to_owned(),
         value: r.body.to_vec(),
     }
+}
+
+/// What may be sent for one type: the view, plus the clusters (and their endpoints) that
+/// listeners the proxy may still hold use. Borrows the view unless something is retained.
+fn available<'v>(
+    view: &'v ProxyResources,
+    trackers: &BTreeMap<ResourceType, TypeTracker>,
+    kind: ResourceType,
+) -> Cow<'v, ResourceMap> {
+    let view = view.of(kind);
+
+    if kind == ResourceType::Listener {
+        return Cow::Borrowed(view);
+    }
+    let needed: BTreeSet<&str> = trackers[&ResourceType::Listener]
+        .held()
+        .filter_map(|k| k.resource.as_ref())
+        .flat_map(|r| r.clusters.iter().map(String::as_str))
+        .collect();
+    let retained: Vec<(&String, &Arc<Resource>)> = trackers[&kind]
+        .sent()
+        .iter()
+        .filter(|(name, _)| needed.contains(name.as_str()) && !view.contains_key(*name))
+        .filter_map(|(name, known)| Some((name, known.resource.as_ref()?)))
+        .collect();
+    // Almost always nothing is retained: then the shared view is used as it is.
+    if retained.is_empty() {
+        return Cow::Borrowed(view);
+    }
+    let mut out = view.clone();
+    for (name, r) in retained {
+        out.insert(name.clone(), Arc::clone(r));
+    }
+    Cow::Owned(out)
 }

@@ -55,7 +55,7 @@ pub enum Received {
 #[derive(Clone, Debug)]
 struct Pending {
     nonce: String,
-    state: State,
+    state: Arc<State>,
     version: String,
 }
 
@@ -66,8 +66,10 @@ pub struct TypeTracker {
     initialized: bool,
     wildcard: bool,
     names: BTreeSet<String>,
-    sent: State,
-    acked: State,
+    // Shared between `sent`, `pending` and `acked` (and the registry): once a response is
+    // ACKed these are one allocation, not three copies per stream.
+    sent: Arc<State>,
+    acked: Arc<State>,
     pending: Option<Pending>,
     sent_version: Option<String>,
     acked_version: Option<String>,
@@ -124,8 +126,8 @@ impl TypeTracker {
             initialized: false,
             wildcard: false,
             names: BTreeSet::new(),
-            sent: State::new(),
-            acked: State::new(),
+            sent: Arc::default(),
+            acked: Arc::default(),
             pending: None,
             sent_version: None,
             acked_version: None,
@@ -186,6 +188,11 @@ impl TypeTracker {
     /// Resources of the last response sent, as the client will hold them once applied.
     pub fn sent(&self) -> &State {
         &self.sent
+    }
+
+    /// The same, shared.
+    pub fn sent_shared(&self) -> Arc<State> {
+        Arc::clone(&self.sent)
     }
 
     fn settle(&mut self, nonce: &str, error: Option<String>, at: SystemTime) -> Option<Received> {
@@ -268,19 +275,21 @@ impl TypeTracker {
             self.wildcard = self.kind.allows_wildcard() && subscribe.is_empty();
             // "initial_resource_versions ... the versions of the resources the client
             // already has": only what differs is sent after a reconnect.
-            self.sent = initial_versions
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.clone(),
-                        Known {
-                            version: v.clone(),
-                            resource: None,
-                        },
-                    )
-                })
-                .collect();
-            self.acked = self.sent.clone();
+            self.sent = Arc::new(
+                initial_versions
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            n.clone(),
+                            Known {
+                                version: v.clone(),
+                                resource: None,
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+            self.acked = Arc::clone(&self.sent);
         }
         for name in subscribe {
             if name == "*" {
@@ -295,8 +304,8 @@ impl TypeTracker {
             } else {
                 self.names.remove(name);
                 // The client forgets an unsubscribed resource; resubscribing must resend it.
-                self.sent.remove(name);
-                self.acked.remove(name);
+                Arc::make_mut(&mut self.sent).remove(name);
+                Arc::make_mut(&mut self.acked).remove(name);
                 self.reported_missing.remove(name);
             }
         }
@@ -322,6 +331,16 @@ impl TypeTracker {
                 )
             })
             .collect()
+    }
+
+    /// Version of [`TypeTracker::desired`], without building it.
+    pub fn desired_version(&self, available: &ResourceMap) -> String {
+        state_version(
+            available
+                .iter()
+                .filter(|(name, _)| self.wants(name))
+                .map(|(name, r)| (name, r.version.as_str())),
+        )
     }
 
     /// The SotW response to send now, if any.
@@ -401,7 +420,8 @@ impl TypeTracker {
     }
 
     fn record(&mut self, nonce: String, state: State, version: String) {
-        self.sent = state.clone();
+        let state = Arc::new(state);
+        self.sent = Arc::clone(&state);
         self.sent_version = Some(version.clone());
         self.last_nonce = Some(nonce.clone());
         self.pending = Some(Pending {

@@ -297,15 +297,17 @@ mod tests {
                 message: "port in use".into(),
                 at: SystemTime::UNIX_EPOCH,
             }),
-            sent: [(
-                listener,
-                Known {
-                    version: resource.version.clone(),
-                    resource: Some(resource),
-                },
-            )]
-            .into_iter()
-            .collect(),
+            sent: Arc::new(
+                [(
+                    listener,
+                    Known {
+                        version: resource.version.clone(),
+                        resource: Some(resource),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            ),
             ..Default::default()
         };
         let proxy = |types| ProxyStatus {

@@ -1,0 +1,653 @@
+//! `bench`: the control plane under N simulated Envoys, against a measured floor.
+//!
+//! The server runs in this process; the simulated Envoys run in a child process (the same
+//! binary, `bench-client`), so the server's CPU time and memory are its own. Every stream
+//! subscribes to clusters and listeners and ACKs the way Envoy does. Once all are synced,
+//! one RedisCluster changes; each client reports the wall-clock time at which it ACKed the
+//! resulting push, and the latency is measured from the change (before compile) to each
+//! ACK. The floor is a minimal server that pushes the very same encoded bytes to the same
+//! streams and does nothing else.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{Model, ObjectKey, Origin, RedisClusterObject};
+use crate::snapshot::Snapshot;
+use crate::xds::{AdsServer, Registry, ResourceSource};
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+/// What to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// Simulated Envoys.
+    pub streams: usize,
+    /// RedisClusters in the model.
+    pub clusters: usize,
+    /// Share of streams speaking State of the World (the rest Delta).
+    pub sotw_share: f64,
+}
+
+/// The results.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// Streams.
+    pub streams: usize,
+    /// RedisClusters.
+    pub clusters: usize,
+    /// SotW share.
+    pub sotw_share: f64,
+    /// Change to ACK, median.
+    pub p50_ms: f64,
+    /// Change to ACK, 99th percentile.
+    pub p99_ms: f64,
+    /// Change to the last ACK.
+    pub max_ms: f64,
+    /// Server CPU time from the change to the last ACK.
+    pub cpu_s: f64,
+    /// Server RSS growth per connected, idle stream.
+    pub rss_per_stream_kib: f64,
+    /// Server RSS after every stream disconnected, relative to before they connected.
+    pub rss_after_disconnect_ratio: f64,
+    /// Compile of the whole model.
+    pub compile_ms: f64,
+    /// The floor's change-to-ACK p99.
+    pub floor_p99_ms: f64,
+    /// The floor's RSS growth per stream.
+    pub floor_rss_per_stream_kib: f64,
+    /// p99_ms / floor_p99_ms.
+    pub ratio_to_floor: f64,
+    /// The default debounce that production adds on top (quiet period).
+    pub debounce_quiet_ms: f64,
+}
+
+/// A model of `n` RedisClusters like the examples: Cluster mode, a listener each, a prefix
+/// route to the next one and a 10% write mirror to the one after.
+pub fn model(n: usize, variant: usize) -> Model {
+    let mut m = Model::default();
+    for i in 0..n {
+        let name = format!("rc-{i}");
+        let spec = serde_json::from_value(json!({
+            "endpoints": {"static": [format!("10.0.{}.{}:6379", i / 250, i % 250 + 1), format!("10.1.{}.{}:6379", i / 250, i % 250 + 1)]},
+            "topology": {"refreshInterval": "5s"},
+            "listener": {
+                "port": 10000 + i,
+                "readPolicy": "PreferReplica",
+                "routes": [{"prefix": if i == 0 { format!("v{variant}:") } else { "r:".into() }, "cluster": format!("rc-{}", (i + 1) % n)}],
+                "catchAll": {"mirror": [{"cluster": format!("rc-{}", (i + 2) % n), "percent": 10, "excludeReadCommands": true}]}
+            }
+        }))
+        .expect("a valid generated spec");
+        let key = ObjectKey::new("bench", name);
+        m.redis_clusters.insert(
+            key.clone(),
+            RedisClusterObject {
+                key,
+                generation: Some(1),
+                created: None,
+                seen: i as u64,
+                spec,
+                origin: Origin::Kubernetes,
+            },
+        );
+    }
+    m
+}
+
+fn snapshot(model: &Model, previous: Option<&Snapshot>) -> Snapshot {
+    let compiled = crate::compile::compile(model);
+    Snapshot::build(
+        Arc::new(model.clone()),
+        Arc::new(compiled),
+        previous,
+        Instant::now(),
+    )
+}
+
+/// Resident set size of this process, KiB.
+fn rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// User plus system CPU time of this process, seconds.
+fn cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+struct Clients {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Clients {
+    fn start(addr: SocketAddr, opts: &BenchOptions) -> anyhow::Result<Clients> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "bench-client",
+                "--addr",
+                &addr.to_string(),
+                "--streams",
+                &opts.streams.to_string(),
+            ])
+            .args(["--sotw-share", &opts.sotw_share.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the simulated Envoys")?;
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Clients { child, lines })
+    }
+
+    fn expect(&mut self, word: &str) -> anyhow::Result<Vec<String>> {
+        let mut before = Vec::new();
+        for line in self.lines.by_ref() {
+            let line = line?;
+            if line == word {
+                return Ok(before);
+            }
+            before.push(line);
+        }
+        bail!("the simulated Envoys exited before {word:?}")
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Latencies from `t0` to each reported ACK, sorted, in ms.
+fn latencies(lines: &[String], t0: SystemTime) -> Vec<f64> {
+    let t0 = t0
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as f64;
+    let mut out: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ack ")?.parse::<f64>().ok())
+        .map(|us| (us - t0) / 1000.0)
+        .collect();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
+    let base = model(opts.clusters, 0);
+    let compile_ms = {
+        let mut runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = crate::compile::compile(&base);
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        runs[2]
+    };
+
+    // The server.
+    let first = Arc::new(snapshot(&base, None));
+    let (tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
+    let registry = Arc::new(Registry::default());
+    let shutdown = CancellationToken::new();
+    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        crate::serve::xds_server_builder()
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                stop.cancelled().await
+            })
+            .await
+    });
+
+    let rss_before = rss_kib();
+    let mut clients = Clients::start(addr, &opts)?;
+    clients.expect("ready")?;
+    let rss_connected = rss_kib();
+
+    let cpu0 = cpu_s();
+    let t0 = SystemTime::now();
+    let changed = Arc::new(snapshot(&model(opts.clusters, 1), Some(&first)));
+    tx.send_replace(changed.clone());
+    let lines = clients.expect("done")?;
+    let cpu = cpu_s() - cpu0;
+    let lat = latencies(&lines, t0);
+    if lat.len() != opts.streams {
+        bail!("{} of {} streams ACKed the change", lat.len(), opts.streams);
+    }
+    clients.stop();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !registry.list().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the allocator a moment to return freed memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = rss_kib();
+    shutdown.cancel();
+    let _ = server.await;
+
+    // The floor: the same bytes, pushed by a server that does nothing else.
+    let view = changed.resources_for(&crate::xds::NodeIdentity {
+        namespace: Some("bench".into()),
+        labels: None,
+    });
+    let initial = first.resources_for(&crate::xds::NodeIdentity {
+        namespace: Some("bench".into()),
+        labels: None,
+    });
+    let floor = floor::run(&opts, &initial, &view).await?;
+
+    let p99 = percentile(&lat, 0.99);
+    Ok(Report {
+        streams: opts.streams,
+        clusters: opts.clusters,
+        sotw_share: opts.sotw_share,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: p99,
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        cpu_s: cpu,
+        rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
+        rss_after_disconnect_ratio: rss_after / rss_before,
+        compile_ms,
+        floor_p99_ms: floor.p99_ms,
+        floor_rss_per_stream_kib: floor.rss_per_stream_kib,
+        ratio_to_floor: p99 / floor.p99_ms,
+        debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
+    })
+}
+
+mod floor {
+    //! The floor: a Delta-only ADS server that answers the initial requests with prebuilt
+    //! responses and then broadcasts one prebuilt change. No protocol state, no compile.
+
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+    use std::pin::Pin;
+    use tonic::{Request, Response, Status, Streaming};
+
+    pub struct Floor {
+        pub p99_ms: f64,
+        pub rss_per_stream_kib: f64,
+    }
+
+    #[derive(Clone)]
+    struct Server {
+        initial_cds: Arc<discovery::DeltaDiscoveryResponse>,
+        initial_lds: Arc<discovery::DeltaDiscoveryResponse>,
+        change: watch::Receiver<Option<Arc<discovery::DeltaDiscoveryResponse>>>,
+    }
+
+    type Out<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl AggregatedDiscoveryService for Server {
+        type StreamAggregatedResourcesStream = Out<discovery::DiscoveryResponse>;
+        type DeltaAggregatedResourcesStream = Out<discovery::DeltaDiscoveryResponse>;
+
+        async fn stream_aggregated_resources(
+            &self,
+            _: Request<Streaming<discovery::DiscoveryRequest>>,
+        ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+            Err(Status::unimplemented("the floor is Delta only"))
+        }
+
+        async fn delta_aggregated_resources(
+            &self,
+            request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
+        ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+            let mut incoming = request.into_inner();
+            let (tx, rx) = mpsc::channel(4);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut change = me.change.clone();
+                let mut sent_change = false;
+                loop {
+                    tokio::select! {
+                        m = incoming.message() => match m {
+                            Ok(Some(r)) if r.response_nonce.is_empty() => {
+                                let resp = if r.type_url == CDS { &me.initial_cds } else { &me.initial_lds };
+                                if tx.send(Ok((**resp).clone())).await.is_err() { return }
+                            }
+                            Ok(Some(_)) => {}
+                            _ => return,
+                        },
+                        c = change.changed(), if !sent_change => {
+                            if c.is_err() { return }
+                            let next = change.borrow_and_update().clone();
+                            if let Some(resp) = next {
+                                sent_change = true;
+                                if tx.send(Ok((*resp).clone())).await.is_err() { return }
+                            }
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    fn response(
+        type_url: &str,
+        resources: &crate::xds::ResourceMap,
+        nonce: &str,
+    ) -> discovery::DeltaDiscoveryResponse {
+        discovery::DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            nonce: nonce.into(),
+            resources: resources
+                .values()
+                .map(|r| discovery::Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(Any {
+                        type_url: type_url.into(),
+                        value: r.body.to_vec(),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    pub async fn run(
+        opts: &BenchOptions,
+        initial: &crate::xds::ProxyResources,
+        changed: &crate::xds::ProxyResources,
+    ) -> anyhow::Result<Floor> {
+        // The change: exactly the listeners whose bytes differ, as the real server sends.
+        let diff: crate::xds::ResourceMap = changed
+            .listeners
+            .iter()
+            .filter(|(n, r)| {
+                initial
+                    .listeners
+                    .get(*n)
+                    .is_none_or(|o| o.version != r.version)
+            })
+            .map(|(n, r)| (n.clone(), Arc::clone(r)))
+            .collect();
+        let (change_tx, change_rx) = watch::channel(None);
+        let server = Server {
+            initial_cds: Arc::new(response(CDS, &initial.clusters, "f-1")),
+            initial_lds: Arc::new(response(LDS, &initial.listeners, "f-2")),
+            change: change_rx,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            crate::serve::xds_server_builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(server))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    stop.cancelled().await
+                })
+                .await
+        });
+        let rss_before = rss_kib();
+        let delta_only = BenchOptions {
+            sotw_share: 0.0,
+            ..*opts
+        };
+        let mut clients = Clients::start(addr, &delta_only)?;
+        clients.expect("ready")?;
+        let rss_connected = rss_kib();
+        let t0 = SystemTime::now();
+        change_tx.send_replace(Some(Arc::new(response(LDS, &diff, "f-3"))));
+        let lines = clients.expect("done")?;
+        let lat = latencies(&lines, t0);
+        clients.stop();
+        shutdown.cancel();
+        let _ = task.await;
+        Ok(Floor {
+            p99_ms: percentile(&lat, 0.99),
+            rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
+        })
+    }
+}
+
+/// The simulated Envoys (`bench-client`): opens the streams, syncs, prints `ready`, ACKs
+/// the next push on every stream, prints `ack <unix micros>` per stream and `done`, then
+/// keeps the streams open until stdin closes.
+pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow::Result<()> {
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(streams.max(1));
+    let (ack_tx, mut ack_rx) = mpsc::channel::<u128>(streams.max(1));
+    let sotw = (streams as f64 * sotw_share).round() as usize;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(30));
+    let mut tasks = Vec::new();
+    // A fleet of sidecars does not connect in the same millisecond: bound the streams that
+    // are still connecting, so the server's accept backlog is not what is measured.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
+    for i in 0..streams {
+        let endpoint = endpoint.clone();
+        let (ready_tx, ack_tx) = (ready_tx.clone(), ack_tx.clone());
+        let permit = Arc::clone(&connecting).acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let result = if i < sotw {
+                sotw_stream(endpoint, i, permit, ready_tx, ack_tx).await
+            } else {
+                delta_stream(endpoint, i, permit, ready_tx, ack_tx).await
+            };
+            if let Err(e) = result {
+                eprintln!("stream {i}: {e:#}");
+            }
+        }));
+    }
+    drop((ready_tx, ack_tx));
+    let mut stdout = std::io::stdout().lock();
+    for _ in 0..streams {
+        ready_rx
+            .recv()
+            .await
+            .context("a stream failed before it synced")?;
+    }
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    for _ in 0..streams {
+        let at = ack_rx
+            .recv()
+            .await
+            .context("a stream failed before it ACKed the change")?;
+        writeln!(stdout, "ack {at}")?;
+    }
+    writeln!(stdout, "done")?;
+    stdout.flush()?;
+    drop(stdout);
+    // Keep the connections until told to go.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        let _ = std::io::stdin().read_line(&mut s);
+    })
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+fn node(i: usize) -> Option<Node> {
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    Some(Node {
+        id: format!("bench-{i}"),
+        metadata: Some(Struct {
+            fields: [(
+                "namespace".to_string(),
+                Value {
+                    kind: Some(Kind::StringValue("bench".into())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        ..Default::default()
+    })
+}
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+async fn delta_stream(
+    endpoint: tonic::transport::Endpoint,
+    i: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ready: mpsc::Sender<()>,
+    ack: mpsc::Sender<u128>,
+) -> anyhow::Result<()> {
+    let mut client = AggregatedDiscoveryServiceClient::new(endpoint.connect().await?);
+    let (tx, rx) = mpsc::channel(4);
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let req = |type_url: &str, nonce: &str, node| discovery::DeltaDiscoveryRequest {
+        node,
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    tx.send(req(CDS, "", node(i))).await?;
+    let cds = responses.message().await?.context("no CDS")?;
+    tx.send(req(CDS, &cds.nonce, None)).await?;
+    tx.send(req(LDS, "", None)).await?;
+    let lds = responses.message().await?.context("no LDS")?;
+    tx.send(req(LDS, &lds.nonce, None)).await?;
+    drop(permit);
+    ready.send(()).await?;
+    let change = responses.message().await?.context("no change")?;
+    tx.send(req(&change.type_url, &change.nonce, None)).await?;
+    ack.send(now_micros()).await?;
+    // Hold the stream open (and keep answering) until the process ends.
+    while let Some(r) = responses.message().await? {
+        tx.send(req(&r.type_url, &r.nonce, None)).await?;
+    }
+    Ok(())
+}
+
+async fn sotw_stream(
+    endpoint: tonic::transport::Endpoint,
+    i: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ready: mpsc::Sender<()>,
+    ack: mpsc::Sender<u128>,
+) -> anyhow::Result<()> {
+    let mut client = AggregatedDiscoveryServiceClient::new(endpoint.connect().await?);
+    let (tx, rx) = mpsc::channel(4);
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let req = |type_url: &str, version: &str, nonce: &str, node| discovery::DiscoveryRequest {
+        node,
+        type_url: type_url.into(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    tx.send(req(CDS, "", "", node(i))).await?;
+    let cds = responses.message().await?.context("no CDS")?;
+    tx.send(req(CDS, &cds.version_info, &cds.nonce, None))
+        .await?;
+    tx.send(req(LDS, "", "", None)).await?;
+    let lds = responses.message().await?.context("no LDS")?;
+    tx.send(req(LDS, &lds.version_info, &lds.nonce, None))
+        .await?;
+    drop(permit);
+    ready.send(()).await?;
+    let change = responses.message().await?.context("no change")?;
+    tx.send(req(
+        &change.type_url,
+        &change.version_info,
+        &change.nonce,
+        None,
+    ))
+    .await?;
+    ack.send(now_micros()).await?;
+    while let Some(r) = responses.message().await? {
+        tx.send(req(&r.type_url, &r.version_info, &r.nonce, None))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The report as text lines.
+pub fn text(r: &Report) -> String {
+    format!(
+        "streams {} (SotW share {}), RedisClusters {}\n\
+         change to ACK: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms)\n\
+         floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
+         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB); RSS after disconnect {:.0}% of before\n\
+         compile of {} RedisClusters: {:.1} ms",
+        r.streams,
+        r.sotw_share,
+        r.clusters,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.debounce_quiet_ms,
+        r.floor_p99_ms,
+        r.ratio_to_floor,
+        r.cpu_s,
+        r.rss_per_stream_kib,
+        r.floor_rss_per_stream_kib,
+        r.rss_after_disconnect_ratio * 100.0,
+        r.clusters,
+        r.compile_ms
+    )
+}
