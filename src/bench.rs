@@ -273,16 +273,28 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     shutdown.cancel();
     let _ = server.await;
 
-    // The floor: the same bytes, pushed by a server that does nothing else.
-    let view = changed.resources_for(&crate::xds::NodeIdentity {
-        namespace: Some("bench".into()),
-        labels: None,
-    });
-    let initial = first.resources_for(&crate::xds::NodeIdentity {
-        namespace: Some("bench".into()),
-        labels: None,
-    });
-    let floor = floor::run(&opts, &initial, &view).await?;
+    // The floor: the same bytes, pushed by a server that does nothing else, in a fresh
+    // process of its own so that neither measurement inherits the other's heap.
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "bench-floor",
+            "--streams",
+            &opts.streams.to_string(),
+            "--clusters",
+            &opts.clusters.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the floor")?;
+    if !out.status.success() {
+        bail!("the floor failed");
+    }
+    let floor: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+    let floor = floor::Floor {
+        p99_ms: floor["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        rss_per_stream_kib: floor["rss_per_stream_kib"].as_f64().unwrap_or(f64::NAN),
+    };
 
     let p99 = percentile(&lat, 0.99);
     Ok(Report {
@@ -455,6 +467,27 @@ mod floor {
             rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         })
     }
+}
+
+/// The floor alone (`bench-floor`), printing `{"p99_ms", "rss_per_stream_kib"}`.
+pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
+    let first = snapshot(&model(opts.clusters, 0), None);
+    let changed = snapshot(&model(opts.clusters, 1), Some(&first));
+    let node = crate::xds::NodeIdentity {
+        namespace: Some("bench".into()),
+        labels: None,
+    };
+    let f = floor::run(
+        &opts,
+        &first.resources_for(&node),
+        &changed.resources_for(&node),
+    )
+    .await?;
+    println!(
+        "{}",
+        json!({"p99_ms": f.p99_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
+    );
+    Ok(())
 }
 
 /// The simulated Envoys (`bench-client`): opens the streams, syncs, prints `ready`, ACKs

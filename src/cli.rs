@@ -38,6 +38,9 @@ enum Command {
     /// The simulated Envoys of `bench` (run by it, not by hand).
     #[command(hide = true)]
     BenchClient(BenchClientArgs),
+    /// The floor server of `bench` (run by it, not by hand).
+    #[command(hide = true)]
+    BenchFloor(BenchArgs),
     /// Show every connected proxy and whether it is in sync (from a running server).
     Status(StatusArgs),
     /// Serve the compiled resources to Envoy sidecars over ADS (gRPC), following changes.
@@ -239,6 +242,15 @@ pub fn main() -> ExitCode {
         Command::Status(args) => run_status(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => run_bench(&args).map(|()| ExitCode::SUCCESS),
         Command::BenchClient(args) => run_bench_client(&args).map(|()| ExitCode::SUCCESS),
+        Command::BenchFloor(args) => runtime()
+            .and_then(|rt| {
+                rt.block_on(crate::bench::floor_only(crate::bench::BenchOptions {
+                    streams: args.streams,
+                    clusters: args.clusters.max(3),
+                    sotw_share: 0.0,
+                }))
+            })
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

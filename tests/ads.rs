@@ -470,3 +470,20 @@ async fn shutdown_ends_every_stream() {
         .expect("stream ends");
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
 }
+
+#[tokio::test]
+async fn a_proxy_that_goes_away_is_forgotten() {
+    let h = Harness::start(&base_model(7200)).await;
+    let d = synced_delta(&h).await;
+    assert_eq!(h.registry.list().len(), 1);
+    drop(d);
+    let deadline = Instant::now() + PATIENCE;
+    while !h.registry.list().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the registry still lists a disconnected proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.registry.count(redis_xds::xds::Variant::Delta), 0);
+}

@@ -103,7 +103,27 @@ struct Stream {
     /// Per type, when the change behind the response in flight was observed.
     in_flight_since: BTreeMap<ResourceType, Instant>,
     trackers: BTreeMap<ResourceType, TypeTracker>,
+    /// Types whose response must be reconsidered: the view changed, the subscription
+    /// changed, or a response was held back. Clean types cost nothing on a sync, so an ACK
+    /// does not walk every resource of the proxy again.
+    dirty: BTreeSet<ResourceType>,
+    /// Per type, the version of the state the proxy should hold, as of the last planning.
+    desired_versions: BTreeMap<ResourceType, String>,
     nonces: u64,
+}
+
+/// Forgets a stream in the registry and the connected gauge, however the stream ends.
+struct Disconnect {
+    registry: Arc<Registry>,
+    stream: u64,
+    connected: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        self.registry.remove(self.stream);
+        self.connected.dec();
+    }
 }
 
 /// Runs one stream until the client goes away, the server shuts down, or the send side
@@ -160,6 +180,8 @@ pub(super) async fn run(
                 .into_iter()
                 .map(|t| (t, TypeTracker::new(t)))
                 .collect(),
+            dirty: TYPES.into_iter().collect(),
+            desired_versions: BTreeMap::new(),
             nonces: 0,
         };
         let connected = s
@@ -169,9 +191,14 @@ pub(super) async fn run(
             .get_or_create(&[("variant", s.ctx.variant.as_str())])
             .clone();
         connected.inc();
+        // Undone on drop: the stream future is dropped, not finished, when the client's
+        // side goes away first.
+        let _gone = Disconnect {
+            registry: Arc::clone(&s.ctx.registry),
+            stream: s.ctx.id,
+            connected,
+        };
         let result = s.serve(first, &mut requests, &responses).await;
-        connected.dec();
-        s.ctx.registry.remove(s.ctx.id);
         match result {
             Ok(()) => info!("proxy disconnected"),
             Err(e) => warn!(error = %e, "stream ended"),
@@ -212,6 +239,7 @@ impl Stream {
                     };
                     self.view = view;
                     self.observed_at = observed_at;
+                    self.dirty.extend(TYPES);
                     self.sync(responses).await?;
                 }
             }
@@ -233,6 +261,7 @@ impl Stream {
             .get_mut(&kind)
             .expect("every type has a tracker");
         let now = SystemTime::now();
+        let subscription_before = (tracker.is_wildcard(), tracker.names().clone());
         let outcome = match &req {
             Request::Sotw(r) => tracker.on_sotw_request(
                 &r.resource_names,
@@ -265,6 +294,23 @@ impl Stream {
                 self.ctx.metrics.nacks.get_or_create(&type_label).inc();
             }
         }
+        // An ACK can carry a new subscription too (SotW always sends the full list).
+        if (tracker.is_wildcard(), tracker.names())
+            != (subscription_before.0, &subscription_before.1)
+        {
+            self.dirty.insert(kind);
+        }
+        match outcome {
+            Received::Subscription => {
+                self.dirty.insert(kind);
+            }
+            // What the proxy holds changed: clusters kept for its old listeners may go.
+            Received::Ack | Received::Nack if kind == ResourceType::Listener => {
+                self.dirty
+                    .extend([ResourceType::Cluster, ResourceType::Endpoint]);
+            }
+            Received::Ack | Received::Nack | Received::Stale => {}
+        }
         match outcome {
             Received::Nack => warn!(
                 type_url = %kind,
@@ -275,13 +321,6 @@ impl Stream {
             Received::Stale => debug!(type_url = %kind, "stale nonce; ignored"),
             Received::Subscription => debug!(type_url = %kind, "subscription"),
         }
-    }
-
-    /// What may be sent for each type now. Clusters (and their endpoints) that listeners
-    /// the proxy may still hold are kept until those listeners are gone: a proxy never holds
-    /// a listener that routes to a cluster it does not have.
-    fn available(&self, kind: ResourceType) -> Cow<'_, ResourceMap> {
-        available(&self.view, &self.trackers, kind)
     }
 
     /// Listeners may only go out once every cluster they use was sent before them.
@@ -303,12 +342,27 @@ impl Stream {
     /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
     async fn sync(&mut self, responses: &mpsc::Sender<Outgoing>) -> Result<(), Status> {
         for kind in TYPES {
+            if !self.dirty.contains(&kind) {
+                continue;
+            }
+            let tracker = &self.trackers[&kind];
+            if !tracker.is_initialized() {
+                self.dirty.remove(&kind);
+                continue;
+            }
+            if tracker.is_pending() {
+                // Reconsidered when the ACK or NACK arrives.
+                continue;
+            }
             let view = Arc::clone(&self.view);
             let available = available(&view, &self.trackers, kind);
+            self.desired_versions
+                .insert(kind, self.trackers[&kind].desired_version(&available));
             if kind == ResourceType::Listener && !self.listeners_ready(&available) {
                 debug!("listeners wait for their clusters");
                 continue;
             }
+            self.dirty.remove(&kind);
             let response = self.plan(kind, &available);
             if let Some(response) = response
                 && responses.send(Ok(response)).await.is_err()
@@ -387,11 +441,11 @@ impl Stream {
             .iter()
             .filter(|(_, t)| t.is_initialized())
             .map(|(kind, t)| {
-                let desired_version = t.desired_version(&self.available(*kind));
+                let desired_version = self.desired_versions.get(kind).cloned();
                 (
                     *kind,
                     TypeStatus {
-                        desired_version: Some(desired_version),
+                        desired_version,
                         sent_version: t.sent_version().map(str::to_owned),
                         nonce: t.last_nonce().map(str::to_owned),
                         acked_version: t.acked_version().map(str::to_owned),

@@ -1,0 +1,52 @@
+//! The benchmark works end to end at N = 100 (a smoke check, not a timed test: no
+//! threshold depends on how fast this machine is).
+
+mod common;
+
+#[test]
+fn bench_reports_every_figure_at_100_streams() {
+    let out = common::run(&[
+        "bench",
+        "--streams",
+        "100",
+        "--clusters",
+        "10",
+        "--sotw-share",
+        "0.2",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap();
+    let r: serde_json::Value = serde_json::from_str(last).unwrap();
+    for key in [
+        "streams",
+        "clusters",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "cpu_s",
+        "rss_per_stream_kib",
+        "floor_p99_ms",
+        "ratio_to_floor",
+    ] {
+        assert!(r.get(key).is_some(), "{key} missing in {last}");
+    }
+    assert_eq!(r["streams"], 100);
+    assert_eq!(r["clusters"], 10);
+    let (p50, p99, max) = (
+        r["p50_ms"].as_f64().unwrap(),
+        r["p99_ms"].as_f64().unwrap(),
+        r["max_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{last}");
+    assert!(r["floor_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        stdout.contains("production adds 100 ms"),
+        "the default debounce is reported apart"
+    );
+}
