@@ -62,6 +62,9 @@ pub struct Report {
     pub rss_per_stream_kib: f64,
     /// Server RSS after every stream disconnected, relative to before they connected.
     pub rss_after_disconnect_ratio: f64,
+    /// Server RSS after a third fleet connected, synced and left, relative to after the
+    /// second: 1.0 means a cycle reuses everything (no leak).
+    pub rss_second_cycle_ratio: f64,
     /// Compile of the whole model.
     pub compile_ms: f64,
     /// The floor's change-to-ACK p99.
@@ -270,6 +273,31 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     // Give the allocator a moment to return freed memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kib();
+
+    // A second fleet connects, syncs and leaves: with no leak, the server ends where the
+    // first cycle left it (the allocator keeps freed pages, so "where it started" is not
+    // the test of a leak; growth from one cycle to the next is).
+    // Two more fleets: the first repeat settles the allocator's layout, the second shows
+    // whether anything is still retained per cycle.
+    let mut previous = rss_after;
+    let mut rss_after_second = rss_after;
+    for cycle in 2..4 {
+        let mut again = Clients::start(addr, &opts)?;
+        again.expect("ready")?;
+        tx.send_replace(Arc::new(snapshot(
+            &model(opts.clusters, cycle),
+            Some(&changed),
+        )));
+        again.expect("done")?;
+        again.stop();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !registry.list().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        previous = rss_after_second;
+        rss_after_second = rss_kib();
+    }
     shutdown.cancel();
     let _ = server.await;
 
@@ -307,6 +335,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         cpu_s: cpu,
         rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         rss_after_disconnect_ratio: rss_after / rss_before,
+        rss_second_cycle_ratio: rss_after_second / previous,
         compile_ms,
         floor_p99_ms: floor.p99_ms,
         floor_rss_per_stream_kib: floor.rss_per_stream_kib,
@@ -665,7 +694,8 @@ pub fn text(r: &Report) -> String {
         "streams {} (SotW share {}), RedisClusters {}\n\
          change to ACK: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms)\n\
          floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
-         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB); RSS after disconnect {:.0}% of before\n\
+         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB); RSS after disconnect {:.0}% of before, \
+         a further fleet {:.0}% of the one before\n\
          compile of {} RedisClusters: {:.1} ms",
         r.streams,
         r.sotw_share,
@@ -680,6 +710,7 @@ pub fn text(r: &Report) -> String {
         r.rss_per_stream_kib,
         r.floor_rss_per_stream_kib,
         r.rss_after_disconnect_ratio * 100.0,
+        r.rss_second_cycle_ratio * 100.0,
         r.clusters,
         r.compile_ms
     )
