@@ -110,10 +110,10 @@ pub fn model(n: usize, variant: usize) -> Model {
     m
 }
 
-fn snapshot(model: &Model, previous: Option<&Snapshot>) -> Snapshot {
-    let compiled = crate::compile::compile(model);
+fn snapshot(model: Model, previous: Option<&Snapshot>) -> Snapshot {
+    let compiled = crate::compile::compile(&model);
     Snapshot::build(
-        Arc::new(model.clone()),
+        Arc::new(model),
         Arc::new(compiled),
         previous,
         Instant::now(),
@@ -233,7 +233,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     };
 
     // The server.
-    let first = Arc::new(snapshot(&base, None));
+    let first = Arc::new(snapshot(base, None));
     let (tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
@@ -257,7 +257,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
 
     let cpu0 = cpu_s();
     let t0 = SystemTime::now();
-    let changed = Arc::new(snapshot(&model(opts.clusters, 1), Some(&first)));
+    let changed = Arc::new(snapshot(model(opts.clusters, 1), Some(&first)));
     tx.send_replace(changed.clone());
     let lines = clients.expect("done")?;
     let cpu = cpu_s() - cpu0;
@@ -285,7 +285,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         let mut again = Clients::start(addr, &opts)?;
         again.expect("ready")?;
         tx.send_replace(Arc::new(snapshot(
-            &model(opts.clusters, cycle),
+            model(opts.clusters, cycle),
             Some(&changed),
         )));
         again.expect("done")?;
@@ -500,8 +500,8 @@ mod floor {
 
 /// The floor alone (`bench-floor`), printing `{"p99_ms", "rss_per_stream_kib"}`.
 pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
-    let first = snapshot(&model(opts.clusters, 0), None);
-    let changed = snapshot(&model(opts.clusters, 1), Some(&first));
+    let first = snapshot(model(opts.clusters, 0), None);
+    let changed = snapshot(model(opts.clusters, 1), Some(&first));
     let node = crate::xds::NodeIdentity {
         namespace: Some("bench".into()),
         labels: None,

@@ -37,7 +37,7 @@ impl Default for Debounce {
 
 /// Compiles a model into a snapshot, reusing what did not change.
 pub fn snapshot(
-    model: &Model,
+    model: &Arc<Model>,
     previous: Option<&Snapshot>,
     observed_at: Instant,
     metrics: &Metrics,
@@ -65,12 +65,7 @@ pub fn snapshot(
     for p in &compiled.problems {
         warn!(object = %p.object, field = %p.field, reason = p.reason.as_str(), "{}", p.message);
     }
-    let snap = Snapshot::build(
-        Arc::new(model.clone()),
-        Arc::new(compiled),
-        previous,
-        observed_at,
-    );
+    let snap = Snapshot::build(Arc::clone(model), Arc::new(compiled), previous, observed_at);
     info!(
         clusters = snap.compiled.clusters.len(),
         listeners = snap.compiled.listeners.len(),

@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,6 @@ use common::xds::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use redis_xds::snapshot::Snapshot;
-use redis_xds::source::manifests::{assemble, parse_file};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource, ResourceType};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -65,18 +63,13 @@ impl Drop for Harness {
 }
 
 fn snapshot(yaml: &str, previous: Option<&Snapshot>) -> Arc<Snapshot> {
-    let path = PathBuf::from("test.yaml");
-    let parsed = parse_file(&path, yaml);
-    let (model, problems, _) = assemble(&[(path, parsed)], &mut |_| None);
-    assert!(problems.is_empty(), "{problems:?}");
-    let compiled = redis_xds::compile::compile(&model);
-    assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
-    Arc::new(Snapshot::build(
-        Arc::new(model),
-        Arc::new(compiled),
-        previous,
-        Instant::now(),
-    ))
+    let snap = common::snapshot_from_yaml(yaml, previous);
+    assert!(
+        snap.compiled.problems.is_empty(),
+        "{:?}",
+        snap.compiled.problems
+    );
+    snap
 }
 
 impl Harness {

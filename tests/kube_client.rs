@@ -2,10 +2,12 @@
 //! redis-xds makes is asserted exactly (method, path, query, body), and answered by hand.
 //! No real API server can run on these machines; `deploy/` documents the real-cluster path.
 
+mod common;
+
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::Api;
@@ -191,18 +193,7 @@ async fn the_holder_renews_and_loses_a_race_on_conflict() {
 }
 
 fn snapshot(yaml: &str) -> Arc<Snapshot> {
-    let path = std::path::PathBuf::from("t.yaml");
-    let parsed = redis_xds::source::manifests::parse_file(&path, yaml);
-    let (model, problems, _) =
-        redis_xds::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
-    assert!(problems.is_empty());
-    let compiled = redis_xds::compile::compile(&model);
-    Arc::new(Snapshot::build(
-        Arc::new(model),
-        Arc::new(compiled),
-        None,
-        Instant::now(),
-    ))
+    common::snapshot_from_yaml(yaml, None)
 }
 
 const ORDERS: &str = "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {name: orders, namespace: shop, generation: 3}\nspec:\n  endpoints: {static: [\"10.0.0.1:6379\", \"10.0.0.2:6379\"]}\n  listener: {port: 6379, routes: [{prefix: \"x\", cluster: LIST}]}\n";

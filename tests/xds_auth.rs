@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::xds::{self, CDS, LDS, node};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
@@ -15,7 +14,6 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use prost::Message;
 use redis_xds::auth::TokenReviewer;
-use redis_xds::snapshot::Snapshot;
 use redis_xds::xds::auth::{Authenticator, Principal};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource};
 use serde_json::{Value, json};
@@ -231,18 +229,7 @@ spec:
 }
 
 async fn start_server() -> (std::net::SocketAddr, CancellationToken) {
-    let path = PathBuf::from("t.yaml");
-    let parsed = redis_xds::source::manifests::parse_file(&path, &model_yaml());
-    let (model, problems, _) =
-        redis_xds::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
-    assert!(problems.is_empty());
-    let compiled = redis_xds::compile::compile(&model);
-    let snap: Arc<dyn ResourceSource> = Arc::new(Snapshot::build(
-        Arc::new(model),
-        Arc::new(compiled),
-        None,
-        Instant::now(),
-    ));
+    let snap: Arc<dyn ResourceSource> = common::snapshot_from_yaml(&model_yaml(), None);
     let (_tx, rx) = watch::channel(snap);
     let shutdown = CancellationToken::new();
     let ads = AdsServer::new(

@@ -261,7 +261,6 @@ impl Stream {
             .get_mut(&kind)
             .expect("every type has a tracker");
         let now = SystemTime::now();
-        let subscription_before = (tracker.is_wildcard(), tracker.names().clone());
         let outcome = match &req {
             Request::Sotw(r) => tracker.on_sotw_request(
                 &r.resource_names,
@@ -295,9 +294,7 @@ impl Stream {
             }
         }
         // An ACK can carry a new subscription too (SotW always sends the full list).
-        if (tracker.is_wildcard(), tracker.names())
-            != (subscription_before.0, &subscription_before.1)
-        {
+        if tracker.take_subscription_changed() {
             self.dirty.insert(kind);
         }
         match outcome {

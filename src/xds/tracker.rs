@@ -76,6 +76,9 @@ pub struct TypeTracker {
     last_nonce: Option<String>,
     nack: Option<Nack>,
     reported_missing: BTreeSet<String>,
+    /// Set when a request changed what the client subscribes to; the stream takes it to
+    /// know the type must be reconsidered even when the request was only an ACK.
+    subscription_changed: bool,
 }
 
 /// What to put in a State-of-the-World response.
@@ -134,6 +137,7 @@ impl TypeTracker {
             last_nonce: None,
             nack: None,
             reported_missing: BTreeSet::new(),
+            subscription_changed: false,
         }
     }
 
@@ -160,6 +164,11 @@ impl TypeTracker {
     /// The last NACK, until a later response is ACKed.
     pub fn nack(&self) -> Option<&Nack> {
         self.nack.as_ref()
+    }
+
+    /// Whether the last requests changed the subscription; resets the flag.
+    pub fn take_subscription_changed(&mut self) -> bool {
+        std::mem::take(&mut self.subscription_changed)
     }
 
     /// Whether a response waits for its ACK or NACK.
@@ -236,7 +245,7 @@ impl TypeTracker {
                 None => return Received::Stale,
             }
         }
-        self.initialized = true;
+        let first = !std::mem::replace(&mut self.initialized, true);
         // SotW requests always carry the full list of names. For LDS and CDS an empty list
         // means wildcard (legacy wildcard); "*" means wildcard too.
         let explicit: BTreeSet<String> = resource_names
@@ -244,8 +253,12 @@ impl TypeTracker {
             .filter(|n| *n != "*")
             .cloned()
             .collect();
-        self.wildcard = self.kind.allows_wildcard()
+        let wildcard = self.kind.allows_wildcard()
             && (resource_names.is_empty() || resource_names.iter().any(|n| n == "*"));
+        if first || wildcard != self.wildcard || explicit != self.names {
+            self.subscription_changed = true;
+        }
+        self.wildcard = wildcard;
         self.names = explicit;
         outcome
     }
@@ -268,8 +281,12 @@ impl TypeTracker {
         }
         // In Delta, subscription changes are honoured whatever the nonce: they are not
         // tied to a response ("the nonce ... is only used to match ACK/NACKs").
+        if !subscribe.is_empty() || !unsubscribe.is_empty() {
+            self.subscription_changed = true;
+        }
         if !self.initialized {
             self.initialized = true;
+            self.subscription_changed = true;
             // "If the first request has no resource names, the client is a wildcard
             // subscriber" (legacy wildcard, LDS and CDS only).
             self.wildcard = self.kind.allows_wildcard() && subscribe.is_empty();

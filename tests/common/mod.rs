@@ -322,3 +322,23 @@ pub fn redis_xds_status(addr: &str, path: &str) -> String {
         Err(e) => e.to_string(),
     }
 }
+
+/// Parses manifests YAML (which must load without problems), compiles it and builds a
+/// snapshot; compile problems are left for the caller to check.
+pub fn snapshot_from_yaml(
+    yaml: &str,
+    previous: Option<&redis_xds::snapshot::Snapshot>,
+) -> std::sync::Arc<redis_xds::snapshot::Snapshot> {
+    let path = PathBuf::from("test.yaml");
+    let parsed = redis_xds::source::manifests::parse_file(&path, yaml);
+    let (model, problems, _) =
+        redis_xds::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let compiled = redis_xds::compile::compile(&model);
+    std::sync::Arc::new(redis_xds::snapshot::Snapshot::build(
+        std::sync::Arc::new(model),
+        std::sync::Arc::new(compiled),
+        previous,
+        std::time::Instant::now(),
+    ))
+}
