@@ -273,6 +273,27 @@ async fn delta_does_not_resend_a_nacked_version_and_records_the_error() {
     h.publish(&changed.replace("127.0.0.1:7200", "127.0.0.1:7201"));
     let next = d.recv().await;
     assert_eq!(next.type_url, EDS, "the NACKed listener was sent again");
+    listener_not_resent(&h, ResourceType::Endpoint, &next.nonce, &lds.nonce).await;
+}
+
+/// Once the stream has published the sync that sent `nonce` for `kind` (the registry is
+/// updated after the whole sync, listeners included), the last listener response must
+/// still be the NACKed one.
+async fn listener_not_resent(h: &Harness, kind: ResourceType, nonce: &str, nacked: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = h.registry.list();
+        if status[0].types[&kind].nonce.as_deref() == Some(nonce) {
+            assert_eq!(
+                status[0].types[&ResourceType::Listener].nonce.as_deref(),
+                Some(nacked),
+                "the NACKed listener was sent again"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "the sync never completed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]
@@ -429,6 +450,7 @@ async fn sotw_records_a_nack_and_does_not_resend_the_rejected_version() {
         next.type_url, CDS,
         "the NACKed listener version was sent again"
     );
+    listener_not_resent(&h, ResourceType::Cluster, &next.nonce, &lds2.nonce).await;
 }
 
 #[tokio::test]
