@@ -60,11 +60,19 @@ pub struct Report {
     pub cpu_s: f64,
     /// Server RSS growth per connected, idle stream.
     pub rss_per_stream_kib: f64,
-    /// Server RSS after every stream disconnected, relative to before they connected.
+    /// Server live heap growth per connected, idle stream (what the allocator handed out,
+    /// whether or not the pages were touched).
+    pub heap_per_stream_kib: f64,
+    /// Server RSS after every stream disconnected (and the server gave freed memory back),
+    /// relative to before they connected.
     pub rss_after_disconnect_ratio: f64,
-    /// Server RSS after a third fleet connected, synced and left, relative to after the
-    /// second: 1.0 means a cycle reuses everything (no leak).
+    /// Server RSS after the last of two more fleets connected, synced, took a change and
+    /// left, relative to after the one before: 1.0 means a cycle keeps nothing.
     pub rss_second_cycle_ratio: f64,
+    /// Server live heap after the last fleet left minus before the first connected, KiB:
+    /// what the server kept (the new snapshot, the registry's table) — a leak grows it
+    /// with every fleet.
+    pub heap_retained_kib: f64,
     /// Compile of the whole model.
     pub compile_ms: f64,
     /// The floor's change-to-ACK p99.
@@ -130,6 +138,11 @@ fn rss_kib() -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// The live heap, KiB (NaN where the allocator cannot tell).
+fn heap_kib() -> f64 {
+    crate::memory::heap_in_use().map_or(f64::NAN, |b| b as f64 / 1024.0)
 }
 
 /// User plus system CPU time of this process, seconds.
@@ -237,10 +250,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let (tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
-    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
+    // Production waits 1 s after departures and trims at most every 10 s; the measurement
+    // only needs the trim to happen, not to wait for it.
+    let reclaimer = Arc::new(crate::memory::Reclaimer::new(
+        Duration::from_millis(200),
+        Duration::ZERO,
+    ));
+    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone())
+        .with_reclaimer(Arc::clone(&reclaimer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
+    let reclaim = tokio::spawn({
+        let reclaimer = Arc::clone(&reclaimer);
+        let stop = shutdown.clone();
+        async move { reclaimer.run(stop).await }
+    });
     let server = tokio::spawn(async move {
         crate::serve::xds_server_builder()
             .add_service(ads.into_service())
@@ -249,11 +274,38 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             })
             .await
     });
+    // Once every stream of a fleet has gone and the server has given the freed memory
+    // back.
+    let departed = async |before: u64| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !registry.is_empty() || reclaimer.releases() == before {
+            if Instant::now() > deadline {
+                bail!("streams still registered, or memory not released, after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    };
+
+    // The starting value is a warm server: one proxy connected, synced and left, so the
+    // serving code is paged in and lazily built runtime structures exist, as on any
+    // server that has seen a proxy.
+    let warm = BenchOptions {
+        streams: 1,
+        sotw_share: 0.0,
+        ..opts
+    };
+    let mut one = Clients::start(addr, &warm)?;
+    one.expect("ready")?;
+    one.stop();
+    departed(0).await?;
 
     let rss_before = rss_kib();
+    let heap_before = heap_kib();
     let mut clients = Clients::start(addr, &opts)?;
     clients.expect("ready")?;
     let rss_connected = rss_kib();
+    let heap_connected = heap_kib();
 
     let cpu0 = cpu_s();
     let t0 = SystemTime::now();
@@ -262,42 +314,32 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let lines = clients.expect("done")?;
     let cpu = cpu_s() - cpu0;
     let lat = latencies(&lines, t0);
+    drop(lines);
     if lat.len() != opts.streams {
         bail!("{} of {} streams ACKed the change", lat.len(), opts.streams);
     }
     clients.stop();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !registry.list().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Give the allocator a moment to return freed memory.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    departed(reclaimer.releases()).await?;
     let rss_after = rss_kib();
 
-    // A second fleet connects, syncs and leaves: with no leak, the server ends where the
-    // first cycle left it (the allocator keeps freed pages, so "where it started" is not
-    // the test of a leak; growth from one cycle to the next is).
-    // Two more fleets: the first repeat settles the allocator's layout, the second shows
-    // whether anything is still retained per cycle.
+    // Two more fleets connect, sync, take a change and leave: without a leak the last
+    // ends where the one before left the server.
     let mut previous = rss_after;
-    let mut rss_after_second = rss_after;
+    let mut rss_after_cycle = rss_after;
+    let mut current = changed;
     for cycle in 2..4 {
         let mut again = Clients::start(addr, &opts)?;
         again.expect("ready")?;
-        tx.send_replace(Arc::new(snapshot(
-            model(opts.clusters, cycle),
-            Some(&changed),
-        )));
+        current = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
+        tx.send_replace(current.clone());
         again.expect("done")?;
         again.stop();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !registry.list().is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        previous = rss_after_second;
-        rss_after_second = rss_kib();
+        departed(reclaimer.releases()).await?;
+        previous = rss_after_cycle;
+        rss_after_cycle = rss_kib();
     }
+    let heap_retained = heap_kib() - heap_before;
+    drop(reclaim);
     shutdown.cancel();
     let _ = server.await;
 
@@ -334,8 +376,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         cpu_s: cpu,
         rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
+        heap_per_stream_kib: (heap_connected - heap_before) / opts.streams as f64,
         rss_after_disconnect_ratio: rss_after / rss_before,
-        rss_second_cycle_ratio: rss_after_second / previous,
+        rss_second_cycle_ratio: rss_after_cycle / previous,
+        heap_retained_kib: heap_retained,
         compile_ms,
         floor_p99_ms: floor.p99_ms,
         floor_rss_per_stream_kib: floor.rss_per_stream_kib,
@@ -549,31 +593,37 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
         }));
     }
     drop((ready_tx, ack_tx));
-    let mut stdout = std::io::stdout().lock();
-    for _ in 0..streams {
-        ready_rx
-            .recv()
-            .await
-            .context("a stream failed before it synced")?;
-    }
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    for _ in 0..streams {
-        let at = ack_rx
-            .recv()
-            .await
-            .context("a stream failed before it ACKed the change")?;
-        writeln!(stdout, "ack {at}")?;
-    }
-    writeln!(stdout, "done")?;
-    stdout.flush()?;
-    drop(stdout);
-    // Keep the connections until told to go.
-    let _ = tokio::task::spawn_blocking(|| {
+    // Stdin closing means go, at any point.
+    let quit = tokio::task::spawn_blocking(|| {
         let mut s = String::new();
         let _ = std::io::stdin().read_line(&mut s);
-    })
-    .await;
+    });
+    let report = async move {
+        let mut stdout = std::io::stdout();
+        for _ in 0..streams {
+            ready_rx
+                .recv()
+                .await
+                .context("a stream failed before it synced")?;
+        }
+        writeln!(stdout, "ready")?;
+        stdout.flush()?;
+        for _ in 0..streams {
+            let at = ack_rx
+                .recv()
+                .await
+                .context("a stream failed before it ACKed the change")?;
+            writeln!(stdout, "ack {at}")?;
+        }
+        writeln!(stdout, "done")?;
+        stdout.flush()?;
+        // Keep the connections until told to go.
+        std::future::pending::<anyhow::Result<()>>().await
+    };
+    tokio::select! {
+        result = report => result?,
+        _ = quit => {}
+    }
     for t in tasks {
         t.abort();
     }
@@ -694,8 +744,8 @@ pub fn text(r: &Report) -> String {
         "streams {} (SotW share {}), RedisClusters {}\n\
          change to ACK: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms)\n\
          floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
-         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB); RSS after disconnect {:.0}% of before, \
-         a further fleet {:.0}% of the one before\n\
+         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
+         after every stream left: RSS {:.0}% of before, a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
          compile of {} RedisClusters: {:.1} ms",
         r.streams,
         r.sotw_share,
@@ -709,8 +759,10 @@ pub fn text(r: &Report) -> String {
         r.cpu_s,
         r.rss_per_stream_kib,
         r.floor_rss_per_stream_kib,
+        r.heap_per_stream_kib,
         r.rss_after_disconnect_ratio * 100.0,
         r.rss_second_cycle_ratio * 100.0,
+        r.heap_retained_kib,
         r.clusters,
         r.compile_ms
     )

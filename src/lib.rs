@@ -3,7 +3,7 @@
 //! Data flows one way: `source` (manifests directory, Kubernetes) fills the [`model`],
 //! [`compile`] turns it into Envoy resources, later stages serve them. See DESIGN in the
 //! README for the whole picture.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod auth;
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compile;
 pub mod debug;
 pub mod duration;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod protojson;

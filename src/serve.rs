@@ -359,6 +359,9 @@ pub async fn run(
             dir: Some(state),
         },
     );
+    let reclaimer = ads.reclaimer();
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move { reclaimer.run(stop).await }));
     let stop = shutdown.clone();
     builder
         .add_service(ads.into_service())

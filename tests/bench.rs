@@ -33,6 +33,9 @@ fn bench_reports_every_figure_at_100_streams() {
         "rss_per_stream_kib",
         "floor_p99_ms",
         "ratio_to_floor",
+        "heap_per_stream_kib",
+        "rss_after_disconnect_ratio",
+        "heap_retained_kib",
     ] {
         assert!(r.get(key).is_some(), "{key} missing in {last}");
     }
@@ -45,6 +48,8 @@ fn bench_reports_every_figure_at_100_streams() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{last}");
     assert!(r["floor_p99_ms"].as_f64().unwrap() > 0.0);
+    // Streams hold memory while connected; the figure is measured, not assumed.
+    assert!(r["heap_per_stream_kib"].as_f64().unwrap() > 0.0, "{last}");
     assert!(
         stdout.contains("production adds 100 ms"),
         "the default debounce is reported apart"

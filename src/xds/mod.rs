@@ -45,6 +45,7 @@ pub struct AdsServer {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     next_stream: Arc<AtomicU64>,
+    reclaimer: Arc<crate::memory::Reclaimer>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -65,7 +66,21 @@ impl AdsServer {
             registry,
             shutdown,
             next_stream: Arc::new(AtomicU64::new(1)),
+            reclaimer: Arc::default(),
         }
+    }
+
+    /// Uses `reclaimer` instead of the default one (release 1 s after departures pause, at
+    /// most every 10 s).
+    pub fn with_reclaimer(mut self, reclaimer: Arc<crate::memory::Reclaimer>) -> Self {
+        self.reclaimer = reclaimer;
+        self
+    }
+
+    /// Notified of every stream that ends; run it (`Reclaimer::run`) so that memory freed
+    /// by departed proxies goes back to the system.
+    pub fn reclaimer(&self) -> Arc<crate::memory::Reclaimer> {
+        Arc::clone(&self.reclaimer)
     }
 
     /// Requires every stream to authenticate; its namespace then comes from the identity.
@@ -115,6 +130,7 @@ impl AdsServer {
             variant,
             source: self.source.clone(),
             registry: Arc::clone(&self.registry),
+            reclaimer: Arc::clone(&self.reclaimer),
             shutdown: self.shutdown.clone(),
         };
         let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);

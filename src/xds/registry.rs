@@ -78,7 +78,23 @@ impl Registry {
 
     /// Forgets a stream.
     pub fn remove(&self, stream: u64) {
-        self.lock().remove(&stream);
+        let mut streams = self.lock();
+        streams.remove(&stream);
+        // A table sized for a fleet that has left would be kept for good otherwise.
+        if streams.capacity() > 64 && streams.len() * 4 < streams.capacity() {
+            let keep = streams.len() * 2;
+            streams.shrink_to(keep);
+        }
+    }
+
+    /// Number of connected streams.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no stream is connected.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// Every stream, ordered by node id then stream id.
@@ -100,5 +116,43 @@ impl Registry {
         // A panic while holding the lock cannot leave the map half-updated (every update is
         // one insert or remove), so a poisoned lock is still usable.
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(stream: u64) -> ProxyStatus {
+        ProxyStatus {
+            stream,
+            node_id: format!("proxy-{stream}"),
+            identity: Default::default(),
+            variant: Variant::Delta,
+            connected_at: std::time::SystemTime::UNIX_EPOCH,
+            types: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn should_give_back_the_table_of_a_fleet_that_left() {
+        let r = Registry::default();
+        for i in 0..5000 {
+            r.put(status(i));
+        }
+        let full = r.lock().capacity();
+        assert!(full >= 5000);
+        for i in 0..4990 {
+            r.remove(i);
+        }
+        assert_eq!(r.len(), 10);
+        assert!(
+            r.lock().capacity() < full / 10,
+            "kept {}",
+            r.lock().capacity()
+        );
+        // The streams still connected are all there.
+        let left: Vec<u64> = r.list().iter().map(|s| s.stream).collect();
+        assert_eq!(left, (4990..5000).collect::<Vec<_>>());
     }
 }

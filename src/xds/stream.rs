@@ -89,6 +89,7 @@ pub(super) struct StreamContext {
     pub variant: Variant,
     pub source: watch::Receiver<Arc<dyn ResourceSource>>,
     pub registry: Arc<Registry>,
+    pub reclaimer: Arc<crate::memory::Reclaimer>,
     pub shutdown: CancellationToken,
 }
 
@@ -115,6 +116,7 @@ struct Stream {
 /// Forgets a stream in the registry and the connected gauge, however the stream ends.
 struct Disconnect {
     registry: Arc<Registry>,
+    reclaimer: Arc<crate::memory::Reclaimer>,
     stream: u64,
     connected: prometheus_client::metrics::gauge::Gauge,
 }
@@ -123,6 +125,7 @@ impl Drop for Disconnect {
     fn drop(&mut self) {
         self.registry.remove(self.stream);
         self.connected.dec();
+        self.reclaimer.departed();
     }
 }
 
@@ -195,6 +198,7 @@ pub(super) async fn run(
         // side goes away first.
         let _gone = Disconnect {
             registry: Arc::clone(&s.ctx.registry),
+            reclaimer: Arc::clone(&s.ctx.reclaimer),
             stream: s.ctx.id,
             connected,
         };

@@ -1,0 +1,154 @@
+//! The allocator's view of memory, and handing freed memory back to the system.
+//!
+//! The only unsafe code of the crate: two calls into glibc's allocator, which have no
+//! preconditions. Elsewhere the crate denies `unsafe`.
+#![allow(unsafe_code)]
+
+/// Bytes handed out by the allocator and not yet freed: the live heap, without what the
+/// allocator keeps in reserve. `None` where the allocator cannot tell (not glibc).
+pub fn heap_in_use() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        Some(info.uordblks + info.hblkhd)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Returns the allocator's free pages to the system. glibc keeps freed memory in its
+/// arenas for reuse; after thousands of streams leave, that is most of the process.
+/// Returns whether anything was released.
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes a padding size and has no other preconditions; it
+        // only gives pages that hold no allocation back with madvise.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// Gives freed memory back to the system after proxies leave.
+///
+/// glibc keeps what thousands of departed streams freed, so a server that once held a
+/// large fleet would keep its peak RSS forever. Each departure is noted here; once
+/// departures pause for `quiet`, the free pages are released, at most once per
+/// `min_interval` (a trim walks the allocator's free lists under its locks).
+#[derive(Debug)]
+pub struct Reclaimer {
+    departures: tokio::sync::Notify,
+    released: std::sync::atomic::AtomicU64,
+    quiet: std::time::Duration,
+    min_interval: std::time::Duration,
+}
+
+impl Default for Reclaimer {
+    fn default() -> Self {
+        Reclaimer::new(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(10),
+        )
+    }
+}
+
+impl Reclaimer {
+    /// A reclaimer that waits `quiet` after the last departure and trims at most once per
+    /// `min_interval`.
+    pub fn new(quiet: std::time::Duration, min_interval: std::time::Duration) -> Self {
+        Reclaimer {
+            departures: tokio::sync::Notify::new(),
+            released: std::sync::atomic::AtomicU64::new(0),
+            quiet,
+            min_interval,
+        }
+    }
+
+    /// A stream ended.
+    pub fn departed(&self) {
+        self.departures.notify_one();
+    }
+
+    /// How many times memory was released so far.
+    pub fn releases(&self) -> u64 {
+        self.released.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Releases memory after departures until `shutdown`.
+    pub async fn run(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.departures.notified() => {}
+            }
+            // Wait until nobody left for `quiet`, and for the minimum interval.
+            loop {
+                let earliest = last.map(|l| l + self.min_interval);
+                let until = earliest.map_or(tokio::time::Instant::now() + self.quiet, |e| {
+                    e.max(tokio::time::Instant::now() + self.quiet)
+                });
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.departures.notified() => continue,
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            }
+            let released = tokio::task::spawn_blocking(release_free_memory)
+                .await
+                .unwrap_or(false);
+            last = Some(tokio::time::Instant::now());
+            self.released
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            tracing::debug!(
+                released,
+                "returned free memory to the system after departures"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn should_release_once_departures_pause_and_not_more_often_than_the_interval() {
+        let r = std::sync::Arc::new(Reclaimer::new(
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let r = std::sync::Arc::clone(&r);
+            let stop = stop.clone();
+            async move { r.run(stop).await }
+        });
+        // Nothing happens without departures.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(r.releases(), 0);
+        // Departures every 500 ms keep postponing the release.
+        for _ in 0..6 {
+            r.departed();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(r.releases(), 0, "released while proxies were still leaving");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(r.releases(), 1);
+        // Another departure right after: held back until the interval has passed.
+        r.departed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(r.releases(), 1, "released twice within the interval");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(r.releases(), 2);
+        stop.cancel();
+        task.await.expect("the reclaimer ends on shutdown");
+    }
+}
