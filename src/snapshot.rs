@@ -153,6 +153,7 @@ impl Snapshot {
             clusters: pick(&self.clusters),
             endpoints: pick(&self.endpoints),
             listeners,
+            versions: Default::default(),
         }
     }
 }

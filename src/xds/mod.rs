@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod registry;
 pub mod resource;
+mod shared;
 mod stream;
 pub mod tracker;
 
@@ -46,6 +47,7 @@ pub struct AdsServer {
     shutdown: CancellationToken,
     next_stream: Arc<AtomicU64>,
     reclaimer: Arc<crate::memory::Reclaimer>,
+    shared: Arc<shared::Shared>,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -67,6 +69,7 @@ impl AdsServer {
             shutdown,
             next_stream: Arc::new(AtomicU64::new(1)),
             reclaimer: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -131,6 +134,7 @@ impl AdsServer {
             source: self.source.clone(),
             registry: Arc::clone(&self.registry),
             reclaimer: Arc::clone(&self.reclaimer),
+            shared: Arc::clone(&self.shared),
             shutdown: self.shutdown.clone(),
         };
         let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);

@@ -98,9 +98,41 @@ pub struct ProxyResources {
     pub endpoints: ResourceMap,
     /// LDS.
     pub listeners: ResourceMap,
+    /// The state version of each map as a whole, computed on first use: what every
+    /// wildcard subscriber of the type should hold.
+    pub versions: WholeVersions,
+}
+
+/// Lazily computed versions of whole resource maps; equal whatever was computed.
+#[derive(Default)]
+pub struct WholeVersions([std::sync::OnceLock<String>; 3]);
+
+impl PartialEq for WholeVersions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WholeVersions {}
+
+impl fmt::Debug for WholeVersions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WholeVersions")
+    }
 }
 
 impl ProxyResources {
+    /// The state version of all resources of one type (see `tracker::state_version`).
+    pub fn whole_version(&self, t: ResourceType) -> &str {
+        let index = TYPES
+            .iter()
+            .position(|k| *k == t)
+            .expect("every type is listed");
+        self.versions.0[index].get_or_init(|| {
+            super::tracker::state_version(self.of(t).iter().map(|(n, r)| (n, r.version.as_str())))
+        })
+    }
+
     /// Resources of one type.
     pub fn of(&self, t: ResourceType) -> &ResourceMap {
         match t {

@@ -3,7 +3,6 @@
 //! Both variants share the loop and the make-before-break logic; they differ only in how
 //! requests are read into the [`TypeTracker`]s and how responses are built.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -20,7 +19,8 @@ use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
 use super::resource::{
     NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
 };
-use super::tracker::{Received, TypeTracker};
+use super::shared::{KeepAlive, Key, Value, addr};
+use super::tracker::{Received, State, TypeTracker};
 
 /// A request of either variant, reduced to what the trackers need.
 pub(super) enum Request {
@@ -90,6 +90,7 @@ pub(super) struct StreamContext {
     pub source: watch::Receiver<Arc<dyn ResourceSource>>,
     pub registry: Arc<Registry>,
     pub reclaimer: Arc<crate::memory::Reclaimer>,
+    pub shared: Arc<super::shared::Shared>,
     pub shutdown: CancellationToken,
 }
 
@@ -325,14 +326,33 @@ impl Stream {
     }
 
     /// Listeners may only go out once every cluster they use was sent before them.
-    fn listeners_ready(&self, listeners: &ResourceMap) -> bool {
+    fn listeners_ready(&self, view: &Arc<ProxyResources>) -> bool {
         let tracker = &self.trackers[&ResourceType::Listener];
-        let clusters = self.trackers[&ResourceType::Cluster].sent();
-        listeners
-            .iter()
-            .filter(|(name, _)| tracker.is_wildcard() || tracker.names().contains(*name))
-            .flat_map(|(_, r)| r.clusters.iter())
-            .all(|c| clusters.contains_key(c))
+        let clusters = self.trackers[&ResourceType::Cluster].sent_shared();
+        let listeners = &view.listeners;
+        let compute = || {
+            listeners
+                .iter()
+                .filter(|(name, _)| tracker.is_wildcard() || tracker.names().contains(*name))
+                .flat_map(|(_, r)| r.clusters.iter())
+                .all(|c| clusters.contains_key(c))
+        };
+        if !tracker.is_wildcard() {
+            return compute();
+        }
+        let key = Key::ListenersReady {
+            listeners: addr(listeners),
+            clusters: addr(&*clusters),
+        };
+        let alive = || vec![Arc::clone(view) as KeepAlive, Arc::clone(&clusters) as _];
+        match self
+            .ctx
+            .shared
+            .get_or(key, alive, || Value::ListenersReady(compute()))
+        {
+            Value::ListenersReady(ready) => ready,
+            _ => compute(),
+        }
     }
 
     fn next_nonce(&mut self) -> String {
@@ -356,15 +376,21 @@ impl Stream {
                 continue;
             }
             let view = Arc::clone(&self.view);
-            let available = available(&view, &self.trackers, kind);
-            self.desired_versions
-                .insert(kind, self.trackers[&kind].desired_version(&available));
-            if kind == ResourceType::Listener && !self.listeners_ready(&available) {
+            let retained = self.retained(&view, kind);
+            let available = retained.as_deref().unwrap_or(view.of(kind));
+            let tracker = &self.trackers[&kind];
+            let desired = if retained.is_none() && tracker.plans_like_others().is_some() {
+                view.whole_version(kind).to_owned()
+            } else {
+                tracker.desired_version(available)
+            };
+            self.desired_versions.insert(kind, desired);
+            if kind == ResourceType::Listener && !self.listeners_ready(&view) {
                 debug!("listeners wait for their clusters");
                 continue;
             }
             self.dirty.remove(&kind);
-            let response = self.plan(kind, &available);
+            let response = self.plan(kind, &view, retained.as_ref());
             if let Some(response) = response
                 && responses.send(Ok(response)).await.is_err()
             {
@@ -375,8 +401,13 @@ impl Stream {
         Ok(())
     }
 
-    fn plan(&mut self, kind: ResourceType, available: &ResourceMap) -> Option<Response> {
-        let response = self.plan_variant(kind, available)?;
+    fn plan(
+        &mut self,
+        kind: ResourceType,
+        view: &Arc<ProxyResources>,
+        retained: Option<&Arc<ResourceMap>>,
+    ) -> Option<Response> {
+        let response = self.plan_variant(kind, view, retained)?;
         self.ctx
             .metrics
             .pushes
@@ -386,11 +417,55 @@ impl Stream {
         Some(response)
     }
 
-    fn plan_variant(&mut self, kind: ResourceType, available: &ResourceMap) -> Option<Response> {
+    /// The plan of this type, shared with every stream in the same state when the
+    /// subscription allows (see `super::shared`).
+    fn shared_plan(
+        &self,
+        kind: ResourceType,
+        view: &Arc<ProxyResources>,
+        retained: Option<&Arc<ResourceMap>>,
+    ) -> Value {
+        let tracker = &self.trackers[&kind];
+        let available: &ResourceMap = retained.map_or(view.of(kind), |r| &**r);
+        let sotw = self.ctx.variant == Variant::Sotw;
+        let compute = || {
+            if sotw {
+                Value::Sotw(tracker.plan_sotw(available))
+            } else {
+                Value::Delta(tracker.plan_delta(available))
+            }
+        };
+        let Some(first) = tracker.plans_like_others() else {
+            return compute();
+        };
+        let sent = tracker.sent_shared();
+        let key = Key::Plan {
+            kind,
+            sotw,
+            first,
+            sent: addr(&*sent),
+            available: addr(available),
+        };
+        let alive = || {
+            let source: KeepAlive = match retained {
+                Some(r) => Arc::clone(r) as _,
+                None => Arc::clone(view) as _,
+            };
+            vec![source, sent as _]
+        };
+        self.ctx.shared.get_or(key, alive, compute)
+    }
+
+    fn plan_variant(
+        &mut self,
+        kind: ResourceType,
+        view: &Arc<ProxyResources>,
+        retained: Option<&Arc<ResourceMap>>,
+    ) -> Option<Response> {
         let type_url = kind.type_url();
-        match self.ctx.variant {
-            Variant::Sotw => {
-                let plan = self.trackers[&kind].plan_sotw(available)?;
+        match self.shared_plan(kind, view, retained) {
+            Value::Sotw(plan) => {
+                let plan = plan?;
                 let nonce = self.next_nonce();
                 let response = discovery::DiscoveryResponse {
                     version_info: plan.version.clone(),
@@ -406,8 +481,8 @@ impl Stream {
                     .sent_sotw(nonce, plan);
                 Some(Response::Sotw(Box::new(response)))
             }
-            Variant::Delta => {
-                let plan = self.trackers[&kind].plan_delta(available)?;
+            Value::Delta(plan) => {
+                let plan = plan?;
                 let nonce = self.next_nonce();
                 let response = discovery::DeltaDiscoveryResponse {
                     system_version_info: plan.version.clone(),
@@ -433,6 +508,40 @@ impl Stream {
                     .sent_delta(nonce, plan);
                 Some(Response::Delta(Box::new(response)))
             }
+            Value::Available(_) | Value::ListenersReady(_) => None,
+        }
+    }
+
+    /// Clusters (and endpoints) that are no longer in the view but that listeners the proxy
+    /// may still hold use: kept until the proxy has moved off those listeners. `None` when
+    /// nothing is retained (almost always), so the view's map is used as it is.
+    fn retained(&self, view: &Arc<ProxyResources>, kind: ResourceType) -> Option<Arc<ResourceMap>> {
+        if kind == ResourceType::Listener {
+            return None;
+        }
+        let (acked, pending) = self.trackers[&ResourceType::Listener].held_shared();
+        let sent = self.trackers[&kind].sent_shared();
+        let compute =
+            || Value::Available(retained(view.of(kind), &acked, pending.as_deref(), &sent));
+        let key = Key::Available {
+            kind,
+            view: addr(&**view),
+            sent: addr(&*sent),
+            acked_listeners: addr(&*acked),
+            pending_listeners: pending.as_deref().map_or(0, addr),
+        };
+        let alive = || {
+            let mut a: Vec<KeepAlive> = vec![
+                Arc::clone(view) as _,
+                Arc::clone(&sent) as _,
+                Arc::clone(&acked) as _,
+            ];
+            a.extend(pending.clone().map(|p| p as KeepAlive));
+            a
+        };
+        match self.ctx.shared.get_or(key, alive, compute) {
+            Value::Available(r) => r,
+            _ => None,
         }
     }
 
@@ -475,36 +584,31 @@ fn any(type_url: &str, r: &Resource) -> Any {
     }
 }
 
-/// What may be sent for one type: the view, plus the clusters (and their endpoints) that
-/// listeners the proxy may still hold use. Borrows the view unless something is retained.
-fn available<'v>(
-    view: &'v ProxyResources,
-    trackers: &BTreeMap<ResourceType, TypeTracker>,
-    kind: ResourceType,
-) -> Cow<'v, ResourceMap> {
-    let view = view.of(kind);
-
-    if kind == ResourceType::Listener {
-        return Cow::Borrowed(view);
-    }
-    let needed: BTreeSet<&str> = trackers[&ResourceType::Listener]
-        .held()
+/// The resources of `sent` that are not in `view` but that listeners the proxy may still
+/// hold (`acked`, `pending`) use: `view` plus those, or `None` when there are none.
+fn retained(
+    view: &ResourceMap,
+    acked: &State,
+    pending: Option<&State>,
+    sent: &State,
+) -> Option<Arc<ResourceMap>> {
+    let needed: BTreeSet<&str> = acked
+        .values()
+        .chain(pending.into_iter().flat_map(|p| p.values()))
         .filter_map(|k| k.resource.as_ref())
         .flat_map(|r| r.clusters.iter().map(String::as_str))
         .collect();
-    let retained: Vec<(&String, &Arc<Resource>)> = trackers[&kind]
-        .sent()
+    let retained: Vec<(&String, &Arc<Resource>)> = sent
         .iter()
         .filter(|(name, _)| needed.contains(name.as_str()) && !view.contains_key(*name))
         .filter_map(|(name, known)| Some((name, known.resource.as_ref()?)))
         .collect();
-    // Almost always nothing is retained: then the shared view is used as it is.
     if retained.is_empty() {
-        return Cow::Borrowed(view);
+        return None;
     }
     let mut out = view.clone();
     for (name, r) in retained {
         out.insert(name.clone(), Arc::clone(r));
     }
-    Cow::Owned(out)
+    Some(Arc::new(out))
 }

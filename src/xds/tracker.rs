@@ -82,17 +82,17 @@ pub struct TypeTracker {
 }
 
 /// What to put in a State-of-the-World response.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SotwPlan {
     /// `version_info`.
     pub version: String,
     /// The complete set.
     pub resources: Vec<Arc<Resource>>,
-    state: State,
+    state: Arc<State>,
 }
 
 /// What to put in a Delta response.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeltaPlan {
     /// `system_version_info`: the hash of the client's state once applied.
     pub version: String,
@@ -100,7 +100,7 @@ pub struct DeltaPlan {
     pub resources: Vec<Arc<Resource>>,
     /// `removed_resources`: deleted, and subscribed names that do not exist.
     pub removed: Vec<String>,
-    state: State,
+    state: Arc<State>,
     missing: Vec<String>,
 }
 
@@ -117,6 +117,10 @@ pub fn state_version<'a>(entries: impl Iterator<Item = (&'a String, &'a str)>) -
     format!("{hash:016x}")
 }
 
+/// The empty state every tracker starts from: one allocation, so that streams that receive
+/// the same first response share what it leaves them holding (see `super::shared`).
+static EMPTY: std::sync::LazyLock<Arc<State>> = std::sync::LazyLock::new(Arc::default);
+
 fn version_of(state: &State) -> String {
     state_version(state.iter().map(|(n, k)| (n, k.version.as_str())))
 }
@@ -129,8 +133,8 @@ impl TypeTracker {
             initialized: false,
             wildcard: false,
             names: BTreeSet::new(),
-            sent: Arc::default(),
-            acked: Arc::default(),
+            sent: Arc::clone(&EMPTY),
+            acked: Arc::clone(&EMPTY),
             pending: None,
             sent_version: None,
             acked_version: None,
@@ -202,6 +206,27 @@ impl TypeTracker {
     /// The same, shared.
     pub fn sent_shared(&self) -> Arc<State> {
         Arc::clone(&self.sent)
+    }
+
+    /// What the client holds for sure and what is in flight, shared.
+    pub fn held_shared(&self) -> (Arc<State>, Option<Arc<State>>) {
+        (
+            Arc::clone(&self.acked),
+            self.pending.as_ref().map(|p| Arc::clone(&p.state)),
+        )
+    }
+
+    /// When the next plan depends only on what was sent and what is available (a wildcard
+    /// subscription without explicit names, nothing in flight, no missing names reported):
+    /// whether nothing was sent yet. Streams in that situation with the same sent state
+    /// and the same available resources get the same plan, so it can be computed once.
+    pub fn plans_like_others(&self) -> Option<bool> {
+        (self.initialized
+            && self.pending.is_none()
+            && self.wildcard
+            && self.names.is_empty()
+            && self.reported_missing.is_empty())
+        .then_some(self.sent_version.is_none())
     }
 
     fn settle(&mut self, nonce: &str, error: Option<String>, at: SystemTime) -> Option<Received> {
@@ -292,21 +317,23 @@ impl TypeTracker {
             self.wildcard = self.kind.allows_wildcard() && subscribe.is_empty();
             // "initial_resource_versions ... the versions of the resources the client
             // already has": only what differs is sent after a reconnect.
-            self.sent = Arc::new(
-                initial_versions
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            n.clone(),
-                            Known {
-                                version: v.clone(),
-                                resource: None,
-                            },
-                        )
-                    })
-                    .collect(),
-            );
-            self.acked = Arc::clone(&self.sent);
+            if !initial_versions.is_empty() {
+                self.sent = Arc::new(
+                    initial_versions
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.clone(),
+                                Known {
+                                    version: v.clone(),
+                                    resource: None,
+                                },
+                            )
+                        })
+                        .collect(),
+                );
+                self.acked = Arc::clone(&self.sent);
+            }
         }
         for name in subscribe {
             if name == "*" {
@@ -376,7 +403,7 @@ impl TypeTracker {
         Some(SotwPlan {
             version,
             resources,
-            state,
+            state: Arc::new(state),
         })
     }
 
@@ -420,7 +447,7 @@ impl TypeTracker {
             version: version_of(&state),
             resources,
             removed,
-            state,
+            state: Arc::new(state),
             missing,
         })
     }
@@ -436,8 +463,7 @@ impl TypeTracker {
         self.record(nonce, plan.state, plan.version);
     }
 
-    fn record(&mut self, nonce: String, state: State, version: String) {
-        let state = Arc::new(state);
+    fn record(&mut self, nonce: String, state: Arc<State>, version: String) {
         self.sent = Arc::clone(&state);
         self.sent_version = Some(version.clone());
         self.last_nonce = Some(nonce.clone());
