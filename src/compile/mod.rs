@@ -23,7 +23,7 @@ pub mod plan;
 mod problem;
 mod selector;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -265,23 +265,20 @@ fn reject_port_conflicts(
 ) {
     let mut by_age: Vec<&ObjectKey> = plans.keys().copied().collect();
     by_age.sort_by_key(|k| model.redis_clusters[*k].age_key());
-    let mut winners: Vec<&ObjectKey> = Vec::new();
+    // Only listeners on the same port can clash: winners are grouped by port, so this is
+    // linear in the number of listeners, not quadratic.
+    let mut winners: HashMap<u16, Vec<(&ObjectKey, &plan::ListenerPlan)>> = HashMap::new();
     let mut losers = Vec::new();
     for key in by_age {
         let Some(l) = &plans[key].listener else {
             continue;
         };
-        let clash = winners.iter().find(|w| {
-            let wl = plans[**w]
-                .listener
-                .as_ref()
-                .expect("winners have listeners");
-            same_socket(wl.address, l.address)
-                && wl.port == l.port
-                && wl.clients.may_overlap(&l.clients)
+        let same_port = winners.entry(l.port).or_default();
+        let clash = same_port.iter().find(|(_, wl)| {
+            same_socket(wl.address, l.address) && wl.clients.may_overlap(&l.clients)
         });
         match clash {
-            Some(w) => losers.push(Problem {
+            Some((w, _)) => losers.push(Problem {
                 object: key.clone(),
                 field: "spec.listener.port".into(),
                 reason: Reason::PortConflict,
@@ -290,7 +287,7 @@ fn reject_port_conflicts(
                     l.address, l.port
                 ),
             }),
-            None => winners.push(key),
+            None => same_port.push((key, l)),
         }
     }
     for p in losers {
