@@ -502,3 +502,44 @@ async fn a_proxy_that_goes_away_is_forgotten() {
     }
     assert_eq!(h.registry.count(redis_xds::xds::Variant::Delta), 0);
 }
+
+#[tokio::test]
+async fn proxies_in_the_same_state_share_one_copy_of_what_they_were_sent() {
+    let mut h = Harness::start(&base_model(7200)).await;
+    let mut a = synced_delta(&h).await;
+    let mut b = synced_delta(&h).await;
+    // A change both must follow, each with exactly the changed endpoints.
+    h.publish(&base_model(7201));
+    for d in [&mut a, &mut b] {
+        let eds = d.recv_ack().await;
+        assert_eq!(delta_names(&eds), [B]);
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let acked = |s: &redis_xds::xds::ProxyStatus| {
+        s.types
+            .get(&ResourceType::Endpoint)
+            .and_then(|t| t.acked_version.clone())
+    };
+    let statuses = loop {
+        let list = h.registry.list();
+        if list.len() == 2 && acked(&list[0]).is_some() && acked(&list[0]) == acked(&list[1]) {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "both proxies ACK the change");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Wildcard subscribers with the same view hold one shared state, not a copy each.
+    for kind in [ResourceType::Cluster, ResourceType::Listener] {
+        let (x, y) = (&statuses[0].types[&kind], &statuses[1].types[&kind]);
+        assert!(!x.sent.is_empty(), "{kind} was sent");
+        assert!(
+            Arc::ptr_eq(&x.sent, &y.sent),
+            "{kind}: two copies of the same state"
+        );
+    }
+    // A proxy with another view gets its own.
+    let mut other = h.delta().await;
+    other.subscribe(node("q", Some("web")), CDS, &[]).await;
+    let cds = other.recv_ack().await;
+    assert!(cds.resources.is_empty());
+}
