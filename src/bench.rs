@@ -313,6 +313,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let cpu0 = cpu_s();
     let t0 = SystemTime::now();
     let changed = Arc::new(snapshot(next, Some(&first)));
+    // Only the server holds snapshots from here on, as in production.
+    drop(first);
     tx.send_replace(changed.clone());
     let lines = clients.expect("done")?;
     let cpu = cpu_s() - cpu0;

@@ -7,26 +7,36 @@
 //! pointers". Each result is computed by the first stream and reused by the others, which
 //! also keeps one copy of each state instead of one per stream.
 //!
-//! Keys are addresses; every entry holds the `Arc`s its key points to, so an address cannot
-//! be reused by another value while its entry exists.
+//! Keys are addresses. Every entry holds weak references to the `Arc`s its key points to:
+//! their allocations stay, so an address cannot be reused by another value while the entry
+//! exists, but their contents go when no stream needs them. Entries whose keys died are
+//! pruned every so often and when the last stream leaves.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::resource::{ResourceMap, ResourceType};
 use super::tracker::{DeltaPlan, SotwPlan};
 
 /// Entries kept before the table is emptied and refilled by the streams that need them.
 const CAPACITY: usize = 4096;
+/// Inserts between two prunes of dead entries.
+const PRUNE_EVERY: usize = 64;
 
 /// An address that identifies a shared value.
 pub(super) fn addr<T: ?Sized>(value: &T) -> usize {
     std::ptr::from_ref(value).cast::<()>() as usize
 }
 
-/// Something an entry keeps alive.
-pub(super) type KeepAlive = Arc<dyn Any + Send + Sync>;
+/// What a key points to, held weakly by its entry.
+pub(super) type KeepAlive = Weak<dyn Any + Send + Sync>;
+
+/// The weak reference an entry keeps of `value`.
+pub(super) fn keep<T: Any + Send + Sync>(value: &Arc<T>) -> KeepAlive {
+    let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(value) as _;
+    weak
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Key {
@@ -61,14 +71,27 @@ pub(super) enum Value {
 }
 
 struct Entry {
-    _alive: Vec<KeepAlive>,
+    alive: Vec<KeepAlive>,
     value: Value,
+}
+
+impl Entry {
+    /// Whether a stream can still look this entry up: everything its key points to lives.
+    fn live(&self) -> bool {
+        self.alive.iter().all(|w| w.strong_count() > 0)
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<Key, Entry>,
+    inserts: usize,
 }
 
 /// The table of shared results.
 #[derive(Default)]
 pub(super) struct Shared {
-    entries: Mutex<HashMap<Key, Entry>>,
+    table: Mutex<Table>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -85,32 +108,45 @@ impl Shared {
         alive: impl FnOnce() -> Vec<KeepAlive>,
         compute: impl FnOnce() -> Value,
     ) -> Value {
-        if let Some(e) = self.lock().get(&key) {
+        if let Some(e) = self.lock().entries.get(&key) {
             return e.value.clone();
         }
         let value = compute();
-        let mut entries = self.lock();
-        if entries.len() >= CAPACITY {
-            entries.clear();
+        let mut table = self.lock();
+        table.inserts += 1;
+        if table.inserts.is_multiple_of(PRUNE_EVERY) || table.entries.len() >= CAPACITY {
+            table.entries.retain(|_, e| e.live());
         }
-        entries.insert(
+        if table.entries.len() >= CAPACITY {
+            table.entries.clear();
+        }
+        table.entries.insert(
             key,
             Entry {
-                _alive: alive(),
+                alive: alive(),
                 value: value.clone(),
             },
         );
         value
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        // Every update is one insert or clear: a poisoned table is still consistent.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    /// Drops the entries no stream can look up any more, and what they hold.
+    pub(super) fn prune(&self) {
+        let mut table = self.lock();
+        table.entries.retain(|_, e| e.live());
+        if table.entries.is_empty() {
+            table.entries.shrink_to_fit();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Every update is one insert, retain or clear: a poisoned table is still consistent.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 }
 
@@ -119,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn should_compute_once_per_key_and_keep_the_key_alive() {
+    fn should_compute_once_per_key_and_forget_keys_that_died() {
         let shared = Shared::default();
         let a: Arc<ResourceMap> = Arc::default();
         let key = Key::ListenersReady {
@@ -130,7 +166,7 @@ mod tests {
         for _ in 0..3 {
             let v = shared.get_or(
                 key,
-                || vec![Arc::clone(&a) as KeepAlive],
+                || vec![keep(&a)],
                 || {
                     computed += 1;
                     Value::ListenersReady(true)
@@ -140,19 +176,28 @@ mod tests {
         }
         assert_eq!(computed, 1);
         assert_eq!(shared.len(), 1);
-        // The entry holds the map: its address cannot be taken by another value.
-        assert_eq!(Arc::strong_count(&a), 2);
+        // The entry holds the map's allocation (its address cannot be taken by another
+        // value), not the map.
+        assert_eq!((Arc::strong_count(&a), Arc::weak_count(&a)), (1, 1));
+        shared.prune();
+        assert_eq!(shared.len(), 1, "a live entry is kept");
+        drop(a);
+        shared.prune();
+        assert_eq!(shared.len(), 0, "an entry nobody can look up is dropped");
     }
 
     #[test]
     fn should_empty_the_table_when_full() {
         let shared = Shared::default();
+        let mut held = Vec::new();
         for i in 0..CAPACITY + 1 {
             let key = Key::ListenersReady {
                 listeners: i,
                 clusters: 0,
             };
-            shared.get_or(key, Vec::new, || Value::ListenersReady(false));
+            let alive: Arc<ResourceMap> = Arc::default();
+            shared.get_or(key, || vec![keep(&alive)], || Value::ListenersReady(false));
+            held.push(alive);
         }
         assert_eq!(shared.len(), 1);
     }

@@ -19,7 +19,7 @@ use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
 use super::resource::{
     NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
 };
-use super::shared::{KeepAlive, Key, Value, addr};
+use super::shared::{KeepAlive, Key, Value, addr, keep};
 use super::tracker::{Received, State, TypeTracker};
 
 /// A request of either variant, reduced to what the trackers need.
@@ -117,6 +117,7 @@ struct Stream {
 /// Forgets a stream in the registry and the connected gauge, however the stream ends.
 struct Disconnect {
     registry: Arc<Registry>,
+    shared: Arc<super::shared::Shared>,
     reclaimer: Arc<crate::memory::Reclaimer>,
     stream: u64,
     connected: prometheus_client::metrics::gauge::Gauge,
@@ -126,6 +127,9 @@ impl Drop for Disconnect {
     fn drop(&mut self) {
         self.registry.remove(self.stream);
         self.connected.dec();
+        if self.registry.is_empty() {
+            self.shared.prune();
+        }
         self.reclaimer.departed();
     }
 }
@@ -199,6 +203,7 @@ pub(super) async fn run(
         // side goes away first.
         let _gone = Disconnect {
             registry: Arc::clone(&s.ctx.registry),
+            shared: Arc::clone(&s.ctx.shared),
             reclaimer: Arc::clone(&s.ctx.reclaimer),
             stream: s.ctx.id,
             connected,
@@ -344,7 +349,7 @@ impl Stream {
             listeners: addr(listeners),
             clusters: addr(&*clusters),
         };
-        let alive = || vec![Arc::clone(view) as KeepAlive, Arc::clone(&clusters) as _];
+        let alive = || vec![keep(view), keep(&clusters)];
         match self
             .ctx
             .shared
@@ -448,10 +453,10 @@ impl Stream {
         };
         let alive = || {
             let source: KeepAlive = match retained {
-                Some(r) => Arc::clone(r) as _,
-                None => Arc::clone(view) as _,
+                Some(r) => keep(r),
+                None => keep(view),
             };
-            vec![source, sent as _]
+            vec![source, keep(&sent)]
         };
         self.ctx.shared.get_or(key, alive, compute)
     }
@@ -531,12 +536,8 @@ impl Stream {
             pending_listeners: pending.as_deref().map_or(0, addr),
         };
         let alive = || {
-            let mut a: Vec<KeepAlive> = vec![
-                Arc::clone(view) as _,
-                Arc::clone(&sent) as _,
-                Arc::clone(&acked) as _,
-            ];
-            a.extend(pending.clone().map(|p| p as KeepAlive));
+            let mut a: Vec<KeepAlive> = vec![keep(view), keep(&sent), keep(&acked)];
+            a.extend(pending.as_ref().map(keep));
             a
         };
         match self.ctx.shared.get_or(key, alive, compute) {
