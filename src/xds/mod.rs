@@ -6,33 +6,26 @@
 //! per-stream state visible to operators in [`Registry`].
 
 pub mod auth;
+pub mod grpc;
 pub mod registry;
 pub mod resource;
 mod shared;
 mod stream;
 pub mod tracker;
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use envoy_types::pb::envoy::service::discovery::v3 as discovery;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 pub use self::registry::{ProxyStatus, Registry, TypeStatus, Variant};
 pub use self::resource::{
     NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
 };
 pub use self::stream::identity;
-use self::stream::{Request as AnyRequest, Response as AnyResponse, StreamContext};
+use self::stream::{Request as AnyRequest, StreamContext};
 
 /// Responses buffered per stream before the handler waits for the client to read.
 const RESPONSE_BUFFER: usize = 4;
@@ -49,8 +42,6 @@ pub struct AdsServer {
     reclaimer: Arc<crate::memory::Reclaimer>,
     shared: Arc<shared::Shared>,
 }
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl AdsServer {
     /// A server that serves what `source` holds, records streams in `registry`, and ends
@@ -106,24 +97,21 @@ impl AdsServer {
         Ok(Some(principal))
     }
 
-    /// The tonic service, ready for `Server::add_service`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    /// The gRPC service, ready for `Server::add_service`.
+    pub fn into_service(self) -> grpc::AdsService {
+        grpc::AdsService::new(self)
     }
 
-    fn start<Req, Resp>(
+    /// Starts a stream over `incoming`; its responses arrive on the returned channel.
+    fn start<Req>(
         &self,
         principal: Option<auth::Principal>,
         variant: Variant,
         incoming: Streaming<Req>,
         wrap: fn(Req) -> AnyRequest,
-        unwrap: fn(AnyResponse) -> Option<Resp>,
-    ) -> ResponseStream<Resp>
+    ) -> mpsc::Receiver<stream::Outgoing>
     where
         Req: Send + 'static,
-        Resp: Send + 'static,
     {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let ctx = StreamContext {
@@ -164,52 +152,6 @@ impl AdsServer {
                 () = forward => {}
             }
         });
-        let out = ReceiverStream::new(resp_rx).filter_map(move |item| match item {
-            Ok(resp) => unwrap(resp).map(Ok),
-            Err(status) => Some(Err(*status)),
-        });
-        Box::pin(out)
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<discovery::DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<discovery::DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<discovery::DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let principal = self.authenticate(&request).await?;
-        let stream = self.start(
-            principal,
-            Variant::Sotw,
-            request.into_inner(),
-            |m| AnyRequest::Sotw(Box::new(m)),
-            |r| match r {
-                AnyResponse::Sotw(r) => Some(*r),
-                AnyResponse::Delta(_) => None,
-            },
-        );
-        Ok(Response::new(stream))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let principal = self.authenticate(&request).await?;
-        let stream = self.start(
-            principal,
-            Variant::Delta,
-            request.into_inner(),
-            |m| AnyRequest::Delta(Box::new(m)),
-            |r| match r {
-                AnyResponse::Delta(r) => Some(*r),
-                AnyResponse::Sotw(_) => None,
-            },
-        );
-        Ok(Response::new(stream))
+        resp_rx
     }
 }
