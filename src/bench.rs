@@ -323,8 +323,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     if lat.len() != opts.streams {
         bail!("{} of {} streams ACKed the change", lat.len(), opts.streams);
     }
+    // Counted before the fleet leaves: the release may come before `stop` returns.
+    let releases = reclaimer.releases();
     clients.stop();
-    departed(reclaimer.releases()).await?;
+    departed(releases).await?;
     let rss_after = rss_kib();
 
     // Two more fleets connect, sync, take a change and leave: without a leak the last
@@ -338,8 +340,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         current = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
         tx.send_replace(current.clone());
         again.expect("done")?;
+        let releases = reclaimer.releases();
         again.stop();
-        departed(reclaimer.releases()).await?;
+        departed(releases).await?;
         previous = rss_after_cycle;
         rss_after_cycle = rss_kib();
     }
