@@ -251,9 +251,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
     // Production waits 1 s after departures and trims at most every 10 s; the measurement
-    // only needs the trim to happen, not to wait for it.
+    // keeps the quiet period and drops the interval, so fleets need not wait for it.
     let reclaimer = Arc::new(crate::memory::Reclaimer::new(
-        Duration::from_millis(200),
+        Duration::from_millis(1000),
         Duration::ZERO,
     ));
     let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone())
