@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -102,28 +101,12 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
         Err(status) => return status.into_http(),
     };
     let responses = match variant {
-        Variant::Sotw => server.start(
-            principal,
-            variant,
-            Streaming::new_request(
-                Decode::<discovery::DiscoveryRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST),
-            ),
-            |m| AnyRequest::Sotw(Box::new(m)),
-        ),
-        Variant::Delta => server.start(
-            principal,
-            variant,
-            Streaming::new_request(
-                Decode::<discovery::DeltaDiscoveryRequest>::default(),
-                body,
-                None,
-                Some(MAX_REQUEST),
-            ),
-            |m| AnyRequest::Delta(Box::new(m)),
-        ),
+        Variant::Sotw => open(&server, principal, variant, body, |m| {
+            AnyRequest::Sotw(Box::new(m))
+        }),
+        Variant::Delta => open(&server, principal, variant, body, |m| {
+            AnyRequest::Delta(Box::new(m))
+        }),
     };
     let mut response = http::Response::new(Body::new(ResponseBody {
         responses,
@@ -134,6 +117,18 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
         http::HeaderValue::from_static("application/grpc"),
     );
     response
+}
+
+/// Starts a stream reading requests of type `Req` from `body`.
+fn open<Req: Message + Default + Send + 'static>(
+    server: &AdsServer,
+    principal: Option<super::auth::Principal>,
+    variant: Variant,
+    body: Body,
+    wrap: fn(Req) -> AnyRequest,
+) -> mpsc::Receiver<Outgoing> {
+    let requests = Streaming::new_request(Decode::<Req>::default(), body, None, Some(MAX_REQUEST));
+    server.start(principal, variant, requests, wrap)
 }
 
 /// Decodes one prost message per gRPC frame.
@@ -232,6 +227,7 @@ fn encode(response: &AnyResponse) -> Result<Bytes, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3 as discovery;
     use std::sync::Arc;
     use tokio::sync::watch;
     use tower_service::Service;

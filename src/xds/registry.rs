@@ -76,8 +76,8 @@ impl Registry {
         self.lock().insert(status.stream, status);
     }
 
-    /// Forgets a stream.
-    pub fn remove(&self, stream: u64) {
+    /// Forgets a stream; returns how many are still connected.
+    pub fn remove(&self, stream: u64) -> usize {
         let mut streams = self.lock();
         streams.remove(&stream);
         // A table sized for a fleet that has left would be kept for good otherwise.
@@ -85,6 +85,7 @@ impl Registry {
             let keep = streams.len() * 2;
             streams.shrink_to(keep);
         }
+        streams.len()
     }
 
     /// Number of connected streams.

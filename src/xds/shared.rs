@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, Weak};
 use super::resource::{ResourceMap, ResourceType};
 use super::tracker::{DeltaPlan, SotwPlan};
 
-/// Entries kept before the table is emptied and refilled by the streams that need them.
-const CAPACITY: usize = 4096;
+/// Entries kept per table before it is emptied and refilled by the streams that need them.
+const CAPACITY: usize = 1024;
 /// Inserts between two prunes of dead entries.
 const PRUNE_EVERY: usize = 64;
 
@@ -38,76 +38,74 @@ pub(super) fn keep<T: Any + Send + Sync>(value: &Arc<T>) -> KeepAlive {
     weak
 }
 
+/// What may be sent of `kind`: the view's map, plus clusters retained for listeners the
+/// proxy may still hold (`None`: the view's map as it is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Key {
-    /// What may be sent of `kind`: the view's map, plus clusters retained for listeners
-    /// the proxy may still hold.
-    Available {
-        kind: ResourceType,
-        view: usize,
-        sent: usize,
-        acked_listeners: usize,
-        pending_listeners: usize,
-    },
-    /// Whether every cluster of every listener was sent.
-    ListenersReady { listeners: usize, clusters: usize },
-    /// The next response of a wildcard subscriber.
-    Plan {
-        kind: ResourceType,
-        sotw: bool,
-        first: bool,
-        sent: usize,
-        available: usize,
-    },
+pub(super) struct AvailableKey {
+    pub kind: ResourceType,
+    pub view: usize,
+    pub sent: usize,
+    pub acked_listeners: usize,
+    pub pending_listeners: usize,
 }
 
-#[derive(Clone, Debug)]
-pub(super) enum Value {
-    /// `None`: the view's map as it is.
-    Available(Option<Arc<ResourceMap>>),
-    ListenersReady(bool),
-    Sotw(Option<SotwPlan>),
-    Delta(Option<DeltaPlan>),
+/// Whether every cluster of every listener was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ReadyKey {
+    pub listeners: usize,
+    pub clusters: usize,
 }
 
-struct Entry {
+/// The next response of a wildcard subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct PlanKey {
+    pub kind: ResourceType,
+    pub first: bool,
+    pub sent: usize,
+    pub available: usize,
+}
+
+struct Entry<V> {
     alive: Vec<KeepAlive>,
-    value: Value,
+    value: V,
 }
 
-impl Entry {
+impl<V> Entry<V> {
     /// Whether a stream can still look this entry up: everything its key points to lives.
     fn live(&self) -> bool {
         self.alive.iter().all(|w| w.strong_count() > 0)
     }
 }
 
-#[derive(Default)]
-struct Table {
-    entries: HashMap<Key, Entry>,
+struct Table<K, V> {
+    entries: HashMap<K, Entry<V>>,
     inserts: usize,
 }
 
-/// The table of shared results.
-#[derive(Default)]
-pub(super) struct Shared {
-    table: Mutex<Table>,
+/// One kind of shared result, by key.
+pub(super) struct Memo<K, V> {
+    table: Mutex<Table<K, V>>,
 }
 
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo {
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                inserts: 0,
+            }),
+        }
     }
 }
 
-impl Shared {
+impl<K: Copy + Eq + std::hash::Hash, V: Clone> Memo<K, V> {
     /// The value for `key`, computed (outside the lock) when no stream did yet.
     pub(super) fn get_or(
         &self,
-        key: Key,
+        key: K,
         alive: impl FnOnce() -> Vec<KeepAlive>,
-        compute: impl FnOnce() -> Value,
-    ) -> Value {
+        compute: impl FnOnce() -> V,
+    ) -> V {
         if let Some(e) = self.lock().entries.get(&key) {
             return e.value.clone();
         }
@@ -131,7 +129,7 @@ impl Shared {
     }
 
     /// Drops the entries no stream can look up any more, and what they hold.
-    pub(super) fn prune(&self) {
+    fn prune(&self) {
         let mut table = self.lock();
         table.entries.retain(|_, e| e.live());
         if table.entries.is_empty() {
@@ -139,7 +137,7 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table<K, V>> {
         // Every update is one insert, retain or clear: a poisoned table is still consistent.
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -150,15 +148,40 @@ impl Shared {
     }
 }
 
+/// The shared results, one table per kind.
+#[derive(Default)]
+pub(super) struct Shared {
+    pub available: Memo<AvailableKey, Option<Arc<ResourceMap>>>,
+    pub listeners_ready: Memo<ReadyKey, bool>,
+    pub sotw: Memo<PlanKey, Option<SotwPlan>>,
+    pub delta: Memo<PlanKey, Option<DeltaPlan>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Drops, in every table, the entries no stream can look up any more.
+    pub(super) fn prune(&self) {
+        self.available.prune();
+        self.listeners_ready.prune();
+        self.sotw.prune();
+        self.delta.prune();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn should_compute_once_per_key_and_forget_keys_that_died() {
-        let shared = Shared::default();
+        let shared = Memo::<ReadyKey, bool>::default();
         let a: Arc<ResourceMap> = Arc::default();
-        let key = Key::ListenersReady {
+        let key = ReadyKey {
             listeners: addr(&*a),
             clusters: 0,
         };
@@ -169,10 +192,10 @@ mod tests {
                 || vec![keep(&a)],
                 || {
                     computed += 1;
-                    Value::ListenersReady(true)
+                    true
                 },
             );
-            assert!(matches!(v, Value::ListenersReady(true)));
+            assert!(v);
         }
         assert_eq!(computed, 1);
         assert_eq!(shared.len(), 1);
@@ -188,15 +211,15 @@ mod tests {
 
     #[test]
     fn should_empty_the_table_when_full() {
-        let shared = Shared::default();
+        let shared = Memo::<ReadyKey, bool>::default();
         let mut held = Vec::new();
         for i in 0..CAPACITY + 1 {
-            let key = Key::ListenersReady {
+            let key = ReadyKey {
                 listeners: i,
                 clusters: 0,
             };
             let alive: Arc<ResourceMap> = Arc::default();
-            shared.get_or(key, || vec![keep(&alive)], || Value::ListenersReady(false));
+            shared.get_or(key, || vec![keep(&alive)], || false);
             held.push(alive);
         }
         assert_eq!(shared.len(), 1);

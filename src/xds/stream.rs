@@ -19,7 +19,7 @@ use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
 use super::resource::{
     NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
 };
-use super::shared::{KeepAlive, Key, Value, addr, keep};
+use super::shared::{AvailableKey, KeepAlive, Memo, PlanKey, ReadyKey, addr, keep};
 use super::tracker::{Received, State, TypeTracker};
 
 /// A request of either variant, reduced to what the trackers need.
@@ -125,9 +125,9 @@ struct Disconnect {
 
 impl Drop for Disconnect {
     fn drop(&mut self) {
-        self.registry.remove(self.stream);
+        let left = self.registry.remove(self.stream);
         self.connected.dec();
-        if self.registry.is_empty() {
+        if left == 0 {
             self.shared.prune();
         }
         self.reclaimer.departed();
@@ -345,19 +345,12 @@ impl Stream {
         if !tracker.is_wildcard() {
             return compute();
         }
-        let key = Key::ListenersReady {
+        let key = ReadyKey {
             listeners: addr(listeners),
             clusters: addr(&*clusters),
         };
         let alive = || vec![keep(view), keep(&clusters)];
-        match self
-            .ctx
-            .shared
-            .get_or(key, alive, || Value::ListenersReady(compute()))
-        {
-            Value::ListenersReady(ready) => ready,
-            _ => compute(),
-        }
+        self.ctx.shared.listeners_ready.get_or(key, alive, compute)
     }
 
     fn next_nonce(&mut self) -> String {
@@ -424,29 +417,22 @@ impl Stream {
 
     /// The plan of this type, shared with every stream in the same state when the
     /// subscription allows (see `super::shared`).
-    fn shared_plan(
+    fn shared_plan<P: Clone>(
         &self,
+        memo: &Memo<PlanKey, Option<P>>,
         kind: ResourceType,
         view: &Arc<ProxyResources>,
         retained: Option<&Arc<ResourceMap>>,
-    ) -> Value {
+        plan: impl FnOnce(&TypeTracker, &ResourceMap) -> Option<P>,
+    ) -> Option<P> {
         let tracker = &self.trackers[&kind];
         let available: &ResourceMap = retained.map_or(view.of(kind), |r| &**r);
-        let sotw = self.ctx.variant == Variant::Sotw;
-        let compute = || {
-            if sotw {
-                Value::Sotw(tracker.plan_sotw(available))
-            } else {
-                Value::Delta(tracker.plan_delta(available))
-            }
-        };
         let Some(first) = tracker.plans_like_others() else {
-            return compute();
+            return plan(tracker, available);
         };
         let sent = tracker.sent_shared();
-        let key = Key::Plan {
+        let key = PlanKey {
             kind,
-            sotw,
             first,
             sent: addr(&*sent),
             available: addr(available),
@@ -458,7 +444,7 @@ impl Stream {
             };
             vec![source, keep(&sent)]
         };
-        self.ctx.shared.get_or(key, alive, compute)
+        memo.get_or(key, alive, || plan(tracker, available))
     }
 
     fn plan_variant(
@@ -468,9 +454,11 @@ impl Stream {
         retained: Option<&Arc<ResourceMap>>,
     ) -> Option<Response> {
         let type_url = kind.type_url();
-        match self.shared_plan(kind, view, retained) {
-            Value::Sotw(plan) => {
-                let plan = plan?;
+        let shared = Arc::clone(&self.ctx.shared);
+        match self.ctx.variant {
+            Variant::Sotw => {
+                let plan =
+                    self.shared_plan(&shared.sotw, kind, view, retained, TypeTracker::plan_sotw)?;
                 let nonce = self.next_nonce();
                 let response = discovery::DiscoveryResponse {
                     version_info: plan.version.clone(),
@@ -486,8 +474,9 @@ impl Stream {
                     .sent_sotw(nonce, plan);
                 Some(Response::Sotw(Box::new(response)))
             }
-            Value::Delta(plan) => {
-                let plan = plan?;
+            Variant::Delta => {
+                let plan =
+                    self.shared_plan(&shared.delta, kind, view, retained, TypeTracker::plan_delta)?;
                 let nonce = self.next_nonce();
                 let response = discovery::DeltaDiscoveryResponse {
                     system_version_info: plan.version.clone(),
@@ -513,7 +502,6 @@ impl Stream {
                     .sent_delta(nonce, plan);
                 Some(Response::Delta(Box::new(response)))
             }
-            Value::Available(_) | Value::ListenersReady(_) => None,
         }
     }
 
@@ -526,9 +514,8 @@ impl Stream {
         }
         let (acked, pending) = self.trackers[&ResourceType::Listener].held_shared();
         let sent = self.trackers[&kind].sent_shared();
-        let compute =
-            || Value::Available(retained(view.of(kind), &acked, pending.as_deref(), &sent));
-        let key = Key::Available {
+        let compute = || retained(view.of(kind), &acked, pending.as_deref(), &sent);
+        let key = AvailableKey {
             kind,
             view: addr(&**view),
             sent: addr(&*sent),
@@ -540,10 +527,7 @@ impl Stream {
             a.extend(pending.as_ref().map(keep));
             a
         };
-        match self.ctx.shared.get_or(key, alive, compute) {
-            Value::Available(r) => r,
-            _ => None,
-        }
+        self.ctx.shared.available.get_or(key, alive, compute)
     }
 
     fn publish_status(&self) {
