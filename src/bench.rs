@@ -119,7 +119,7 @@ pub fn model(n: usize, variant: usize) -> Model {
 }
 
 fn snapshot(model: Model, previous: Option<&Snapshot>) -> Snapshot {
-    let compiled = crate::compile::compile(&model);
+    let compiled = crate::compile::recompile(&model, previous.map(|p| (&*p.model, &*p.compiled)));
     Snapshot::build(
         Arc::new(model),
         Arc::new(compiled),

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::compile::compile;
+use crate::compile::recompile;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::snapshot::Snapshot;
@@ -43,7 +43,7 @@ pub fn snapshot(
     metrics: &Metrics,
 ) -> Snapshot {
     let started = Instant::now();
-    let compiled = compile(model);
+    let compiled = recompile(model, previous.map(|p| (&*p.model, &*p.compiled)));
     metrics
         .compile_duration
         .observe(started.elapsed().as_secs_f64());

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::compile::{ClientMatcher, Compiled};
+use crate::compile::{Compiled, CompiledListener};
 use crate::model::Model;
 use crate::xds::{NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource};
 
@@ -23,7 +23,7 @@ const MIN_REDACTED_LEN: usize = 4;
 
 #[derive(Debug)]
 struct ListenerEntry {
-    clients: ClientMatcher,
+    compiled: Arc<CompiledListener>,
     resource: Arc<Resource>,
 }
 
@@ -80,9 +80,33 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         observed_at: Instant,
     ) -> Snapshot {
+        // A compiled resource that is the very allocation of the previous compile (the
+        // compiler reused it) keeps its encoded resource without being encoded again.
         let mut clusters = ResourceMap::new();
         let mut endpoints = ResourceMap::new();
         for (name, c) in &compiled.clusters {
+            let unchanged = previous
+                .filter(|p| {
+                    p.compiled
+                        .clusters
+                        .get(name)
+                        .is_some_and(|pc| Arc::ptr_eq(pc, c))
+                })
+                .and_then(|p| {
+                    let cluster = p.clusters.get(name)?;
+                    let cla = match c.endpoints {
+                        Some(_) => Some(p.endpoints.get(name)?),
+                        None => None,
+                    };
+                    Some((cluster, cla))
+                });
+            if let Some((cluster, cla)) = unchanged {
+                clusters.insert(name.clone(), Arc::clone(cluster));
+                if let Some(cla) = cla {
+                    endpoints.insert(name.clone(), Arc::clone(cla));
+                }
+                continue;
+            }
             let prev = previous.and_then(|p| p.clusters.get(name));
             clusters.insert(
                 name.clone(),
@@ -98,15 +122,21 @@ impl Snapshot {
         }
         let mut listeners = BTreeMap::new();
         for (name, l) in &compiled.listeners {
-            let prev = previous
-                .and_then(|p| p.listeners.get(name))
-                .map(|e| &e.resource);
-            let uses: Vec<String> = l.clusters.iter().cloned().collect();
+            let prev = previous.and_then(|p| p.listeners.get(name));
+            let resource = match prev {
+                Some(e) if Arc::ptr_eq(&e.compiled, l) => Arc::clone(&e.resource),
+                _ => resource(
+                    name,
+                    l.listener.encode_to_vec(),
+                    l.clusters.iter().cloned().collect(),
+                    prev.map(|e| &e.resource),
+                ),
+            };
             listeners.insert(
                 name.clone(),
                 ListenerEntry {
-                    clients: l.clients.clone(),
-                    resource: resource(name, l.listener.encode_to_vec(), uses, prev),
+                    compiled: Arc::clone(l),
+                    resource,
                 },
             );
         }
@@ -138,7 +168,8 @@ impl Snapshot {
             .listeners
             .iter()
             .filter(|(_, e)| {
-                e.clients
+                e.compiled
+                    .clients
                     .selects(node.namespace.as_deref(), node.labels.as_ref())
             })
             .map(|(n, e)| (n.clone(), Arc::clone(&e.resource)))

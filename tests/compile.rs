@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use redis_xds::compile::{Compiled, ProxyIdentity, Reason, compile};
+use redis_xds::compile::{Compiled, ProxyIdentity, Reason, compile, recompile};
 use redis_xds::source::manifests::{LoadProblem, assemble, load_dir, parse_file};
 use serde_json::Value;
 
@@ -808,4 +808,57 @@ fn render_fails_clearly_on_a_missing_directory() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir: not a directory"));
     let _ = Path::new("/");
+}
+
+fn model(yaml: &str) -> redis_xds::model::Model {
+    let path = PathBuf::from("test.yaml");
+    let parsed = parse_file(&path, yaml);
+    let (model, problems, _) = assemble(&[(path, parsed)], &mut |_| None);
+    assert!(
+        problems.is_empty(),
+        "unexpected load problems: {problems:?}"
+    );
+    model
+}
+
+#[test]
+fn should_reuse_the_previous_compile_of_objects_whose_inputs_did_not_change() {
+    let secret = |password: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: x}}\nstringData: {{password: {password}}}\n"
+        )
+    };
+    let objects = |b_port: u16| {
+        rc(
+            "x",
+            "a",
+            &format!("{STATIC}\nauth: {{secretRef: {{name: s}}}}"),
+        ) + &rc(
+            "y",
+            "b",
+            &format!("endpoints: {{static: [\"127.0.0.1:{b_port}\"]}}\nlistener: {{port: 7100}}"),
+        ) + &rc("y", "c", STATIC)
+    };
+    let before = model(&(objects(7001) + &secret("one")));
+    let first = compile(&before);
+    let same =
+        |c: &Compiled, name: &str| std::sync::Arc::ptr_eq(&first.clusters[name], &c.clusters[name]);
+
+    // b's spec changed: only b is compiled again.
+    let after = model(&(objects(7002) + &secret("one")));
+    let again = recompile(&after, Some((&before, &first)));
+    assert_eq!(again, compile(&after));
+    assert!(same(&again, "redis/x/a") && same(&again, "redis/y/c"));
+    assert!(!same(&again, "redis/y/b"));
+    assert!(!std::sync::Arc::ptr_eq(
+        &first.listeners["redis/y/b@127.0.0.1:7100"],
+        &again.listeners["redis/y/b@127.0.0.1:7100"]
+    ));
+
+    // A Secret of namespace x changed: what x's objects read is compiled again.
+    let after = model(&(objects(7001) + &secret("two")));
+    let again = recompile(&after, Some((&before, &first)));
+    assert_eq!(again, compile(&after));
+    assert!(!same(&again, "redis/x/a"));
+    assert!(same(&again, "redis/y/b") && same(&again, "redis/y/c"));
 }

@@ -8,9 +8,9 @@ use redis_xds::api::{
     Auth, CatchAll, Clients, Endpoints, Fault, FaultType, Listener, Mirror, Mode, ReadPolicy,
     RedisClusterSpec, Route, SecretRef, Topology,
 };
-use redis_xds::compile::{ProxyIdentity, compile};
+use redis_xds::compile::{ProxyIdentity, compile, recompile};
 use redis_xds::duration::GoDuration;
-use redis_xds::model::{Model, ObjectKey, Origin, RedisClusterObject, Secret, SecretValue};
+use redis_xds::model::{Model, ObjectKey, Origin, Pod, RedisClusterObject, Secret, SecretValue};
 
 fn reference() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
@@ -289,5 +289,116 @@ proptest! {
         for cc in c.clusters.values() {
             prop_assert!(redis_xds::protojson::to_json(&cc.cluster).is_ok());
         }
+    }
+}
+
+/// Endpoints by label selector, so that Pods matter.
+fn selected(mut spec: RedisClusterSpec) -> RedisClusterSpec {
+    let selector = serde_json::from_value(serde_json::json!({"matchLabels": {"app": "redis"}}))
+        .expect("a label selector");
+    spec.endpoints = Endpoints {
+        selector: Some(selector),
+        ..Default::default()
+    };
+    spec
+}
+
+/// A Pod `name` in `ns` with the label the selector above matches.
+fn pod(ns: &str, name: &str, ready: bool) -> Pod {
+    Pod {
+        key: ObjectKey::new(ns, name),
+        labels: [("app".to_string(), "redis".to_string())]
+            .into_iter()
+            .collect(),
+        ip: Some(format!("10.0.0.{}", name.len())),
+        ready,
+    }
+}
+
+/// What can change between two models: per object, a new spec (or none: removed), Pods and
+/// the password of a Secret.
+#[derive(Debug, Clone)]
+struct Edit {
+    specs: Vec<Option<Option<RedisClusterSpec>>>,
+    pods: Vec<(&'static str, &'static str, bool)>,
+    drop_password: Option<&'static str>,
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    (
+        prop::collection::vec(prop::option::weighted(0.3, prop::option::of(spec())), 6),
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["ns", "other"]),
+                prop::sample::select(vec!["p1", "p22"]),
+                any::<bool>(),
+            ),
+            0..3,
+        ),
+        prop::option::weighted(0.2, prop::sample::select(vec!["ns", "other"])),
+    )
+        .prop_map(|(specs, pods, drop_password)| Edit {
+            specs,
+            pods,
+            drop_password,
+        })
+}
+
+fn apply(before: &Model, edit: &Edit) -> Model {
+    let mut after = before.clone();
+    let keys: Vec<ObjectKey> = after.redis_clusters.keys().cloned().collect();
+    for (key, change) in keys.iter().zip(&edit.specs) {
+        match change {
+            None => {}
+            Some(None) => {
+                after.redis_clusters.remove(key);
+            }
+            Some(Some(spec)) => {
+                after.redis_clusters.get_mut(key).expect("listed").spec = spec.clone();
+            }
+        }
+    }
+    for (ns, name, ready) in &edit.pods {
+        after
+            .pods
+            .insert(ObjectKey::new(*ns, *name), pod(ns, name, *ready));
+    }
+    if let Some(ns) = edit.drop_password {
+        let secret = after
+            .secrets
+            .get_mut(&ObjectKey::new(ns, "secret"))
+            .expect("generated");
+        secret.data.remove("password");
+    }
+    after
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Reusing the previous compile never changes the result: whatever was edited, the
+    /// recompile equals a compile from scratch, resource for resource.
+    #[test]
+    fn recompile_equals_compile_from_scratch(
+        before in model(),
+        selectors in prop::collection::vec(any::<bool>(), 6),
+        pods in prop::collection::vec(any::<bool>(), 2),
+        edit in edit(),
+    ) {
+        let mut before = before;
+        for (obj, by_label) in before.redis_clusters.values_mut().zip(selectors) {
+            if by_label {
+                obj.spec = selected(obj.spec.clone());
+            }
+        }
+        for (ns, ready) in ["ns", "other"].into_iter().zip(pods) {
+            before.pods.insert(ObjectKey::new(ns, "p1"), pod(ns, "p1", ready));
+        }
+        let after = apply(&before, &edit);
+        let first = compile(&before);
+        let again = recompile(&after, Some((&before, &first)));
+        let scratch = compile(&after);
+        // Resources, problems and outcomes; only what was reused is not compared.
+        prop_assert_eq!(&again, &scratch);
     }
 }

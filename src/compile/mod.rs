@@ -16,6 +16,13 @@
 //!
 //! A rejected object is left out whole (its cluster and its listener), so no proxy ever holds
 //! a listener that routes to a cluster it does not have. Everything else is still compiled.
+//!
+//! [`recompile`] is the same function with a memory: step 1 and the Envoy resources of an
+//! object are taken from the previous compile when its spec is unchanged and nothing it may
+//! read (Pods, EndpointSlices, Secrets of its namespace) changed. Steps 2 and 3 always run
+//! over every object, because they are about the relations between objects; they are cheap.
+//! Unchanged resources keep their allocation, which is how the snapshot knows, without
+//! encoding them, that they did not change.
 
 mod envoy;
 mod names;
@@ -24,6 +31,8 @@ mod problem;
 mod selector;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -41,13 +50,40 @@ use crate::model::{Model, ObjectKey};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compiled {
     /// Envoy clusters by name.
-    pub clusters: BTreeMap<String, CompiledCluster>,
+    pub clusters: BTreeMap<String, Arc<CompiledCluster>>,
     /// Envoy listeners by name.
-    pub listeners: BTreeMap<String, CompiledListener>,
+    pub listeners: BTreeMap<String, Arc<CompiledListener>>,
     /// Why objects were left out, sorted by object then field.
     pub problems: Vec<Problem>,
     /// Outcome per RedisCluster, for status and the debug view.
     pub objects: BTreeMap<ObjectKey, Outcome>,
+    /// Per-object work, for the next [`recompile`].
+    memory: Memory,
+}
+
+/// What a compile did for one RedisCluster on its own.
+#[derive(Clone, Debug)]
+struct Entry {
+    plan: Result<Arc<Plan>, Arc<[Problem]>>,
+    /// Its Envoy resources, once it was accepted.
+    built: Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>,
+}
+
+/// Per-object work of a compile. Not part of its value: compiles of one model are equal
+/// whatever they reused.
+#[derive(Clone, Default)]
+struct Memory(Arc<BTreeMap<ObjectKey, Entry>>);
+
+impl PartialEq for Memory {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Memory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Memory({} objects)", self.0.len())
+    }
 }
 
 /// One Envoy cluster.
@@ -115,6 +151,7 @@ impl Compiled {
                 l.clients
                     .selects(proxy.namespace.as_deref(), proxy.labels.as_ref())
             })
+            .map(|l| &**l)
             .collect();
         let used: BTreeSet<&str> = listeners
             .iter()
@@ -122,7 +159,7 @@ impl Compiled {
             .collect();
         let clusters = used
             .into_iter()
-            .filter_map(|name| self.clusters.get(name))
+            .filter_map(|name| self.clusters.get(name).map(|c| &**c))
             .collect();
         View {
             listeners,
@@ -133,72 +170,152 @@ impl Compiled {
 
 /// Compiles the whole model.
 pub fn compile(model: &Model) -> Compiled {
+    recompile(model, None)
+}
+
+/// Compiles `model` like [`compile`] (the result is equal), reusing the per-object work of
+/// `previous`, the compile of an earlier model, wherever it still holds.
+pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compiled {
+    // Every map here is ordered by object key, so the previous compile's work is found by
+    // walking both in step rather than by a lookup per object.
+    let changed = previous.map(|(before, _)| changed_namespaces(before, model));
+    let mut before =
+        previous.map(|(m, c)| m.redis_clusters.iter().zip(c.memory.0.values()).peekable());
+    let entries: Vec<(&ObjectKey, Entry)> = model
+        .redis_clusters
+        .iter()
+        .map(|(key, obj)| {
+            let kept = before.as_mut().and_then(|b| {
+                while b.next_if(|((k, _), _)| *k < key).is_some() {}
+                let ((_, was), entry) = b.next_if(|((k, _), _)| *k == key)?;
+                let unchanged = was.spec == obj.spec
+                    && !changed
+                        .as_ref()
+                        .is_some_and(|c| c.contains(key.namespace.as_str()));
+                unchanged.then(|| entry.clone())
+            });
+            let entry = kept.unwrap_or_else(|| Entry {
+                plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
+                built: None,
+            });
+            (key, entry)
+        })
+        .collect();
+
     let mut problems: Vec<Problem> = Vec::new();
-    let mut plans: BTreeMap<&ObjectKey, Plan> = BTreeMap::new();
-    let mut endpoint_counts = BTreeMap::new();
-    for (key, obj) in &model.redis_clusters {
-        match plan::plan(obj, model) {
-            Ok(p) => {
-                endpoint_counts.insert(key, p.endpoints.len());
-                plans.insert(key, p);
+    let mut plans: BTreeMap<&ObjectKey, &Plan> = entries
+        .iter()
+        .filter_map(|(key, entry)| match &entry.plan {
+            Ok(p) => Some((*key, &**p)),
+            Err(ps) => {
+                problems.extend(ps.iter().cloned());
+                None
             }
-            Err(mut ps) => problems.append(&mut ps),
-        }
-    }
-
+        })
+        .collect();
     reject_broken_references(model, &mut plans, &mut problems);
-    reject_port_conflicts(model, &mut plans, &mut problems);
-    reject_broken_references(model, &mut plans, &mut problems);
-
-    let mut out = Compiled::default();
-    for plan in plans.values() {
-        let (cluster, endpoints) = envoy::cluster(plan);
-        out.clusters.insert(
-            cluster.name.clone(),
-            CompiledCluster {
-                owner: plan.key.clone(),
-                cluster,
-                endpoints,
-            },
-        );
-        if let Some(l) = &plan.listener {
-            let listener = envoy::listener(plan, l);
-            out.listeners.insert(
-                listener.name.clone(),
-                CompiledListener {
-                    owner: plan.key.clone(),
-                    clients: l.clients.clone(),
-                    clusters: l
-                        .refs
-                        .iter()
-                        .map(|r| names::cluster_name(&r.target))
-                        .collect(),
-                    listener,
-                },
-            );
-        }
+    if reject_port_conflicts(model, &mut plans, &mut problems) {
+        // A loser may be someone's target.
+        reject_broken_references(model, &mut plans, &mut problems);
     }
-    for (key, obj) in &model.redis_clusters {
-        out.objects.insert(
+    let accepted: Vec<bool> = {
+        let mut survivors = plans.into_keys().peekable();
+        entries
+            .iter()
+            .map(|(key, _)| survivors.next_if(|k| k == key).is_some())
+            .collect()
+    };
+
+    let mut clusters = Vec::new();
+    let mut listeners = Vec::new();
+    let mut objects = Vec::with_capacity(entries.len());
+    let mut memory = Vec::with_capacity(entries.len());
+    let owners = model.redis_clusters.values();
+    for (((key, mut entry), accepted), obj) in entries.into_iter().zip(accepted).zip(owners) {
+        if accepted && let Ok(plan) = &entry.plan {
+            let (cluster, listener) = entry.built.get_or_insert_with(|| build(plan));
+            clusters.push((cluster.cluster.name.clone(), Arc::clone(cluster)));
+            if let Some(l) = listener {
+                listeners.push((l.listener.name.clone(), Arc::clone(l)));
+            }
+        }
+        let endpoints = entry.plan.as_ref().map_or(0, |p| p.endpoints.len());
+        objects.push((
             key.clone(),
             Outcome {
-                accepted: plans.contains_key(key),
-                endpoints: endpoint_counts.get(key).copied().unwrap_or(0),
+                accepted,
+                endpoints,
                 generation: obj.generation,
             },
-        );
+        ));
+        memory.push((key.clone(), entry));
     }
     problems.sort();
     problems.dedup();
-    out.problems = problems;
+    Compiled {
+        clusters: clusters.into_iter().collect(),
+        listeners: listeners.into_iter().collect(),
+        problems,
+        objects: objects.into_iter().collect(),
+        memory: Memory(Arc::new(memory.into_iter().collect())),
+    }
+}
+
+/// The Envoy resources of an accepted plan.
+fn build(plan: &Plan) -> (Arc<CompiledCluster>, Option<Arc<CompiledListener>>) {
+    let (cluster, endpoints) = envoy::cluster(plan);
+    let cluster = Arc::new(CompiledCluster {
+        owner: plan.key.clone(),
+        cluster,
+        endpoints,
+    });
+    let listener = plan.listener.as_ref().map(|l| {
+        Arc::new(CompiledListener {
+            owner: plan.key.clone(),
+            clients: l.clients.clone(),
+            clusters: l
+                .refs
+                .iter()
+                .map(|r| names::cluster_name(&r.target))
+                .collect(),
+            listener: envoy::listener(plan, l),
+        })
+    });
+    (cluster, listener)
+}
+
+/// Namespaces in which a Pod, EndpointSlice or Secret was added, removed or changed: what
+/// a RedisCluster's plan may read lives in its own namespace.
+fn changed_namespaces<'a>(before: &'a Model, after: &'a Model) -> BTreeSet<&'a str> {
+    let mut out = BTreeSet::new();
+    differences(&before.pods, &after.pods, &mut out);
+    differences(&before.endpoint_slices, &after.endpoint_slices, &mut out);
+    differences(&before.secrets, &after.secrets, &mut out);
     out
+}
+
+fn differences<'a, T: PartialEq>(
+    before: &'a BTreeMap<ObjectKey, T>,
+    after: &'a BTreeMap<ObjectKey, T>,
+    out: &mut BTreeSet<&'a str>,
+) {
+    for (key, value) in before {
+        if after.get(key) != Some(value) {
+            out.insert(&key.namespace);
+        }
+    }
+    for key in after.keys() {
+        if !before.contains_key(key) {
+            out.insert(&key.namespace);
+        }
+    }
 }
 
 /// Drops plans whose listener refers to a RedisCluster that is missing or not accepted,
 /// until no more drop out.
 fn reject_broken_references(
     model: &Model,
-    plans: &mut BTreeMap<&ObjectKey, Plan>,
+    plans: &mut BTreeMap<&ObjectKey, &Plan>,
     problems: &mut Vec<Problem>,
 ) {
     loop {
@@ -210,12 +327,14 @@ fn reject_broken_references(
                 if r.target == **key {
                     continue;
                 }
-                let (reason, message) = if !model.redis_clusters.contains_key(&r.target) {
+                let (reason, message) = if plans.contains_key(&r.target) {
+                    continue;
+                } else if !model.redis_clusters.contains_key(&r.target) {
                     (
                         Reason::RefNotFound,
                         format!("RedisCluster {:?} not found", display_ref(key, &r.target)),
                     )
-                } else if !plans.contains_key(&r.target) {
+                } else {
                     (
                         Reason::RefNotAccepted,
                         format!(
@@ -223,8 +342,6 @@ fn reject_broken_references(
                             display_ref(key, &r.target)
                         ),
                     )
-                } else {
-                    continue;
                 };
                 own.push(Problem {
                     object: (*key).clone(),
@@ -257,22 +374,26 @@ fn display_ref(from: &ObjectKey, to: &ObjectKey) -> String {
 }
 
 /// Among listeners that may reach the same proxy on the same address and port, keeps the
-/// oldest object's and rejects the others.
+/// oldest object's and rejects the others. Returns whether it rejected any.
 fn reject_port_conflicts(
     model: &Model,
-    plans: &mut BTreeMap<&ObjectKey, Plan>,
+    plans: &mut BTreeMap<&ObjectKey, &Plan>,
     problems: &mut Vec<Problem>,
-) {
-    let mut by_age: Vec<&ObjectKey> = plans.keys().copied().collect();
-    by_age.sort_by_key(|k| model.redis_clusters[*k].age_key());
+) -> bool {
+    let mut by_age: Vec<_> = plans
+        .values()
+        .filter_map(|plan| {
+            let plan: &Plan = plan;
+            let age = model.redis_clusters.get(&plan.key)?.age_key();
+            Some((age, &plan.key, plan.listener.as_ref()?))
+        })
+        .collect();
+    by_age.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     // Only listeners on the same port can clash: winners are grouped by port, so this is
     // linear in the number of listeners, not quadratic.
     let mut winners: HashMap<u16, Vec<(&ObjectKey, &plan::ListenerPlan)>> = HashMap::new();
     let mut losers = Vec::new();
-    for key in by_age {
-        let Some(l) = &plans[key].listener else {
-            continue;
-        };
+    for (_, key, l) in by_age {
         let same_port = winners.entry(l.port).or_default();
         let clash = same_port.iter().find(|(_, wl)| {
             same_socket(wl.address, l.address) && wl.clients.may_overlap(&l.clients)
@@ -290,10 +411,12 @@ fn reject_port_conflicts(
             None => same_port.push((key, l)),
         }
     }
+    let rejected = !losers.is_empty();
     for p in losers {
         plans.remove(&p.object);
         problems.push(p);
     }
+    rejected
 }
 
 /// Two listen addresses collide when equal, or when either is the wildcard of the same family.
