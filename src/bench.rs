@@ -266,19 +266,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         let stop = shutdown.clone();
         async move { reclaimer.run(stop).await }
     });
+    let incoming = crate::xds::conn::incoming(listener, Arc::clone(&reclaimer));
     let server = tokio::spawn(async move {
         crate::serve::xds_server_builder()
             .add_service(ads.into_service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            })
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
             .await
     });
-    // Once every stream of a fleet has gone and the server has given the freed memory
-    // back.
-    let departed = async |before: u64| -> anyhow::Result<()> {
+    // Once every stream and connection of a fleet has gone and the server has given the
+    // freed memory back.
+    let departed = async || -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !registry.is_empty() || reclaimer.releases() == before {
+        while !registry.is_empty() || reclaimer.open_connections() > 0 || !reclaimer.settled() {
             if Instant::now() > deadline {
                 bail!("streams still registered, or memory not released, after 60 s");
             }
@@ -298,7 +297,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let mut one = Clients::start(addr, &warm)?;
     one.expect("ready")?;
     one.stop();
-    departed(0).await?;
+    departed().await?;
 
     let rss_before = rss_kib();
     let heap_before = heap_kib();
@@ -323,10 +322,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     if lat.len() != opts.streams {
         bail!("{} of {} streams ACKed the change", lat.len(), opts.streams);
     }
-    // Counted before the fleet leaves: the release may come before `stop` returns.
-    let releases = reclaimer.releases();
     clients.stop();
-    departed(releases).await?;
+    departed().await?;
     let rss_after = rss_kib();
 
     // Two more fleets connect, sync, take a change and leave: without a leak the last
@@ -340,9 +337,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         current = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
         tx.send_replace(current.clone());
         again.expect("done")?;
-        let releases = reclaimer.releases();
         again.stop();
-        departed(releases).await?;
+        departed().await?;
         previous = rss_after_cycle;
         rss_after_cycle = rss_kib();
     }

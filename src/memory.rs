@@ -4,6 +4,8 @@
 //! preconditions. Elsewhere the crate denies `unsafe`.
 #![allow(unsafe_code)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// Bytes handed out by the allocator and not yet freed: the live heap, without what the
 /// allocator keeps in reserve. `None` where the allocator cannot tell (not glibc).
 pub fn heap_in_use() -> Option<usize> {
@@ -38,13 +40,19 @@ pub fn release_free_memory() -> bool {
 /// Gives freed memory back to the system after proxies leave.
 ///
 /// glibc keeps what thousands of departed streams freed, so a server that once held a
-/// large fleet would keep its peak RSS forever. Each departure is noted here; once
-/// departures pause for `quiet`, the free pages are released, at most once per
-/// `min_interval` (a trim walks the allocator's free lists under its locks).
+/// large fleet would keep its peak RSS forever. Each departure (a stream ending, a
+/// connection closing: see `crate::xds::conn`) is noted here; once departures pause for
+/// `quiet`, the free pages are released, at most once per `min_interval` (a trim walks the
+/// allocator's free lists under its locks).
 #[derive(Debug)]
 pub struct Reclaimer {
-    departures: tokio::sync::Notify,
-    released: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+    /// Departures so far.
+    departures: AtomicU64,
+    /// Departures that happened before the start of the last release.
+    released_after: AtomicU64,
+    released: AtomicU64,
+    open: AtomicU64,
     quiet: std::time::Duration,
     min_interval: std::time::Duration,
 }
@@ -63,21 +71,46 @@ impl Reclaimer {
     /// `min_interval`.
     pub fn new(quiet: std::time::Duration, min_interval: std::time::Duration) -> Self {
         Reclaimer {
-            departures: tokio::sync::Notify::new(),
-            released: std::sync::atomic::AtomicU64::new(0),
+            notify: tokio::sync::Notify::new(),
+            departures: AtomicU64::new(0),
+            released_after: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            open: AtomicU64::new(0),
             quiet,
             min_interval,
         }
     }
 
-    /// A stream ended.
+    /// A stream ended or a connection closed.
     pub fn departed(&self) {
-        self.departures.notify_one();
+        self.departures.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_one();
+    }
+
+    /// A connection was accepted; [`Reclaimer::connection_closed`] follows when it closes.
+    pub fn connection_opened(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A connection closed: its buffers are free now.
+    pub fn connection_closed(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.departed();
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
     }
 
     /// How many times memory was released so far.
     pub fn releases(&self) -> u64 {
-        self.released.load(std::sync::atomic::Ordering::Acquire)
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// Whether every departure so far was followed by a release.
+    pub fn settled(&self) -> bool {
+        self.released_after.load(Ordering::Acquire) == self.departures.load(Ordering::Acquire)
     }
 
     /// Releases memory after departures until `shutdown`.
@@ -86,7 +119,7 @@ impl Reclaimer {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.departures.notified() => {}
+                () = self.notify.notified() => {}
             }
             // Wait until nobody left for `quiet`, and for the minimum interval.
             loop {
@@ -96,16 +129,18 @@ impl Reclaimer {
                 });
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = self.departures.notified() => continue,
+                    () = self.notify.notified() => continue,
                     () = tokio::time::sleep_until(until) => break,
                 }
             }
+            // Departures after this point are not covered by this release.
+            let covered = self.departures.load(Ordering::Acquire);
             let released = tokio::task::spawn_blocking(release_free_memory)
                 .await
                 .unwrap_or(false);
             last = Some(tokio::time::Instant::now());
-            self.released
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            self.released_after.store(covered, Ordering::Release);
+            self.released.fetch_add(1, Ordering::Release);
             tracing::debug!(
                 released,
                 "returned free memory to the system after departures"
@@ -153,34 +188,58 @@ mod tests {
     }
 }
 
-/// The glibc tunable this server runs with: no per-thread cache of freed chunks.
+/// The glibc tunables this server runs with, as (name, value).
 ///
-/// glibc keeps up to seven freed chunks per size class in a cache of each thread, which
-/// `malloc_trim` cannot reach. After a fleet leaves, those chunks sit scattered through the
-/// worker threads' arenas and keep their pages resident: at 1,000 streams about 1.5 MB,
-/// 15% of the server's starting RSS. Without the cache, RSS returns to within 5%; pushes
+/// - `tcache_count=0`: no per-thread cache of freed chunks. glibc keeps up to seven freed
+///   chunks per size class in a cache of each thread, which `malloc_trim` cannot reach.
+///   After a fleet left, those chunks sat scattered through the worker threads' arenas and
+///   kept their pages resident: at 1,000 streams about 1.5 MB, 15% of the starting RSS.
+/// - `trim_threshold=131072`: glibc's default, but fixed. Left to itself glibc raises the
+///   threshold (up to 64 MiB) each time a large block is freed, and the free space at the
+///   top of a worker thread's arena, below that threshold, is never given back, by `free`
+///   or by `malloc_trim`. After 10,000 streams left, that kept 1 to 7 MB resident, 10 to 45%
+///   of the starting RSS, varying from run to run.
+///
+/// With both, RSS returns to within 5% of its start at 1,000 and 10,000 streams, and pushes
 /// measured no slower (`BENCHMARKS.md`).
-pub const TCACHE_TUNABLE: &str = "glibc.malloc.tcache_count=0";
+pub const ALLOCATOR_TUNABLES: [(&str, &str); 2] = [
+    ("glibc.malloc.tcache_count", "0"),
+    ("glibc.malloc.trim_threshold", "131072"),
+];
 
-/// `GLIBC_TUNABLES` with [`TCACHE_TUNABLE`] added, or `None` when the operator already chose
-/// a tcache setting (theirs stands).
-pub fn tunables_with_tcache_off(current: Option<&str>) -> Option<String> {
-    match current.filter(|c| !c.is_empty()) {
-        Some(c) if c.contains("glibc.malloc.tcache_count") => None,
-        Some(c) => Some(format!("{c}:{TCACHE_TUNABLE}")),
-        None => Some(TCACHE_TUNABLE.to_owned()),
+/// `GLIBC_TUNABLES` with those of [`ALLOCATOR_TUNABLES`] added that the operator did not
+/// set (theirs stand), or `None` when there is nothing to add.
+pub fn tunables_with_ours(current: Option<&str>) -> Option<String> {
+    let current = current.unwrap_or_default();
+    let set: Vec<&str> = current
+        .split(':')
+        .filter_map(|t| t.split_once('=').map(|(name, _)| name))
+        .collect();
+    let missing: Vec<String> = ALLOCATOR_TUNABLES
+        .iter()
+        .filter(|(name, _)| !set.contains(name))
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    if missing.is_empty() {
+        return None;
     }
+    let ours = missing.join(":");
+    Some(if current.is_empty() {
+        ours
+    } else {
+        format!("{current}:{ours}")
+    })
 }
 
-/// Restarts this process image with [`TCACHE_TUNABLE`] in effect, unless it already is
-/// (glibc reads tunables only at process start). Same process id, same arguments; on any
-/// failure the process simply continues with the allocator as it is.
+/// Restarts this process image with [`ALLOCATOR_TUNABLES`] in effect, unless they already
+/// are (glibc reads tunables only at process start). Same process id, same arguments; on
+/// any failure the process simply continues with the allocator as it is.
 pub fn reexec_with_allocator_tunables() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
         let current = std::env::var("GLIBC_TUNABLES").ok();
-        let Some(tunables) = tunables_with_tcache_off(current.as_deref()) else {
+        let Some(tunables) = tunables_with_ours(current.as_deref()) else {
             return;
         };
         let Ok(exe) = std::env::current_exe() else {
@@ -189,9 +248,9 @@ pub fn reexec_with_allocator_tunables() {
         // Only returns on failure.
         let error = std::process::Command::new(exe)
             .args(std::env::args_os().skip(1))
-            .env("GLIBC_TUNABLES", tunables)
+            .env("GLIBC_TUNABLES", &tunables)
             .exec();
-        eprintln!("note: running without {TCACHE_TUNABLE} ({error})");
+        eprintln!("note: running without GLIBC_TUNABLES={tunables} ({error})");
     }
 }
 
@@ -199,24 +258,29 @@ pub fn reexec_with_allocator_tunables() {
 mod tunable_tests {
     use super::*;
 
+    const OURS: &str = "glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=131072";
+
     #[test]
-    fn should_add_the_tcache_tunable_and_keep_the_operators_choices() {
+    fn should_add_our_tunables_and_keep_the_operators_choices() {
+        assert_eq!(tunables_with_ours(None).as_deref(), Some(OURS));
+        assert_eq!(tunables_with_ours(Some("")).as_deref(), Some(OURS));
         assert_eq!(
-            tunables_with_tcache_off(None).as_deref(),
-            Some(TCACHE_TUNABLE)
+            tunables_with_ours(Some("glibc.malloc.arena_max=2")).as_deref(),
+            Some(
+                "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0:glibc.malloc.trim_threshold=131072"
+            )
         );
+        // The operator's value of one of ours stands; the other is added.
         assert_eq!(
-            tunables_with_tcache_off(Some("")).as_deref(),
-            Some(TCACHE_TUNABLE)
+            tunables_with_ours(Some("glibc.malloc.tcache_count=3")).as_deref(),
+            Some("glibc.malloc.tcache_count=3:glibc.malloc.trim_threshold=131072")
         );
+        // All set already (by us after the restart, or by the operator): no restart.
+        assert_eq!(tunables_with_ours(Some(OURS)), None);
         assert_eq!(
-            tunables_with_tcache_off(Some("glibc.malloc.arena_max=2")).as_deref(),
-            Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0")
-        );
-        // Set already (by us after the restart, or by the operator): no restart.
-        assert_eq!(tunables_with_tcache_off(Some(TCACHE_TUNABLE)), None);
-        assert_eq!(
-            tunables_with_tcache_off(Some("glibc.malloc.tcache_count=3")),
+            tunables_with_ours(Some(
+                "glibc.malloc.trim_threshold=1048576:glibc.malloc.tcache_count=7"
+            )),
             None
         );
     }

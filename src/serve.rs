@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::info;
@@ -360,14 +359,13 @@ pub async fn run(
         },
     );
     let reclaimer = ads.reclaimer();
+    let incoming = crate::xds::conn::incoming(listener, Arc::clone(&reclaimer));
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move { reclaimer.run(stop).await }));
     let stop = shutdown.clone();
     builder
         .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await
-        })
+        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
         .await
         .context("xDS server failed")?;
     shutdown.cancel();

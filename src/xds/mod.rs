@@ -6,6 +6,7 @@
 //! per-stream state visible to operators in [`Registry`].
 
 pub mod auth;
+pub mod conn;
 pub mod grpc;
 pub mod registry;
 pub mod resource;
