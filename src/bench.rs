@@ -75,6 +75,9 @@ pub struct Report {
     pub heap_retained_kib: f64,
     /// Compile of the whole model.
     pub compile_ms: f64,
+    /// Compile of the changed model, reusing the compile of the one before (what a change
+    /// costs): one RedisCluster changed.
+    pub recompile_ms: f64,
     /// The floor's change-to-ACK p99.
     pub floor_p99_ms: f64,
     /// The floor's RSS growth per stream.
@@ -233,16 +236,27 @@ fn latencies(lines: &[String], t0: SystemTime) -> Vec<f64> {
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let base = model(opts.clusters, 0);
-    let compile_ms = {
+    let median_ms = |f: &dyn Fn()| {
         let mut runs: Vec<f64> = (0..5)
             .map(|_| {
                 let t = Instant::now();
-                let _ = crate::compile::compile(&base);
+                f();
                 t.elapsed().as_secs_f64() * 1000.0
             })
             .collect();
         runs.sort_by(f64::total_cmp);
         runs[2]
+    };
+    let compile_ms = median_ms(&|| drop(crate::compile::compile(&base)));
+    let recompile_ms = {
+        let compiled = crate::compile::compile(&base);
+        let changed = model(opts.clusters, 1);
+        median_ms(&|| {
+            drop(crate::compile::recompile(
+                &changed,
+                Some((&base, &compiled)),
+            ))
+        })
     };
 
     // The server.
@@ -385,6 +399,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         rss_second_cycle_ratio: rss_after_cycle / previous,
         heap_retained_kib: heap_retained,
         compile_ms,
+        recompile_ms,
         floor_p99_ms: floor.p99_ms,
         floor_rss_per_stream_kib: floor.rss_per_stream_kib,
         ratio_to_floor: p99 / floor.p99_ms,
@@ -750,7 +765,7 @@ pub fn text(r: &Report) -> String {
          floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
          server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
          after every stream left: RSS {:.0}% of before, a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
-         compile of {} RedisClusters: {:.1} ms",
+         compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms",
         r.streams,
         r.sotw_share,
         r.clusters,
@@ -768,6 +783,7 @@ pub fn text(r: &Report) -> String {
         r.rss_second_cycle_ratio * 100.0,
         r.heap_retained_kib,
         r.clusters,
-        r.compile_ms
+        r.compile_ms,
+        r.recompile_ms
     )
 }

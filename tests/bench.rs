@@ -36,6 +36,8 @@ fn bench_reports_every_figure_at_100_streams() {
         "heap_per_stream_kib",
         "rss_after_disconnect_ratio",
         "heap_retained_kib",
+        "compile_ms",
+        "recompile_ms",
     ] {
         assert!(r.get(key).is_some(), "{key} missing in {last}");
     }
@@ -48,6 +50,8 @@ fn bench_reports_every_figure_at_100_streams() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{last}");
     assert!(r["floor_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["compile_ms"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(r["recompile_ms"].as_f64().unwrap() > 0.0, "{last}");
     // Streams hold memory while connected; the figure is measured, not assumed.
     assert!(r["heap_per_stream_kib"].as_f64().unwrap() > 0.0, "{last}");
     assert!(
