@@ -224,6 +224,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn should_build_from_a_recompile_what_a_build_from_scratch_holds() {
+        let a = Arc::new(crate::bench::model(5, 0));
+        let ca = Arc::new(crate::compile::compile(&a));
+        let sa = Snapshot::build(Arc::clone(&a), ca.clone(), None, Instant::now());
+        // Only rc-0's route changes.
+        let b = crate::bench::model(5, 1);
+        let cb = Arc::new(crate::compile::recompile(&b, Some((&a, &ca))));
+        let b = Arc::new(b);
+        let sb = Snapshot::build(Arc::clone(&b), cb, Some(&sa), Instant::now());
+        let scratch = Snapshot::build(
+            Arc::clone(&b),
+            Arc::new(crate::compile::compile(&b)),
+            None,
+            Instant::now(),
+        );
+        assert_eq!(sb.clusters, scratch.clusters);
+        assert_eq!(sb.endpoints, scratch.endpoints);
+        let listeners = |s: &Snapshot| -> ResourceMap {
+            s.listeners
+                .iter()
+                .map(|(n, e)| (n.clone(), Arc::clone(&e.resource)))
+                .collect()
+        };
+        assert_eq!(listeners(&sb), listeners(&scratch));
+        // What did not change is the very allocation of the snapshot before.
+        let before = listeners(&sa);
+        let changed: Vec<&String> = before
+            .iter()
+            .filter(|(n, r)| !Arc::ptr_eq(r, &sb.listeners[*n].resource))
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(changed[0].starts_with("redis/bench/rc-0@"), "{changed:?}");
+        for (n, r) in &sa.clusters {
+            assert!(Arc::ptr_eq(r, &sb.clusters[n]), "{n} encoded again");
+        }
+    }
+
+    #[test]
     fn should_reuse_unchanged_resources_and_cache_views_per_identity() {
         let compiled = Arc::new(crate::compile::compile(&Model::default()));
         let a = Snapshot::build(Arc::default(), Arc::clone(&compiled), None, Instant::now());

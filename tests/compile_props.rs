@@ -10,7 +10,10 @@ use redis_xds::api::{
 };
 use redis_xds::compile::{ProxyIdentity, compile, recompile};
 use redis_xds::duration::GoDuration;
-use redis_xds::model::{Model, ObjectKey, Origin, Pod, RedisClusterObject, Secret, SecretValue};
+use redis_xds::model::{
+    EndpointSlice, Model, ObjectKey, Origin, Pod, RedisClusterObject, Secret, SecretValue,
+    SliceEndpoint,
+};
 
 fn reference() -> impl Strategy<Value = String> {
     prop::sample::select(vec![
@@ -292,14 +295,27 @@ proptest! {
     }
 }
 
-/// Endpoints by label selector, so that Pods matter.
-fn selected(mut spec: RedisClusterSpec) -> RedisClusterSpec {
-    let selector = serde_json::from_value(serde_json::json!({"matchLabels": {"app": "redis"}}))
-        .expect("a label selector");
-    spec.endpoints = Endpoints {
-        selector: Some(selector),
-        ..Default::default()
-    };
+/// Endpoints from Pods by label, or from the EndpointSlices of a Service, so that what a
+/// plan reads besides its spec matters.
+fn endpoints_from(mut spec: RedisClusterSpec, source: u8) -> RedisClusterSpec {
+    match source {
+        1 => {
+            let selector =
+                serde_json::from_value(serde_json::json!({"matchLabels": {"app": "redis"}}))
+                    .expect("a label selector");
+            spec.endpoints = Endpoints {
+                selector: Some(selector),
+                ..Default::default()
+            };
+        }
+        2 => {
+            spec.endpoints = Endpoints {
+                service: Some("redis".into()),
+                ..Default::default()
+            };
+        }
+        _ => {}
+    }
     spec
 }
 
@@ -315,53 +331,116 @@ fn pod(ns: &str, name: &str, ready: bool) -> Pod {
     }
 }
 
-/// What can change between two models: per object, a new spec (or none: removed), Pods and
-/// the password of a Secret.
+/// An EndpointSlice `name` of the Service above in `ns`.
+fn slice(ns: &str, name: &str, ready: bool) -> EndpointSlice {
+    EndpointSlice {
+        key: ObjectKey::new(ns, name),
+        service: "redis".into(),
+        endpoints: vec![SliceEndpoint {
+            name: format!("{name}-0"),
+            ip: format!("10.1.0.{}", name.len()),
+            ready,
+        }],
+    }
+}
+
+/// What can change between two models: per object a new spec, its removal or a new
+/// creation time; new objects; Pods, EndpointSlices and the password of a Secret.
 #[derive(Debug, Clone)]
 struct Edit {
     specs: Vec<Option<Option<RedisClusterSpec>>>,
+    created: Vec<Option<i64>>,
+    added: Vec<(&'static str, RedisClusterSpec, u8)>,
     pods: Vec<(&'static str, &'static str, bool)>,
+    slices: Vec<(&'static str, &'static str, bool)>,
     drop_password: Option<&'static str>,
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
+    let place = || prop::sample::select(vec!["ns", "other"]);
     (
         prop::collection::vec(prop::option::weighted(0.3, prop::option::of(spec())), 6),
+        prop::collection::vec(prop::option::weighted(0.2, 0i64..3), 6),
         prop::collection::vec(
             (
-                prop::sample::select(vec!["ns", "other"]),
+                prop::sample::select(vec!["ns/d", "other/e", "ns/a"]),
+                spec(),
+                0u8..3,
+            ),
+            0..2,
+        ),
+        prop::collection::vec(
+            (
+                place(),
                 prop::sample::select(vec!["p1", "p22"]),
                 any::<bool>(),
             ),
             0..3,
         ),
-        prop::option::weighted(0.2, prop::sample::select(vec!["ns", "other"])),
+        prop::collection::vec(
+            (
+                place(),
+                prop::sample::select(vec!["s1", "s22"]),
+                any::<bool>(),
+            ),
+            0..3,
+        ),
+        prop::option::weighted(0.2, place()),
     )
-        .prop_map(|(specs, pods, drop_password)| Edit {
-            specs,
-            pods,
-            drop_password,
-        })
+        .prop_map(
+            |(specs, created, added, pods, slices, drop_password)| Edit {
+                specs,
+                created,
+                added,
+                pods,
+                slices,
+                drop_password,
+            },
+        )
 }
 
 fn apply(before: &Model, edit: &Edit) -> Model {
     let mut after = before.clone();
     let keys: Vec<ObjectKey> = after.redis_clusters.keys().cloned().collect();
-    for (key, change) in keys.iter().zip(&edit.specs) {
+    for ((key, change), created) in keys.iter().zip(&edit.specs).zip(&edit.created) {
         match change {
             None => {}
             Some(None) => {
                 after.redis_clusters.remove(key);
+                continue;
             }
             Some(Some(spec)) => {
                 after.redis_clusters.get_mut(key).expect("listed").spec = spec.clone();
             }
         }
+        if let Some(created) = created {
+            after.redis_clusters.get_mut(key).expect("listed").created = Some(*created);
+        }
+    }
+    for (n, (key, spec, source)) in edit.added.iter().enumerate() {
+        let (ns, name) = key.split_once('/').unwrap();
+        let key = ObjectKey::new(ns, name);
+        after.redis_clusters.insert(
+            key.clone(),
+            RedisClusterObject {
+                key,
+                generation: Some(2),
+                created: Some(1),
+                seen: 100 + n as u64,
+                spec: endpoints_from(spec.clone(), *source),
+                origin: Origin::Kubernetes,
+            },
+        );
     }
     for (ns, name, ready) in &edit.pods {
         after
             .pods
             .insert(ObjectKey::new(*ns, *name), pod(ns, name, *ready));
+    }
+    for (ns, name, ready) in &edit.slices {
+        after
+            .endpoint_slices
+            .insert(ObjectKey::new(*ns, *name), slice(ns, name, *ready));
     }
     if let Some(ns) = edit.drop_password {
         let secret = after
@@ -376,29 +455,33 @@ fn apply(before: &Model, edit: &Edit) -> Model {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Reusing the previous compile never changes the result: whatever was edited, the
-    /// recompile equals a compile from scratch, resource for resource.
+    /// Reusing the previous compile never changes the result: whatever was edited, each
+    /// recompile of a chain equals a compile from scratch.
     #[test]
     fn recompile_equals_compile_from_scratch(
         before in model(),
-        selectors in prop::collection::vec(any::<bool>(), 6),
-        pods in prop::collection::vec(any::<bool>(), 2),
-        edit in edit(),
+        sources in prop::collection::vec(0u8..3, 6),
+        ready in prop::collection::vec(any::<bool>(), 2),
+        first in edit(),
+        second in edit(),
     ) {
         let mut before = before;
-        for (obj, by_label) in before.redis_clusters.values_mut().zip(selectors) {
-            if by_label {
-                obj.spec = selected(obj.spec.clone());
-            }
+        for (obj, source) in before.redis_clusters.values_mut().zip(sources) {
+            obj.spec = endpoints_from(obj.spec.clone(), source);
         }
-        for (ns, ready) in ["ns", "other"].into_iter().zip(pods) {
+        for (ns, ready) in ["ns", "other"].into_iter().zip(ready) {
             before.pods.insert(ObjectKey::new(ns, "p1"), pod(ns, "p1", ready));
+            before.endpoint_slices.insert(ObjectKey::new(ns, "s1"), slice(ns, "s1", ready));
         }
-        let after = apply(&before, &edit);
-        let first = compile(&before);
-        let again = recompile(&after, Some((&before, &first)));
-        let scratch = compile(&after);
-        // Resources, problems and outcomes; only what was reused is not compared.
-        prop_assert_eq!(&again, &scratch);
+        let mut model = before;
+        let mut compiled = compile(&model);
+        for edit in [first, second] {
+            let next = apply(&model, &edit);
+            let again = recompile(&next, Some((&model, &compiled)));
+            // Resources, problems and outcomes; only what was reused is not compared.
+            prop_assert_eq!(&again, &compile(&next));
+            model = next;
+            compiled = again;
+        }
     }
 }

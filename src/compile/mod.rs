@@ -180,15 +180,17 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
     // walking both in step rather than by a lookup per object.
     let changed = previous.map(|(before, _)| changed_namespaces(before, model));
     let mut before =
-        previous.map(|(m, c)| m.redis_clusters.iter().zip(c.memory.0.values()).peekable());
+        previous.map(|(m, c)| m.redis_clusters.iter().zip(c.memory.0.iter()).peekable());
     let entries: Vec<(&ObjectKey, Entry)> = model
         .redis_clusters
         .iter()
         .map(|(key, obj)| {
             let kept = before.as_mut().and_then(|b| {
                 while b.next_if(|((k, _), _)| *k < key).is_some() {}
-                let ((_, was), entry) = b.next_if(|((k, _), _)| *k == key)?;
-                let unchanged = was.spec == obj.spec
+                let ((_, was), (compiled_key, entry)) = b.next_if(|((k, _), _)| *k == key)?;
+                // The pair must be a model and its own compile; anything else reuses nothing.
+                let unchanged = compiled_key == key
+                    && was.spec == obj.spec
                     && !changed
                         .as_ref()
                         .is_some_and(|c| c.contains(key.namespace.as_str()));
