@@ -577,6 +577,16 @@ fn retained(
     pending: Option<&State>,
     sent: &State,
 ) -> Option<Arc<ResourceMap>> {
+    // Almost always the proxy was sent nothing that left the view: one walk over both
+    // (ordered by name) says so, without collecting what its listeners use.
+    let mut in_view = view.keys().peekable();
+    let left_view = sent.keys().any(|name| {
+        while in_view.next_if(|v| *v < name).is_some() {}
+        in_view.next_if(|v| *v == name).is_none()
+    });
+    if !left_view {
+        return None;
+    }
     let needed: BTreeSet<&str> = acked
         .values()
         .chain(pending.into_iter().flat_map(|p| p.values()))
