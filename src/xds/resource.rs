@@ -24,15 +24,46 @@ pub const TYPES: [ResourceType; 3] = [
     ResourceType::Listener,
 ];
 
-/// A served resource type.
+/// One value per served type, indexed by type. A stream keeps its per-type state in these
+/// rather than in maps: a map node has room for eleven entries, and there are three types.
+#[derive(Clone, Debug, Default)]
+pub struct PerType<T>([T; 3]);
+
+impl<T> PerType<T> {
+    /// The value of each type, in [`TYPES`] order.
+    pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> Self {
+        PerType(TYPES.map(&mut f))
+    }
+
+    /// Every type with its value, in [`TYPES`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        TYPES.into_iter().zip(&self.0)
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for PerType<T> {
+    type Output = T;
+
+    fn index(&self, t: ResourceType) -> &T {
+        &self.0[t as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<ResourceType> for PerType<T> {
+    fn index_mut(&mut self, t: ResourceType) -> &mut T {
+        &mut self.0[t as usize]
+    }
+}
+
+/// A served resource type; its discriminant is its place in [`TYPES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceType {
     /// CDS.
-    Cluster,
+    Cluster = 0,
     /// EDS.
-    Endpoint,
+    Endpoint = 1,
     /// LDS.
-    Listener,
+    Listener = 2,
 }
 
 impl ResourceType {

@@ -17,7 +17,8 @@ use tracing::{Instrument, debug, info, warn};
 
 use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
 use super::resource::{
-    NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
+    NodeIdentity, PerType, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType,
+    TYPES,
 };
 use super::shared::{AvailableKey, KeepAlive, Memo, PlanKey, ReadyKey, addr, keep};
 use super::tracker::{Received, State, TypeTracker};
@@ -103,14 +104,14 @@ struct Stream {
     /// When the change behind the current view was observed.
     observed_at: Instant,
     /// Per type, when the change behind the response in flight was observed.
-    in_flight_since: BTreeMap<ResourceType, Instant>,
-    trackers: BTreeMap<ResourceType, TypeTracker>,
+    in_flight_since: PerType<Option<Instant>>,
+    trackers: PerType<TypeTracker>,
     /// Types whose response must be reconsidered: the view changed, the subscription
     /// changed, or a response was held back. Clean types cost nothing on a sync, so an ACK
     /// does not walk every resource of the proxy again.
-    dirty: BTreeSet<ResourceType>,
+    dirty: PerType<bool>,
     /// Per type, the version of the state the proxy should hold, as of the last planning.
-    desired_versions: BTreeMap<ResourceType, String>,
+    desired_versions: PerType<Option<String>>,
     nonces: u64,
 }
 
@@ -183,13 +184,10 @@ pub(super) async fn run(
             connected_at: SystemTime::now(),
             view,
             observed_at,
-            in_flight_since: BTreeMap::new(),
-            trackers: TYPES
-                .into_iter()
-                .map(|t| (t, TypeTracker::new(t)))
-                .collect(),
-            dirty: TYPES.into_iter().collect(),
-            desired_versions: BTreeMap::new(),
+            in_flight_since: PerType::default(),
+            trackers: PerType::from_fn(TypeTracker::new),
+            dirty: PerType::from_fn(|_| true),
+            desired_versions: PerType::default(),
             nonces: 0,
         };
         let connected = s
@@ -249,7 +247,7 @@ impl Stream {
                     };
                     self.view = view;
                     self.observed_at = observed_at;
-                    self.dirty.extend(TYPES);
+                    self.dirty = PerType::from_fn(|_| true);
                     self.sync(responses).await?;
                 }
             }
@@ -266,10 +264,7 @@ impl Stream {
         };
         let source = Arc::clone(&self.ctx.source.borrow());
         let redact = |text: &str| source.redact(text);
-        let tracker = self
-            .trackers
-            .get_mut(&kind)
-            .expect("every type has a tracker");
+        let tracker = &mut self.trackers[kind];
         let now = SystemTime::now();
         let outcome = match &req {
             Request::Sotw(r) => tracker.on_sotw_request(
@@ -292,7 +287,7 @@ impl Stream {
         };
         let type_label = [("type", kind.short())];
         if matches!(outcome, Received::Ack | Received::Nack)
-            && let Some(since) = self.in_flight_since.remove(&kind)
+            && let Some(since) = self.in_flight_since[kind].take()
         {
             if outcome == Received::Ack {
                 self.ctx
@@ -305,16 +300,16 @@ impl Stream {
         }
         // An ACK can carry a new subscription too (SotW always sends the full list).
         if tracker.take_subscription_changed() {
-            self.dirty.insert(kind);
+            self.dirty[kind] = true;
         }
         match outcome {
             Received::Subscription => {
-                self.dirty.insert(kind);
+                self.dirty[kind] = true;
             }
             // What the proxy holds changed: clusters kept for its old listeners may go.
             Received::Ack | Received::Nack if kind == ResourceType::Listener => {
-                self.dirty
-                    .extend([ResourceType::Cluster, ResourceType::Endpoint]);
+                self.dirty[ResourceType::Cluster] = true;
+                self.dirty[ResourceType::Endpoint] = true;
             }
             Received::Ack | Received::Nack | Received::Stale => {}
         }
@@ -332,8 +327,8 @@ impl Stream {
 
     /// Listeners may only go out once every cluster they use was sent before them.
     fn listeners_ready(&self, view: &Arc<ProxyResources>) -> bool {
-        let tracker = &self.trackers[&ResourceType::Listener];
-        let clusters = self.trackers[&ResourceType::Cluster].sent_shared();
+        let tracker = &self.trackers[ResourceType::Listener];
+        let clusters = self.trackers[ResourceType::Cluster].sent_shared();
         let listeners = &view.listeners;
         let compute = || {
             listeners
@@ -361,12 +356,12 @@ impl Stream {
     /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
     async fn sync(&mut self, responses: &mpsc::Sender<Outgoing>) -> Result<(), Status> {
         for kind in TYPES {
-            if !self.dirty.contains(&kind) {
+            if !self.dirty[kind] {
                 continue;
             }
-            let tracker = &self.trackers[&kind];
+            let tracker = &self.trackers[kind];
             if !tracker.is_initialized() {
-                self.dirty.remove(&kind);
+                self.dirty[kind] = false;
                 continue;
             }
             if tracker.is_pending() {
@@ -376,18 +371,18 @@ impl Stream {
             let view = Arc::clone(&self.view);
             let retained = self.retained(&view, kind);
             let available = retained.as_deref().unwrap_or(view.of(kind));
-            let tracker = &self.trackers[&kind];
+            let tracker = &self.trackers[kind];
             let desired = if retained.is_none() && tracker.plans_like_others().is_some() {
                 view.whole_version(kind).to_owned()
             } else {
                 tracker.desired_version(available)
             };
-            self.desired_versions.insert(kind, desired);
+            self.desired_versions[kind] = Some(desired);
             if kind == ResourceType::Listener && !self.listeners_ready(&view) {
                 debug!("listeners wait for their clusters");
                 continue;
             }
-            self.dirty.remove(&kind);
+            self.dirty[kind] = false;
             let response = self.plan(kind, &view, retained.as_ref());
             if let Some(response) = response
                 && responses.send(Ok(response)).await.is_err()
@@ -411,7 +406,7 @@ impl Stream {
             .pushes
             .get_or_create(&[("type", kind.short())])
             .inc();
-        self.in_flight_since.insert(kind, self.observed_at);
+        self.in_flight_since[kind] = Some(self.observed_at);
         Some(response)
     }
 
@@ -425,7 +420,7 @@ impl Stream {
         retained: Option<&Arc<ResourceMap>>,
         plan: impl FnOnce(&TypeTracker, &ResourceMap) -> Option<P>,
     ) -> Option<P> {
-        let tracker = &self.trackers[&kind];
+        let tracker = &self.trackers[kind];
         let available: &ResourceMap = retained.map_or(view.of(kind), |r| &**r);
         let Some(first) = tracker.plans_like_others() else {
             return plan(tracker, available);
@@ -468,10 +463,7 @@ impl Stream {
                     ..Default::default()
                 };
                 debug!(type_url = %kind, version = %plan.version, resources = plan.resources.len(), "push");
-                self.trackers
-                    .get_mut(&kind)
-                    .expect("tracker")
-                    .sent_sotw(nonce, plan);
+                self.trackers[kind].sent_sotw(nonce, plan);
                 Some(Response::Sotw(Box::new(response)))
             }
             Variant::Delta => {
@@ -496,10 +488,7 @@ impl Stream {
                     ..Default::default()
                 };
                 debug!(type_url = %kind, updated = plan.resources.len(), removed = plan.removed.len(), "push");
-                self.trackers
-                    .get_mut(&kind)
-                    .expect("tracker")
-                    .sent_delta(nonce, plan);
+                self.trackers[kind].sent_delta(nonce, plan);
                 Some(Response::Delta(Box::new(response)))
             }
         }
@@ -512,8 +501,8 @@ impl Stream {
         if kind == ResourceType::Listener {
             return None;
         }
-        let (acked, pending) = self.trackers[&ResourceType::Listener].held_shared();
-        let sent = self.trackers[&kind].sent_shared();
+        let (acked, pending) = self.trackers[ResourceType::Listener].held_shared();
+        let sent = self.trackers[kind].sent_shared();
         let compute = || retained(view.of(kind), &acked, pending.as_deref(), &sent);
         let key = AvailableKey {
             kind,
@@ -536,9 +525,9 @@ impl Stream {
             .iter()
             .filter(|(_, t)| t.is_initialized())
             .map(|(kind, t)| {
-                let desired_version = self.desired_versions.get(kind).cloned();
+                let desired_version = self.desired_versions[kind].clone();
                 (
-                    *kind,
+                    kind,
                     TypeStatus {
                         desired_version,
                         sent_version: t.sent_version().map(str::to_owned),
