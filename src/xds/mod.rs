@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
 
-pub use self::registry::{ProxyStatus, Registry, TypeStatus, Variant};
+pub use self::registry::{ProxyStatus, Registry, TypeStatus, TypeStatuses, Variant};
 pub use self::resource::{
     NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
 };

@@ -60,8 +60,48 @@ pub struct ProxyStatus {
     pub variant: Variant,
     /// When the stream opened.
     pub connected_at: SystemTime,
-    /// Per type.
-    pub types: BTreeMap<ResourceType, TypeStatus>,
+    /// Per type the proxy asked for.
+    pub types: TypeStatuses,
+}
+
+/// The status of each type a proxy asked for, ordered by type. Kept for every connected
+/// proxy, so stored in an allocation of its exact size rather than a map (whose node has
+/// room for eleven entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatuses(Box<[(ResourceType, TypeStatus)]>);
+
+impl TypeStatuses {
+    /// The status of one type, if the proxy asked for it.
+    pub fn get(&self, kind: &ResourceType) -> Option<&TypeStatus> {
+        self.0.iter().find(|(k, _)| k == kind).map(|(_, t)| t)
+    }
+
+    /// Every type with its status, in type order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ResourceType, &TypeStatus)> {
+        self.0.iter().map(|(k, t)| (k, t))
+    }
+
+    /// Every status, in type order.
+    pub fn values(&self) -> impl Iterator<Item = &TypeStatus> {
+        self.0.iter().map(|(_, t)| t)
+    }
+}
+
+impl std::ops::Index<&ResourceType> for TypeStatuses {
+    type Output = TypeStatus;
+
+    fn index(&self, kind: &ResourceType) -> &TypeStatus {
+        self.get(kind).expect("the proxy asked for this type")
+    }
+}
+
+impl FromIterator<(ResourceType, TypeStatus)> for TypeStatuses {
+    fn from_iter<I: IntoIterator<Item = (ResourceType, TypeStatus)>>(items: I) -> Self {
+        let mut all: Vec<_> = items.into_iter().collect();
+        all.sort_by_key(|(k, _)| *k);
+        all.dedup_by_key(|(k, _)| *k);
+        TypeStatuses(all.into_boxed_slice())
+    }
 }
 
 /// All connected streams.
@@ -131,8 +171,35 @@ mod tests {
             identity: Default::default(),
             variant: Variant::Delta,
             connected_at: std::time::SystemTime::UNIX_EPOCH,
-            types: BTreeMap::new(),
+            types: TypeStatuses::default(),
         }
+    }
+
+    #[test]
+    fn should_keep_type_statuses_in_type_order_and_find_each() {
+        let with = |v: &str| TypeStatus {
+            desired_version: Some(v.into()),
+            sent_version: None,
+            nonce: None,
+            acked_version: None,
+            pending: false,
+            nack: None,
+            sent: std::sync::Arc::default(),
+        };
+        let types: TypeStatuses = [
+            (ResourceType::Listener, with("l")),
+            (ResourceType::Cluster, with("c")),
+        ]
+        .into_iter()
+        .collect();
+        let order: Vec<_> = types.iter().map(|(k, _)| *k).collect();
+        assert_eq!(order, [ResourceType::Cluster, ResourceType::Listener]);
+        assert_eq!(
+            types[&ResourceType::Listener].desired_version.as_deref(),
+            Some("l")
+        );
+        assert!(types.get(&ResourceType::Endpoint).is_none());
+        assert_eq!(types.values().count(), 2);
     }
 
     #[test]
