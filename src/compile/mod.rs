@@ -384,8 +384,8 @@ fn reject_port_conflicts(
 ) -> bool {
     let mut by_age: Vec<_> = plans
         .values()
+        .copied()
         .filter_map(|plan| {
-            let plan: &Plan = plan;
             let age = model.redis_clusters.get(&plan.key)?.age_key();
             Some((age, &plan.key, plan.listener.as_ref()?))
         })
