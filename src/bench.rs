@@ -280,12 +280,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         let stop = shutdown.clone();
         async move { reclaimer.run(stop).await }
     });
-    let incoming = crate::xds::conn::incoming(listener, Arc::clone(&reclaimer));
+    let options = crate::serve::xds_server_options(Arc::clone(&reclaimer), None);
     let server = tokio::spawn(async move {
-        crate::serve::xds_server_builder()
-            .add_service(ads.into_service())
-            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-            .await
+        crate::xds::http2::serve(listener, ads.into_service(), options, stop).await;
     });
     // Once every stream and connection of a fleet has gone and the server has given the
     // freed memory back.
@@ -532,7 +529,12 @@ mod floor {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            crate::serve::xds_server_builder()
+            // The same keepalive and socket settings as the xDS port.
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_keepalive(Some(Duration::from_secs(60)))
+                .tcp_nodelay(true)
                 .add_service(AggregatedDiscoveryServiceServer::new(server))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                     stop.cancelled().await

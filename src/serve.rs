@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::info;
 
 use crate::metrics::Metrics;
@@ -190,13 +189,21 @@ async fn kubernetes_source(
     })
 }
 
-/// The gRPC server settings of the xDS port, shared with `bench` so it measures the same.
-pub fn xds_server_builder() -> Server {
-    Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .tcp_nodelay(true)
+/// The HTTP/2 settings of the xDS port, shared with `bench` so it measures the same.
+pub fn xds_server_options(
+    reclaimer: Arc<crate::memory::Reclaimer>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> crate::xds::http2::Options {
+    crate::xds::http2::Options {
+        settings: crate::xds::http2::Settings {
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            ..Default::default()
+        },
+        tls,
+        reclaimer,
+        tcp_keepalive: Some(Duration::from_secs(60)),
+    }
 }
 
 /// Runs until `shutdown` is cancelled; then ends every stream and returns once the server
@@ -280,12 +287,7 @@ pub async fn run(
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let local = listener.local_addr()?;
 
-    let mut builder = xds_server_builder();
-    if let Some(tls) = &opts.tls {
-        builder = builder
-            .tls_config(tls_config(tls)?)
-            .context("configuring TLS")?;
-    }
+    let acceptor = opts.tls.as_ref().map(tls_acceptor).transpose()?;
 
     let mut debug_addr = None;
     if let Some(addr) = opts.debug_addr {
@@ -359,15 +361,10 @@ pub async fn run(
         },
     );
     let reclaimer = ads.reclaimer();
-    let incoming = crate::xds::conn::incoming(listener, Arc::clone(&reclaimer));
+    let options = xds_server_options(Arc::clone(&reclaimer), acceptor);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move { reclaimer.run(stop).await }));
-    let stop = shutdown.clone();
-    builder
-        .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-        .await
-        .context("xDS server failed")?;
+    crate::xds::http2::serve(listener, ads.into_service(), options, shutdown.clone()).await;
     shutdown.cancel();
     for t in tasks {
         let _ = t.await;
@@ -376,17 +373,57 @@ pub async fn run(
     Ok(())
 }
 
-fn tls_config(tls: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
+fn tls_acceptor(tls: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
     let read = |p: &PathBuf, what: &str| {
         std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
     };
-    let cert = read(&tls.cert, "xDS TLS certificate")?;
-    let key = read(&tls.key, "xDS TLS key")?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca, "xDS client CA")?));
-    }
-    Ok(config)
+    let certs = |p: &PathBuf, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let pem = read(p, what)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{}: not PEM certificates", p.display()))?;
+        if certs.is_empty() {
+            bail!("{}: no PEM certificate in the {what}", p.display());
+        }
+        Ok(certs)
+    };
+    let chain = certs(&tls.cert, "xDS TLS certificate")?;
+    // The key's own parse error could quote key material: say only where it failed.
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key, "xDS TLS key")?).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the xDS TLS key",
+            tls.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca, "xDS client CA")? {
+                roots
+                    .add(c)
+                    .with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .context("client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("the xDS TLS certificate and key do not make a usable pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

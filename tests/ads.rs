@@ -15,7 +15,6 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use redis_xds::snapshot::Snapshot;
 use redis_xds::xds::{AdsServer, Registry, ResourceSource, ResourceType};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 fn rc(name: &str, spec: &str) -> String {
@@ -82,15 +81,13 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(ads.into_service())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    stop.cancelled().await
-                })
-                .await
-                .unwrap();
-        });
+        let options = redis_xds::serve::xds_server_options(ads.reclaimer(), None);
+        tokio::spawn(redis_xds::xds::http2::serve(
+            listener,
+            ads.into_service(),
+            options,
+            stop,
+        ));
         Harness {
             sources,
             previous: first,

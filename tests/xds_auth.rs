@@ -18,7 +18,6 @@ use redis_xds::xds::auth::{Authenticator, Principal};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource};
 use serde_json::{Value, json};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -242,15 +241,10 @@ async fn start_server() -> (std::net::SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = shutdown.clone();
+    let options = redis_xds::serve::xds_server_options(ads.reclaimer(), None);
     tokio::spawn(async move {
         let _keep = _tx;
-        tonic::transport::Server::builder()
-            .add_service(ads.into_service())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                stop.cancelled().await
-            })
-            .await
-            .unwrap();
+        redis_xds::xds::http2::serve(listener, ads.into_service(), options, stop).await;
     });
     (addr, shutdown)
 }

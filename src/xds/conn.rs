@@ -11,11 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::server::Connected;
 
 use crate::memory::Reclaimer;
 
@@ -78,23 +74,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
-}
-
-impl<T: Connected> Connected for Tracked<T> {
-    type ConnectInfo = T::ConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-/// The connections accepted on `listener`, each tracked by `reclaimer`.
-pub fn incoming(
-    listener: TcpListener,
-    reclaimer: Arc<Reclaimer>,
-) -> impl Stream<Item = io::Result<Tracked<TcpStream>>> {
-    TcpListenerStream::new(listener)
-        .map(move |accepted| accepted.map(|io| Tracked::new(io, Arc::clone(&reclaimer))))
 }
 
 #[cfg(test)]

@@ -9,26 +9,23 @@
 //! written it, and requests are decoded by tonic's own `Streaming` with a small initial
 //! buffer. Paths, statuses and trailers follow the gRPC over HTTP/2 protocol.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder, Streaming};
-use tonic::server::NamedService;
 
 use super::AdsServer;
 use super::registry::Variant;
 use super::stream::{Outgoing, Request as AnyRequest, Response as AnyResponse};
 
-const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
@@ -42,7 +39,7 @@ pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// Requests are small; the buffer grows in steps of this size when one is not.
 const DECODE_BUFFER: usize = 1024;
 
-/// The ADS service, ready for `tonic::transport::Server::add_service`.
+/// The ADS service, served by [`super::http2::serve`].
 #[derive(Clone, Debug)]
 pub struct AdsService {
     server: AdsServer,
@@ -54,24 +51,9 @@ impl AdsService {
     }
 }
 
-impl NamedService for AdsService {
-    const NAME: &'static str = SERVICE;
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-impl tower_service::Service<http::Request<Body>> for AdsService {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let server = self.server.clone();
-        Box::pin(async move { Ok(handle(server, req).await) })
+impl super::http2::Handler for AdsService {
+    fn call(&self, request: http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> {
+        Box::pin(handle(self.server.clone(), request))
     }
 }
 
@@ -226,11 +208,11 @@ fn encode(response: &AnyResponse) -> Result<Bytes, Status> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::http2::Handler;
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3 as discovery;
     use std::sync::Arc;
     use tokio::sync::watch;
-    use tower_service::Service;
 
     fn service() -> AdsService {
         let source: Arc<dyn super::super::ResourceSource> =
@@ -256,12 +238,12 @@ mod tests {
 
     #[tokio::test]
     async fn should_answer_unknown_methods_and_compressed_streams_with_unimplemented() {
-        let mut svc = service();
+        let svc = service();
         let unknown = http::Request::builder()
             .uri("/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope")
             .body(Body::empty())
             .unwrap();
-        let response = svc.call(unknown).await.unwrap();
+        let response = svc.call(unknown).await;
         assert_eq!(grpc_status(&response), Some("12"));
 
         let gzip = http::Request::builder()
@@ -269,7 +251,7 @@ mod tests {
             .header("grpc-encoding", "gzip")
             .body(Body::empty())
             .unwrap();
-        let response = svc.call(gzip).await.unwrap();
+        let response = svc.call(gzip).await;
         assert_eq!(grpc_status(&response), Some("12"));
     }
 

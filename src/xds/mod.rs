@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod conn;
 pub mod grpc;
+pub mod http2;
 pub mod registry;
 pub mod resource;
 mod shared;
@@ -91,14 +92,14 @@ impl AdsServer {
         let Some(a) = &self.authenticator else {
             return Ok(None);
         };
-        let certs: Option<Vec<Vec<u8>>> = request
-            .peer_certs()
-            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
-        let principal = a.authenticate(request.metadata(), certs.as_deref()).await?;
+        let certs = request.extensions().get::<http2::PeerCertificates>();
+        let principal = a
+            .authenticate(request.metadata(), certs.map(|c| &*c.0))
+            .await?;
         Ok(Some(principal))
     }
 
-    /// The gRPC service, ready for `Server::add_service`.
+    /// The gRPC service, for [`http2::serve`].
     pub fn into_service(self) -> grpc::AdsService {
         grpc::AdsService::new(self)
     }
