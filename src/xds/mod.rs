@@ -18,6 +18,7 @@ pub mod tracker;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
@@ -128,31 +129,17 @@ impl AdsServer {
             shutdown: self.shutdown.clone(),
         };
         let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);
-        let (req_tx, req_rx) = mpsc::channel(1);
+        // Read by the stream itself (no task or channel in between: each costs memory for
+        // every idle proxy).
+        let mut requests: stream::Requests =
+            Box::pin(incoming.map(move |r| r.map(wrap).map_err(Box::new)));
         tokio::spawn(async move {
-            let mut incoming = incoming;
             // The first request names the node; wait for it before anything else.
-            let first = match incoming.message().await {
-                Ok(Some(m)) => wrap(m),
+            let first = match requests.next().await {
+                Some(Ok(m)) => m,
                 _ => return,
             };
-            let forward = async move {
-                loop {
-                    let item = match incoming.message().await {
-                        Ok(Some(m)) => Ok(wrap(m)),
-                        Ok(None) => break,
-                        Err(status) => Err(Box::new(status)),
-                    };
-                    let failed = item.is_err();
-                    if req_tx.send(item).await.is_err() || failed {
-                        break;
-                    }
-                }
-            };
-            tokio::select! {
-                () = stream::run(ctx, first, req_rx, resp_tx) => {}
-                () = forward => {}
-            }
+            stream::run(ctx, first, requests, resp_tx).await;
         });
         resp_rx
     }

@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -45,9 +46,11 @@ impl Request {
     }
 }
 
-/// What the request reader hands to the stream; boxed so that channel blocks stay small
-/// (thousands of idle streams each hold some).
+/// A request as the stream reads it.
 pub(super) type Incoming = Result<Request, Box<Status>>;
+/// The requests of a stream, decoded.
+pub(super) type Requests =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send + 'static>>;
 /// What the stream hands to the response writer.
 pub(super) type Outgoing = Result<Response, Box<Status>>;
 
@@ -140,7 +143,7 @@ impl Drop for Disconnect {
 pub(super) async fn run(
     mut ctx: StreamContext,
     first: Request,
-    mut requests: mpsc::Receiver<Incoming>,
+    mut requests: Requests,
     responses: mpsc::Sender<Outgoing>,
 ) {
     let Some(node) = first.node() else {
@@ -220,7 +223,7 @@ impl Stream {
     async fn serve(
         &mut self,
         first: Request,
-        requests: &mut mpsc::Receiver<Incoming>,
+        requests: &mut Requests,
         responses: &mpsc::Sender<Outgoing>,
     ) -> Result<(), Status> {
         self.on_request(first);
@@ -229,7 +232,7 @@ impl Stream {
             tokio::select! {
                 biased;
                 () = self.ctx.shutdown.cancelled() => return Ok(()),
-                req = requests.recv() => match req {
+                req = requests.next() => match req {
                     Some(Ok(req)) => {
                         self.on_request(req);
                         self.sync(responses).await?;

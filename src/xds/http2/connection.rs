@@ -28,7 +28,7 @@ use super::frame::{self, Head, Reason};
 use super::header;
 
 /// Serves the requests of one connection.
-pub trait Handler: Clone + Send + Sync + 'static {
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     /// The response to `request`; its body is streamed as it produces frames.
     fn call(&self, request: http::Request<Body>) -> BoxFuture<'static, http::Response<Body>>;
 }
@@ -223,10 +223,9 @@ where
         }
     }
 
-    /// Serves the connection until it ends. An error is the transport's; protocol errors
-    /// of the peer end the connection with a GOAWAY and `Ok`.
-    pub async fn run(mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_run(cx)).await
+    /// Serves the connection until it ends (the same as awaiting it).
+    pub async fn run(self) -> io::Result<()> {
+        self.await
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -958,6 +957,20 @@ impl StreamOutcome {
             progress: true,
             end: Some(reset),
         }
+    }
+}
+
+/// Serves the connection until it ends. An error is the transport's; protocol errors of
+/// the peer end the connection with a GOAWAY and `Ok`.
+impl<IO, H> Future for Connection<IO, H>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    H: Handler + Unpin,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_run(cx)
     }
 }
 

@@ -18,6 +18,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -76,14 +77,35 @@ pub async fn serve<H: Handler>(
         };
         configure(&tcp, options.tcp_keepalive);
         let io = Tracked::new(tcp, Arc::clone(&options.reclaimer));
-        let handler = handler.clone();
-        let options = options.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(e) = connection(io, handler, options, shutdown).await {
+        let ended = move |r: io::Result<()>| {
+            if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "xDS connection ended");
             }
-        });
+        };
+        // A plaintext connection's task is the connection itself and nothing more: with
+        // thousands of idle proxies, every octet of it counts.
+        match &options.tls {
+            None => connections.spawn(
+                Connection::new(
+                    io,
+                    handler.clone(),
+                    options.settings.clone(),
+                    http::Extensions::new(),
+                    shutdown.clone(),
+                )
+                .map(ended),
+            ),
+            Some(tls) => connections.spawn(
+                Box::pin(tls_connection(
+                    io,
+                    tls.clone(),
+                    handler.clone(),
+                    options.settings.clone(),
+                    shutdown.clone(),
+                ))
+                .map(ended),
+            ),
+        };
     }
     connections.close();
     connections.wait().await;
@@ -101,17 +123,13 @@ fn configure(tcp: &TcpStream, keepalive: Option<Duration>) {
     }
 }
 
-async fn connection<H: Handler>(
+async fn tls_connection<H: Handler>(
     io: Tracked<TcpStream>,
+    tls: TlsAcceptor,
     handler: H,
-    options: Options,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let Some(tls) = &options.tls else {
-        return Connection::new(io, handler, options.settings, Default::default(), shutdown)
-            .run()
-            .await;
-    };
     let handshake = tokio::time::timeout(TLS_HANDSHAKE, tls.accept(io));
     let stream = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
@@ -130,7 +148,7 @@ async fn connection<H: Handler>(
             certs.iter().map(|c| c.as_ref().to_vec()).collect(),
         ));
     }
-    Connection::new(stream, handler, options.settings, extensions, shutdown)
+    Connection::new(stream, handler, settings, extensions, shutdown)
         .run()
         .await
 }
