@@ -296,6 +296,18 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         }
         Ok(())
     };
+    // Once a connected fleet is idle: the first pushes' buffers were given back (the
+    // reclaimer does so a second after a burst of large responses, as in production).
+    let idle = async || -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reclaimer.settled() {
+            if Instant::now() > deadline {
+                bail!("memory not released 60 s after the fleet synced");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    };
 
     // The starting value is a warm server: one proxy connected, synced and left, so the
     // serving code is paged in and lazily built runtime structures exist, as on any
@@ -314,6 +326,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let heap_before = heap_kib();
     let mut clients = Clients::start(addr, &opts)?;
     clients.expect("ready")?;
+    idle().await?;
     let rss_connected = rss_kib();
     let heap_connected = heap_kib();
 

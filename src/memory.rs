@@ -87,6 +87,13 @@ impl Reclaimer {
         self.notify.notify_one();
     }
 
+    /// A large buffer was freed (a response of a few hundred KiB, once written): after a
+    /// burst of them, as when a fleet connects and each proxy gets its first full push,
+    /// the allocator holds their pages until they are released like a departure's.
+    pub fn large_buffer_freed(&self) {
+        self.departed();
+    }
+
     /// A connection was accepted; [`Reclaimer::connection_closed`] follows when it closes.
     pub fn connection_opened(&self) {
         self.open.fetch_add(1, Ordering::AcqRel);

@@ -60,7 +60,7 @@ impl Handler for Endpoints {
                     let data = Bytes::from(pattern(size));
                     // In uneven pieces, to cross frame and window boundaries.
                     let mut frames: Vec<_> = data
-                        .chunks(50_001)
+                        .chunks(100_003)
                         .map(|c| http_body::Frame::data(data.slice_ref(c)))
                         .collect();
                     frames.push(done());
@@ -296,11 +296,18 @@ struct Raw {
 impl Raw {
     /// A connection with the preface and SETTINGS exchanged.
     async fn start(settings: Settings) -> Raw {
+        Raw::start_with(settings, None).await
+    }
+
+    async fn start_with(settings: Settings, reclaimer: Option<Arc<Reclaimer>>) -> Raw {
         let (near, far) = tokio::io::duplex(1 << 20);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(
-            Connection::new(far, Endpoints, settings, Default::default(), stop.clone()).run(),
-        );
+        let mut connection =
+            Connection::new(far, Endpoints, settings, Default::default(), stop.clone());
+        if let Some(r) = reclaimer {
+            connection = connection.with_reclaimer(r);
+        }
+        let task = tokio::spawn(connection.run());
         let mut raw = Raw {
             io: near,
             task,
@@ -371,6 +378,43 @@ impl Raw {
                 payload: b"12345678".to_vec()
             }
         );
+    }
+}
+
+#[tokio::test]
+async fn a_large_response_once_written_is_noted_for_the_memory_reclaimer() {
+    let reclaimer = Arc::new(Reclaimer::new(Duration::from_secs(1), Duration::ZERO));
+    let mut raw = Raw::start_with(Settings::default(), Some(Arc::clone(&reclaimer))).await;
+    // Room for the whole response.
+    raw.send(&frame(WINDOW_UPDATE, 0, 0, &1_000_000u32.to_be_bytes()))
+        .await;
+    raw.send(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0x10, 0, 0]))
+        .await;
+    assert_eq!(raw.next().await.unwrap().flags, ACK);
+    let mut stream = 1;
+    for (size, counted) in [("1000", false), ("200000", true)] {
+        let mut fields = request_block("/big");
+        fields.extend(block(&[("x-size", size)]));
+        raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, stream, &fields))
+            .await;
+        let mut received = 0;
+        loop {
+            let f = raw.next().await.unwrap();
+            if f.kind == DATA {
+                received += f.payload.len();
+            }
+            if f.flags & END_STREAM != 0 {
+                break;
+            }
+        }
+        assert_eq!(received.to_string(), size);
+        assert_eq!(
+            !reclaimer.settled(),
+            counted,
+            "a response of {size} octets, noted: {}",
+            !reclaimer.settled()
+        );
+        stream += 2;
     }
 }
 

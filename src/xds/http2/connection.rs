@@ -26,6 +26,7 @@ use tonic::body::Body;
 use super::body::{Inbox, RequestBody};
 use super::frame::{self, Head, Reason};
 use super::header;
+use crate::memory::Reclaimer;
 
 /// Serves the requests of one connection.
 pub trait Handler: Clone + Send + Sync + Unpin + 'static {
@@ -74,6 +75,8 @@ const WRITE_LIMIT: usize = 1024 * 1024;
 const BUDGET: usize = 64;
 /// How long a connection that failed may take to write its GOAWAY.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A response message at least this large tells the memory reclaimer once it is written.
+const LARGE_RESPONSE: usize = 64 * 1024;
 /// Payload of the keepalive PING.
 const KEEPALIVE: [u8; 8] = *b"rxds-ka!";
 
@@ -107,6 +110,8 @@ struct Stream {
     recv_window: i64,
     /// Credit the handler released and the peer was not told about yet.
     unacked: usize,
+    /// `pending` holds a large response message.
+    large: bool,
 }
 
 /// HEADERS received without END_HEADERS: CONTINUATION frames follow.
@@ -158,6 +163,7 @@ pub struct Connection<IO, H> {
     ping_outstanding: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_seen: bool,
+    reclaimer: Option<Arc<Reclaimer>>,
 }
 
 impl<IO, H> Connection<IO, H>
@@ -220,7 +226,14 @@ where
             ping_outstanding: false,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             shutdown_seen: false,
+            reclaimer: None,
         }
+    }
+
+    /// Tells `reclaimer` whenever a large response was written.
+    pub fn with_reclaimer(mut self, reclaimer: Arc<Reclaimer>) -> Self {
+        self.reclaimer = Some(reclaimer);
+        self
     }
 
     /// Serves the connection until it ends (the same as awaiting it).
@@ -614,6 +627,7 @@ where
             send_window: self.peer_initial_window,
             recv_window: STREAM_WINDOW as i64,
             unacked: 0,
+            large: false,
         });
         Ok(())
     }
@@ -872,6 +886,12 @@ where
                 self.send_window -= n as i64;
                 s.send_window -= n as i64;
                 progress = true;
+                if pending.is_empty()
+                    && std::mem::take(&mut s.large)
+                    && let Some(r) = &self.reclaimer
+                {
+                    r.large_buffer_freed();
+                }
                 if out.len() >= WRITE_HIGH {
                     return StreamOutcome::pending(progress);
                 }
@@ -885,6 +905,7 @@ where
                 }
                 Poll::Ready(Some(Ok(f))) => match f.into_data() {
                     Ok(data) => {
+                        s.large = data.len() >= LARGE_RESPONSE;
                         *pending = data;
                         progress = true;
                     }

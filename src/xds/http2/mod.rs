@@ -93,6 +93,7 @@ pub async fn serve<H: Handler>(
                     http::Extensions::new(),
                     shutdown.clone(),
                 )
+                .with_reclaimer(Arc::clone(&options.reclaimer))
                 .map(ended),
             ),
             Some(tls) => connections.spawn(
@@ -101,6 +102,7 @@ pub async fn serve<H: Handler>(
                     tls.clone(),
                     handler.clone(),
                     options.settings.clone(),
+                    Arc::clone(&options.reclaimer),
                     shutdown.clone(),
                 ))
                 .map(ended),
@@ -128,6 +130,7 @@ async fn tls_connection<H: Handler>(
     tls: TlsAcceptor,
     handler: H,
     settings: Settings,
+    reclaimer: Arc<Reclaimer>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let handshake = tokio::time::timeout(TLS_HANDSHAKE, tls.accept(io));
@@ -149,6 +152,7 @@ async fn tls_connection<H: Handler>(
         ));
     }
     Connection::new(stream, handler, settings, extensions, shutdown)
+        .with_reclaimer(reclaimer)
         .run()
         .await
 }
