@@ -419,6 +419,26 @@ async fn a_large_response_once_written_is_noted_for_the_memory_reclaimer() {
 }
 
 #[tokio::test]
+async fn a_peer_resetting_streams_before_they_are_answered_is_cut_off() {
+    let mut raw = Raw::start(Settings::default()).await;
+    // `/echo` answers only once its request ended: every stream is reset unanswered.
+    let mut stream = 1;
+    let mut open_and_reset = async |raw: &mut Raw, count: u32| {
+        let mut batch = Vec::new();
+        for _ in 0..count {
+            batch.extend(frame(HEADERS, END_HEADERS, stream, &request_block("/echo")));
+            batch.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+            stream += 2;
+        }
+        raw.send(&batch).await;
+    };
+    open_and_reset(&mut raw, 256).await;
+    raw.ping_answered().await;
+    open_and_reset(&mut raw, 1).await;
+    raw.expect_goaway(0xb).await;
+}
+
+#[tokio::test]
 async fn pings_are_answered_with_their_payload() {
     let mut raw = Raw::start(Settings::default()).await;
     raw.ping_answered().await;

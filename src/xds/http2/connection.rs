@@ -75,6 +75,10 @@ const WRITE_LIMIT: usize = 1024 * 1024;
 const BUDGET: usize = 64;
 /// How long a connection that failed may take to write its GOAWAY.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Streams the peer may reset before their handler answered, beyond those it let finish:
+/// opening and resetting streams at once makes this server start handlers for nothing
+/// (the "rapid reset" attack).
+const MAX_EARLY_RESETS: usize = 256;
 /// A response message at least this large tells the memory reclaimer once it is written.
 const LARGE_RESPONSE: usize = 64 * 1024;
 /// Payload of the keepalive PING.
@@ -164,6 +168,7 @@ pub struct Connection<IO, H> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_seen: bool,
     reclaimer: Option<Arc<Reclaimer>>,
+    early_resets: usize,
 }
 
 impl<IO, H> Connection<IO, H>
@@ -227,6 +232,7 @@ where
             shutdown: Box::pin(shutdown.cancelled_owned()),
             shutdown_seen: false,
             reclaimer: None,
+            early_resets: 0,
         }
     }
 
@@ -649,6 +655,15 @@ where
             payload[0], payload[1], payload[2], payload[3],
         ]));
         if let Some(i) = self.find(head.stream) {
+            if matches!(self.streams[i].respond, Respond::Calling(_)) {
+                self.early_resets += 1;
+                if self.early_resets > MAX_EARLY_RESETS {
+                    return error(
+                        Reason::ENHANCE_YOUR_CALM,
+                        "too many streams reset before they were answered",
+                    );
+                }
+            }
             self.remove(i, Some(reason));
         }
         Ok(())
@@ -828,6 +843,7 @@ where
             match outcome.end {
                 None => i += 1,
                 Some(None) => {
+                    self.early_resets = self.early_resets.saturating_sub(1);
                     // The response is complete; a peer still sending is told to stop.
                     if self.streams[i].receiving {
                         frame::rst_stream(&mut self.out, self.streams[i].id, Reason::NO_ERROR);
