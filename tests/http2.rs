@@ -17,9 +17,13 @@ use tonic::body::Body;
 
 /// Test endpoints: `/echo` answers with the request body once it ended, `/big` with
 /// `x-size` generated octets, `/wait` with headers at once and its end once the request
-/// ended. Every response but `/echo`'s ends with an `x-done` trailer.
-#[derive(Clone)]
-struct Endpoints;
+/// ended, `/watch` with headers at once while a task of its own reads the request and
+/// signals `ended` when the request stops (ended or cut off). Every response but `/echo`'s
+/// ends with an `x-done` trailer.
+#[derive(Clone, Default)]
+struct Endpoints {
+    ended: Arc<tokio::sync::Notify>,
+}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
@@ -39,6 +43,7 @@ fn done() -> http_body::Frame<Bytes> {
 
 impl Handler for Endpoints {
     fn call(&self, request: http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> {
+        let ended = Arc::clone(&self.ended);
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             let size: usize = request
@@ -65,6 +70,16 @@ impl Handler for Endpoints {
                         .collect();
                     frames.push(done());
                     http::Response::new(body_of(frames))
+                }
+                "/watch" => {
+                    tokio::spawn(async move {
+                        let _ = body.collect().await;
+                        ended.notify_one();
+                    });
+                    // A response that never ends, like an ADS stream's.
+                    http::Response::new(Body::new(StreamBody::new(
+                        futures_util::stream::pending::<Result<http_body::Frame<Bytes>, Status>>(),
+                    )))
                 }
                 _ => {
                     let rest = async move {
@@ -95,7 +110,7 @@ async fn server() -> (std::net::SocketAddr, CancellationToken) {
     let stop = CancellationToken::new();
     tokio::spawn(http2::serve(
         listener,
-        Endpoints,
+        Endpoints::default(),
         options(Settings::default()),
         stop.clone(),
     ));
@@ -178,7 +193,12 @@ async fn request_bodies_beyond_the_servers_windows_are_credited_as_the_handler_r
 #[tokio::test]
 async fn concurrent_streams_on_one_connection_each_get_their_own_answer() {
     let (addr, _stop) = server().await;
-    let client = h2_client(addr, 65_535, 65_535).await;
+    let mut client = h2_client(addr, 65_535, 65_535).await;
+    // One request first, so that the client knows the server's stream limit (16) and queues
+    // what goes beyond it instead of having it refused.
+    let request = http::Request::post("http://xds/big").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    response.await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..20usize {
         let mut client = client.clone().ready().await.unwrap();
@@ -210,7 +230,7 @@ async fn shutdown_lets_open_streams_finish_and_then_ends_the_server() {
     let stop = CancellationToken::new();
     let serving = tokio::spawn(http2::serve(
         listener,
-        Endpoints,
+        Endpoints::default(),
         options(Settings::default()),
         stop.clone(),
     ));
@@ -291,6 +311,7 @@ struct Raw {
     io: DuplexStream,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: CancellationToken,
+    endpoints: Endpoints,
 }
 
 impl Raw {
@@ -302,8 +323,14 @@ impl Raw {
     async fn start_with(settings: Settings, reclaimer: Option<Arc<Reclaimer>>) -> Raw {
         let (near, far) = tokio::io::duplex(1 << 20);
         let stop = CancellationToken::new();
-        let mut connection =
-            Connection::new(far, Endpoints, settings, Default::default(), stop.clone());
+        let endpoints = Endpoints::default();
+        let mut connection = Connection::new(
+            far,
+            endpoints.clone(),
+            settings,
+            Default::default(),
+            stop.clone(),
+        );
         if let Some(r) = reclaimer {
             connection = connection.with_reclaimer(r);
         }
@@ -312,6 +339,7 @@ impl Raw {
             io: near,
             task,
             stop,
+            endpoints,
         };
         raw.send(PREFACE).await;
         raw.send(&frame(SETTINGS, 0, 0, &[])).await;
@@ -450,7 +478,7 @@ async fn a_client_that_does_not_speak_http2_gets_a_protocol_error() {
     let task = tokio::spawn(
         Connection::new(
             far,
-            Endpoints,
+            Endpoints::default(),
             Settings::default(),
             Default::default(),
             CancellationToken::new(),
@@ -461,6 +489,7 @@ async fn a_client_that_does_not_speak_http2_gets_a_protocol_error() {
         io: near,
         task,
         stop: CancellationToken::new(),
+        endpoints: Endpoints::default(),
     };
     raw.send(b"GET / HTTP/1.1\r\nHost: xds\r\n\r\n").await;
     assert_eq!(raw.next().await.unwrap().kind, SETTINGS);
@@ -489,6 +518,14 @@ async fn frame_level_violations_end_the_connection_with_the_matching_error() {
     raw.send(&frame(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes()))
         .await;
     raw.expect_goaway(0x3).await;
+    // A header block on a stream that is not open (here, skipped): STREAM_CLOSED.
+    let mut raw = Raw::start(Settings::default()).await;
+    raw.send(&frame(HEADERS, END_HEADERS, 3, &request_block("/wait")))
+        .await;
+    assert_eq!(raw.next().await.unwrap().kind, HEADERS);
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &request_block("/wait")))
+        .await;
+    raw.expect_goaway(0x5).await;
     // A header block that is not valid HPACK: COMPRESSION_ERROR.
     let mut raw = Raw::start(Settings::default()).await;
     raw.send(&frame(HEADERS, END_HEADERS, 1, &[0xff, 0x7f]))
@@ -582,11 +619,19 @@ async fn an_answered_keepalive_keeps_the_connection_and_an_unanswered_one_ends_i
         raw.send(&frame(PING, ACK, 0, &ping.payload)).await;
     }
     raw.ping_answered().await;
+    // A stream whose handler reads the request in a task of its own.
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &request_block("/watch")))
+        .await;
+    assert_eq!(raw.next().await.unwrap().kind, HEADERS);
     let ping = raw.next().await.unwrap();
     assert_eq!((ping.kind, ping.flags), (PING, 0));
-    // Not answered: the server drops the connection.
+    // Not answered: the server drops the connection, and the handler learns that its
+    // request was cut off.
     assert_eq!(raw.next().await, None);
     raw.task.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3600), raw.endpoints.ended.notified())
+        .await
+        .expect("the handler still waits for a request of a connection that is gone");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http_body::Frame;
 use tonic::Status;
@@ -23,9 +23,15 @@ enum End {
     Reset(Reason),
 }
 
+/// DATA payloads shorter than this are gathered into one chunk: a peer sending one-octet
+/// frames must not cost an allocation per octet of window.
+const GATHER: usize = 4096;
+
 #[derive(Debug)]
 struct State {
     chunks: VecDeque<Bytes>,
+    /// Small payloads not yet handed over, in one buffer.
+    tail: BytesMut,
     end: End,
     /// The handler's task, waiting for data.
     waker: Option<Waker>,
@@ -48,6 +54,7 @@ impl Inbox {
         Arc::new(Inbox {
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
+                tail: BytesMut::new(),
                 end: End::Open,
                 waker: None,
                 released: 0,
@@ -63,7 +70,7 @@ impl Inbox {
     }
 
     /// Queues data for the handler.
-    pub fn push(&self, data: Bytes) {
+    pub fn push(&self, data: &[u8]) {
         let mut state = self.lock();
         if state.dropped {
             state.released += data.len();
@@ -71,7 +78,19 @@ impl Inbox {
             self.connection.wake();
             return;
         }
-        state.chunks.push_back(data);
+        if data.len() < GATHER {
+            state.tail.extend_from_slice(data);
+            if state.tail.len() >= GATHER {
+                let full = std::mem::take(&mut state.tail).freeze();
+                state.chunks.push_back(full);
+            }
+        } else {
+            if !state.tail.is_empty() {
+                let small = std::mem::take(&mut state.tail).freeze();
+                state.chunks.push_back(small);
+            }
+            state.chunks.push_back(Bytes::copy_from_slice(data));
+        }
         if let Some(w) = state.waker.take() {
             w.wake();
         }
@@ -115,7 +134,13 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let mut state = self.inbox.lock();
-        if let Some(data) = state.chunks.pop_front() {
+        let next = match state.chunks.pop_front() {
+            Some(data) => Some(data),
+            // Taken whole: an idle stream keeps no buffer.
+            None if !state.tail.is_empty() => Some(std::mem::take(&mut state.tail).freeze()),
+            None => None,
+        };
+        if let Some(data) = next {
             state.released += data.len();
             drop(state);
             self.inbox.connection.wake();
@@ -135,7 +160,7 @@ impl http_body::Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         let state = self.inbox.lock();
-        state.chunks.is_empty() && matches!(state.end, End::Finished)
+        state.chunks.is_empty() && state.tail.is_empty() && matches!(state.end, End::Finished)
     }
 }
 
@@ -144,7 +169,7 @@ impl Drop for RequestBody {
         let mut state = self.inbox.lock();
         state.dropped = true;
         let queued: usize = state.chunks.drain(..).map(|c| c.len()).sum();
-        state.released += queued;
+        state.released += queued + std::mem::take(&mut state.tail).len();
         drop(state);
         self.inbox.connection.wake();
     }
@@ -159,28 +184,35 @@ mod tests {
     async fn should_hand_over_data_then_the_end_and_release_what_was_taken() {
         let inbox = Inbox::new(Arc::default());
         let mut body = RequestBody::new(Arc::clone(&inbox));
-        inbox.push(Bytes::from_static(b"abc"));
-        inbox.push(Bytes::from_static(b"de"));
+        let large = vec![7u8; GATHER];
+        inbox.push(b"abc");
+        inbox.push(b"de");
+        inbox.push(&large);
+        inbox.push(b"f");
         assert_eq!(inbox.take_released(), 0, "nothing taken yet");
+        // Small payloads arrive gathered, in order with the large one.
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&first[..], b"abc");
-        assert_eq!(inbox.take_released(), 3);
+        assert_eq!(&first[..], b"abcde");
+        assert_eq!(inbox.take_released(), 5);
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(second.len(), GATHER);
         inbox.close(None);
         assert!(
             !http_body::Body::is_end_stream(&body),
             "data is still queued"
         );
-        body.frame().await.unwrap().unwrap();
+        let third = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&third[..], b"f");
         assert!(body.frame().await.is_none());
         assert!(http_body::Body::is_end_stream(&body));
-        assert_eq!(inbox.take_released(), 2);
+        assert_eq!(inbox.take_released(), GATHER + 1);
     }
 
     #[tokio::test]
     async fn should_fail_a_reset_stream_and_credit_data_once_the_body_is_gone() {
         let inbox = Inbox::new(Arc::default());
         let mut body = RequestBody::new(Arc::clone(&inbox));
-        inbox.push(Bytes::from_static(b"queued"));
+        inbox.push(b"queued");
         inbox.close(Some(Reason::CANCEL));
         body.frame().await.unwrap().unwrap();
         let err = body.frame().await.unwrap().unwrap_err();
@@ -189,10 +221,10 @@ mod tests {
 
         let inbox = Inbox::new(Arc::default());
         let body = RequestBody::new(Arc::clone(&inbox));
-        inbox.push(Bytes::from_static(b"1234"));
+        inbox.push(b"1234");
         drop(body);
         assert_eq!(inbox.take_released(), 4, "queued data credited on drop");
-        inbox.push(Bytes::from_static(b"56"));
+        inbox.push(b"56");
         assert_eq!(inbox.take_released(), 2, "later data credited at once");
     }
 }

@@ -52,7 +52,7 @@ impl Default for Settings {
         Settings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 128,
+            max_concurrent_streams: 16,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -141,7 +141,7 @@ pub struct Connection<IO, H> {
     settings: Settings,
     /// Copied into every request (the TLS peer's certificates).
     extensions: http::Extensions,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: super::hpack::Decoder,
     streams: Vec<Stream>,
     /// Bodies of streams that ended but whose handlers still hold them: what they release
     /// is still credited to the connection.
@@ -440,7 +440,8 @@ where
                 if head.stream == 0 {
                     return error(Reason::PROTOCOL_ERROR, "PRIORITY on stream 0");
                 }
-                if head.len != 5 {
+                // A stream that is not open yet cannot be reset: the frame is ignored.
+                if head.len != 5 && head.stream <= self.last_stream {
                     self.reset(head.stream, Reason::FRAME_SIZE_ERROR);
                 }
                 Ok(())
@@ -512,7 +513,7 @@ where
         s.unacked += padding;
         self.unacked += padding;
         if !data.is_empty() {
-            s.inbox.push(Bytes::copy_from_slice(data));
+            s.inbox.push(data);
         }
         if head.has(frame::END_STREAM) {
             s.receiving = false;
@@ -575,24 +576,23 @@ where
         block: &[u8],
     ) -> Result<(), ConnectionError> {
         if id <= self.last_stream {
-            // Trailers (gRPC clients send none), or frames of a stream that ended. Decoded
-            // only to keep the HPACK table in step.
+            // Trailers; gRPC clients send none. On a stream that is not open any more, a
+            // header block is an error: it would only be decoded for nothing.
+            let Some(i) = self.find(id).filter(|&i| self.streams[i].receiving) else {
+                return error(Reason::STREAM_CLOSED, "HEADERS on a closed stream");
+            };
             header::decode_trailers(&mut self.decoder, block).or_else(|()| {
                 error(
                     Reason::COMPRESSION_ERROR,
                     "header block could not be decoded",
                 )
             })?;
-            if let Some(i) = self.find(id) {
+            if end_stream {
                 let s = &mut self.streams[i];
-                if !s.receiving {
-                    self.reset(id, Reason::STREAM_CLOSED);
-                } else if !end_stream {
-                    self.reset(id, Reason::PROTOCOL_ERROR);
-                } else {
-                    s.receiving = false;
-                    s.inbox.close(None);
-                }
+                s.receiving = false;
+                s.inbox.close(None);
+            } else {
+                self.reset(id, Reason::PROTOCOL_ERROR);
             }
             return Ok(());
         }
@@ -809,10 +809,14 @@ where
 
     /// Sends the credit handlers released, once it is worth a frame.
     fn credit(&mut self) {
-        for inbox in &self.retired {
-            self.unacked += inbox.take_released();
-        }
-        self.retired.retain(|inbox| Arc::strong_count(inbox) > 1);
+        // The count first: at 1 the body is gone and has released all it ever will.
+        let mut unacked = 0;
+        self.retired.retain(|inbox| {
+            let held = Arc::strong_count(inbox) > 1;
+            unacked += inbox.take_released();
+            held
+        });
+        self.unacked += unacked;
         if self.retired.is_empty() && self.retired.capacity() > 0 {
             self.retired = Vec::new();
         }
@@ -993,6 +997,16 @@ impl StreamOutcome {
         StreamOutcome {
             progress: true,
             end: Some(reset),
+        }
+    }
+}
+
+/// However the connection ends (an I/O error, a keepalive timeout, its task dropped), the
+/// handlers still reading a request learn that it was cut off.
+impl<IO, H> Drop for Connection<IO, H> {
+    fn drop(&mut self) {
+        for s in &self.streams {
+            s.inbox.close(Some(Reason::CANCEL));
         }
     }
 }

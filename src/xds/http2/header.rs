@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use super::hpack;
+
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 /// Largest header list (names, values and 32 octets per field) a request may carry; also
@@ -92,14 +94,14 @@ impl Fields {
 /// Decodes a request's header block. `Err(None)` is a decoding failure, which breaks the
 /// connection's HPACK state (COMPRESSION_ERROR); `Err(Some)` a malformed request.
 pub fn decode_request(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut hpack::Decoder,
     block: &[u8],
 ) -> Result<http::Request<()>, Option<Malformed>> {
     let mut fields = Fields::default();
     decoder
-        .decode_with_cb(block, |name, value| {
+        .decode(block, |name, value| {
             if fields.problem.is_none()
-                && let Err(m) = fields.add(&name, &value)
+                && let Err(m) = fields.add(name, value)
             {
                 fields.problem = Some(m);
             }
@@ -142,18 +144,13 @@ fn request(fields: Fields) -> Result<http::Request<()>, Malformed> {
 
 /// Decodes a trailing header block (request trailers, which gRPC clients do not send) only
 /// to keep the HPACK state; its fields are dropped.
-pub fn decode_trailers(
-    decoder: &mut loona_hpack::Decoder<'static>,
-    block: &[u8],
-) -> Result<(), ()> {
-    decoder.decode_with_cb(block, |_, _| {}).map_err(|_| ())
+pub fn decode_trailers(decoder: &mut hpack::Decoder, block: &[u8]) -> Result<(), ()> {
+    decoder.decode(block, |_, _| {}).map_err(|_| ())
 }
 
 /// A new decoder whose peer may not grow the dynamic table past what was advertised.
-pub fn decoder() -> loona_hpack::Decoder<'static> {
-    let mut decoder = loona_hpack::Decoder::new();
-    decoder.set_max_allowed_table_size(TABLE_SIZE);
-    decoder
+pub fn decoder() -> hpack::Decoder {
+    hpack::Decoder::new(TABLE_SIZE)
 }
 
 /// HPACK integer with an `prefix`-bit prefix; `first` holds the bits above the prefix.
@@ -215,10 +212,10 @@ mod tests {
     fn decode(block: &[u8]) -> Vec<(String, String)> {
         let mut fields = Vec::new();
         decoder()
-            .decode_with_cb(block, |n, v| {
+            .decode(block, |n, v| {
                 fields.push((
-                    String::from_utf8(n.into_owned()).unwrap(),
-                    String::from_utf8(v.into_owned()).unwrap(),
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
                 ))
             })
             .unwrap();

@@ -6,13 +6,14 @@
 //! Envoy sidecar needs none of that; across ten thousand sidecars it was most of the
 //! server's memory. This server parses frames from a buffer on the stack and builds frames
 //! to send in a buffer it frees once written. It serves exactly what gRPC over HTTP/2
-//! needs (RFC 9113 without server push or priorities, HPACK through `loona-hpack`), and is
-//! tested against h2's client (tonic) and against Envoy.
+//! needs (RFC 9113 without server push or priorities; HPACK with Huffman decoding through
+//! `httlib-huffman`), and is tested against h2's client (tonic) and against Envoy.
 
 mod body;
 mod connection;
 mod frame;
 mod header;
+mod hpack;
 
 use std::io;
 use std::sync::Arc;
