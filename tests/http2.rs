@@ -613,12 +613,29 @@ async fn an_answered_keepalive_keeps_the_connection_and_an_unanswered_one_ends_i
         ..Default::default()
     };
     let mut raw = Raw::start(settings.clone()).await;
+    let mut pinged_at = Vec::new();
     for _ in 0..3 {
         let ping = raw.next().await.unwrap();
         assert_eq!((ping.kind, ping.flags), (PING, 0));
+        pinged_at.push(tokio::time::Instant::now());
         raw.send(&frame(PING, ACK, 0, &ping.payload)).await;
     }
+    // An idle peer that answers is pinged once per interval.
+    assert_eq!(pinged_at[2] - pinged_at[1], Duration::from_secs(30));
+    // A peer that does not answer but is heard from otherwise is alive: no drop, and no
+    // PING while it keeps talking.
+    let ping = raw.next().await.unwrap();
+    assert_eq!((ping.kind, ping.flags), (PING, 0));
+    let unanswered = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
     raw.ping_answered().await;
+    let ping = raw.next().await.unwrap();
+    assert_eq!((ping.kind, ping.flags), (PING, 0), "{ping:?}");
+    assert_eq!(
+        tokio::time::Instant::now() - unanswered,
+        Duration::from_secs(40),
+        "pinged again one interval after the timeout that found the peer alive"
+    );
     // A stream whose handler reads the request in a task of its own.
     raw.send(&frame(HEADERS, END_HEADERS, 1, &request_block("/watch")))
         .await;

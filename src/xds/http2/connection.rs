@@ -165,6 +165,8 @@ pub struct Connection<IO, H> {
     /// Keepalive, drain and close deadlines.
     timer: Pin<Box<Sleep>>,
     ping_outstanding: bool,
+    /// A frame arrived since the keepalive timer was last armed.
+    heard: bool,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutdown_seen: bool,
     reclaimer: Option<Arc<Reclaimer>>,
@@ -229,6 +231,7 @@ where
             waker: Arc::default(),
             timer,
             ping_outstanding: false,
+            heard: false,
             shutdown: Box::pin(shutdown.cancelled_owned()),
             shutdown_seen: false,
             reclaimer: None,
@@ -317,8 +320,20 @@ where
         if self.timer.as_mut().poll(cx).is_pending() {
             return Some(false);
         }
-        if self.phase != Phase::Open || self.ping_outstanding {
-            tracing::debug!(phase = ?self.phase, "HTTP/2 connection dropped: keepalive or drain deadline passed");
+        if self.phase != Phase::Open {
+            tracing::debug!(phase = ?self.phase, "HTTP/2 connection dropped: drain or close deadline passed");
+            return None;
+        }
+        // Any frame from the peer shows it is alive: a busy peer (a sidecar taking its
+        // first full push) is neither pinged nor dropped for a late PING acknowledgement.
+        if std::mem::take(&mut self.heard) {
+            self.ping_outstanding = false;
+            let next = Instant::now() + self.settings.keepalive_interval;
+            self.timer.as_mut().reset(next);
+            return Some(false);
+        }
+        if self.ping_outstanding {
+            tracing::debug!("HTTP/2 connection dropped: keepalive PING not answered");
             return None;
         }
         frame::ping(&mut self.out, 0, KEEPALIVE);
@@ -421,6 +436,7 @@ where
     }
 
     fn frame(&mut self, head: Head, payload: &[u8]) -> Result<(), ConnectionError> {
+        self.heard = true;
         if let Some(c) = &self.continuation
             && (head.kind != frame::CONTINUATION || head.stream != c.stream)
         {
@@ -747,6 +763,8 @@ where
             frame::ping(&mut self.out, frame::ACK, data);
         } else if data == KEEPALIVE && self.ping_outstanding {
             self.ping_outstanding = false;
+            // The next PING follows a quiet interval from here.
+            self.heard = false;
             if self.phase == Phase::Open {
                 let next = Instant::now() + self.settings.keepalive_interval;
                 self.timer.as_mut().reset(next);
