@@ -17,6 +17,9 @@ pub struct Metrics {
     registry: Registry,
     /// Connected proxies by xDS variant (`variant` = sotw | delta).
     pub connected: Family<Label, Gauge>,
+    /// Proxies connected and held, receiving nothing, until the source has listed
+    /// everything (a starting replica).
+    pub held: Gauge,
     /// Responses sent, by resource type (`type` = CDS | EDS | LDS).
     pub pushes: Family<Label, Counter>,
     /// NACKs received, by resource type.
@@ -39,6 +42,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("redis_xds");
         let m = Metrics {
             connected: Family::default(),
+            held: Gauge::default(),
             pushes: Family::default(),
             nacks: Family::default(),
             // 1 ms .. ~33 s
@@ -54,6 +58,11 @@ impl Default for Metrics {
             "xds_connected_proxies",
             "Connected proxies by xDS variant",
             m.connected.clone(),
+        );
+        registry.register(
+            "xds_held_proxies",
+            "Proxies held until the source has listed everything",
+            m.held.clone(),
         );
         registry.register(
             "xds_pushes",

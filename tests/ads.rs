@@ -52,6 +52,7 @@ struct Harness {
     previous: Arc<Snapshot>,
     addr: SocketAddr,
     registry: Arc<Registry>,
+    metrics: Arc<redis_xds::metrics::Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -73,11 +74,20 @@ fn snapshot(yaml: &str, previous: Option<&Snapshot>) -> Arc<Snapshot> {
 
 impl Harness {
     async fn start(yaml: &str) -> Harness {
-        let first = snapshot(yaml, None);
+        Harness::start_with(snapshot(yaml, None)).await
+    }
+
+    async fn start_with(first: Arc<Snapshot>) -> Harness {
         let (sources, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
         let registry = Arc::new(Registry::default());
         let shutdown = CancellationToken::new();
-        let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
+        let metrics = Arc::new(redis_xds::metrics::Metrics::default());
+        let ads = AdsServer::new(
+            rx,
+            Arc::clone(&registry),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();
@@ -93,6 +103,7 @@ impl Harness {
             previous: first,
             addr,
             registry,
+            metrics,
             shutdown,
         }
     }
@@ -498,6 +509,28 @@ async fn a_proxy_that_goes_away_is_forgotten() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(h.registry.count(redis_xds::xds::Variant::Delta), 0);
+}
+
+#[tokio::test]
+async fn a_proxy_held_until_the_source_is_ready_is_let_go_when_it_leaves() {
+    let mut held = Arc::into_inner(snapshot(&base_model(7200), None)).unwrap();
+    held.ready = false;
+    let h = Harness::start_with(Arc::new(held)).await;
+    let d = h.delta().await;
+    d.subscribe(node("p", Some("shop")), CDS, &[]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while h.metrics.held.get() == 0 {
+        assert!(Instant::now() < deadline, "the proxy was never held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(d);
+    while h.metrics.held.get() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a proxy that left is still held, waiting for the source"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]

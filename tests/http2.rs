@@ -239,6 +239,13 @@ async fn shutdown_lets_open_streams_finish_and_then_ends_the_server() {
     let (response, mut send) = client.send_request(request, false).unwrap();
     let response = response.await.unwrap();
     stop.cancel();
+    // New connections are refused at once, while the open stream drains.
+    within(async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     // The stream is still served: its end comes once the request ends.
     send.send_data(Bytes::from_static(b"last words"), true)
         .unwrap();
@@ -518,19 +525,77 @@ async fn frame_level_violations_end_the_connection_with_the_matching_error() {
     raw.send(&frame(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes()))
         .await;
     raw.expect_goaway(0x3).await;
-    // A header block on a stream that is not open (here, skipped): STREAM_CLOSED.
-    let mut raw = Raw::start(Settings::default()).await;
-    raw.send(&frame(HEADERS, END_HEADERS, 3, &request_block("/wait")))
-        .await;
-    assert_eq!(raw.next().await.unwrap().kind, HEADERS);
-    raw.send(&frame(HEADERS, END_HEADERS, 1, &request_block("/wait")))
-        .await;
-    raw.expect_goaway(0x5).await;
     // A header block that is not valid HPACK: COMPRESSION_ERROR.
     let mut raw = Raw::start(Settings::default()).await;
     raw.send(&frame(HEADERS, END_HEADERS, 1, &[0xff, 0x7f]))
         .await;
     raw.expect_goaway(0x9).await;
+}
+
+#[tokio::test]
+async fn a_header_block_on_a_closed_stream_is_ignored_but_keeps_the_hpack_table() {
+    let mut raw = Raw::start(Settings::default()).await;
+    raw.send(&frame(HEADERS, END_HEADERS, 3, &request_block("/wait")))
+        .await;
+    assert_eq!(raw.next().await.unwrap().kind, HEADERS);
+    // Stream 1 was skipped, so it is closed: its block is ignored, but it adds
+    // ":path: /wait" to the dynamic table (literal with incremental indexing, name 4).
+    let mut indexed = vec![0x44, 5];
+    indexed.extend_from_slice(b"/wait");
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &indexed)).await;
+    // A request naming its path by that entry (index 62) is served.
+    raw.send(&frame(HEADERS, END_HEADERS, 5, &[0x83, 0x86, 0x80 | 62]))
+        .await;
+    let headers = raw.next().await.unwrap();
+    assert_eq!((headers.kind, headers.stream), (HEADERS, 5), "{headers:?}");
+}
+
+#[tokio::test]
+async fn a_peer_that_shrinks_its_hpack_table_gets_a_size_update_first() {
+    let mut raw = Raw::start(Settings::default()).await;
+    // SETTINGS_HEADER_TABLE_SIZE = 0.
+    raw.send(&frame(SETTINGS, 0, 0, &[0, 1, 0, 0, 0, 0])).await;
+    assert_eq!(raw.next().await.unwrap().flags, ACK);
+    for (stream, update) in [(1, true), (3, false)] {
+        raw.send(&frame(
+            HEADERS,
+            END_HEADERS,
+            stream,
+            &request_block("/wait"),
+        ))
+        .await;
+        let headers = raw.next().await.unwrap();
+        assert_eq!(headers.kind, HEADERS);
+        assert_eq!(headers.payload[0] == 0x20, update, "{headers:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_peers_goaway_its_open_streams_go_on_and_new_ones_are_refused() {
+    let mut raw = Raw::start(Settings::default()).await;
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &request_block("/wait")))
+        .await;
+    assert_eq!(raw.next().await.unwrap().kind, HEADERS);
+    raw.send(&frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]))
+        .await;
+    raw.send(&frame(HEADERS, END_HEADERS, 3, &request_block("/wait")))
+        .await;
+    let rst = raw.next().await.unwrap();
+    assert_eq!((rst.kind, rst.stream), (RST_STREAM, 3));
+    // Well past any drain deadline, with keepalive answered, stream 1 is still served.
+    for _ in 0..3 {
+        let ping = raw.next().await.unwrap();
+        assert_eq!((ping.kind, ping.flags), (PING, 0));
+        raw.send(&frame(PING, ACK, 0, &ping.payload)).await;
+    }
+    raw.send(&frame(DATA, END_STREAM, 1, b"")).await;
+    let trailers = raw.next().await.unwrap();
+    assert_eq!(
+        (trailers.kind, trailers.stream, trailers.flags & END_STREAM),
+        (HEADERS, 1, END_STREAM)
+    );
+    // Its last stream done, the connection ends.
+    assert_eq!(raw.next().await, None);
 }
 
 #[tokio::test]

@@ -54,6 +54,19 @@ pub(super) type Requests =
 /// What the stream hands to the response writer.
 pub(super) type Outgoing = Result<Response, Box<Status>>;
 
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// A response of either variant.
 pub(super) enum Response {
     Sotw(Box<discovery::DiscoveryResponse>),
@@ -166,11 +179,20 @@ pub(super) async fn run(
             }
         }
     }
-    // Hold the proxy (it keeps its current configuration) until the source is complete.
-    while !ctx.source.borrow_and_update().is_ready() {
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            changed = ctx.source.changed() => if changed.is_err() { return },
+    // Hold the proxy (it keeps its current configuration) until the source is complete,
+    // or until it goes away (its stream reset or its connection gone).
+    if !ctx.source.borrow_and_update().is_ready() {
+        let held = ctx.metrics.held.clone();
+        held.inc();
+        let _counted = scopeguard(move || {
+            held.dec();
+        });
+        while !ctx.source.borrow_and_update().is_ready() {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return,
+                () = responses.closed() => return,
+                changed = ctx.source.changed() => if changed.is_err() { return },
+            }
         }
     }
     let (view, observed_at) = {
@@ -232,6 +254,8 @@ impl Stream {
             tokio::select! {
                 biased;
                 () = self.ctx.shutdown.cancelled() => return Ok(()),
+                // Nobody reads the responses any more: the stream is gone.
+                () = responses.closed() => return Ok(()),
                 req = requests.next() => match req {
                     Some(Ok(req)) => {
                         self.on_request(req);

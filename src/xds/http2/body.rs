@@ -140,6 +140,10 @@ impl http_body::Body for RequestBody {
             None if !state.tail.is_empty() => Some(std::mem::take(&mut state.tail).freeze()),
             None => None,
         };
+        if state.chunks.is_empty() && state.chunks.capacity() > 0 {
+            // An idle stream keeps no queue either.
+            state.chunks = VecDeque::new();
+        }
         if let Some(data) = next {
             state.released += data.len();
             drop(state);

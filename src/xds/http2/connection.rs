@@ -75,10 +75,11 @@ const WRITE_LIMIT: usize = 1024 * 1024;
 const BUDGET: usize = 64;
 /// How long a connection that failed may take to write its GOAWAY.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Streams the peer may reset before their handler answered, beyond those it let finish:
-/// opening and resetting streams at once makes this server start handlers for nothing
-/// (the "rapid reset" attack).
+/// Streams the peer may reset before their handler answered, within a window: opening
+/// and resetting streams at once makes this server start handlers for nothing (the "rapid
+/// reset" attack).
 const MAX_EARLY_RESETS: usize = 256;
+const EARLY_RESETS_WINDOW: Duration = Duration::from_secs(30);
 /// A response message at least this large tells the memory reclaimer once it is written.
 const LARGE_RESPONSE: usize = 64 * 1024;
 /// Payload of the keepalive PING.
@@ -171,6 +172,12 @@ pub struct Connection<IO, H> {
     shutdown_seen: bool,
     reclaimer: Option<Arc<Reclaimer>>,
     early_resets: usize,
+    /// When the count of early resets started.
+    early_resets_since: Instant,
+    /// The next header block starts with a dynamic table size update to 0.
+    table_size_update: bool,
+    /// The peer sent GOAWAY: it opens no more streams; the connection ends with its last.
+    peer_goaway: bool,
 }
 
 impl<IO, H> Connection<IO, H>
@@ -236,6 +243,9 @@ where
             shutdown_seen: false,
             reclaimer: None,
             early_resets: 0,
+            early_resets_since: Instant::now(),
+            table_size_update: false,
+            peer_goaway: false,
         }
     }
 
@@ -291,7 +301,7 @@ where
 
     fn finished(&self) -> bool {
         match self.phase {
-            Phase::Open => false,
+            Phase::Open => self.peer_goaway && self.streams.is_empty(),
             Phase::Draining => self.streams.is_empty(),
             Phase::Closing => true,
         }
@@ -473,9 +483,8 @@ where
                 if head.len < 8 {
                     return error(Reason::FRAME_SIZE_ERROR, "GOAWAY shorter than 8 octets");
                 }
-                if self.phase == Phase::Open {
-                    self.drain();
-                }
+                // Its streams go on (with keepalive); only new ones are refused.
+                self.peer_goaway = true;
                 Ok(())
             }
             frame::WINDOW_UPDATE => self.window_update(head, payload),
@@ -592,17 +601,18 @@ where
         block: &[u8],
     ) -> Result<(), ConnectionError> {
         if id <= self.last_stream {
-            // Trailers; gRPC clients send none. On a stream that is not open any more, a
-            // header block is an error: it would only be decoded for nothing.
-            let Some(i) = self.find(id).filter(|&i| self.streams[i].receiving) else {
-                return error(Reason::STREAM_CLOSED, "HEADERS on a closed stream");
-            };
+            // Trailers (gRPC clients send none), or a block on a stream that is not open any
+            // more (this server may have reset it while the block was on its way): decoded
+            // to keep the HPACK table in step, then ignored (RFC 9113 section 5.1).
             header::decode_trailers(&mut self.decoder, block).or_else(|()| {
                 error(
                     Reason::COMPRESSION_ERROR,
                     "header block could not be decoded",
                 )
             })?;
+            let Some(i) = self.find(id).filter(|&i| self.streams[i].receiving) else {
+                return Ok(());
+            };
             if end_stream {
                 let s = &mut self.streams[i];
                 s.receiving = false;
@@ -628,6 +638,7 @@ where
             }
         };
         if self.phase != Phase::Open
+            || self.peer_goaway
             || self.streams.len() >= self.settings.max_concurrent_streams as usize
         {
             frame::rst_stream(&mut self.out, id, Reason::REFUSED_STREAM);
@@ -672,6 +683,11 @@ where
         ]));
         if let Some(i) = self.find(head.stream) {
             if matches!(self.streams[i].respond, Respond::Calling(_)) {
+                let now = Instant::now();
+                if now - self.early_resets_since > EARLY_RESETS_WINDOW {
+                    self.early_resets_since = now;
+                    self.early_resets = 0;
+                }
                 self.early_resets += 1;
                 if self.early_resets > MAX_EARLY_RESETS {
                     return error(
@@ -737,12 +753,14 @@ where
                     }
                     self.peer_max_frame = value as usize;
                 }
-                // This server's header blocks never use the dynamic table, it never
-                // pushes, and it opens no streams; other settings do not apply.
-                frame::SETTINGS_HEADER_TABLE_SIZE
-                | frame::SETTINGS_ENABLE_PUSH
-                | frame::SETTINGS_MAX_CONCURRENT_STREAMS
-                | frame::SETTINGS_MAX_HEADER_LIST_SIZE => {}
+                // This server's header blocks never use the dynamic table, but a decoder
+                // that shrinks it below the default expects the encoder to acknowledge
+                // that with a size update at the start of the next block (RFC 7541
+                // section 4.2).
+                frame::SETTINGS_HEADER_TABLE_SIZE if (value as usize) < header::TABLE_SIZE => {
+                    self.table_size_update = true;
+                }
+                // It never pushes and opens no streams; other settings do not apply.
                 _ => {}
             }
         }
@@ -865,7 +883,6 @@ where
             match outcome.end {
                 None => i += 1,
                 Some(None) => {
-                    self.early_resets = self.early_resets.saturating_sub(1);
                     // The response is complete; a peer still sending is told to stop.
                     if self.streams[i].receiving {
                         frame::rst_stream(&mut self.out, self.streams[i].id, Reason::NO_ERROR);
@@ -894,6 +911,9 @@ where
             };
             let (parts, body) = response.into_parts();
             let mut block = Vec::new();
+            if std::mem::take(&mut self.table_size_update) {
+                block.push(header::TABLE_SIZE_ZERO);
+            }
             header::encode_response(&mut block, parts.status, &parts.headers);
             let end = body.is_end_stream();
             frame::headers(out, s.id, &block, end, self.peer_max_frame);
@@ -949,6 +969,9 @@ where
                     }
                     Err(f) => {
                         let mut block = Vec::new();
+                        if std::mem::take(&mut self.table_size_update) {
+                            block.push(header::TABLE_SIZE_ZERO);
+                        }
                         if let Some(trailers) = f.trailers_ref() {
                             header::encode_trailers(&mut block, trailers);
                         }

@@ -16,6 +16,10 @@ pub const MAX_HEADER_LIST: usize = 64 * 1024;
 /// this server never changes).
 pub const TABLE_SIZE: usize = 4096;
 
+/// A dynamic table size update to 0, the first octet of a block after the peer shrank
+/// its table.
+pub const TABLE_SIZE_ZERO: u8 = 0x20;
+
 /// Why a decoded header block is not a valid request; the stream is reset with
 /// PROTOCOL_ERROR (RFC 9113 section 8.1.1).
 #[derive(Debug, PartialEq, Eq)]
@@ -150,7 +154,9 @@ pub fn decode_trailers(decoder: &mut hpack::Decoder, block: &[u8]) -> Result<(),
 
 /// A new decoder whose peer may not grow the dynamic table past what was advertised.
 pub fn decoder() -> hpack::Decoder {
-    hpack::Decoder::new(TABLE_SIZE)
+    // Decoding stops at twice the largest list accepted: a block of tiny references to a
+    // large table entry must not expand into megabytes.
+    hpack::Decoder::new(TABLE_SIZE, 2 * MAX_HEADER_LIST)
 }
 
 /// HPACK integer with an `prefix`-bit prefix; `first` holds the bits above the prefix.

@@ -86,16 +86,20 @@ pub struct Decoder {
     max_size: usize,
     /// What SETTINGS_HEADER_TABLE_SIZE allows the peer.
     allowed: usize,
+    /// Most octets of names and values one block may decode to.
+    max_decoded: usize,
 }
 
 impl Decoder {
-    /// A decoder whose peer may use a table of up to `allowed` octets.
-    pub fn new(allowed: usize) -> Self {
+    /// A decoder whose peer may use a table of up to `allowed` octets, for blocks that
+    /// decode to at most `max_decoded` octets of names and values.
+    pub fn new(allowed: usize, max_decoded: usize) -> Self {
         Decoder {
             table: VecDeque::new(),
             size: 0,
             max_size: allowed,
             allowed,
+            max_decoded,
         }
     }
 
@@ -106,10 +110,20 @@ impl Decoder {
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), Error> {
         let mut first = true;
+        let mut decoded = 0;
+        let max_decoded = self.max_decoded;
+        let mut count = |n: usize| {
+            decoded += n;
+            if decoded > max_decoded {
+                return Err(Error("header block decodes to too much"));
+            }
+            Ok(())
+        };
         while let Some(&octet) = block.first() {
             if octet & 0x80 != 0 {
                 let index = integer(&mut block, 7)?;
                 let (name, value) = self.entry(index)?;
+                count(name.len() + value.len())?;
                 field(name, value);
             } else if octet & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the block's fields.
@@ -129,14 +143,23 @@ impl Decoder {
                 let indexing = octet & 0xc0 == 0x40;
                 let prefix = if indexing { 6 } else { 4 };
                 let index = integer(&mut block, prefix)?;
-                let name = if index == 0 {
-                    string(&mut block)?
+                let literal = if index == 0 {
+                    Some(string(&mut block)?)
                 } else {
-                    self.entry(index)?.0.to_vec()
+                    None
                 };
                 let value = string(&mut block)?;
-                field(&name, &value);
+                let name = match &literal {
+                    Some(n) => n.as_slice(),
+                    None => self.entry(index)?.0,
+                };
+                count(name.len() + value.len())?;
+                field(name, &value);
                 if indexing {
+                    let name = match literal {
+                        Some(n) => n,
+                        None => self.entry(index)?.0.to_vec(),
+                    };
                     self.insert(name, value);
                 }
             }
@@ -160,7 +183,10 @@ impl Decoder {
         }
     }
 
-    fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) {
+    fn insert(&mut self, mut name: Vec<u8>, mut value: Vec<u8>) {
+        // Decoded Huffman strings have room to spare; kept entries should not.
+        name.shrink_to_fit();
+        value.shrink_to_fit();
         let size = name.len() + value.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
             // Too large for the table: it empties it (RFC 7541 section 4.4).
@@ -285,7 +311,7 @@ mod tests {
                 "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
             ],
         ] {
-            let mut d = Decoder::new(4096);
+            let mut d = Decoder::new(4096, 1 << 20);
             assert_eq!(
                 decode(&mut d, &hex(blocks[0])).unwrap(),
                 pairs(&[
@@ -324,7 +350,7 @@ mod tests {
 
     #[test]
     fn should_evict_the_oldest_entries_to_fit_and_honour_size_updates() {
-        let mut d = Decoder::new(4096);
+        let mut d = Decoder::new(4096, 1 << 20);
         // Size update to 100 octets, then two literals with indexing of 44 and 45 octets.
         let mut block = vec![0x3f, 0x45];
         for (name, value) in [("aaaa", "bbbbbbbb"), ("cccc", "ddddddddd")] {
@@ -366,9 +392,23 @@ mod tests {
             (&[0x00, 0x81, 0x00, 0x00], "Huffman"),
         ];
         for (block, why) in cases {
-            let err = decode(&mut Decoder::new(4096), block).unwrap_err();
+            let err = decode(&mut Decoder::new(4096, 1 << 20), block).unwrap_err();
             assert!(err.0.contains(why), "{block:?}: {}", err.0);
         }
+    }
+
+    #[test]
+    fn should_stop_a_block_that_decodes_to_too_much() {
+        let mut d = Decoder::new(4096, 100);
+        // One 40-octet entry, then references to it: 2 fit, the 3rd passes 100 octets.
+        let mut block = vec![0x40, 20];
+        block.extend_from_slice(&[b'n'; 20]);
+        block.push(20);
+        block.extend_from_slice(&[b'v'; 20]);
+        assert!(d.decode(&block, |_, _| {}).is_ok());
+        assert!(d.decode(&[0x80 | 62, 0x80 | 62], |_, _| {}).is_ok());
+        let err = d.decode(&[0x80 | 62, 0x80 | 62, 0x80 | 62], |_, _| {});
+        assert_eq!(err, Err(Error("header block decodes to too much")));
     }
 
     proptest::proptest! {
@@ -387,14 +427,14 @@ mod tests {
             }
             block.extend_from_slice(&coded);
             let mut got = Vec::new();
-            Decoder::new(4096).decode(&block, |_, v| got = v.to_vec()).unwrap();
+            Decoder::new(4096, 1 << 20).decode(&block, |_, v| got = v.to_vec()).unwrap();
             proptest::prop_assert_eq!(got, value);
         }
 
         #[test]
         fn no_block_panics_the_decoder(blocks in proptest::collection::vec(
             proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), 1..4)) {
-            let mut d = Decoder::new(4096);
+            let mut d = Decoder::new(4096, 1 << 20);
             for b in &blocks {
                 let _ = d.decode(b, |_, _| {});
                 proptest::prop_assert!(d.size <= d.max_size);

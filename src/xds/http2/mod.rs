@@ -110,6 +110,9 @@ pub async fn serve<H: Handler>(
             ),
         };
     }
+    // Refused from here on, so that proxies try another replica at once instead of waiting
+    // in the backlog of a server that drains.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }
