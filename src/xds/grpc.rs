@@ -5,9 +5,10 @@
 //! rest stays allocated), and gives every request stream an 8 KiB decode buffer. Across an
 //! idle fleet that is most of the server's memory: a proxy holding a thousand listeners
 //! keeps half a megabyte for its first push, for as long as it stays connected. Here each
-//! response is encoded into an allocation of exactly its size, which is freed once h2 has
-//! written it, and requests are decoded by tonic's own `Streaming` with a small initial
-//! buffer. Paths, statuses and trailers follow the gRPC over HTTP/2 protocol.
+//! response is encoded into an allocation of exactly its size, which is freed once the
+//! HTTP/2 layer (`super::http2`) has written it, and requests are decoded by tonic's own
+//! `Streaming` with a small initial buffer. Paths, statuses and trailers follow the gRPC
+//! over HTTP/2 protocol.
 
 use std::marker::PhantomData;
 use std::pin::Pin;
