@@ -233,6 +233,18 @@ fn latencies(lines: &[String], t0: SystemTime) -> Vec<f64> {
     out
 }
 
+/// Waits until `done` holds, for at most 60 s.
+async fn wait_until(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("{what} after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let base = model(opts.clusters, 0);
@@ -286,27 +298,21 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     });
     // Once every stream and connection of a fleet has gone and the server has given the
     // freed memory back.
-    let departed = async || -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !registry.is_empty() || reclaimer.open_connections() > 0 || !reclaimer.settled() {
-            if Instant::now() > deadline {
-                bail!("streams still registered, or memory not released, after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+    let departed = async || {
+        wait_until(
+            || registry.is_empty() && reclaimer.open_connections() == 0 && reclaimer.settled(),
+            "streams still registered, or memory not released",
+        )
+        .await
     };
     // Once a connected fleet is idle: the first pushes' buffers were given back (the
     // reclaimer does so a second after a burst of large responses, as in production).
-    let idle = async || -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reclaimer.settled() {
-            if Instant::now() > deadline {
-                bail!("memory not released 60 s after the fleet synced");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+    let idle = async || {
+        wait_until(
+            || reclaimer.settled(),
+            "memory not released after the fleet synced",
+        )
+        .await
     };
 
     // The starting value is a warm server: one proxy connected, synced and left, so the
@@ -544,9 +550,9 @@ mod floor {
         let task = tokio::spawn(async move {
             // The same keepalive and socket settings as the xDS port.
             tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .tcp_keepalive(Some(Duration::from_secs(60)))
+                .http2_keepalive_interval(Some(crate::serve::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(crate::serve::KEEPALIVE_TIMEOUT))
+                .tcp_keepalive(Some(crate::serve::TCP_KEEPALIVE))
                 .tcp_nodelay(true)
                 .add_service(AggregatedDiscoveryServiceServer::new(server))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

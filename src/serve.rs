@@ -86,8 +86,10 @@ pub struct Handles {
 
 /// HTTP/2 keepalive: detect dead proxies (and let proxies detect a dead server) within a
 /// minute, without relying on TCP timeouts of many minutes.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive idle time on accepted sockets.
+pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Kubernetes settings of `serve` without `--manifests`.
 #[derive(Clone, Debug, Default)]
@@ -202,7 +204,7 @@ pub fn xds_server_options(
         },
         tls,
         reclaimer,
-        tcp_keepalive: Some(Duration::from_secs(60)),
+        tcp_keepalive: Some(TCP_KEEPALIVE),
     }
 }
 

@@ -54,19 +54,6 @@ pub(super) type Requests =
 /// What the stream hands to the response writer.
 pub(super) type Outgoing = Result<Response, Box<Status>>;
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// A response of either variant.
 pub(super) enum Response {
     Sotw(Box<discovery::DiscoveryResponse>),
@@ -151,6 +138,22 @@ impl Drop for Disconnect {
     }
 }
 
+/// Counts a stream in the held gauge while it lives.
+struct Held(prometheus_client::metrics::gauge::Gauge);
+
+impl Held {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Runs one stream until the client goes away, the server shuts down, or the send side
 /// closes. `first` is the stream's first request.
 pub(super) async fn run(
@@ -182,11 +185,7 @@ pub(super) async fn run(
     // Hold the proxy (it keeps its current configuration) until the source is complete,
     // or until it goes away (its stream reset or its connection gone).
     if !ctx.source.borrow_and_update().is_ready() {
-        let held = ctx.metrics.held.clone();
-        held.inc();
-        let _counted = scopeguard(move || {
-            held.dec();
-        });
+        let _held = Held::new(&ctx.metrics.held);
         while !ctx.source.borrow_and_update().is_ready() {
             tokio::select! {
                 () = ctx.shutdown.cancelled() => return,

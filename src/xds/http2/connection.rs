@@ -882,14 +882,14 @@ where
             progress |= outcome.progress;
             match outcome.end {
                 None => i += 1,
-                Some(None) => {
+                Some(End::Complete) => {
                     // The response is complete; a peer still sending is told to stop.
                     if self.streams[i].receiving {
                         frame::rst_stream(&mut self.out, self.streams[i].id, Reason::NO_ERROR);
                     }
                     self.remove(i, None);
                 }
-                Some(Some(reason)) => {
+                Some(End::Reset(reason)) => {
                     frame::rst_stream(&mut self.out, self.streams[i].id, reason);
                     self.remove(i, Some(reason));
                 }
@@ -918,7 +918,7 @@ where
             let end = body.is_end_stream();
             frame::headers(out, s.id, &block, end, self.peer_max_frame);
             if end {
-                return StreamOutcome::ended(None);
+                return StreamOutcome::ended(End::Complete);
             }
             s.respond = Respond::Sending {
                 body,
@@ -959,7 +959,7 @@ where
                 Poll::Pending => return StreamOutcome::pending(progress),
                 Poll::Ready(None) => {
                     frame::head(out, 0, frame::DATA, frame::END_STREAM, s.id);
-                    return StreamOutcome::ended(None);
+                    return StreamOutcome::ended(End::Complete);
                 }
                 Poll::Ready(Some(Ok(f))) => match f.into_data() {
                     Ok(data) => {
@@ -976,12 +976,12 @@ where
                             header::encode_trailers(&mut block, trailers);
                         }
                         frame::headers(out, s.id, &block, true, self.peer_max_frame);
-                        return StreamOutcome::ended(None);
+                        return StreamOutcome::ended(End::Complete);
                     }
                 },
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(stream = s.id, error = %e, "response body failed");
-                    return StreamOutcome::ended(Some(Reason::INTERNAL_ERROR));
+                    return StreamOutcome::ended(End::Reset(Reason::INTERNAL_ERROR));
                 }
             }
         }
@@ -1019,11 +1019,17 @@ where
     }
 }
 
-/// What polling a stream did. `end`: `Some(None)` the response is complete,
-/// `Some(Some(reason))` the stream is to be reset.
+/// How a stream's response ended.
+enum End {
+    Complete,
+    /// The stream is to be reset with this reason.
+    Reset(Reason),
+}
+
+/// What polling a stream did; `end` is set once its response is over.
 struct StreamOutcome {
     progress: bool,
-    end: Option<Option<Reason>>,
+    end: Option<End>,
 }
 
 impl StreamOutcome {
@@ -1034,10 +1040,10 @@ impl StreamOutcome {
         }
     }
 
-    fn ended(reset: Option<Reason>) -> Self {
+    fn ended(end: End) -> Self {
         StreamOutcome {
             progress: true,
-            end: Some(reset),
+            end: Some(end),
         }
     }
 }
