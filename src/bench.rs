@@ -342,9 +342,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let cpu0 = cpu_s();
     let t0 = SystemTime::now();
     let changed = Arc::new(snapshot(next, Some(&first)));
-    // Only the server holds snapshots from here on, as in production.
-    drop(first);
     tx.send_replace(changed.clone());
+    // Only the server holds snapshots from here on, and it retires the replaced one as in
+    // production.
+    crate::publish::retire(first);
     let lines = clients.expect("done")?;
     let cpu = cpu_s() - cpu0;
     let lat = latencies(&lines, t0);
@@ -364,8 +365,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     for cycle in 2..4 {
         let mut again = Clients::start(addr, &opts)?;
         again.expect("ready")?;
-        current = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
-        tx.send_replace(current.clone());
+        let next = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
+        tx.send_replace(next.clone());
+        crate::publish::retire(std::mem::replace(&mut current, next));
         again.expect("done")?;
         again.stop();
         departed().await?;

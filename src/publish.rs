@@ -35,6 +35,19 @@ impl Default for Debounce {
     }
 }
 
+/// How long a replaced snapshot is kept before it is dropped.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
+
+/// Drops a replaced snapshot a second later rather than now. Freeing a large model and
+/// compile output takes milliseconds, and right after a publish those belong to the
+/// streams pushing the change. Must be called within a Tokio runtime.
+pub fn retire(old: Arc<Snapshot>) {
+    tokio::spawn(async move {
+        tokio::time::sleep(RETIRE_AFTER).await;
+        drop(old);
+    });
+}
+
 /// Compiles a model into a snapshot, reusing what did not change.
 pub fn snapshot(
     model: &Arc<Model>,
@@ -120,6 +133,7 @@ pub async fn run(
         let snap = Arc::new(snap);
         snapshots.send_replace(Arc::clone(&snap));
         sources.send_replace(snap);
+        retire(previous);
     }
 }
 
