@@ -30,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::protojson;
 use crate::snapshot::Snapshot;
 use crate::source::watch::DirState;
-use crate::xds::tracker::Known;
 use crate::xds::{ProxyStatus, Registry, ResourceType, TypeStatus};
 
 /// What the debug server reads.
@@ -137,12 +136,13 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
     Json(json!({ "proxies": proxies }))
 }
 
+/// The resources a proxy was sent, leaving out those it only declared holding.
 fn resources(
     t: Option<&TypeStatus>,
-) -> impl Iterator<Item = (&String, &Known, &Arc<crate::xds::Resource>)> {
+) -> impl Iterator<Item = (&String, &Arc<crate::xds::Resource>)> {
     t.into_iter()
         .flat_map(|t| t.sent.iter())
-        .filter_map(|(name, k)| k.resource.as_ref().map(|r| (name, k, r)))
+        .filter(|(_, r)| !r.declared)
 }
 
 fn packed(type_url: &str, r: &crate::xds::Resource) -> Option<Any> {
@@ -160,8 +160,8 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let clusters = admin::ClustersConfigDump {
         version_info: cds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
         dynamic_active_clusters: resources(cds)
-            .map(|(_, k, r)| admin::clusters_config_dump::DynamicCluster {
-                version_info: k.version.clone(),
+            .map(|(_, r)| admin::clusters_config_dump::DynamicCluster {
+                version_info: r.version.clone(),
                 cluster: packed(ResourceType::Cluster.type_url(), r),
                 ..Default::default()
             })
@@ -171,8 +171,8 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let endpoints = admin::EndpointsConfigDump {
         dynamic_endpoint_configs: resources(eds)
             .map(
-                |(_, k, r)| admin::endpoints_config_dump::DynamicEndpointConfig {
-                    version_info: k.version.clone(),
+                |(_, r)| admin::endpoints_config_dump::DynamicEndpointConfig {
+                    version_info: r.version.clone(),
                     endpoint_config: packed(ResourceType::Endpoint.type_url(), r),
                     ..Default::default()
                 },
@@ -183,17 +183,15 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let listeners = admin::ListenersConfigDump {
         version_info: lds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
         dynamic_listeners: resources(lds)
-            .map(
-                |(name, k, r)| admin::listeners_config_dump::DynamicListener {
-                    name: name.clone(),
-                    active_state: Some(admin::listeners_config_dump::DynamicListenerState {
-                        version_info: k.version.clone(),
-                        listener: packed(ResourceType::Listener.type_url(), r),
-                        ..Default::default()
-                    }),
+            .map(|(name, r)| admin::listeners_config_dump::DynamicListener {
+                name: name.clone(),
+                active_state: Some(admin::listeners_config_dump::DynamicListenerState {
+                    version_info: r.version.clone(),
+                    listener: packed(ResourceType::Listener.type_url(), r),
                     ..Default::default()
-                },
-            )
+                }),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     };

@@ -5,11 +5,12 @@
 //! snapshot, so unchanged resources cost neither memory nor pushes. Per-proxy views are
 //! computed once per distinct identity (namespace and labels), not once per connection.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
+use imbl::ordmap::DiffItem;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -21,10 +22,21 @@ use crate::xds::{NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSo
 /// would destroy messages without protecting anything.
 const MIN_REDACTED_LEN: usize = 4;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct ListenerEntry {
     compiled: Arc<CompiledListener>,
     resource: Arc<Resource>,
+}
+
+/// What changed since the snapshot before, and the views computed from that one: a view
+/// of this snapshot is the view before with the change applied.
+#[derive(Debug, Default)]
+struct Change {
+    views: HashMap<NodeIdentity, Arc<ProxyResources>>,
+    /// Listeners added, removed, or changed in content or in the proxies they select.
+    listeners: Vec<String>,
+    /// Clusters whose cluster or endpoints were added, removed or changed.
+    clusters: Vec<String>,
 }
 
 /// One published state of the world.
@@ -32,8 +44,9 @@ struct ListenerEntry {
 pub struct Snapshot {
     clusters: ResourceMap,
     endpoints: ResourceMap,
-    listeners: BTreeMap<String, ListenerEntry>,
+    listeners: imbl::OrdMap<String, ListenerEntry>,
     views: Mutex<HashMap<NodeIdentity, Arc<ProxyResources>>>,
+    change: Change,
     /// The model it was compiled from, for the debug views.
     pub model: Arc<Model>,
     /// The compile output it was built from, for the debug views and status.
@@ -69,69 +82,101 @@ fn resource(
         version: version(&body),
         body: Bytes::from(body),
         clusters,
+        declared: false,
     })
+}
+
+/// Calls `f` with the name and the new value (`None`: gone) of every entry that is not the
+/// very same allocation in `after` as in `before`. The compiler builds each compile from
+/// the one before, so the two maps share every node the change did not touch, and this
+/// costs what changed.
+fn changes<'a, V: Eq>(
+    before: &'a imbl::OrdMap<String, Arc<V>>,
+    after: &'a imbl::OrdMap<String, Arc<V>>,
+    mut f: impl FnMut(&'a String, Option<&'a Arc<V>>),
+) {
+    for item in before.diff(after) {
+        match item {
+            DiffItem::Add(name, now) => f(name, Some(now)),
+            DiffItem::Update {
+                old: (_, was),
+                new: (name, now),
+            } if !Arc::ptr_eq(was, now) => f(name, Some(now)),
+            DiffItem::Update { .. } => {}
+            DiffItem::Remove(name, _) => f(name, None),
+        }
+    }
 }
 
 impl Snapshot {
     /// Encodes a compile output, reusing the resources of `previous` that did not change.
+    /// The snapshot starts as a copy of `previous` (which costs nothing: its maps are
+    /// persistent) and only what the compile changed is encoded and replaced.
     pub fn build(
         model: Arc<Model>,
         compiled: Arc<Compiled>,
         previous: Option<&Snapshot>,
         observed_at: Instant,
     ) -> Snapshot {
+        let empty = Compiled::default();
+        let (mut clusters, mut endpoints, mut listeners, before) = match previous {
+            Some(p) => (
+                p.clusters.clone(),
+                p.endpoints.clone(),
+                p.listeners.clone(),
+                &*p.compiled,
+            ),
+            None => (
+                ResourceMap::new(),
+                ResourceMap::new(),
+                imbl::OrdMap::new(),
+                &empty,
+            ),
+        };
+        let mut change = Change::default();
         // A compiled resource that is the very allocation of the previous compile (the
         // compiler reused it) keeps its encoded resource without being encoded again.
-        let mut clusters = ResourceMap::new();
-        let mut endpoints = ResourceMap::new();
-        for (name, c) in &compiled.clusters {
-            let unchanged = previous
-                .filter(|p| {
-                    p.compiled
-                        .clusters
-                        .get(name)
-                        .is_some_and(|pc| Arc::ptr_eq(pc, c))
-                })
-                .and_then(|p| {
-                    let cluster = p.clusters.get(name)?;
-                    let cla = match c.endpoints {
-                        Some(_) => Some(p.endpoints.get(name)?),
-                        None => None,
-                    };
-                    Some((cluster, cla))
-                });
-            if let Some((cluster, cla)) = unchanged {
-                clusters.insert(name.clone(), Arc::clone(cluster));
-                if let Some(cla) = cla {
-                    endpoints.insert(name.clone(), Arc::clone(cla));
-                }
-                continue;
-            }
-            let prev = previous.and_then(|p| p.clusters.get(name));
-            clusters.insert(
-                name.clone(),
-                resource(name, c.cluster.encode_to_vec(), Vec::new(), prev),
-            );
-            if let Some(cla) = &c.endpoints {
-                let prev = previous.and_then(|p| p.endpoints.get(name));
-                endpoints.insert(
-                    name.clone(),
-                    resource(name, cla.encode_to_vec(), Vec::new(), prev),
-                );
-            }
-        }
-        let mut listeners = BTreeMap::new();
-        for (name, l) in &compiled.listeners {
-            let prev = previous.and_then(|p| p.listeners.get(name));
-            let resource = match prev {
-                Some(e) if Arc::ptr_eq(&e.compiled, l) => Arc::clone(&e.resource),
-                _ => resource(
+        changes(&before.clusters, &compiled.clusters, |name, now| {
+            let cluster = now.map(|c| {
+                resource(
                     name,
-                    l.listener.encode_to_vec(),
-                    l.clusters.iter().cloned().collect(),
-                    prev.map(|e| &e.resource),
-                ),
+                    c.cluster.encode_to_vec(),
+                    Vec::new(),
+                    clusters.get(name),
+                )
+            });
+            let cla = now
+                .and_then(|c| c.endpoints.as_ref())
+                .map(|cla| resource(name, cla.encode_to_vec(), Vec::new(), endpoints.get(name)));
+            let same = |map: &ResourceMap, r: &Option<Arc<Resource>>| match (map.get(name), r) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
             };
+            if same(&clusters, &cluster) && same(&endpoints, &cla) {
+                return;
+            }
+            change.clusters.push(name.clone());
+            for (map, r) in [(&mut clusters, cluster), (&mut endpoints, cla)] {
+                match r {
+                    Some(r) => map.insert(name.clone(), r),
+                    None => map.remove(name),
+                };
+            }
+        });
+        changes(&before.listeners, &compiled.listeners, |name, now| {
+            change.listeners.push(name.clone());
+            let Some(l) = now else {
+                listeners.remove(name);
+                return;
+            };
+            let prev = listeners.get(name).map(|e: &ListenerEntry| &e.resource);
+            let resource = resource(
+                name,
+                l.listener.encode_to_vec(),
+                l.clusters.iter().cloned().collect(),
+                prev,
+            );
             listeners.insert(
                 name.clone(),
                 ListenerEntry {
@@ -139,6 +184,9 @@ impl Snapshot {
                     resource,
                 },
             );
+        });
+        if let Some(p) = previous {
+            change.views = p.views.lock().unwrap_or_else(|e| e.into_inner()).clone();
         }
         let mut secrets: Vec<String> = model
             .secrets
@@ -155,6 +203,7 @@ impl Snapshot {
             endpoints,
             listeners,
             views: Mutex::new(HashMap::new()),
+            change,
             model,
             compiled,
             secrets,
@@ -163,29 +212,83 @@ impl Snapshot {
         }
     }
 
+    fn selects(entry: &ListenerEntry, node: &NodeIdentity) -> bool {
+        entry
+            .compiled
+            .clients
+            .selects(node.namespace.as_deref(), node.labels.as_ref())
+    }
+
+    /// The view of a proxy, from nothing.
     fn compute(&self, node: &NodeIdentity) -> ProxyResources {
-        let listeners: ResourceMap = self
-            .listeners
-            .iter()
-            .filter(|(_, e)| {
-                e.compiled
-                    .clients
-                    .selects(node.namespace.as_deref(), node.labels.as_ref())
-            })
-            .map(|(n, e)| (n.clone(), Arc::clone(&e.resource)))
-            .collect();
-        let used: BTreeSet<&String> = listeners.values().flat_map(|r| r.clusters.iter()).collect();
-        let pick = |map: &ResourceMap| -> ResourceMap {
-            used.iter()
-                .filter_map(|n| map.get(*n).map(|r| ((*n).clone(), Arc::clone(r))))
-                .collect()
-        };
-        ProxyResources {
-            clusters: pick(&self.clusters),
-            endpoints: pick(&self.endpoints),
-            listeners,
-            versions: Default::default(),
+        let mut view = ProxyResources::default();
+        for (name, e) in &self.listeners {
+            if Self::selects(e, node) {
+                view.listeners.insert(name.clone(), Arc::clone(&e.resource));
+                for c in &e.resource.clusters {
+                    *view.uses.entry(c.clone()).or_default() += 1;
+                }
+            }
         }
+        for c in view.uses.keys() {
+            if let Some(r) = self.clusters.get(c) {
+                view.clusters.insert(c.clone(), Arc::clone(r));
+            }
+            if let Some(r) = self.endpoints.get(c) {
+                view.endpoints.insert(c.clone(), Arc::clone(r));
+            }
+        }
+        view
+    }
+
+    /// The view of a proxy: its view of the snapshot before with the change applied.
+    fn update(&self, before: &ProxyResources, node: &NodeIdentity) -> ProxyResources {
+        let mut view = ProxyResources {
+            clusters: before.clusters.clone(),
+            endpoints: before.endpoints.clone(),
+            listeners: before.listeners.clone(),
+            uses: before.uses.clone(),
+            versions: Default::default(),
+        };
+        // Clusters whose place in the view may differ: those that changed, and those the
+        // changed listeners used before or use now.
+        let mut touched: BTreeSet<String> = self.change.clusters.iter().cloned().collect();
+        for name in &self.change.listeners {
+            if let Some(old) = view.listeners.remove(name) {
+                for c in &old.clusters {
+                    let left = view.uses.get_mut(c).map(|n| {
+                        *n -= 1;
+                        *n
+                    });
+                    if left == Some(0) {
+                        view.uses.remove(c);
+                    }
+                }
+                touched.extend(old.clusters.iter().cloned());
+            }
+            if let Some(e) = self.listeners.get(name)
+                && Self::selects(e, node)
+            {
+                view.listeners.insert(name.clone(), Arc::clone(&e.resource));
+                for c in &e.resource.clusters {
+                    *view.uses.entry(c.clone()).or_default() += 1;
+                }
+                touched.extend(e.resource.clusters.iter().cloned());
+            }
+        }
+        for c in touched {
+            let used = view.uses.contains_key(&c);
+            for (mine, all) in [
+                (&mut view.clusters, &self.clusters),
+                (&mut view.endpoints, &self.endpoints),
+            ] {
+                match all.get(&c).filter(|_| used) {
+                    Some(r) => mine.insert(c.clone(), Arc::clone(r)),
+                    None => mine.remove(&c),
+                };
+            }
+        }
+        view
     }
 }
 
@@ -195,7 +298,10 @@ impl ResourceSource for Snapshot {
         if let Some(v) = views.get(node) {
             return Arc::clone(v);
         }
-        let view = Arc::new(self.compute(node));
+        let view = Arc::new(match self.change.views.get(node) {
+            Some(before) => self.update(before, node),
+            None => self.compute(node),
+        });
         views.insert(node.clone(), Arc::clone(&view));
         view
     }
@@ -222,6 +328,87 @@ impl ResourceSource for Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// One RedisCluster of a generated model: absent, or with a route target, the
+    /// namespaces its listener selects and a route prefix.
+    type Shape = Option<(usize, u8, u8)>;
+
+    fn shaped(shapes: &[Shape]) -> Model {
+        let mut m = Model::default();
+        for (i, shape) in shapes.iter().enumerate() {
+            let Some((target, clients, prefix)) = *shape else {
+                continue;
+            };
+            let namespaces = match clients {
+                0 => serde_json::json!(null),
+                1 => serde_json::json!(["a"]),
+                2 => serde_json::json!(["b"]),
+                _ => serde_json::json!(["a", "b"]),
+            };
+            let spec = serde_json::from_value(serde_json::json!({
+                "endpoints": {"static": [format!("10.0.0.{}:6379", i + 1)]},
+                "listener": {
+                    "port": 10000 + i,
+                    "clients": {"namespaces": namespaces},
+                    "routes": [{"prefix": format!("p{prefix}:"), "cluster": format!("rc-{}", target % shapes.len())}],
+                }
+            }))
+            .expect("a valid generated spec");
+            let key = crate::model::ObjectKey::new("ns", format!("rc-{i}"));
+            m.redis_clusters.insert(
+                key.clone(),
+                crate::model::RedisClusterObject {
+                    key,
+                    generation: Some(1),
+                    created: None,
+                    seen: i as u64,
+                    spec,
+                    origin: crate::model::Origin::Kubernetes,
+                },
+            );
+        }
+        m
+    }
+
+    fn shape() -> impl Strategy<Value = Shape> {
+        prop::option::weighted(0.8, (0..6usize, 0..4u8, 0..2u8))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A view updated from the change equals the view computed from nothing, whatever
+        /// appears, goes, changes content or changes the proxies it selects.
+        #[test]
+        fn updated_views_equal_views_from_nothing(
+            models in prop::collection::vec(prop::collection::vec(shape(), 6), 2..6)
+        ) {
+            let nodes: Vec<NodeIdentity> = [None, Some("a"), Some("b"), Some("c")]
+                .into_iter()
+                .map(|ns| NodeIdentity { namespace: ns.map(str::to_owned), labels: None })
+                .collect();
+            let mut before: Option<(Arc<Model>, Snapshot)> = None;
+            for shapes in &models {
+                let model = Arc::new(shaped(shapes));
+                let compiled = Arc::new(crate::compile::recompile(
+                    &model,
+                    before.as_ref().map(|(m, s)| (&**m, &*s.compiled)),
+                ));
+                let snap = Snapshot::build(
+                    Arc::clone(&model),
+                    compiled,
+                    before.as_ref().map(|(_, s)| s),
+                    Instant::now(),
+                );
+                for node in &nodes {
+                    let view = snap.resources_for(node);
+                    prop_assert_eq!(&*view, &snap.compute(node), "{:?} in {:?}", node, shapes);
+                }
+                before = Some((model, snap));
+            }
+        }
+    }
 
     #[test]
     fn should_build_from_a_recompile_what_a_build_from_scratch_holds() {

@@ -862,3 +862,29 @@ fn should_reuse_the_previous_compile_of_objects_whose_inputs_did_not_change() {
     assert!(!same(&again, "redis/x/a"));
     assert!(same(&again, "redis/y/b") && same(&again, "redis/y/c"));
 }
+
+#[test]
+fn should_follow_references_to_the_same_objects_when_others_come_and_go() {
+    // a routes to c; d is rejected on its own. The compile remembers where a's reference
+    // points; once b goes (or e comes before c), c is somewhere else among the objects.
+    let a = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 7100, routes: [{{prefix: \"c:\", cluster: c}}]}}"),
+    );
+    let b = rc("x", "b", STATIC);
+    let bb = rc("x", "bb", STATIC);
+    let c = rc("x", "c", STATIC);
+    let d = rc("x", "d", "endpoints: {}");
+    let before = model(&[a.as_str(), &b, &c, &d].concat());
+    let first = compile(&before);
+    assert!(accepted(&first, "x/a") && !accepted(&first, "x/d"));
+    for after in [
+        model(&[a.as_str(), &c, &d].concat()),
+        model(&[a.as_str(), &b, &bb, &c, &d].concat()),
+    ] {
+        let again = recompile(&after, Some((&before, &first)));
+        assert_eq!(again, compile(&after));
+        assert!(accepted(&again, "x/a"), "{:?}", problem_lines(&again));
+    }
+}

@@ -30,7 +30,7 @@ pub mod plan;
 mod problem;
 mod selector;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -44,35 +44,40 @@ pub use self::plan::ClientMatcher;
 use self::plan::Plan;
 pub use self::problem::{Problem, Reason};
 use crate::api::Labels;
-use crate::model::{Model, ObjectKey};
+use crate::model::{Model, ObjectKey, RedisClusterObject};
 
 /// Compiled Envoy resources for every accepted object, and the problems of the others.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Compiled {
     /// Envoy clusters by name.
-    pub clusters: BTreeMap<String, Arc<CompiledCluster>>,
+    pub clusters: imbl::OrdMap<String, Arc<CompiledCluster>>,
     /// Envoy listeners by name.
-    pub listeners: BTreeMap<String, Arc<CompiledListener>>,
+    pub listeners: imbl::OrdMap<String, Arc<CompiledListener>>,
     /// Why objects were left out, sorted by object then field.
     pub problems: Vec<Problem>,
     /// Outcome per RedisCluster, for status and the debug view.
-    pub objects: BTreeMap<ObjectKey, Outcome>,
+    pub objects: imbl::OrdMap<ObjectKey, Outcome>,
     /// Per-object work, for the next [`recompile`].
     memory: Memory,
 }
 
-/// What a compile did for one RedisCluster on its own.
+/// What a compile did for one RedisCluster.
 #[derive(Clone, Debug)]
 struct Entry {
     plan: Result<Arc<Plan>, Arc<[Problem]>>,
     /// Its Envoy resources, once it was accepted.
     built: Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>,
+    /// Where each reference of its listener points among the objects of the model, in
+    /// key order (`None`: no such object). Valid while the model has the same keys.
+    targets: Arc<[Option<usize>]>,
+    /// Whether it was accepted.
+    accepted: bool,
 }
 
 /// Per-object work of a compile. Not part of its value: compiles of one model are equal
 /// whatever they reused.
 #[derive(Clone, Default)]
-struct Memory(Arc<BTreeMap<ObjectKey, Entry>>);
+struct Memory(imbl::OrdMap<ObjectKey, Entry>);
 
 impl PartialEq for Memory {
     fn eq(&self, _: &Self) -> bool {
@@ -110,6 +115,13 @@ pub struct CompiledListener {
     /// Names of every cluster it sends commands to; a proxy that gets the listener gets these.
     pub clusters: BTreeSet<String>,
 }
+
+// Equality is reflexive for both: the compiler never puts a NaN in a message. With `Eq`,
+// comparing two `Arc`s of them first compares the pointers, so that comparing compiles
+// that share most of their resources (`imbl::OrdMap::diff`) does not compare those
+// resources field by field.
+impl Eq for CompiledCluster {}
+impl Eq for CompiledListener {}
 
 /// How one RedisCluster fared.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,94 +188,179 @@ pub fn compile(model: &Model) -> Compiled {
 /// Compiles `model` like [`compile`] (the result is equal), reusing the per-object work of
 /// `previous`, the compile of an earlier model, wherever it still holds.
 pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compiled {
+    let objects: Vec<(&ObjectKey, &RedisClusterObject)> = model.redis_clusters.iter().collect();
     // Every map here is ordered by object key, so the previous compile's work is found by
     // walking both in step rather than by a lookup per object.
     let changed = previous.map(|(before, _)| changed_namespaces(before, model));
+    let mut out = previous.map_or_else(Compiled::default, |(_, c)| Compiled {
+        problems: Vec::new(),
+        ..c.clone()
+    });
+    // The pair must be a model and its own compile; anything else reuses nothing.
+    if let Some((m, c)) = previous
+        && !m.redis_clusters.keys().eq(c.memory.0.keys())
+    {
+        return recompile(model, None);
+    }
     let mut before =
         previous.map(|(m, c)| m.redis_clusters.iter().zip(c.memory.0.iter()).peekable());
-    let entries: Vec<(&ObjectKey, Entry)> = model
-        .redis_clusters
-        .iter()
-        .map(|(key, obj)| {
-            let kept = before.as_mut().and_then(|b| {
-                while b.next_if(|((k, _), _)| *k < key).is_some() {}
-                let ((_, was), (compiled_key, entry)) = b.next_if(|((k, _), _)| *k == key)?;
-                // The pair must be a model and its own compile; anything else reuses nothing.
-                let unchanged = compiled_key == key
-                    && was.spec == obj.spec
-                    && !changed
-                        .as_ref()
-                        .is_some_and(|c| c.contains(key.namespace.as_str()));
-                unchanged.then(|| entry.clone())
-            });
-            let entry = kept.unwrap_or_else(|| Entry {
-                plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
-                built: None,
-            });
-            (key, entry)
-        })
-        .collect();
-
-    let mut problems: Vec<Problem> = Vec::new();
-    let mut plans: BTreeMap<&ObjectKey, &Plan> = entries
-        .iter()
-        .filter_map(|(key, entry)| match &entry.plan {
-            Ok(p) => Some((*key, &**p)),
-            Err(ps) => {
-                problems.extend(ps.iter().cloned());
-                None
+    // Whether the model has exactly the keys of the one before, so that references
+    // resolved then still point to the same objects.
+    let mut same_keys = previous.is_some_and(|(m, _)| m.redis_clusters.len() == objects.len());
+    let mut gone: Vec<(ObjectKey, Entry)> = Vec::new();
+    let mut entries: Vec<(Entry, Option<Entry>)> = Vec::with_capacity(objects.len());
+    for (key, obj) in &objects {
+        let mut was = None;
+        if let Some(b) = before.as_mut() {
+            while let Some(((k, _), (_, e))) = b.next_if(|((k, _), _)| k < key) {
+                same_keys = false;
+                gone.push(((*k).clone(), e.clone()));
             }
-        })
-        .collect();
-    reject_broken_references(model, &mut plans, &mut problems);
-    if reject_port_conflicts(model, &mut plans, &mut problems) {
-        // A loser may be someone's target.
-        reject_broken_references(model, &mut plans, &mut problems);
-    }
-    let accepted: Vec<bool> = {
-        let mut survivors = plans.into_keys().peekable();
-        entries
-            .iter()
-            .map(|(key, _)| survivors.next_if(|k| k == key).is_some())
-            .collect()
-    };
-
-    let mut clusters = Vec::new();
-    let mut listeners = Vec::new();
-    let mut objects = Vec::with_capacity(entries.len());
-    let mut memory = Vec::with_capacity(entries.len());
-    let owners = model.redis_clusters.values();
-    for (((key, mut entry), accepted), obj) in entries.into_iter().zip(accepted).zip(owners) {
-        if accepted && let Ok(plan) = &entry.plan {
-            let (cluster, listener) = entry.built.get_or_insert_with(|| build(plan));
-            clusters.push((cluster.cluster.name.clone(), Arc::clone(cluster)));
-            if let Some(l) = listener {
-                listeners.push((l.listener.name.clone(), Arc::clone(l)));
+            match b.next_if(|((k, _), _)| k == key) {
+                Some(((_, old), (_, e))) => was = Some((old, e)),
+                None => same_keys = false,
             }
         }
-        let endpoints = entry.plan.as_ref().map_or(0, |p| p.endpoints.len());
-        objects.push((
-            key.clone(),
-            Outcome {
-                accepted,
-                endpoints,
-                generation: obj.generation,
-            },
-        ));
-        memory.push((key.clone(), entry));
+        let kept = was.and_then(|(old, e)| {
+            let unchanged = old.spec == obj.spec
+                && !changed
+                    .as_ref()
+                    .is_some_and(|c| c.contains(key.namespace.as_str()));
+            unchanged.then(|| e.clone())
+        });
+        let previous_entry = was.map(|(_, e)| e.clone());
+        let entry = kept.unwrap_or_else(|| Entry {
+            plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
+            built: None,
+            targets: Arc::from([]),
+            accepted: false,
+        });
+        entries.push((entry, previous_entry));
+    }
+    if let Some(b) = before {
+        for ((k, _), (_, e)) in b {
+            same_keys = false;
+            gone.push((k.clone(), e.clone()));
+        }
+    }
+    // Resolve references: kept from the compile before while the keys are the same.
+    for (entry, was) in &mut entries {
+        let reused = was
+            .as_ref()
+            .is_some_and(|w| same_keys && same_plan(&w.plan, &entry.plan));
+        if reused {
+            continue;
+        }
+        let Ok(plan) = &entry.plan else { continue };
+        let Some(l) = &plan.listener else { continue };
+        entry.targets = l
+            .refs
+            .iter()
+            .map(|r| objects.binary_search_by(|(k, _)| (*k).cmp(&r.target)).ok())
+            .collect();
+    }
+
+    let mut problems: Vec<Problem> = Vec::new();
+    let judged: Vec<Judged> = entries
+        .iter()
+        .map(|(entry, _)| match &entry.plan {
+            Ok(plan) => (Some(&**plan), &*entry.targets),
+            Err(ps) => {
+                problems.extend(ps.iter().cloned());
+                (None, &[][..])
+            }
+        })
+        .collect();
+    let mut accepted: Vec<bool> = judged.iter().map(|(plan, _)| plan.is_some()).collect();
+    reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
+    if reject_port_conflicts(&objects, &judged, &mut accepted, &mut problems) {
+        // A loser may be someone's target.
+        reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
+    }
+    drop(judged);
+
+    for (((key, obj), (mut entry, was)), accepted) in objects.iter().zip(entries).zip(accepted) {
+        entry.accepted = accepted;
+        if accepted && let Ok(plan) = &entry.plan {
+            entry.built.get_or_insert_with(|| build(plan));
+        }
+        let shown = |e: &Entry| e.built.clone().filter(|_| e.accepted);
+        let (now, then) = (shown(&entry), was.as_ref().and_then(shown));
+        if !same_built(&now, &then) {
+            if let Some((cluster, listener)) = then {
+                out.clusters.remove(&cluster.cluster.name);
+                if let Some(l) = listener {
+                    out.listeners.remove(&l.listener.name);
+                }
+            }
+            if let Some((cluster, listener)) = now {
+                out.clusters.insert(cluster.cluster.name.clone(), cluster);
+                if let Some(l) = listener {
+                    out.listeners.insert(l.listener.name.clone(), l);
+                }
+            }
+        }
+        let outcome = Outcome {
+            accepted,
+            endpoints: entry.plan.as_ref().map_or(0, |p| p.endpoints.len()),
+            generation: obj.generation,
+        };
+        if out.objects.get(*key) != Some(&outcome) {
+            out.objects.insert((*key).clone(), outcome);
+        }
+        let unchanged = was.as_ref().is_some_and(|w| {
+            same_plan(&w.plan, &entry.plan)
+                && w.accepted == entry.accepted
+                && same_built(&w.built, &entry.built)
+                && Arc::ptr_eq(&w.targets, &entry.targets)
+        });
+        if !unchanged {
+            out.memory.0.insert((*key).clone(), entry);
+        }
+    }
+    for (key, entry) in gone {
+        out.objects.remove(&key);
+        out.memory.0.remove(&key);
+        if entry.accepted
+            && let Some((cluster, listener)) = entry.built
+        {
+            out.clusters.remove(&cluster.cluster.name);
+            if let Some(l) = listener {
+                out.listeners.remove(&l.listener.name);
+            }
+        }
     }
     problems.sort();
     problems.dedup();
-    Compiled {
-        clusters: clusters.into_iter().collect(),
-        listeners: listeners.into_iter().collect(),
-        problems,
-        objects: objects.into_iter().collect(),
-        memory: Memory(Arc::new(memory.into_iter().collect())),
+    out.problems = problems;
+    out
+}
+
+fn same_plan(a: &Result<Arc<Plan>, Arc<[Problem]>>, b: &Result<Arc<Plan>, Arc<[Problem]>>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
+        (Err(a), Err(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
-/// The Envoy resources of an accepted plan.
+type Built = Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>;
+
+fn same_built(a: &Built, b: &Built) -> bool {
+    match (a, b) {
+        (Some((ac, al)), Some((bc, bl))) => {
+            Arc::ptr_eq(ac, bc)
+                && match (al, bl) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        }
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn build(plan: &Plan) -> (Arc<CompiledCluster>, Option<Arc<CompiledListener>>) {
     let (cluster, endpoints) = envoy::cluster(plan);
     let cluster = Arc::new(CompiledCluster {
@@ -315,58 +412,64 @@ fn differences<'a, T: PartialEq>(
 
 /// Drops plans whose listener refers to a RedisCluster that is missing or not accepted,
 /// until no more drop out.
+/// An object as the relation checks see it: its plan, when it has one on its own, and where
+/// its listener's references point.
+type Judged<'a> = (Option<&'a Plan>, &'a [Option<usize>]);
+
 fn reject_broken_references(
-    model: &Model,
-    plans: &mut BTreeMap<&ObjectKey, &Plan>,
+    objects: &[(&ObjectKey, &RedisClusterObject)],
+    judged: &[Judged],
+    accepted: &mut [bool],
     problems: &mut Vec<Problem>,
 ) {
     loop {
         let mut rejected = Vec::new();
-        for (key, plan) in plans.iter() {
-            let Some(l) = &plan.listener else { continue };
+        for (i, (plan, targets)) in judged.iter().enumerate() {
+            if !accepted[i] {
+                continue;
+            }
+            let Some(l) = plan.and_then(|p| p.listener.as_ref()) else {
+                continue;
+            };
+            debug_assert_eq!(l.refs.len(), targets.len(), "references resolved");
+            let key = objects[i].0;
             let mut own = Vec::new();
-            for r in &l.refs {
-                if r.target == **key {
-                    continue;
-                }
-                let (reason, message) = if plans.contains_key(&r.target) {
-                    continue;
-                } else if !model.redis_clusters.contains_key(&r.target) {
-                    (
+            for (r, target) in l.refs.iter().zip(targets.iter()) {
+                let (reason, message) = match *target {
+                    Some(t) if t == i || accepted[t] => continue,
+                    None => (
                         Reason::RefNotFound,
                         format!("RedisCluster {:?} not found", display_ref(key, &r.target)),
-                    )
-                } else {
-                    (
+                    ),
+                    Some(_) => (
                         Reason::RefNotAccepted,
                         format!(
                             "RedisCluster {:?} is not accepted; fix its problems first",
                             display_ref(key, &r.target)
                         ),
-                    )
+                    ),
                 };
                 own.push(Problem {
-                    object: (*key).clone(),
+                    object: key.clone(),
                     field: r.field.clone(),
                     reason,
                     message,
                 });
             }
             if !own.is_empty() {
-                rejected.push(((*key).clone(), own));
+                rejected.push((i, own));
             }
         }
         if rejected.is_empty() {
             return;
         }
-        for (key, mut own) in rejected {
-            plans.remove(&key);
+        for (i, mut own) in rejected {
+            accepted[i] = false;
             problems.append(&mut own);
         }
     }
 }
 
-/// Names a reference the way the user wrote it: bare name within one namespace.
 fn display_ref(from: &ObjectKey, to: &ObjectKey) -> String {
     if from.namespace == to.namespace {
         to.name.clone()
@@ -378,50 +481,53 @@ fn display_ref(from: &ObjectKey, to: &ObjectKey) -> String {
 /// Among listeners that may reach the same proxy on the same address and port, keeps the
 /// oldest object's and rejects the others. Returns whether it rejected any.
 fn reject_port_conflicts(
-    model: &Model,
-    plans: &mut BTreeMap<&ObjectKey, &Plan>,
+    objects: &[(&ObjectKey, &RedisClusterObject)],
+    judged: &[Judged],
+    accepted: &mut [bool],
     problems: &mut Vec<Problem>,
 ) -> bool {
-    let mut by_age: Vec<_> = plans
-        .values()
-        .copied()
-        .filter_map(|plan| {
-            let age = model.redis_clusters.get(&plan.key)?.age_key();
-            Some((age, &plan.key, plan.listener.as_ref()?))
+    // Only listeners on the same port can clash: ordered by port, then oldest first, each
+    // is checked against the older winners on its port only, so this is linear in the
+    // number of listeners (after the sort), not quadratic.
+    let mut listeners: Vec<_> = judged
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| accepted[*i])
+        .filter_map(|(i, (plan, _))| {
+            let l = plan.and_then(|p| p.listener.as_ref())?;
+            Some((l.port, objects[i].1.age_key(), i, l))
         })
         .collect();
-    by_age.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    // Only listeners on the same port can clash: winners are grouped by port, so this is
-    // linear in the number of listeners, not quadratic.
-    let mut winners: HashMap<u16, Vec<(&ObjectKey, &plan::ListenerPlan)>> = HashMap::new();
+    listeners.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut losers = Vec::new();
-    for (_, key, l) in by_age {
-        let same_port = winners.entry(l.port).or_default();
-        let clash = same_port.iter().find(|(_, wl)| {
-            same_socket(wl.address, l.address) && wl.clients.may_overlap(&l.clients)
-        });
-        match clash {
-            Some((w, _)) => losers.push(Problem {
-                object: key.clone(),
-                field: "spec.listener.port".into(),
-                reason: Reason::PortConflict,
-                message: format!(
-                    "{}:{} is already taken on the same proxies by the older RedisCluster {w}; choose another port or address, or make listener.clients disjoint",
-                    l.address, l.port
-                ),
-            }),
-            None => same_port.push((key, l)),
+    for same_port in listeners.chunk_by(|a, b| a.0 == b.0) {
+        let mut winners: Vec<(usize, &plan::ListenerPlan)> = Vec::new();
+        for &(_, _, i, l) in same_port {
+            let clash = winners.iter().find(|(_, wl)| {
+                same_socket(wl.address, l.address) && wl.clients.may_overlap(&l.clients)
+            });
+            match clash {
+                Some((w, _)) => losers.push((i, Problem {
+                    object: objects[i].0.clone(),
+                    field: "spec.listener.port".into(),
+                    reason: Reason::PortConflict,
+                    message: format!(
+                        "{}:{} is already taken on the same proxies by the older RedisCluster {}; choose another port or address, or make listener.clients disjoint",
+                        l.address, l.port, objects[*w].0
+                    ),
+                })),
+                None => winners.push((i, l)),
+            }
         }
     }
     let rejected = !losers.is_empty();
-    for p in losers {
-        plans.remove(&p.object);
+    for (i, p) in losers {
+        accepted[i] = false;
         problems.push(p);
     }
     rejected
 }
 
-/// Two listen addresses collide when equal, or when either is the wildcard of the same family.
 fn same_socket(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
     a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
 }

@@ -1,12 +1,12 @@
 //! Per-proxy xDS state as data: what each connected stream was sent and what it accepted.
 //! Written by the stream handlers, read by the debug view and status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::resource::{NodeIdentity, ResourceType};
-use super::tracker::{Known, Nack};
+use super::tracker::{Nack, State};
 
 /// The xDS variant a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -44,7 +44,7 @@ pub struct TypeStatus {
     pub nack: Option<Nack>,
     /// The resources of the last response, as the proxy holds them once applied (for the
     /// config dump). Shared with the snapshot, not copied.
-    pub sent: std::sync::Arc<BTreeMap<String, Known>>,
+    pub sent: std::sync::Arc<State>,
 }
 
 /// One connected stream.

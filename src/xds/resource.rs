@@ -115,10 +115,30 @@ pub struct Resource {
     /// Names of the clusters this resource sends traffic to (listeners only). The server
     /// keeps those clusters on a proxy for as long as it may hold the resource.
     pub clusters: Vec<String>,
+    /// Only the version is known: a reconnecting Delta client declared it holds this
+    /// version (`initial_resource_versions`); `body` is empty and is never sent.
+    pub declared: bool,
 }
 
-/// Resources of one type by name.
-pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
+impl Resource {
+    /// A resource a client says it holds, of which the server knows only the version.
+    pub fn declared(name: &str, version: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            body: Bytes::new(),
+            clusters: Vec::new(),
+            declared: true,
+        })
+    }
+}
+
+/// Resources of one type by name: a persistent map, so that a copy costs nothing and a
+/// changed copy shares every node the change did not touch. The views, plans and protocol
+/// states of all streams are such copies of the snapshot's maps; comparing two of them
+/// ([`imbl::OrdMap::diff`]) skips the nodes they share, so it costs what changed, not
+/// what exists.
+pub type ResourceMap = imbl::OrdMap<String, Arc<Resource>>;
 
 /// Everything one proxy should hold.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -129,6 +149,9 @@ pub struct ProxyResources {
     pub endpoints: ResourceMap,
     /// LDS.
     pub listeners: ResourceMap,
+    /// How many of `listeners` send traffic to each cluster, so that a view can be updated
+    /// from a change without looking at the listeners it did not touch.
+    pub uses: imbl::OrdMap<String, usize>,
     /// The state version of each map as a whole, computed on first use: what every
     /// wildcard subscriber of the type should hold.
     pub versions: WholeVersions,

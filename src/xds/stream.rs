@@ -23,6 +23,7 @@ use super::resource::{
 };
 use super::shared::{AvailableKey, KeepAlive, Memo, PlanKey, ReadyKey, addr, keep};
 use super::tracker::{Received, State, TypeTracker};
+use imbl::ordmap::DiffItem;
 
 /// A request of either variant, reduced to what the trackers need.
 pub(super) enum Request {
@@ -356,16 +357,27 @@ impl Stream {
         let tracker = &self.trackers[ResourceType::Listener];
         let clusters = self.trackers[ResourceType::Cluster].sent_shared();
         let listeners = &view.listeners;
-        let compute = || {
-            listeners
-                .iter()
-                .filter(|(name, _)| tracker.is_wildcard() || tracker.names().contains(*name))
-                .flat_map(|(_, r)| r.clusters.iter())
-                .all(|c| clusters.contains_key(c))
-        };
+        let sent = |r: &Arc<Resource>| r.clusters.iter().all(|c| clusters.contains_key(c));
         if !tracker.is_wildcard() {
-            return compute();
+            return tracker
+                .names()
+                .iter()
+                .filter_map(|name| listeners.get(name))
+                .all(sent);
         }
+        let compute = || {
+            if view.uses.len() == view.clusters.len() {
+                // The view holds exactly the clusters its listeners use: they were all sent
+                // when none of them is missing from what was sent. The two maps share what
+                // did not change, so this costs what changed, not what exists.
+                !view
+                    .clusters
+                    .diff(&clusters)
+                    .any(|d| matches!(d, DiffItem::Remove(..)))
+            } else {
+                listeners.values().all(sent)
+            }
+        };
         let key = ReadyKey {
             listeners: addr(listeners),
             clusters: addr(&*clusters),
@@ -592,33 +604,30 @@ fn retained(
     pending: Option<&State>,
     sent: &State,
 ) -> Option<Arc<ResourceMap>> {
-    // Almost always the proxy was sent nothing that left the view: one walk over both
-    // (ordered by name) says so, without collecting what its listeners use.
-    let mut in_view = view.keys().peekable();
-    let left_view = sent.keys().any(|name| {
-        while in_view.next_if(|v| *v < name).is_some() {}
-        in_view.next_if(|v| *v == name).is_none()
-    });
-    if !left_view {
+    // Almost always the proxy was sent nothing that left the view; `sent` was planned from
+    // an earlier view, so the walk over what the two maps do not share says so.
+    let left_view: Vec<(&String, &Arc<Resource>)> = sent
+        .diff(view)
+        .filter_map(|item| match item {
+            DiffItem::Remove(name, r) if !r.declared => Some((name, r)),
+            _ => None,
+        })
+        .collect();
+    if left_view.is_empty() {
         return None;
     }
     let needed: BTreeSet<&str> = acked
         .values()
         .chain(pending.into_iter().flat_map(|p| p.values()))
-        .filter_map(|k| k.resource.as_ref())
         .flat_map(|r| r.clusters.iter().map(String::as_str))
         .collect();
-    let retained: Vec<(&String, &Arc<Resource>)> = sent
-        .iter()
-        .filter(|(name, _)| needed.contains(name.as_str()) && !view.contains_key(*name))
-        .filter_map(|(name, known)| Some((name, known.resource.as_ref()?)))
-        .collect();
-    if retained.is_empty() {
-        return None;
-    }
     let mut out = view.clone();
-    for (name, r) in retained {
-        out.insert(name.clone(), Arc::clone(r));
+    let mut any = false;
+    for (name, r) in left_view {
+        if needed.contains(name.as_str()) {
+            out.insert(name.clone(), Arc::clone(r));
+            any = true;
+        }
     }
-    Some(Arc::new(out))
+    any.then(|| Arc::new(out))
 }

@@ -275,7 +275,7 @@ pub async fn write_changed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xds::tracker::{Known, Nack};
+    use crate::xds::tracker::Nack;
     use crate::xds::{NodeIdentity, TypeStatus, Variant};
     use std::time::{Instant, SystemTime};
 
@@ -297,17 +297,7 @@ mod tests {
                 message: "port in use".into(),
                 at: SystemTime::UNIX_EPOCH,
             }),
-            sent: Arc::new(
-                [(
-                    listener,
-                    Known {
-                        version: resource.version.clone(),
-                        resource: Some(resource),
-                    },
-                )]
-                .into_iter()
-                .collect(),
-            ),
+            sent: Arc::new([(listener, resource)].into_iter().collect()),
             ..Default::default()
         };
         let proxy = |types| ProxyStatus {
