@@ -888,3 +888,34 @@ fn should_follow_references_to_the_same_objects_when_others_come_and_go() {
         assert!(accepted(&again, "x/a"), "{:?}", problem_lines(&again));
     }
 }
+
+#[test]
+fn should_update_what_an_unchanged_object_depends_on_in_a_recompile() {
+    // a routes to c; only c's spec (then only a's generation) changes.
+    let a = rc(
+        "x",
+        "a",
+        &format!("{STATIC}\nlistener: {{port: 7100, routes: [{{prefix: \"c:\", cluster: c}}]}}"),
+    );
+    let good = model(&[a.as_str(), &rc("x", "c", STATIC)].concat());
+    let bad = model(&[a.as_str(), &rc("x", "c", "endpoints: {}")].concat());
+    let first = compile(&good);
+    // c is rejected: a, unchanged, is rejected with it; c fixed: a is back.
+    let broken = recompile(&bad, Some((&good, &first)));
+    assert_eq!(broken, compile(&bad));
+    assert!(!accepted(&broken, "x/a"));
+    let fixed = recompile(&good, Some((&bad, &broken)));
+    assert_eq!(fixed, compile(&good));
+    assert!(accepted(&fixed, "x/a"));
+    // A new generation with the same spec is reported in the outcome.
+    let mut bumped = good.clone();
+    let key = redis_xds::model::ObjectKey::new("x", "a");
+    bumped
+        .redis_clusters
+        .get_mut(&key)
+        .expect("listed")
+        .generation = Some(7);
+    let again = recompile(&bumped, Some((&good, &fixed)));
+    assert_eq!(again, compile(&bumped));
+    assert_eq!(again.objects[&key].generation, Some(7));
+}

@@ -74,6 +74,20 @@ struct Entry {
     accepted: bool,
 }
 
+/// One object in a recompile: its entry in the compile before, with the object it was
+/// compiled from, and its new entry when anything about it differs.
+struct Slot<'a> {
+    was: Option<(&'a RedisClusterObject, &'a Entry)>,
+    entry: std::borrow::Cow<'a, Entry>,
+}
+
+impl Slot<'_> {
+    /// Whether the entry is the one before, as it was.
+    fn reused(&self) -> bool {
+        matches!(self.entry, std::borrow::Cow::Borrowed(_))
+    }
+}
+
 /// Per-object work of a compile. Not part of its value: compiles of one model are equal
 /// whatever they reused.
 #[derive(Clone, Default)]
@@ -196,75 +210,94 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         problems: Vec::new(),
         ..c.clone()
     });
-    // The pair must be a model and its own compile; anything else reuses nothing.
-    if let Some((m, c)) = previous
-        && !m.redis_clusters.keys().eq(c.memory.0.keys())
-    {
-        return recompile(model, None);
-    }
-    let mut before =
-        previous.map(|(m, c)| m.redis_clusters.iter().zip(c.memory.0.iter()).peekable());
+    // The previous model in step with its compile's memory. The pair must be a model and
+    // its own compile; anything else reuses nothing.
+    let mismatch = std::cell::Cell::new(false);
+    let mut before = previous.map(|(m, c)| {
+        m.redis_clusters
+            .iter()
+            .zip(c.memory.0.iter())
+            .map(|((k, obj), (ck, e))| {
+                if k != ck {
+                    mismatch.set(true);
+                }
+                (k, obj, e)
+            })
+            .peekable()
+    });
     // Whether the model has exactly the keys of the one before, so that references
     // resolved then still point to the same objects.
-    let mut same_keys = previous.is_some_and(|(m, _)| m.redis_clusters.len() == objects.len());
-    let mut gone: Vec<(ObjectKey, Entry)> = Vec::new();
-    let mut entries: Vec<(Entry, Option<Entry>)> = Vec::with_capacity(objects.len());
+    let mut same_keys = previous.is_some_and(|(m, c)| {
+        m.redis_clusters.len() == objects.len() && c.memory.0.len() == objects.len()
+    });
+    let mut gone: Vec<(&ObjectKey, &Entry)> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(objects.len());
     for (key, obj) in &objects {
         let mut was = None;
         if let Some(b) = before.as_mut() {
-            while let Some(((k, _), (_, e))) = b.next_if(|((k, _), _)| k < key) {
-                same_keys = false;
-                gone.push(((*k).clone(), e.clone()));
+            while let Some((k, old, e)) = b.peek().copied() {
+                match k.cmp(key) {
+                    std::cmp::Ordering::Less => {
+                        same_keys = false;
+                        gone.push((k, e));
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        was = Some((old, e));
+                        b.next();
+                        break;
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
             }
-            match b.next_if(|((k, _), _)| k == key) {
-                Some(((_, old), (_, e))) => was = Some((old, e)),
-                None => same_keys = false,
-            }
+            same_keys &= was.is_some();
         }
-        let kept = was.and_then(|(old, e)| {
-            let unchanged = old.spec == obj.spec
+        let unchanged = was.is_some_and(|(old, _)| {
+            old.spec == obj.spec
                 && !changed
                     .as_ref()
-                    .is_some_and(|c| c.contains(key.namespace.as_str()));
-            unchanged.then(|| e.clone())
+                    .is_some_and(|c| c.contains(key.namespace.as_str()))
         });
-        let previous_entry = was.map(|(_, e)| e.clone());
-        let entry = kept.unwrap_or_else(|| Entry {
-            plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
-            built: None,
-            targets: Arc::from([]),
-            accepted: false,
-        });
-        entries.push((entry, previous_entry));
+        let entry = match was {
+            Some((_, e)) if unchanged => std::borrow::Cow::Borrowed(e),
+            _ => std::borrow::Cow::Owned(Entry {
+                plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
+                built: None,
+                targets: Arc::from([]),
+                accepted: false,
+            }),
+        };
+        slots.push(Slot { was, entry });
     }
     if let Some(b) = before {
-        for ((k, _), (_, e)) in b {
+        for (k, _, e) in b {
             same_keys = false;
-            gone.push((k.clone(), e.clone()));
+            gone.push((k, e));
         }
     }
+    if mismatch.get() {
+        return recompile(model, None);
+    }
     // Resolve references: kept from the compile before while the keys are the same.
-    for (entry, was) in &mut entries {
-        let reused = was
-            .as_ref()
-            .is_some_and(|w| same_keys && same_plan(&w.plan, &entry.plan));
-        if reused {
+    for slot in &mut slots {
+        if slot.reused() && same_keys {
             continue;
         }
-        let Ok(plan) = &entry.plan else { continue };
+        let Ok(plan) = &slot.entry.plan else { continue };
         let Some(l) = &plan.listener else { continue };
-        entry.targets = l
+        let targets = l
             .refs
             .iter()
             .map(|r| objects.binary_search_by(|(k, _)| (*k).cmp(&r.target)).ok())
             .collect();
+        slot.entry.to_mut().targets = targets;
     }
 
     let mut problems: Vec<Problem> = Vec::new();
-    let judged: Vec<Judged> = entries
+    let judged: Vec<Judged> = slots
         .iter()
-        .map(|(entry, _)| match &entry.plan {
-            Ok(plan) => (Some(&**plan), &*entry.targets),
+        .map(|slot| match &slot.entry.plan {
+            Ok(plan) => (Some(&**plan), &*slot.entry.targets),
             Err(ps) => {
                 problems.extend(ps.iter().cloned());
                 (None, &[][..])
@@ -279,13 +312,24 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
     }
     drop(judged);
 
-    for (((key, obj), (mut entry, was)), accepted) in objects.iter().zip(entries).zip(accepted) {
+    for (((key, obj), mut slot), accepted) in objects.iter().zip(slots).zip(accepted) {
+        // Nothing to do for an object whose compile is the one before, as it was.
+        if let Some((old, e)) = slot.was
+            && slot.reused()
+            && e.accepted == accepted
+            && (e.built.is_some() || !accepted)
+            && old.generation == obj.generation
+        {
+            continue;
+        }
+        let was = slot.was.map(|(_, e)| e);
+        let entry = slot.entry.to_mut();
         entry.accepted = accepted;
         if accepted && let Ok(plan) = &entry.plan {
             entry.built.get_or_insert_with(|| build(plan));
         }
         let shown = |e: &Entry| e.built.clone().filter(|_| e.accepted);
-        let (now, then) = (shown(&entry), was.as_ref().and_then(shown));
+        let (now, then) = (shown(entry), was.and_then(shown));
         if !same_built(&now, &then) {
             if let Some((cluster, listener)) = then {
                 out.clusters.remove(&cluster.cluster.name);
@@ -308,21 +352,13 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         if out.objects.get(*key) != Some(&outcome) {
             out.objects.insert((*key).clone(), outcome);
         }
-        let unchanged = was.as_ref().is_some_and(|w| {
-            same_plan(&w.plan, &entry.plan)
-                && w.accepted == entry.accepted
-                && same_built(&w.built, &entry.built)
-                && Arc::ptr_eq(&w.targets, &entry.targets)
-        });
-        if !unchanged {
-            out.memory.0.insert((*key).clone(), entry);
-        }
+        out.memory.0.insert((*key).clone(), slot.entry.into_owned());
     }
     for (key, entry) in gone {
-        out.objects.remove(&key);
-        out.memory.0.remove(&key);
+        out.objects.remove(key);
+        out.memory.0.remove(key);
         if entry.accepted
-            && let Some((cluster, listener)) = entry.built
+            && let Some((cluster, listener)) = &entry.built
         {
             out.clusters.remove(&cluster.cluster.name);
             if let Some(l) = listener {
@@ -334,14 +370,6 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
     problems.dedup();
     out.problems = problems;
     out
-}
-
-fn same_plan(a: &Result<Arc<Plan>, Arc<[Problem]>>, b: &Result<Arc<Plan>, Arc<[Problem]>>) -> bool {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
-        (Err(a), Err(b)) => Arc::ptr_eq(a, b),
-        _ => false,
-    }
 }
 
 type Built = Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>;
