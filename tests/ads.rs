@@ -208,6 +208,46 @@ async fn delta_adds_clusters_before_the_listener_that_uses_them() {
     assert_eq!(delta_names(&second), [LA]);
 }
 
+/// A listener waits for the clusters it uses, also when their push is held back behind a
+/// response still in flight.
+#[tokio::test]
+async fn delta_holds_a_listener_until_clusters_held_back_behind_a_pending_response_went_out() {
+    let z = |port: u16| {
+        rc(
+            "z",
+            &format!("endpoints: {{static: [\"127.0.0.1:{port}\"]}}\nlistener: {{port: 7101}}"),
+        )
+    };
+    let y = rc(
+        "y",
+        "endpoints: {static: [\"127.0.0.1:7400\"]}\nlistener: {port: 7401}",
+    );
+    let mut h = Harness::start(&z(1)).await;
+    let mut d = h.delta().await;
+    d.subscribe(node("p", Some("shop")), CDS, &[]).await;
+    d.recv_ack().await;
+    d.subscribe(None, LDS, &[]).await;
+    d.recv_ack().await;
+    // A change of z's cluster alone: its CDS response is not answered yet.
+    h.publish(&z(2));
+    let pending = d.recv().await;
+    assert_eq!(pending.type_url, CDS);
+    assert_eq!(delta_names(&pending), ["redis/ns/z"]);
+    // y arrives meanwhile: its cluster cannot go out before that answer, nor its listener.
+    h.publish(&(z(2) + &y));
+    d.ack(&pending).await;
+    let next = d.recv().await;
+    assert_eq!(
+        next.type_url, CDS,
+        "the cluster before the listener that uses it"
+    );
+    assert_eq!(delta_names(&next), ["redis/ns/y"]);
+    d.ack(&next).await;
+    let last = d.recv().await;
+    assert_eq!(last.type_url, LDS);
+    assert_eq!(delta_names(&last), ["redis/ns/y@127.0.0.1:7401"]);
+}
+
 #[tokio::test]
 async fn delta_reports_subscribed_names_that_do_not_exist_and_delivers_them_when_they_appear() {
     let mut h = Harness::start(&base_model(7200)).await;
