@@ -115,7 +115,8 @@ pub fn model(n: usize, variant: usize) -> Model {
                 seen: i as u64,
                 spec,
                 origin: Origin::Kubernetes,
-            },
+            }
+            .into(),
         );
     }
     m
@@ -262,7 +263,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let compile_ms = median_ms(&|| drop(crate::compile::compile(&base)));
     let recompile_ms = {
         let compiled = crate::compile::compile(&base);
-        let changed = model(opts.clusters, 1);
+        let mut changed = model(opts.clusters, 1);
+        changed.share_unchanged(&base);
         median_ms(&|| {
             drop(crate::compile::recompile(
                 &changed,
@@ -338,7 +340,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
 
     // The change arrives as a model (the sources' output); the clock starts before the
     // compile.
-    let next = model(opts.clusters, 1);
+    let mut next = model(opts.clusters, 1);
+    next.share_unchanged(&first.model);
     let cpu0 = cpu_s();
     let t0 = SystemTime::now();
     let changed = Arc::new(snapshot(next, Some(&first)));
@@ -365,7 +368,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     for cycle in 2..4 {
         let mut again = Clients::start(addr, &opts)?;
         again.expect("ready")?;
-        let next = Arc::new(snapshot(model(opts.clusters, cycle), Some(&current)));
+        let mut changed = model(opts.clusters, cycle);
+        changed.share_unchanged(&current.model);
+        let next = Arc::new(snapshot(changed, Some(&current)));
         tx.send_replace(next.clone());
         crate::publish::retire(std::mem::replace(&mut current, next));
         again.expect("done")?;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::api::{Labels, RedisClusterSpec};
 
@@ -150,8 +151,10 @@ pub struct Secret {
 /// delete objects one at a time.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
-    /// RedisCluster objects.
-    pub redis_clusters: BTreeMap<ObjectKey, RedisClusterObject>,
+    /// RedisCluster objects, shared between models: an object that did not change is the
+    /// same allocation in the next model, so that the compiler knows it without comparing
+    /// specs.
+    pub redis_clusters: BTreeMap<ObjectKey, Arc<RedisClusterObject>>,
     /// Pods that `selector` endpoints can match.
     pub pods: BTreeMap<ObjectKey, Pod>,
     /// EndpointSlices, for `service` endpoints.
@@ -161,17 +164,79 @@ pub struct Model {
 }
 
 /// Publishes `model` on `tx` unless it equals what `tx` already holds, so that downstream
-/// work (compile, pushes) only happens for real changes.
-pub fn publish_if_changed(
-    tx: &tokio::sync::watch::Sender<std::sync::Arc<Model>>,
-    model: &Model,
-) -> bool {
+/// work (compile, pushes) only happens for real changes. A RedisCluster equal to the one
+/// published before is published as that very allocation.
+pub fn publish_if_changed(tx: &tokio::sync::watch::Sender<Arc<Model>>, model: &Model) -> bool {
     tx.send_if_modified(|current| {
         if **current == *model {
-            false
-        } else {
-            *current = std::sync::Arc::new(model.clone());
-            true
+            return false;
         }
+        let mut next = model.clone();
+        next.share_unchanged(current);
+        *current = Arc::new(next);
+        true
     })
+}
+
+impl Model {
+    /// Makes every RedisCluster equal to the one of `before` that very allocation, as the
+    /// sources publish them.
+    pub fn share_unchanged(&mut self, before: &Model) {
+        for (key, obj) in &mut self.redis_clusters {
+            if let Some(was) = before.redis_clusters.get(key)
+                && (Arc::ptr_eq(was, obj) || **was == **obj)
+            {
+                *obj = Arc::clone(was);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(ports: &[u16]) -> Model {
+        let mut m = Model::default();
+        for (i, port) in ports.iter().enumerate() {
+            let key = ObjectKey::new("ns", format!("rc{i}"));
+            let spec = serde_json::from_value(
+                serde_json::json!({"endpoints": {"static": [format!("127.0.0.1:{port}")]}}),
+            )
+            .expect("a valid spec");
+            m.redis_clusters.insert(
+                key.clone(),
+                Arc::new(RedisClusterObject {
+                    key,
+                    generation: Some(1),
+                    created: None,
+                    seen: i as u64,
+                    spec,
+                    origin: Origin::Kubernetes,
+                }),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn should_publish_unchanged_objects_as_the_allocations_published_before() {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Model::default()));
+        assert!(publish_if_changed(&tx, &model(&[1, 2])));
+        let before = Arc::clone(&rx.borrow());
+        // Built anew, as the manifests source does: equal objects, other allocations.
+        assert!(!publish_if_changed(&tx, &model(&[1, 2])), "nothing changed");
+        assert!(publish_if_changed(&tx, &model(&[1, 3])));
+        let after = Arc::clone(&rx.borrow());
+        let key = |i: usize| ObjectKey::new("ns", format!("rc{i}"));
+        assert!(Arc::ptr_eq(
+            &before.redis_clusters[&key(0)],
+            &after.redis_clusters[&key(0)]
+        ));
+        assert!(!Arc::ptr_eq(
+            &before.redis_clusters[&key(1)],
+            &after.redis_clusters[&key(1)]
+        ));
+        assert_eq!(*after, model(&[1, 3]));
+    }
 }

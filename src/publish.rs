@@ -154,7 +154,8 @@ mod tests {
                 seen: n,
                 spec: crate::api::RedisClusterSpec::default(),
                 origin: Origin::Kubernetes,
-            },
+            }
+            .into(),
         );
         Arc::new(m)
     }

@@ -28,11 +28,10 @@ struct ListenerEntry {
     resource: Arc<Resource>,
 }
 
-/// What changed since the snapshot before, and the views computed from that one: a view
-/// of this snapshot is the view before with the change applied.
+/// What changed since the snapshot before: a view of this snapshot is the view before with
+/// the change applied.
 #[derive(Debug, Default)]
 struct Change {
-    views: HashMap<NodeIdentity, Arc<ProxyResources>>,
     /// Listeners added, removed, or changed in content or in the proxies they select.
     listeners: Vec<String>,
     /// Clusters whose cluster or endpoints were added, removed or changed.
@@ -45,7 +44,7 @@ pub struct Snapshot {
     clusters: ResourceMap,
     endpoints: ResourceMap,
     listeners: imbl::OrdMap<String, ListenerEntry>,
-    views: Mutex<HashMap<NodeIdentity, Arc<ProxyResources>>>,
+    views: Mutex<Views>,
     change: Change,
     /// The model it was compiled from, for the debug views.
     pub model: Arc<Model>,
@@ -106,6 +105,15 @@ fn changes<'a, V: Eq>(
             DiffItem::Remove(name, _) => f(name, None),
         }
     }
+}
+
+/// The views of a snapshot by identity, and those of the snapshot before that were not
+/// updated yet: each is taken out when its update is computed, so that the views before
+/// are not kept for longer than needed.
+#[derive(Debug, Default)]
+struct Views {
+    now: HashMap<NodeIdentity, Arc<ProxyResources>>,
+    before: HashMap<NodeIdentity, Arc<ProxyResources>>,
 }
 
 impl Snapshot {
@@ -185,9 +193,7 @@ impl Snapshot {
                 },
             );
         });
-        if let Some(p) = previous {
-            change.views = p.views.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        }
+        let before = previous.map_or_else(HashMap::new, |p| p.lock_views().now.clone());
         let mut secrets: Vec<String> = model
             .secrets
             .values()
@@ -202,7 +208,10 @@ impl Snapshot {
             clusters,
             endpoints,
             listeners,
-            views: Mutex::new(HashMap::new()),
+            views: Mutex::new(Views {
+                now: HashMap::new(),
+                before,
+            }),
             change,
             model,
             compiled,
@@ -210,6 +219,11 @@ impl Snapshot {
             observed_at,
             ready: true,
         }
+    }
+
+    fn lock_views(&self) -> std::sync::MutexGuard<'_, Views> {
+        // Every update is one insert or remove: a poisoned lock is still consistent.
+        self.views.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn selects(entry: &ListenerEntry, node: &NodeIdentity) -> bool {
@@ -254,7 +268,12 @@ impl Snapshot {
         // changed listeners used before or use now.
         let mut touched: BTreeSet<String> = self.change.clusters.iter().cloned().collect();
         for name in &self.change.listeners {
-            if let Some(old) = view.listeners.remove(name) {
+            let old = if view.listeners.contains_key(name) {
+                view.listeners.remove(name)
+            } else {
+                None
+            };
+            if let Some(old) = old {
                 for c in &old.clusters {
                     let left = view.uses.get_mut(c).map(|n| {
                         *n -= 1;
@@ -282,10 +301,17 @@ impl Snapshot {
                 (&mut view.clusters, &self.clusters),
                 (&mut view.endpoints, &self.endpoints),
             ] {
+                // A removal copies the nodes on its path even when the name is absent, and
+                // the view would stop sharing them with the one before.
                 match all.get(&c).filter(|_| used) {
-                    Some(r) => mine.insert(c.clone(), Arc::clone(r)),
-                    None => mine.remove(&c),
-                };
+                    Some(r) if !mine.get(&c).is_some_and(|m| Arc::ptr_eq(m, r)) => {
+                        mine.insert(c.clone(), Arc::clone(r));
+                    }
+                    None if mine.contains_key(&c) => {
+                        mine.remove(&c);
+                    }
+                    _ => {}
+                }
             }
         }
         view
@@ -294,15 +320,15 @@ impl Snapshot {
 
 impl ResourceSource for Snapshot {
     fn resources_for(&self, node: &NodeIdentity) -> Arc<ProxyResources> {
-        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = views.get(node) {
+        let mut views = self.lock_views();
+        if let Some(v) = views.now.get(node) {
             return Arc::clone(v);
         }
-        let view = Arc::new(match self.change.views.get(node) {
-            Some(before) => self.update(before, node),
+        let view = Arc::new(match views.before.remove(node) {
+            Some(before) => self.update(&before, node),
             None => self.compute(node),
         });
-        views.insert(node.clone(), Arc::clone(&view));
+        views.now.insert(node.clone(), Arc::clone(&view));
         view
     }
 
@@ -347,7 +373,7 @@ mod tests {
                 _ => serde_json::json!(["a", "b"]),
             };
             let spec = serde_json::from_value(serde_json::json!({
-                "endpoints": {"static": [format!("10.0.0.{}:6379", i + 1)]},
+                "endpoints": {"static": [format!("10.0.{prefix}.{}:6379", i + 1)]},
                 "listener": {
                     "port": 10000 + i,
                     "clients": {"namespaces": namespaces},
@@ -365,7 +391,8 @@ mod tests {
                     seen: i as u64,
                     spec,
                     origin: crate::model::Origin::Kubernetes,
-                },
+                }
+                .into(),
             );
         }
         m
@@ -447,6 +474,39 @@ mod tests {
         for (n, r) in &sa.clusters {
             assert!(Arc::ptr_eq(r, &sb.clusters[n]), "{n} encoded again");
         }
+    }
+
+    #[test]
+    fn should_leave_a_view_the_change_does_not_touch_as_it_was() {
+        // rc-0 selects namespace a, rc-1 namespace b; only rc-0 changes (its route prefix and
+        // its endpoint).
+        let build = |prefix: u8, before: Option<&Snapshot>| {
+            let model = Arc::new(shaped(&[Some((1, 1, prefix)), Some((1, 2, 0))]));
+            let compiled = Arc::new(crate::compile::recompile(
+                &model,
+                before.map(|s| (&*s.model, &*s.compiled)),
+            ));
+            Snapshot::build(model, compiled, before, Instant::now())
+        };
+        let node = |ns: &str| NodeIdentity {
+            namespace: Some(ns.to_owned()),
+            labels: None,
+        };
+        let first = build(0, None);
+        let (a, b) = (
+            first.resources_for(&node("a")),
+            first.resources_for(&node("b")),
+        );
+        let second = build(1, Some(&first));
+        assert_eq!(second.lock_views().before.len(), 2);
+        let b2 = second.resources_for(&node("b"));
+        assert!(b.listeners.ptr_eq(&b2.listeners) && b.clusters.ptr_eq(&b2.clusters));
+        assert!(b.uses.ptr_eq(&b2.uses) && b.endpoints.ptr_eq(&b2.endpoints));
+        let a2 = second.resources_for(&node("a"));
+        assert!(!a.listeners.ptr_eq(&a2.listeners) && !a.clusters.ptr_eq(&a2.clusters));
+        assert_eq!(*a2, second.compute(&node("a")));
+        // The views before are let go once updated.
+        assert!(second.lock_views().before.is_empty());
     }
 
     #[test]

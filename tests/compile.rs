@@ -910,12 +910,35 @@ fn should_update_what_an_unchanged_object_depends_on_in_a_recompile() {
     // A new generation with the same spec is reported in the outcome.
     let mut bumped = good.clone();
     let key = redis_xds::model::ObjectKey::new("x", "a");
-    bumped
-        .redis_clusters
-        .get_mut(&key)
-        .expect("listed")
-        .generation = Some(7);
+    std::sync::Arc::make_mut(bumped.redis_clusters.get_mut(&key).expect("listed")).generation =
+        Some(7);
     let again = recompile(&bumped, Some((&good, &fixed)));
     assert_eq!(again, compile(&bumped));
     assert_eq!(again.objects[&key].generation, Some(7));
+}
+
+#[test]
+fn should_refuse_object_names_kubernetes_would_refuse_and_keep_the_rest() {
+    // Without the check, x/y + z and x + y/z would both be redis/x/y/z.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("objects.yaml"),
+        rc("x", "y/z", STATIC) + &rc("x/y", "z", STATIC) + &rc("x", "fine", STATIC),
+    )
+    .unwrap();
+    let loaded = load_dir(tmp.path()).unwrap();
+    let lines: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("RedisCluster x/y/z")
+            && lines[0].contains("metadata.name: \"y/z\" is not a Kubernetes object name"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("metadata.namespace: \"x/y\" is not a Kubernetes namespace"),
+        "{lines:?}"
+    );
+    let c = compile(&loaded.model);
+    let clusters: Vec<&String> = c.clusters.keys().collect();
+    assert_eq!(clusters, ["redis/x/fine"]);
 }

@@ -2,6 +2,7 @@
 //! input.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use redis_xds::api::{
@@ -252,7 +253,8 @@ fn model() -> impl Strategy<Value = Model> {
                     seen: seen as u64,
                     spec,
                     origin: Origin::Kubernetes,
-                },
+                }
+                .into(),
             );
         }
         model
@@ -410,11 +412,13 @@ fn apply(before: &Model, edit: &Edit) -> Model {
                 continue;
             }
             Some(Some(spec)) => {
-                after.redis_clusters.get_mut(key).expect("listed").spec = spec.clone();
+                Arc::make_mut(after.redis_clusters.get_mut(key).expect("listed")).spec =
+                    spec.clone();
             }
         }
         if let Some(created) = created {
-            after.redis_clusters.get_mut(key).expect("listed").created = Some(*created);
+            Arc::make_mut(after.redis_clusters.get_mut(key).expect("listed")).created =
+                Some(*created);
         }
     }
     for (n, (key, spec, source)) in edit.added.iter().enumerate() {
@@ -429,7 +433,8 @@ fn apply(before: &Model, edit: &Edit) -> Model {
                 seen: 100 + n as u64,
                 spec: endpoints_from(spec.clone(), *source),
                 origin: Origin::Kubernetes,
-            },
+            }
+            .into(),
         );
     }
     for (ns, name, ready) in &edit.pods {
@@ -467,7 +472,7 @@ proptest! {
     ) {
         let mut before = before;
         for (obj, source) in before.redis_clusters.values_mut().zip(sources) {
-            obj.spec = endpoints_from(obj.spec.clone(), source);
+            Arc::make_mut(obj).spec = endpoints_from(obj.spec.clone(), source);
         }
         for (ns, ready) in ["ns", "other"].into_iter().zip(ready) {
             before.pods.insert(ObjectKey::new(ns, "p1"), pod(ns, "p1", ready));

@@ -202,7 +202,11 @@ pub fn compile(model: &Model) -> Compiled {
 /// Compiles `model` like [`compile`] (the result is equal), reusing the per-object work of
 /// `previous`, the compile of an earlier model, wherever it still holds.
 pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compiled {
-    let objects: Vec<(&ObjectKey, &RedisClusterObject)> = model.redis_clusters.iter().collect();
+    let objects: Vec<(&ObjectKey, &RedisClusterObject)> = model
+        .redis_clusters
+        .iter()
+        .map(|(k, o)| (k, &**o))
+        .collect();
     // Every map here is ordered by object key, so the previous compile's work is found by
     // walking both in step rather than by a lookup per object.
     let changed = previous.map(|(before, _)| changed_namespaces(before, model));
@@ -211,7 +215,13 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         ..c.clone()
     });
     // The previous model in step with its compile's memory. The pair must be a model and
-    // its own compile; anything else reuses nothing.
+    // its own compile (the same keys, checked as the walk goes); anything else reuses
+    // nothing.
+    if let Some((m, c)) = previous
+        && m.redis_clusters.len() != c.memory.0.len()
+    {
+        return recompile(model, None);
+    }
     let mismatch = std::cell::Cell::new(false);
     let mut before = previous.map(|(m, c)| {
         m.redis_clusters
@@ -221,7 +231,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
                 if k != ck {
                     mismatch.set(true);
                 }
-                (k, obj, e)
+                (k, &**obj, e)
             })
             .peekable()
     });
@@ -252,8 +262,10 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
             }
             same_keys &= was.is_some();
         }
+        // Sources publish an object that did not change as the very allocation of the
+        // model before: then its spec is not compared.
         let unchanged = was.is_some_and(|(old, _)| {
-            old.spec == obj.spec
+            (std::ptr::eq(old, *obj) || old.spec == obj.spec)
                 && !changed
                     .as_ref()
                     .is_some_and(|c| c.contains(key.namespace.as_str()))

@@ -200,6 +200,26 @@ fn read_value(path: &Path, document: usize, value: Value, out: &mut ParsedFile) 
         ));
         return;
     }
+    // The API server only admits such names; here nothing else would keep `x/y` + `z` and
+    // `x` + `y/z` from naming the same Envoy resources.
+    let used = matches!(
+        kind.as_str(),
+        "RedisCluster" | "Secret" | "Pod" | "EndpointSlice" | "Service"
+    );
+    if used && !crate::compile::plan::is_dns_subdomain(&name) {
+        out.problems.push(problem(
+            Some(label),
+            format!("metadata.name: {name:?} is not a Kubernetes object name; use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"),
+        ));
+        return;
+    }
+    if used && !crate::compile::plan::is_dns_label(&namespace) {
+        out.problems.push(problem(
+            Some(label),
+            format!("metadata.namespace: {namespace:?} is not a Kubernetes namespace; use lowercase letters, digits and '-', starting and ending with a letter or digit"),
+        ));
+        return;
+    }
 
     let expected_rc = format!("{GROUP}/{VERSION}");
     let parsed = match (api_version.as_str(), kind.as_str()) {
@@ -347,7 +367,7 @@ pub fn assemble(
                 Object::RedisCluster(rc) => {
                     let seen = first_seen(&key).unwrap_or(position);
                     let value = convert::redis_cluster(rc, seen, Origin::File(path.clone()));
-                    model.redis_clusters.insert(key, value);
+                    model.redis_clusters.insert(key, value.into());
                 }
                 Object::Secret(s) => {
                     model.secrets.insert(key, convert::secret(s));

@@ -107,9 +107,10 @@ impl Index {
                     self.seen += 1;
                     self.seen
                 });
-                self.model
-                    .redis_clusters
-                    .insert(key, convert::redis_cluster(rc, seen, Origin::Kubernetes));
+                self.model.redis_clusters.insert(
+                    key,
+                    convert::redis_cluster(rc, seen, Origin::Kubernetes).into(),
+                );
             }
             Object::Pod(p) => {
                 self.model.pods.insert(key, convert::pod(p));
