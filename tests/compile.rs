@@ -942,3 +942,21 @@ fn should_refuse_object_names_kubernetes_would_refuse_and_keep_the_rest() {
     let clusters: Vec<&String> = c.clusters.keys().collect();
     assert_eq!(clusters, ["redis/x/fine"]);
 }
+
+#[test]
+fn should_give_a_contested_port_anew_when_only_the_ages_change() {
+    let on_port = |name: &str| rc("x", name, &format!("{STATIC}\nlistener: {{port: 6379}}"));
+    let before = model(&(on_port("a") + &on_port("b")));
+    let first = compile(&before);
+    assert!(accepted(&first, "x/a") && !accepted(&first, "x/b"));
+    // Same specs; b turns out to be the older object.
+    let mut after = before.clone();
+    for (name, created) in [("a", 20), ("b", 10)] {
+        let key = redis_xds::model::ObjectKey::new("x", name);
+        std::sync::Arc::make_mut(after.redis_clusters.get_mut(&key).expect("listed")).created =
+            Some(created);
+    }
+    let again = recompile(&after, Some((&before, &first)));
+    assert_eq!(again, compile(&after));
+    assert!(accepted(&again, "x/b") && !accepted(&again, "x/a"));
+}

@@ -72,12 +72,15 @@ struct Entry {
     targets: Arc<[Option<usize>]>,
     /// Whether it was accepted.
     accepted: bool,
+    /// The object it was compiled from: the very allocation in the model of that compile,
+    /// so that the next recompile pairs the two without comparing keys.
+    object: Arc<RedisClusterObject>,
 }
 
 /// One object in a recompile: its entry in the compile before, with the object it was
 /// compiled from, and its new entry when anything about it differs.
 struct Slot<'a> {
-    was: Option<(&'a RedisClusterObject, &'a Entry)>,
+    was: Option<(&'a Arc<RedisClusterObject>, &'a Entry)>,
     entry: std::borrow::Cow<'a, Entry>,
 }
 
@@ -202,11 +205,8 @@ pub fn compile(model: &Model) -> Compiled {
 /// Compiles `model` like [`compile`] (the result is equal), reusing the per-object work of
 /// `previous`, the compile of an earlier model, wherever it still holds.
 pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compiled {
-    let objects: Vec<(&ObjectKey, &RedisClusterObject)> = model
-        .redis_clusters
-        .iter()
-        .map(|(k, o)| (k, &**o))
-        .collect();
+    let objects: Vec<(&ObjectKey, &Arc<RedisClusterObject>)> =
+        model.redis_clusters.iter().collect();
     // Every map here is ordered by object key, so the previous compile's work is found by
     // walking both in step rather than by a lookup per object.
     let changed = previous.map(|(before, _)| changed_namespaces(before, model));
@@ -228,10 +228,10 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
             .iter()
             .zip(c.memory.0.iter())
             .map(|((k, obj), (ck, e))| {
-                if k != ck {
+                if !Arc::ptr_eq(&e.object, obj) && k != ck {
                     mismatch.set(true);
                 }
-                (k, &**obj, e)
+                (k, obj, e)
             })
             .peekable()
     });
@@ -246,7 +246,15 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         let mut was = None;
         if let Some(b) = before.as_mut() {
             while let Some((k, old, e)) = b.peek().copied() {
-                match k.cmp(key) {
+                // An object the source left as it was is the same allocation: equal keys
+                // without comparing them (which, over every object, would mostly be cache
+                // misses).
+                let order = if Arc::ptr_eq(old, obj) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    k.cmp(key)
+                };
+                match order {
                     std::cmp::Ordering::Less => {
                         same_keys = false;
                         gone.push((k, e));
@@ -265,7 +273,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         // Sources publish an object that did not change as the very allocation of the
         // model before: then its spec is not compared.
         let unchanged = was.is_some_and(|(old, _)| {
-            (std::ptr::eq(old, *obj) || old.spec == obj.spec)
+            (Arc::ptr_eq(old, obj) || old.spec == obj.spec)
                 && !changed
                     .as_ref()
                     .is_some_and(|c| c.contains(key.namespace.as_str()))
@@ -277,6 +285,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
                 built: None,
                 targets: Arc::from([]),
                 accepted: false,
+                object: Arc::clone(obj),
             }),
         };
         slots.push(Slot { was, entry });
@@ -305,24 +314,66 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         slot.entry.to_mut().targets = targets;
     }
 
-    let mut problems: Vec<Problem> = Vec::new();
-    let judged: Vec<Judged> = slots
-        .iter()
-        .map(|slot| match &slot.entry.plan {
-            Ok(plan) => (Some(&**plan), &*slot.entry.targets),
-            Err(ps) => {
-                problems.extend(ps.iter().cloned());
-                (None, &[][..])
+    // The checks of references and ports depend on each object's standing on its own, its
+    // references, its listener's address, port and clients, and its age. When none of
+    // those changed for any object (the usual change: endpoints, timeouts, routes to the
+    // same clusters), the compile before already decided them; running them again would
+    // read every plan.
+    let relations_as_before = same_keys
+        && slots.iter().zip(&objects).all(|(slot, (_, obj))| {
+            slot.was.is_some_and(|(old, was)| {
+                (Arc::ptr_eq(old, obj) || old.age_key() == obj.age_key())
+                    && (slot.reused() || same_relations(was, &slot.entry))
+            })
+        });
+    let (accepted, mut problems) = match previous {
+        Some((_, before)) if relations_as_before => {
+            let accepted: Vec<bool> = slots
+                .iter()
+                .map(|s| s.was.is_some_and(|(_, e)| e.accepted))
+                .collect();
+            // The problems before, with those of each object compiled again on its own
+            // replaced by its new ones.
+            let again: BTreeSet<&ObjectKey> = slots
+                .iter()
+                .zip(&objects)
+                .filter(|(slot, _)| !slot.reused())
+                .map(|(_, (key, _))| *key)
+                .collect();
+            let mut problems: Vec<Problem> = before
+                .problems
+                .iter()
+                .filter(|p| relational(p.reason) || !again.contains(&p.object))
+                .cloned()
+                .collect();
+            for slot in slots.iter().filter(|slot| !slot.reused()) {
+                if let Err(ps) = &slot.entry.plan {
+                    problems.extend(ps.iter().cloned());
+                }
             }
-        })
-        .collect();
-    let mut accepted: Vec<bool> = judged.iter().map(|(plan, _)| plan.is_some()).collect();
-    reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
-    if reject_port_conflicts(&objects, &judged, &mut accepted, &mut problems) {
-        // A loser may be someone's target.
-        reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
-    }
-    drop(judged);
+            (accepted, problems)
+        }
+        _ => {
+            let mut problems: Vec<Problem> = Vec::new();
+            let judged: Vec<Judged> = slots
+                .iter()
+                .map(|slot| match &slot.entry.plan {
+                    Ok(plan) => (Some(&**plan), &*slot.entry.targets),
+                    Err(ps) => {
+                        problems.extend(ps.iter().cloned());
+                        (None, &[][..])
+                    }
+                })
+                .collect();
+            let mut accepted: Vec<bool> = judged.iter().map(|(plan, _)| plan.is_some()).collect();
+            reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
+            if reject_port_conflicts(&objects, &judged, &mut accepted, &mut problems) {
+                // A loser may be someone's target.
+                reject_broken_references(&objects, &judged, &mut accepted, &mut problems);
+            }
+            (accepted, problems)
+        }
+    };
 
     for (((key, obj), mut slot), accepted) in objects.iter().zip(slots).zip(accepted) {
         // Nothing to do for an object whose compile is the one before, as it was.
@@ -330,13 +381,15 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
             && slot.reused()
             && e.accepted == accepted
             && (e.built.is_some() || !accepted)
-            && old.generation == obj.generation
+            && Arc::ptr_eq(&e.object, obj)
+            && (Arc::ptr_eq(old, obj) || old.generation == obj.generation)
         {
             continue;
         }
         let was = slot.was.map(|(_, e)| e);
         let entry = slot.entry.to_mut();
         entry.accepted = accepted;
+        entry.object = Arc::clone(obj);
         if accepted && let Ok(plan) = &entry.plan {
             entry.built.get_or_insert_with(|| build(plan));
         }
@@ -382,6 +435,33 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
     problems.dedup();
     out.problems = problems;
     out
+}
+
+/// Whether the reference and port checks see two entries alike.
+fn same_relations(a: &Entry, b: &Entry) -> bool {
+    match (&a.plan, &b.plan) {
+        (Ok(a_plan), Ok(b_plan)) => match (&a_plan.listener, &b_plan.listener) {
+            (None, None) => true,
+            (Some(x), Some(y)) => {
+                x.refs == y.refs
+                    && x.port == y.port
+                    && x.address == y.address
+                    && x.clients == y.clients
+                    && a.targets == b.targets
+            }
+            _ => false,
+        },
+        (Err(_), Err(_)) => true,
+        _ => false,
+    }
+}
+
+/// Problems that the reference and port checks find (the others an object has on its own).
+fn relational(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::RefNotFound | Reason::RefNotAccepted | Reason::PortConflict
+    )
 }
 
 type Built = Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>;
@@ -457,7 +537,7 @@ fn differences<'a, T: PartialEq>(
 type Judged<'a> = (Option<&'a Plan>, &'a [Option<usize>]);
 
 fn reject_broken_references(
-    objects: &[(&ObjectKey, &RedisClusterObject)],
+    objects: &[(&ObjectKey, &Arc<RedisClusterObject>)],
     judged: &[Judged],
     accepted: &mut [bool],
     problems: &mut Vec<Problem>,
@@ -521,7 +601,7 @@ fn display_ref(from: &ObjectKey, to: &ObjectKey) -> String {
 /// Among listeners that may reach the same proxy on the same address and port, keeps the
 /// oldest object's and rejects the others. Returns whether it rejected any.
 fn reject_port_conflicts(
-    objects: &[(&ObjectKey, &RedisClusterObject)],
+    objects: &[(&ObjectKey, &Arc<RedisClusterObject>)],
     judged: &[Judged],
     accepted: &mut [bool],
     problems: &mut Vec<Problem>,
