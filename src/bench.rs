@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Model, ObjectKey, Origin, RedisClusterObject};
+use crate::model::{Model, ObjectKey, RedisClusterObject};
 use crate::snapshot::Snapshot;
 use crate::xds::{AdsServer, Registry, ResourceSource};
 
@@ -106,18 +106,8 @@ pub fn model(n: usize, variant: usize) -> Model {
         }))
         .expect("a valid generated spec");
         let key = ObjectKey::new("bench", name);
-        m.redis_clusters.insert(
-            key.clone(),
-            RedisClusterObject {
-                key,
-                generation: Some(1),
-                created: None,
-                seen: i as u64,
-                spec,
-                origin: Origin::Kubernetes,
-            }
-            .into(),
-        );
+        let object = RedisClusterObject::new(key.clone(), spec, i as u64);
+        m.redis_clusters.insert(key, object.into());
     }
     m
 }

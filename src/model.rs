@@ -75,6 +75,19 @@ pub struct RedisClusterObject {
 }
 
 impl RedisClusterObject {
+    /// An object made rather than read (by the bench and tests): from Kubernetes,
+    /// generation 1, no creation time, `seen` deciding its age.
+    pub fn new(key: ObjectKey, spec: RedisClusterSpec, seen: u64) -> Self {
+        RedisClusterObject {
+            key,
+            generation: Some(1),
+            created: None,
+            seen,
+            spec,
+            origin: Origin::Kubernetes,
+        }
+    }
+
     /// Sort key for "older wins" decisions.
     pub fn age_key(&self) -> (i64, u64, &ObjectKey) {
         (self.created.unwrap_or(i64::MAX), self.seen, &self.key)
@@ -206,14 +219,7 @@ mod tests {
             .expect("a valid spec");
             m.redis_clusters.insert(
                 key.clone(),
-                Arc::new(RedisClusterObject {
-                    key,
-                    generation: Some(1),
-                    created: None,
-                    seen: i as u64,
-                    spec,
-                    origin: Origin::Kubernetes,
-                }),
+                Arc::new(RedisClusterObject::new(key, spec, i as u64)),
             );
         }
         m

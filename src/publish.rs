@@ -140,23 +140,13 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ObjectKey, Origin, RedisClusterObject};
+    use crate::model::{ObjectKey, RedisClusterObject};
 
     fn model(n: u64) -> Arc<Model> {
         let mut m = Model::default();
         let key = ObjectKey::new("ns", format!("rc{n}"));
-        m.redis_clusters.insert(
-            key.clone(),
-            RedisClusterObject {
-                key,
-                generation: Some(1),
-                created: None,
-                seen: n,
-                spec: crate::api::RedisClusterSpec::default(),
-                origin: Origin::Kubernetes,
-            }
-            .into(),
-        );
+        let object = RedisClusterObject::new(key.clone(), Default::default(), n);
+        m.redis_clusters.insert(key, object.into());
         Arc::new(m)
     }
 

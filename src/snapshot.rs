@@ -382,18 +382,8 @@ mod tests {
             }))
             .expect("a valid generated spec");
             let key = crate::model::ObjectKey::new("ns", format!("rc-{i}"));
-            m.redis_clusters.insert(
-                key.clone(),
-                crate::model::RedisClusterObject {
-                    key,
-                    generation: Some(1),
-                    created: None,
-                    seen: i as u64,
-                    spec,
-                    origin: crate::model::Origin::Kubernetes,
-                }
-                .into(),
-            );
+            let object = crate::model::RedisClusterObject::new(key.clone(), spec, i as u64);
+            m.redis_clusters.insert(key, object.into());
         }
         m
     }

@@ -191,14 +191,21 @@ async fn delta_reports_deletions_and_removes_listeners_before_their_clusters() {
     assert_eq!(cds.removed_resources, [A, B, C]);
 }
 
-#[tokio::test]
-async fn delta_adds_clusters_before_the_listener_that_uses_them() {
-    let mut h = Harness::start(&rc("z", "endpoints: {static: [\"127.0.0.1:1\"]}")).await;
+/// Opens a Delta stream for a proxy in "shop" subscribed to all clusters and listeners,
+/// with the first response of each ACKed.
+async fn cds_and_lds(h: &Harness) -> Delta {
     let mut d = h.delta().await;
     d.subscribe(node("p", Some("shop")), CDS, &[]).await;
     d.recv_ack().await;
     d.subscribe(None, LDS, &[]).await;
     d.recv_ack().await;
+    d
+}
+
+#[tokio::test]
+async fn delta_adds_clusters_before_the_listener_that_uses_them() {
+    let mut h = Harness::start(&rc("z", "endpoints: {static: [\"127.0.0.1:1\"]}")).await;
+    let mut d = cds_and_lds(&h).await;
     h.publish(&base_model(7200));
     let first = d.recv().await;
     assert_eq!(first.type_url, CDS, "clusters first");
@@ -223,11 +230,7 @@ async fn delta_holds_a_listener_until_clusters_held_back_behind_a_pending_respon
         "endpoints: {static: [\"127.0.0.1:7400\"]}\nlistener: {port: 7401}",
     );
     let mut h = Harness::start(&z(1)).await;
-    let mut d = h.delta().await;
-    d.subscribe(node("p", Some("shop")), CDS, &[]).await;
-    d.recv_ack().await;
-    d.subscribe(None, LDS, &[]).await;
-    d.recv_ack().await;
+    let mut d = cds_and_lds(&h).await;
     // A change of z's cluster alone: its CDS response is not answered yet.
     h.publish(&z(2));
     let pending = d.recv().await;

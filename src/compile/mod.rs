@@ -66,7 +66,7 @@ pub struct Compiled {
 struct Entry {
     plan: Result<Arc<Plan>, Arc<[Problem]>>,
     /// Its Envoy resources, once it was accepted.
-    built: Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>,
+    built: Option<Built>,
     /// Where each reference of its listener points among the objects of the model, in
     /// key order (`None`: no such object). Valid while the model has the same keys.
     targets: Arc<[Option<usize>]>,
@@ -170,6 +170,14 @@ pub struct View<'a> {
 }
 
 impl Compiled {
+    /// Takes an object's resources out of the output.
+    fn withdraw(&mut self, (cluster, listener): &Built) {
+        self.clusters.remove(&cluster.cluster.name);
+        if let Some(l) = listener {
+            self.listeners.remove(&l.listener.name);
+        }
+    }
+
     /// The resources one proxy gets: the listeners that select it and exactly the clusters
     /// those listeners use.
     pub fn view(&self, proxy: &ProxyIdentity) -> View<'_> {
@@ -237,9 +245,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
     });
     // Whether the model has exactly the keys of the one before, so that references
     // resolved then still point to the same objects.
-    let mut same_keys = previous.is_some_and(|(m, c)| {
-        m.redis_clusters.len() == objects.len() && c.memory.0.len() == objects.len()
-    });
+    let mut same_keys = previous.is_some_and(|(m, _)| m.redis_clusters.len() == objects.len());
     let mut gone: Vec<(&ObjectKey, &Entry)> = Vec::new();
     let mut slots: Vec<Slot> = Vec::with_capacity(objects.len());
     for (key, obj) in &objects {
@@ -396,11 +402,8 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         let shown = |e: &Entry| e.built.clone().filter(|_| e.accepted);
         let (now, then) = (shown(entry), was.and_then(shown));
         if !same_built(&now, &then) {
-            if let Some((cluster, listener)) = then {
-                out.clusters.remove(&cluster.cluster.name);
-                if let Some(l) = listener {
-                    out.listeners.remove(&l.listener.name);
-                }
+            if let Some(then) = &then {
+                out.withdraw(then);
             }
             if let Some((cluster, listener)) = now {
                 out.clusters.insert(cluster.cluster.name.clone(), cluster);
@@ -423,12 +426,9 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         out.objects.remove(key);
         out.memory.0.remove(key);
         if entry.accepted
-            && let Some((cluster, listener)) = &entry.built
+            && let Some(built) = &entry.built
         {
-            out.clusters.remove(&cluster.cluster.name);
-            if let Some(l) = listener {
-                out.listeners.remove(&l.listener.name);
-            }
+            out.withdraw(built);
         }
     }
     problems.sort();
@@ -464,9 +464,10 @@ fn relational(reason: Reason) -> bool {
     )
 }
 
-type Built = Option<(Arc<CompiledCluster>, Option<Arc<CompiledListener>>)>;
+/// The Envoy resources of one object: its cluster and, when it has one, its listener.
+type Built = (Arc<CompiledCluster>, Option<Arc<CompiledListener>>);
 
-fn same_built(a: &Built, b: &Built) -> bool {
+fn same_built(a: &Option<Built>, b: &Option<Built>) -> bool {
     match (a, b) {
         (Some((ac, al)), Some((bc, bl))) => {
             Arc::ptr_eq(ac, bc)
@@ -481,7 +482,7 @@ fn same_built(a: &Built, b: &Built) -> bool {
     }
 }
 
-fn build(plan: &Plan) -> (Arc<CompiledCluster>, Option<Arc<CompiledListener>>) {
+fn build(plan: &Plan) -> Built {
     let (cluster, endpoints) = envoy::cluster(plan);
     let cluster = Arc::new(CompiledCluster {
         owner: plan.key.clone(),
