@@ -236,6 +236,26 @@ async fn wait_until(done: impl Fn() -> bool, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until jemalloc has returned what was freed: its resident heap stops falling
+/// (readings 250 ms apart stay within 1% or 64 KiB of each other for a whole decay
+/// period, 1 s), for at most 15 s.
+async fn settle() {
+    let resident = || crate::memory::heap_resident().unwrap_or(0) as f64;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = resident();
+    let mut steady = 0;
+    while steady < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = resident();
+        if (last - now).abs() <= (last * 0.01).max(64.0 * 1024.0) {
+            steady += 1;
+        } else {
+            steady = 0;
+        }
+        last = now;
+    }
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let base = model(opts.clusters, 0);
@@ -268,44 +288,22 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let (tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
-    // Production waits 1 s after departures and trims at most every 10 s; the measurement
-    // keeps the quiet period and drops the interval, so fleets need not wait for it.
-    let reclaimer = Arc::new(crate::memory::Reclaimer::new(
-        Duration::from_millis(1000),
-        Duration::ZERO,
-    ));
-    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone())
-        .with_reclaimer(Arc::clone(&reclaimer));
+    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
-    let reclaim = tokio::spawn({
-        let reclaimer = Arc::clone(&reclaimer);
-        let stop = shutdown.clone();
-        async move { reclaimer.run(stop).await }
-    });
-    let options = crate::serve::xds_server_options(Arc::clone(&reclaimer), None);
     let server = tokio::spawn(async move {
-        crate::xds::http2::serve(listener, ads.into_service(), options, stop).await;
+        crate::xds::server::serve(listener, ads.into_service(), None, stop).await
     });
-    // Once every stream and connection of a fleet has gone and the server has given the
-    // freed memory back.
+    // Once every stream of a fleet has gone and the allocator has given the freed memory
+    // back.
     let departed = async || {
-        wait_until(
-            || registry.is_empty() && reclaimer.open_connections() == 0 && reclaimer.settled(),
-            "streams still registered, or memory not released",
-        )
-        .await
+        wait_until(|| registry.is_empty(), "streams still registered").await?;
+        settle().await;
+        Ok::<(), anyhow::Error>(())
     };
-    // Once a connected fleet is idle: the first pushes' buffers were given back (the
-    // reclaimer does so a second after a burst of large responses, as in production).
-    let idle = async || {
-        wait_until(
-            || reclaimer.settled(),
-            "memory not released after the fleet synced",
-        )
-        .await
-    };
+    // Once a connected fleet is idle: the first pushes' buffers were given back.
+    let idle = settle;
 
     // The starting value is a warm server: one proxy connected, synced and left, so the
     // serving code is paged in and lazily built runtime structures exist, as on any
@@ -324,7 +322,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let heap_before = heap_kib();
     let mut clients = Clients::start(addr, &opts)?;
     clients.expect("ready")?;
-    idle().await?;
+    idle().await;
     let rss_connected = rss_kib();
     let heap_connected = heap_kib();
 
@@ -370,7 +368,6 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         rss_after_cycle = rss_kib();
     }
     let heap_retained = heap_kib() - heap_before;
-    drop(reclaim);
     shutdown.cancel();
     let _ = server.await;
 
@@ -547,9 +544,9 @@ mod floor {
         let task = tokio::spawn(async move {
             // The same keepalive and socket settings as the xDS port.
             tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(crate::serve::KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(crate::serve::KEEPALIVE_TIMEOUT))
-                .tcp_keepalive(Some(crate::serve::TCP_KEEPALIVE))
+                .http2_keepalive_interval(Some(crate::xds::server::KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(crate::xds::server::KEEPALIVE_TIMEOUT))
+                .tcp_keepalive(Some(crate::xds::server::TCP_KEEPALIVE))
                 .tcp_nodelay(true)
                 .add_service(AggregatedDiscoveryServiceServer::new(server))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
@@ -610,13 +607,14 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_timeout(Duration::from_secs(30));
+    let (fail_tx, mut fail_rx) = mpsc::channel::<String>(streams.max(1));
     let mut tasks = Vec::new();
     // A fleet of sidecars does not connect in the same millisecond: bound the streams that
     // are still connecting, so the server's accept backlog is not what is measured.
     let connecting = Arc::new(tokio::sync::Semaphore::new(128));
     for i in 0..streams {
         let endpoint = endpoint.clone();
-        let (ready_tx, ack_tx) = (ready_tx.clone(), ack_tx.clone());
+        let (ready_tx, ack_tx, fail_tx) = (ready_tx.clone(), ack_tx.clone(), fail_tx.clone());
         let permit = Arc::clone(&connecting).acquire_owned().await?;
         tasks.push(tokio::spawn(async move {
             let result = if i < sotw {
@@ -625,11 +623,11 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
                 delta_stream(endpoint, i, permit, ready_tx, ack_tx).await
             };
             if let Err(e) = result {
-                eprintln!("stream {i}: {e:#}");
+                let _ = fail_tx.send(format!("stream {i}: {e:#}")).await;
             }
         }));
     }
-    drop((ready_tx, ack_tx));
+    drop((ready_tx, ack_tx, fail_tx));
     // Stdin closing means go, at any point.
     let quit = tokio::task::spawn_blocking(|| {
         let mut s = String::new();
@@ -659,6 +657,9 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
     };
     tokio::select! {
         result = report => result?,
+        // One failed stream fails the run, with its reason, instead of leaving the others
+        // waiting for it.
+        Some(failure) = fail_rx.recv() => bail!("a simulated Envoy failed: {failure}"),
         _ = quit => {}
     }
     for t in tasks {
@@ -685,6 +686,36 @@ fn node(i: usize) -> Option<Node> {
     })
 }
 
+/// How long a simulated Envoy waits for the server to connect, answer or push during the
+/// sync: far beyond any healthy server at 10,000 streams, so that only a broken one fails.
+const WAIT: Duration = Duration::from_secs(120);
+/// How long a synced stream waits for the change: the bench sends it once every stream of
+/// the fleet has synced and the server's memory has settled.
+const CHANGE_WAIT: Duration = Duration::from_secs(600);
+
+/// `future`, or an error naming `what` after `limit`.
+async fn bounded<T>(
+    future: impl std::future::Future<Output = T>,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("no {what} within {limit:?}"))
+}
+
+/// The next response on a stream, within `limit`; a stream that ends or fails is an error.
+async fn next<T>(
+    responses: &mut tonic::Streaming<T>,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<T> {
+    bounded(responses.message(), limit, what)
+        .await?
+        .with_context(|| format!("the stream failed before {what}"))?
+        .with_context(|| format!("the stream ended before {what}"))
+}
+
 fn now_micros() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -699,27 +730,33 @@ async fn delta_stream(
     ready: mpsc::Sender<()>,
     ack: mpsc::Sender<u128>,
 ) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(endpoint.connect().await?);
-    let (tx, rx) = mpsc::channel(4);
-    let mut responses = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     let req = |type_url: &str, nonce: &str, node| discovery::DeltaDiscoveryRequest {
         node,
         type_url: type_url.into(),
         response_nonce: nonce.into(),
         ..Default::default()
     };
+    let mut client = AggregatedDiscoveryServiceClient::new(
+        bounded(endpoint.connect(), WAIT, "the connection").await??,
+    );
+    let (tx, rx) = mpsc::channel(4);
+    // Sent before the call, as Envoy does: a server need not answer the headers first.
     tx.send(req(CDS, "", node(i))).await?;
-    let cds = responses.message().await?.context("no CDS")?;
+    let mut responses = bounded(
+        client.delta_aggregated_resources(ReceiverStream::new(rx)),
+        WAIT,
+        "the response headers",
+    )
+    .await??
+    .into_inner();
+    let cds = next(&mut responses, WAIT, "the CDS response").await?;
     tx.send(req(CDS, &cds.nonce, None)).await?;
     tx.send(req(LDS, "", None)).await?;
-    let lds = responses.message().await?.context("no LDS")?;
+    let lds = next(&mut responses, WAIT, "the LDS response").await?;
     tx.send(req(LDS, &lds.nonce, None)).await?;
     drop(permit);
     ready.send(()).await?;
-    let change = responses.message().await?.context("no change")?;
+    let change = next(&mut responses, CHANGE_WAIT, "the push of the change").await?;
     tx.send(req(&change.type_url, &change.nonce, None)).await?;
     ack.send(now_micros()).await?;
     // Hold the stream open (and keep answering) until the process ends.
@@ -736,12 +773,6 @@ async fn sotw_stream(
     ready: mpsc::Sender<()>,
     ack: mpsc::Sender<u128>,
 ) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::new(endpoint.connect().await?);
-    let (tx, rx) = mpsc::channel(4);
-    let mut responses = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
     let req = |type_url: &str, version: &str, nonce: &str, node| discovery::DiscoveryRequest {
         node,
         type_url: type_url.into(),
@@ -749,17 +780,29 @@ async fn sotw_stream(
         response_nonce: nonce.into(),
         ..Default::default()
     };
+    let mut client = AggregatedDiscoveryServiceClient::new(
+        bounded(endpoint.connect(), WAIT, "the connection").await??,
+    );
+    let (tx, rx) = mpsc::channel(4);
+    // Sent before the call, as Envoy does: a server need not answer the headers first.
     tx.send(req(CDS, "", "", node(i))).await?;
-    let cds = responses.message().await?.context("no CDS")?;
+    let mut responses = bounded(
+        client.stream_aggregated_resources(ReceiverStream::new(rx)),
+        WAIT,
+        "the response headers",
+    )
+    .await??
+    .into_inner();
+    let cds = next(&mut responses, WAIT, "the CDS response").await?;
     tx.send(req(CDS, &cds.version_info, &cds.nonce, None))
         .await?;
     tx.send(req(LDS, "", "", None)).await?;
-    let lds = responses.message().await?.context("no LDS")?;
+    let lds = next(&mut responses, WAIT, "the LDS response").await?;
     tx.send(req(LDS, &lds.version_info, &lds.nonce, None))
         .await?;
     drop(permit);
     ready.send(()).await?;
-    let change = responses.message().await?.context("no change")?;
+    let change = next(&mut responses, CHANGE_WAIT, "the push of the change").await?;
     tx.send(req(
         &change.type_url,
         &change.version_info,

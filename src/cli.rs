@@ -234,11 +234,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The long-running commands return freed memory to the system after proxies leave;
-    // that needs the allocator set up before anything is allocated (see `memory`).
-    if matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
-        crate::memory::reexec_with_allocator_tunables();
-    }
     let result = match cli.command {
         Command::Render(args) => run_render(&args),
         Command::Crd => run_crd().map(|()| ExitCode::SUCCESS),

@@ -3,7 +3,7 @@
 //! Data flows one way: `source` (manifests directory, Kubernetes) fills the [`model`],
 //! [`compile`] turns it into Envoy resources, later stages serve them. See DESIGN in the
 //! README for the whole picture.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
@@ -24,3 +24,9 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod xds;
+
+/// Every binary that links this crate (the server, its tests and benchmarks) allocates
+/// through jemalloc, so tests and benchmarks measure the allocator production runs with
+/// (see [`memory`]).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

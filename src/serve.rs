@@ -84,13 +84,6 @@ pub struct Handles {
     pub dir: Option<watch::Receiver<Arc<DirState>>>,
 }
 
-/// HTTP/2 keepalive: detect dead proxies (and let proxies detect a dead server) within a
-/// minute, without relying on TCP timeouts of many minutes.
-pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP keepalive idle time on accepted sockets.
-pub(crate) const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
 /// Kubernetes settings of `serve` without `--manifests`.
 #[derive(Clone, Debug, Default)]
 pub struct KubeOptions {
@@ -191,23 +184,6 @@ async fn kubernetes_source(
     })
 }
 
-/// The HTTP/2 settings of the xDS port, shared with `bench` so it measures the same.
-pub fn xds_server_options(
-    reclaimer: Arc<crate::memory::Reclaimer>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> crate::xds::http2::Options {
-    crate::xds::http2::Options {
-        settings: crate::xds::http2::Settings {
-            keepalive_interval: KEEPALIVE_INTERVAL,
-            keepalive_timeout: KEEPALIVE_TIMEOUT,
-            ..Default::default()
-        },
-        tls,
-        reclaimer,
-        tcp_keepalive: Some(TCP_KEEPALIVE),
-    }
-}
-
 /// Runs until `shutdown` is cancelled; then ends every stream and returns once the server
 /// has stopped. `on_listening` is called with the bound xDS address.
 pub async fn run(
@@ -289,7 +265,7 @@ pub async fn run(
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let local = listener.local_addr()?;
 
-    let acceptor = opts.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = opts.tls.as_ref().map(tls_config).transpose()?;
 
     let mut debug_addr = None;
     if let Some(addr) = opts.debug_addr {
@@ -362,70 +338,55 @@ pub async fn run(
             dir: Some(state),
         },
     );
-    let reclaimer = ads.reclaimer();
-    let options = xds_server_options(Arc::clone(&reclaimer), acceptor);
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move { reclaimer.run(stop).await }));
-    crate::xds::http2::serve(listener, ads.into_service(), options, shutdown.clone()).await;
+    let served =
+        crate::xds::server::serve(listener, ads.into_service(), tls, shutdown.clone()).await;
     shutdown.cancel();
     for t in tasks {
         let _ = t.await;
     }
+    served.context("xDS server failed")?;
     info!("stopped");
     Ok(())
 }
 
-fn tls_acceptor(tls: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+/// TLS for the xDS port (rustls through tonic). The files are checked here first, so that
+/// a bad one is reported by path and kind; a key's own parse error could quote key
+/// material, so it is never shown.
+fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
     let read = |p: &PathBuf, what: &str| {
         std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
     };
-    let certs = |p: &PathBuf, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = |p: &PathBuf, what: &str| -> anyhow::Result<Vec<u8>> {
         let pem = read(p, what)?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
+        let count = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{}: not PEM certificates", p.display()))?;
-        if certs.is_empty() {
+            .with_context(|| format!("{}: not PEM certificates", p.display()))?
+            .len();
+        if count == 0 {
             bail!("{}: no PEM certificate in the {what}", p.display());
         }
-        Ok(certs)
+        Ok(pem)
     };
     let chain = certs(&tls.cert, "xDS TLS certificate")?;
-    // The key's own parse error could quote key material: say only where it failed.
-    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key, "xDS TLS key")?).map_err(|_| {
+    let key = read(&tls.key, "xDS TLS key")?;
+    PrivateKeyDer::from_pem_slice(&key).map_err(|_| {
         anyhow::anyhow!(
             "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the xDS TLS key",
             tls.key.display()
         )
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
-    let builder = match &tls.client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs(ca, "xDS client CA")? {
-                roots
-                    .add(c)
-                    .with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .context("client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(chain, key));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(certs(ca, "xDS client CA")?));
+    }
+    // Whether the certificate and key match is checked when the server starts.
+    crate::xds::server::builder(Some(config.clone()))
         .context("the xDS TLS certificate and key do not make a usable pair")?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

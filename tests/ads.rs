@@ -91,11 +91,10 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();
-        let options = redis_xds::serve::xds_server_options(ads.reclaimer(), None);
-        tokio::spawn(redis_xds::xds::http2::serve(
+        tokio::spawn(redis_xds::xds::server::serve(
             listener,
             ads.into_service(),
-            options,
+            None,
             stop,
         ));
         Harness {

@@ -241,10 +241,9 @@ async fn start_server() -> (std::net::SocketAddr, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = shutdown.clone();
-    let options = redis_xds::serve::xds_server_options(ads.reclaimer(), None);
     tokio::spawn(async move {
         let _keep = _tx;
-        redis_xds::xds::http2::serve(listener, ads.into_service(), options, stop).await;
+        redis_xds::xds::server::serve(listener, ads.into_service(), None, stop).await
     });
     (addr, shutdown)
 }

@@ -1,16 +1,22 @@
-//! The ADS gRPC service, framed here rather than by the generated tonic server.
+//! The two ADS methods as a gRPC service for tonic's server (`super::server`).
 //!
-//! The generated server encodes every response of a stream into one buffer that keeps the
-//! allocation of the largest message it ever sent (responses are split off it, and the
-//! rest stays allocated), and gives every request stream an 8 KiB decode buffer. Across an
-//! idle fleet that is most of the server's memory: a proxy holding a thousand listeners
-//! keeps half a megabyte for its first push, for as long as it stays connected. Here each
-//! response is encoded into an allocation of exactly its size, which is freed once the
-//! HTTP/2 layer (`super::http2`) has written it, and requests are decoded by tonic's own
-//! `Streaming` with a small initial buffer. Paths, statuses and trailers follow the gRPC
-//! over HTTP/2 protocol.
+//! tonic's server does HTTP/2 (hyper and h2), TLS and the routing by service name; tonic's
+//! `Streaming` decodes the requests. Only the response side is done here, for memory's
+//! sake: tonic's generated server encodes a stream's responses into one buffer per stream
+//! that keeps the allocation of the largest response it ever sent (each message is split
+//! off it and the rest stays allocated), which across an idle fleet holding a thousand
+//! listeners is half a megabyte per proxy. Here each response is written into an
+//! allocation of exactly its size, which h2 frees once it has sent it, and the resources
+//! in it are copied straight from the snapshot's encoded bytes, so no per-stream protobuf
+//! message is built. The message prefix and the status trailers follow the gRPC over
+//! HTTP/2 protocol; the trailers are written by tonic's `Status`.
+//!
+//! Errors a client causes end its stream with a status that says what went wrong, never
+//! with OK: see [`request_error`].
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -18,29 +24,39 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio::sync::mpsc;
-use tonic::Status;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder, Streaming};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 
 use super::AdsServer;
 use super::registry::Variant;
-use super::stream::{Outgoing, Request as AnyRequest, Response as AnyResponse};
+use super::resource::Resource;
+use super::stream::{Outgoing, Request as AnyRequest, Response};
 
+/// The gRPC service name (`envoy/service/discovery/v3/ads.proto`).
+pub const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// Largest request accepted (a reconnecting Delta client lists every version it holds).
-pub const MAX_REQUEST: usize = 16 * 1024 * 1024;
-/// Largest response sent.
+/// Largest request accepted, bytes. The largest legitimate one is a reconnecting Delta
+/// client that lists every resource it holds in `initial_resource_versions`: about 100
+/// bytes a resource, so 4 MiB is room for some 40,000 resources. Larger ones end the stream
+/// with `RESOURCE_EXHAUSTED` before their body is buffered.
+pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// Largest response sent, bytes: Envoy's own gRPC client accepts any size, so this only
+/// guards against a runaway snapshot.
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
-/// Requests are small; the buffer grows in steps of this size when one is not.
+/// Requests are small (an ACK is a few hundred bytes); the decode buffer starts at this
+/// size and grows in steps of it when one is not.
 const DECODE_BUFFER: usize = 1024;
 
-/// The ADS service, served by [`super::http2::serve`].
+/// The ADS service, for `tonic::transport::Server::add_service`.
 #[derive(Clone, Debug)]
 pub struct AdsService {
     server: AdsServer,
@@ -52,9 +68,22 @@ impl AdsService {
     }
 }
 
-impl super::http2::Handler for AdsService {
-    fn call(&self, request: http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> {
-        Box::pin(handle(self.server.clone(), request))
+impl NamedService for AdsService {
+    const NAME: &'static str = SERVICE;
+}
+
+impl tower_service::Service<http::Request<Body>> for AdsService {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let server = self.server.clone();
+        Box::pin(async move { Ok(handle(server, request).await) })
     }
 }
 
@@ -75,19 +104,20 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
         ))
         .into_http();
     }
-    // Headers and connection details (client certificates) as tonic presents them; the
-    // body is held apart while the caller is authenticated.
+    // Headers and connection details (client certificates, peer address) as tonic presents
+    // them; the body is held apart while the caller is authenticated.
     let (parts, body) = req.into_parts();
     let head = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+    let peer = head.remote_addr();
     let principal = match server.authenticate(&head).await {
         Ok(p) => p,
         Err(status) => return status.into_http(),
     };
     let responses = match variant {
-        Variant::Sotw => open(&server, principal, variant, body, |m| {
+        Variant::Sotw => open(&server, principal, peer, variant, body, |m| {
             AnyRequest::Sotw(Box::new(m))
         }),
-        Variant::Delta => open(&server, principal, variant, body, |m| {
+        Variant::Delta => open(&server, principal, peer, variant, body, |m| {
             AnyRequest::Delta(Box::new(m))
         }),
     };
@@ -106,15 +136,36 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
 fn open<Req: Message + Default + Send + 'static>(
     server: &AdsServer,
     principal: Option<super::auth::Principal>,
+    peer: Option<SocketAddr>,
     variant: Variant,
     body: Body,
     wrap: fn(Req) -> AnyRequest,
 ) -> mpsc::Receiver<Outgoing> {
     let requests = Streaming::new_request(Decode::<Req>::default(), body, None, Some(MAX_REQUEST));
-    server.start(principal, variant, requests, wrap)
+    server.start(principal, peer, variant, requests, wrap)
 }
 
-/// Decodes one prost message per gRPC frame.
+/// The status a stream ends with when reading a request failed.
+///
+/// tonic reports a message that cannot be read as `INTERNAL` (a set compressed flag without
+/// a `grpc-encoding`, a body that ends inside a message) and one over the size limit as
+/// `OUT_OF_RANGE`. For the client both are its own fault, and gRPC's status code guide
+/// names the codes for that: `INVALID_ARGUMENT` for a request that is malformed,
+/// `RESOURCE_EXHAUSTED` for one that is too large. The reason is kept.
+pub(super) fn request_error(status: Status) -> Status {
+    match status.code() {
+        Code::OutOfRange => Status::resource_exhausted(format!(
+            "request too large: {}; the limit is {MAX_REQUEST} bytes",
+            status.message()
+        )),
+        Code::Internal => {
+            Status::invalid_argument(format!("malformed request stream: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
+/// Decodes one prost message per gRPC message.
 struct Decode<T>(PhantomData<fn() -> T>);
 
 impl<T> Default for Decode<T> {
@@ -138,7 +189,7 @@ impl<T: Message + Default> Decoder for Decode<T> {
     }
 }
 
-/// The response stream: one gRPC frame per response, then the status as trailers.
+/// The response stream: one gRPC message per response, then the status as trailers.
 struct ResponseBody {
     responses: mpsc::Receiver<Outgoing>,
     done: bool,
@@ -174,6 +225,8 @@ impl http_body::Body for ResponseBody {
                 Err(status) => self.end(&status),
             },
             Some(Err(status)) => self.end(&status),
+            // The stream ended on its own (the client half-closed, or shutdown): every
+            // error is sent on the channel before it closes.
             None => self.end(&Status::ok("")),
         };
         Poll::Ready(Some(Ok(frame)))
@@ -184,36 +237,149 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// A gRPC frame (uncompressed flag, length, message) in an allocation of exactly its size.
-fn encode(response: &AnyResponse) -> Result<Bytes, Status> {
-    fn frame(message: &impl Message) -> Result<Bytes, Status> {
-        let len = message.encoded_len();
-        if len > MAX_RESPONSE {
-            return Err(Status::resource_exhausted(format!(
-                "a response of {len} bytes exceeds the limit of {MAX_RESPONSE}"
-            )));
+// Field numbers of envoy/service/discovery/v3/discovery.proto and google/protobuf/any.proto.
+const ANY_TYPE_URL: u32 = 1;
+const ANY_VALUE: u32 = 2;
+const SOTW_VERSION_INFO: u32 = 1;
+const SOTW_RESOURCES: u32 = 2;
+const SOTW_TYPE_URL: u32 = 4;
+const SOTW_NONCE: u32 = 5;
+const DELTA_SYSTEM_VERSION_INFO: u32 = 1;
+const DELTA_RESOURCES: u32 = 2;
+const DELTA_TYPE_URL: u32 = 4;
+const DELTA_NONCE: u32 = 5;
+const DELTA_REMOVED_RESOURCES: u32 = 6;
+const RESOURCE_VERSION: u32 = 1;
+const RESOURCE_RESOURCE: u32 = 2;
+const RESOURCE_NAME: u32 = 3;
+
+/// Length of a length-delimited field holding `len` bytes.
+fn field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Length of a proto3 string or bytes field (absent when empty).
+fn scalar_len(tag: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { field_len(tag, len) }
+}
+
+fn put_header(tag: u32, len: usize, buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn put_scalar(tag: u32, value: &[u8], buf: &mut BytesMut) {
+    if !value.is_empty() {
+        put_header(tag, value.len(), buf);
+        buf.put_slice(value);
+    }
+}
+
+/// `google.protobuf.Any` around an encoded resource.
+fn any_len(type_url: &str, r: &Resource) -> usize {
+    scalar_len(ANY_TYPE_URL, type_url.len()) + scalar_len(ANY_VALUE, r.body.len())
+}
+
+fn put_any(type_url: &str, r: &Resource, buf: &mut BytesMut) {
+    put_scalar(ANY_TYPE_URL, type_url.as_bytes(), buf);
+    put_scalar(ANY_VALUE, &r.body, buf);
+}
+
+/// `envoy.service.discovery.v3.Resource` (Delta).
+fn delta_resource_len(type_url: &str, r: &Resource) -> usize {
+    scalar_len(RESOURCE_VERSION, r.version.len())
+        + field_len(RESOURCE_RESOURCE, any_len(type_url, r))
+        + scalar_len(RESOURCE_NAME, r.name.len())
+}
+
+fn put_delta_resource(type_url: &str, r: &Resource, buf: &mut BytesMut) {
+    put_scalar(RESOURCE_VERSION, r.version.as_bytes(), buf);
+    put_header(RESOURCE_RESOURCE, any_len(type_url, r), buf);
+    put_any(type_url, r, buf);
+    put_scalar(RESOURCE_NAME, r.name.as_bytes(), buf);
+}
+
+/// Encoded length of a `DiscoveryResponse` or `DeltaDiscoveryResponse`.
+fn message_len(r: &Response) -> usize {
+    match r.variant {
+        Variant::Sotw => {
+            scalar_len(SOTW_VERSION_INFO, r.version.len())
+                + r.resources
+                    .iter()
+                    .map(|x| field_len(SOTW_RESOURCES, any_len(r.type_url, x)))
+                    .sum::<usize>()
+                + scalar_len(SOTW_TYPE_URL, r.type_url.len())
+                + scalar_len(SOTW_NONCE, r.nonce.len())
         }
-        let mut buf = BytesMut::with_capacity(5 + len);
-        buf.put_u8(0);
-        buf.put_u32(u32::try_from(len).expect("bounded by MAX_RESPONSE"));
-        message
-            .encode(&mut buf)
-            .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
-        Ok(buf.freeze())
+        Variant::Delta => {
+            scalar_len(DELTA_SYSTEM_VERSION_INFO, r.version.len())
+                + r.resources
+                    .iter()
+                    .map(|x| field_len(DELTA_RESOURCES, delta_resource_len(r.type_url, x)))
+                    .sum::<usize>()
+                + scalar_len(DELTA_TYPE_URL, r.type_url.len())
+                + scalar_len(DELTA_NONCE, r.nonce.len())
+                + r.removed
+                    .iter()
+                    // Repeated strings are written even when empty.
+                    .map(|n| field_len(DELTA_REMOVED_RESOURCES, n.len()))
+                    .sum::<usize>()
+        }
     }
-    match response {
-        AnyResponse::Sotw(r) => frame(&**r),
-        AnyResponse::Delta(r) => frame(&**r),
+}
+
+fn put_message(r: &Response, buf: &mut BytesMut) {
+    match r.variant {
+        Variant::Sotw => {
+            put_scalar(SOTW_VERSION_INFO, r.version.as_bytes(), buf);
+            for x in &r.resources {
+                put_header(SOTW_RESOURCES, any_len(r.type_url, x), buf);
+                put_any(r.type_url, x, buf);
+            }
+            put_scalar(SOTW_TYPE_URL, r.type_url.as_bytes(), buf);
+            put_scalar(SOTW_NONCE, r.nonce.as_bytes(), buf);
+        }
+        Variant::Delta => {
+            put_scalar(DELTA_SYSTEM_VERSION_INFO, r.version.as_bytes(), buf);
+            for x in &r.resources {
+                put_header(DELTA_RESOURCES, delta_resource_len(r.type_url, x), buf);
+                put_delta_resource(r.type_url, x, buf);
+            }
+            put_scalar(DELTA_TYPE_URL, r.type_url.as_bytes(), buf);
+            put_scalar(DELTA_NONCE, r.nonce.as_bytes(), buf);
+            for n in &r.removed {
+                put_header(DELTA_REMOVED_RESOURCES, n.len(), buf);
+                buf.put_slice(n.as_bytes());
+            }
+        }
     }
+}
+
+/// A gRPC message (compressed flag 0, big-endian length, the message) in an allocation of
+/// exactly its size.
+fn encode(response: &Response) -> Result<Bytes, Status> {
+    let len = message_len(response);
+    if len > MAX_RESPONSE {
+        return Err(Status::resource_exhausted(format!(
+            "a response of {len} bytes exceeds the limit of {MAX_RESPONSE}"
+        )));
+    }
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).expect("bounded by MAX_RESPONSE"));
+    put_message(response, &mut buf);
+    debug_assert_eq!(buf.len(), 5 + len, "message_len and put_message disagree");
+    Ok(buf.freeze())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::http2::Handler;
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3 as discovery;
+    use envoy_types::pb::google::protobuf::Any;
     use std::sync::Arc;
     use tokio::sync::watch;
+    use tower_service::Service;
 
     fn service() -> AdsService {
         let source: Arc<dyn super::super::ResourceSource> =
@@ -239,12 +405,12 @@ mod tests {
 
     #[tokio::test]
     async fn should_answer_unknown_methods_and_compressed_streams_with_unimplemented() {
-        let svc = service();
+        let mut svc = service();
         let unknown = http::Request::builder()
             .uri("/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope")
             .body(Body::empty())
             .unwrap();
-        let response = svc.call(unknown).await;
+        let response = svc.call(unknown).await.unwrap();
         assert_eq!(grpc_status(&response), Some("12"));
 
         let gzip = http::Request::builder()
@@ -252,22 +418,117 @@ mod tests {
             .header("grpc-encoding", "gzip")
             .body(Body::empty())
             .unwrap();
-        let response = svc.call(gzip).await;
+        let response = svc.call(gzip).await.unwrap();
         assert_eq!(grpc_status(&response), Some("12"));
     }
 
-    #[test]
-    fn should_frame_a_response_in_exactly_its_size() {
-        let response = AnyResponse::Delta(Box::new(discovery::DeltaDiscoveryResponse {
-            nonce: "n-1".into(),
-            type_url: super::super::resource::LISTENER.into(),
-            ..Default::default()
-        }));
-        let bytes = encode(&response).unwrap();
+    fn resource(name: &str, version: &str, body: &[u8]) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.into(),
+            version: version.into(),
+            body: Bytes::copy_from_slice(body),
+            clusters: Vec::new(),
+            declared: false,
+        })
+    }
+
+    fn message(bytes: &Bytes) -> &[u8] {
         let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
         assert_eq!(bytes[0], 0, "not compressed");
-        assert_eq!(len, bytes.len() - 5);
-        let decoded = discovery::DeltaDiscoveryResponse::decode(&bytes[5..]).unwrap();
-        assert_eq!(decoded.nonce, "n-1");
+        assert_eq!(
+            len,
+            bytes.len() - 5,
+            "allocation of exactly the message's size"
+        );
+        &bytes[5..]
+    }
+
+    #[test]
+    fn should_encode_a_delta_response_as_prost_decodes_it() {
+        let type_url = super::super::resource::LISTENER;
+        let big = vec![0xabu8; 300];
+        let response = Response {
+            variant: Variant::Delta,
+            type_url,
+            version: "v-1".into(),
+            nonce: "n-1".into(),
+            resources: vec![resource("a", "1", b"\x0a\x01x"), resource("b", "", &big)],
+            removed: vec!["gone".into(), String::new()],
+        };
+        let bytes = encode(&response).unwrap();
+        let decoded = discovery::DeltaDiscoveryResponse::decode(message(&bytes)).unwrap();
+        let expected = discovery::DeltaDiscoveryResponse {
+            system_version_info: "v-1".into(),
+            resources: vec![
+                discovery::Resource {
+                    name: "a".into(),
+                    version: "1".into(),
+                    resource: Some(Any {
+                        type_url: type_url.into(),
+                        value: b"\x0a\x01x".to_vec(),
+                    }),
+                    ..Default::default()
+                },
+                discovery::Resource {
+                    name: "b".into(),
+                    resource: Some(Any {
+                        type_url: type_url.into(),
+                        value: big,
+                    }),
+                    ..Default::default()
+                },
+            ],
+            type_url: type_url.into(),
+            removed_resources: vec!["gone".into(), String::new()],
+            nonce: "n-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(decoded, expected);
+        assert_eq!(bytes.len() - 5, expected.encoded_len());
+    }
+
+    #[test]
+    fn should_encode_a_sotw_response_as_prost_decodes_it() {
+        let type_url = super::super::resource::CLUSTER;
+        let response = Response {
+            variant: Variant::Sotw,
+            type_url,
+            version: "v-2".into(),
+            nonce: "n-2".into(),
+            resources: vec![resource("c", "9", b"\x0a\x01c"), resource("e", "0", b"")],
+            removed: Vec::new(),
+        };
+        let bytes = encode(&response).unwrap();
+        let decoded = discovery::DiscoveryResponse::decode(message(&bytes)).unwrap();
+        let expected = discovery::DiscoveryResponse {
+            version_info: "v-2".into(),
+            resources: vec![
+                Any {
+                    type_url: type_url.into(),
+                    value: b"\x0a\x01c".to_vec(),
+                },
+                Any {
+                    type_url: type_url.into(),
+                    value: Vec::new(),
+                },
+            ],
+            type_url: type_url.into(),
+            nonce: "n-2".into(),
+            ..Default::default()
+        };
+        assert_eq!(decoded, expected);
+        assert_eq!(bytes.len() - 5, expected.encoded_len());
+    }
+
+    #[test]
+    fn should_map_unreadable_requests_to_invalid_argument_and_large_ones_to_resource_exhausted() {
+        let truncated = request_error(Status::internal("Unexpected EOF decoding stream."));
+        assert_eq!(truncated.code(), Code::InvalidArgument);
+        assert!(truncated.message().contains("Unexpected EOF"));
+        let large = request_error(Status::out_of_range("found 9 bytes"));
+        assert_eq!(large.code(), Code::ResourceExhausted);
+        assert!(large.message().contains("found 9 bytes"));
+        let other = request_error(Status::permission_denied("no"));
+        assert_eq!(other.code(), Code::PermissionDenied);
     }
 }

@@ -6,11 +6,10 @@
 //! per-stream state visible to operators in [`Registry`].
 
 pub mod auth;
-pub mod conn;
 pub mod grpc;
-pub mod http2;
 pub mod registry;
 pub mod resource;
+pub mod server;
 mod shared;
 mod stream;
 pub mod tracker;
@@ -42,7 +41,6 @@ pub struct AdsServer {
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     next_stream: Arc<AtomicU64>,
-    reclaimer: Arc<crate::memory::Reclaimer>,
     shared: Arc<shared::Shared>,
 }
 
@@ -62,22 +60,8 @@ impl AdsServer {
             registry,
             shutdown,
             next_stream: Arc::new(AtomicU64::new(1)),
-            reclaimer: Arc::default(),
             shared: Arc::default(),
         }
-    }
-
-    /// Uses `reclaimer` instead of the default one (release 1 s after departures pause, at
-    /// most every 10 s).
-    pub fn with_reclaimer(mut self, reclaimer: Arc<crate::memory::Reclaimer>) -> Self {
-        self.reclaimer = reclaimer;
-        self
-    }
-
-    /// Notified of every stream that ends; run it (`Reclaimer::run`) so that memory freed
-    /// by departed proxies goes back to the system.
-    pub fn reclaimer(&self) -> Arc<crate::memory::Reclaimer> {
-        Arc::clone(&self.reclaimer)
     }
 
     /// Requires every stream to authenticate; its namespace then comes from the identity.
@@ -93,14 +77,16 @@ impl AdsServer {
         let Some(a) = &self.authenticator else {
             return Ok(None);
         };
-        let certs = request.extensions().get::<http2::PeerCertificates>();
-        let principal = a
-            .authenticate(request.metadata(), certs.map(|c| &*c.0))
-            .await?;
+        // DER certificates the TLS client presented, leaf first (tonic's TLS puts them in
+        // the request's extensions).
+        let certs: Option<Vec<Vec<u8>>> = request
+            .peer_certs()
+            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
+        let principal = a.authenticate(request.metadata(), certs.as_deref()).await?;
         Ok(Some(principal))
     }
 
-    /// The gRPC service, for [`http2::serve`].
+    /// The gRPC service, for [`server::serve`].
     pub fn into_service(self) -> grpc::AdsService {
         grpc::AdsService::new(self)
     }
@@ -109,6 +95,7 @@ impl AdsServer {
     fn start<Req>(
         &self,
         principal: Option<auth::Principal>,
+        peer: Option<std::net::SocketAddr>,
         variant: Variant,
         incoming: Streaming<Req>,
         wrap: fn(Req) -> AnyRequest,
@@ -124,20 +111,28 @@ impl AdsServer {
             variant,
             source: self.source.clone(),
             registry: Arc::clone(&self.registry),
-            reclaimer: Arc::clone(&self.reclaimer),
             shared: Arc::clone(&self.shared),
             shutdown: self.shutdown.clone(),
         };
         let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);
         // Read by the stream itself (no task or channel in between: each costs memory for
         // every idle proxy).
-        let mut requests: stream::Requests =
-            Box::pin(incoming.map(move |r| r.map(wrap).map_err(Box::new)));
+        let mut requests: stream::Requests = Box::pin(
+            incoming.map(move |r| r.map(wrap).map_err(|s| Box::new(grpc::request_error(s)))),
+        );
         tokio::spawn(async move {
             // The first request names the node; wait for it before anything else.
             let first = match requests.next().await {
                 Some(Ok(m)) => m,
-                _ => return,
+                Some(Err(status)) => {
+                    tracing::warn!(stream = id, peer = ?peer, code = ?status.code(), "stream ended: {}", status.message());
+                    stream::end_with(&resp_tx, *status, &ctx.shutdown).await;
+                    return;
+                }
+                None => {
+                    tracing::debug!(stream = id, peer = ?peer, "stream closed before its first request");
+                    return;
+                }
             };
             stream::run(ctx, first, requests, resp_tx).await;
         });

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
-use envoy_types::pb::google::protobuf::{Any, Struct, value::Kind};
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -55,10 +55,20 @@ pub(super) type Requests =
 /// What the stream hands to the response writer.
 pub(super) type Outgoing = Result<Response, Box<Status>>;
 
-/// A response of either variant.
-pub(super) enum Response {
-    Sotw(Box<discovery::DiscoveryResponse>),
-    Delta(Box<discovery::DeltaDiscoveryResponse>),
+/// A response of either variant, as it goes on the wire: the resources are the snapshot's
+/// encoded bytes, shared with every other stream that sends them, and are copied once,
+/// into the response's frame (`super::grpc`).
+#[derive(Debug)]
+pub(super) struct Response {
+    pub variant: Variant,
+    pub type_url: &'static str,
+    /// `version_info` (SotW) or `system_version_info` (Delta).
+    pub version: String,
+    pub nonce: String,
+    /// SotW: the complete set; Delta: the new and changed resources.
+    pub resources: Vec<Arc<Resource>>,
+    /// Delta only: `removed_resources`.
+    pub removed: Vec<String>,
 }
 
 /// Reads namespace and labels from node metadata; anything else there is ignored.
@@ -94,7 +104,6 @@ pub(super) struct StreamContext {
     pub variant: Variant,
     pub source: watch::Receiver<Arc<dyn ResourceSource>>,
     pub registry: Arc<Registry>,
-    pub reclaimer: Arc<crate::memory::Reclaimer>,
     pub shared: Arc<super::shared::Shared>,
     pub shutdown: CancellationToken,
 }
@@ -123,7 +132,6 @@ struct Stream {
 struct Disconnect {
     registry: Arc<Registry>,
     shared: Arc<super::shared::Shared>,
-    reclaimer: Arc<crate::memory::Reclaimer>,
     stream: u64,
     connected: prometheus_client::metrics::gauge::Gauge,
 }
@@ -135,7 +143,6 @@ impl Drop for Disconnect {
         if left == 0 {
             self.shared.prune();
         }
-        self.reclaimer.departed();
     }
 }
 
@@ -155,6 +162,20 @@ impl Drop for Held {
     }
 }
 
+/// Ends a stream with `status` (the response body sends it as the trailers). Waits while
+/// responses before it are still queued, unless the client goes away or the server shuts
+/// down; the status is never dropped in favour of OK.
+pub(super) async fn end_with(
+    responses: &mpsc::Sender<Outgoing>,
+    status: Status,
+    shutdown: &CancellationToken,
+) {
+    tokio::select! {
+        _ = responses.send(Err(Box::new(status))) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
 /// Runs one stream until the client goes away, the server shuts down, or the send side
 /// closes. `first` is the stream's first request.
 pub(super) async fn run(
@@ -164,11 +185,11 @@ pub(super) async fn run(
     responses: mpsc::Sender<Outgoing>,
 ) {
     let Some(node) = first.node() else {
-        let _ = responses
-            .send(Err(Box::new(Status::invalid_argument(
-                "the first request of an ADS stream must carry the node (id and metadata)",
-            ))))
-            .await;
+        let status = Status::invalid_argument(
+            "the first request of an ADS stream must carry the node (id and metadata)",
+        );
+        warn!(stream = ctx.id, "stream ended: {}", status.message());
+        end_with(&responses, status, &ctx.shutdown).await;
         return;
     };
     let node_id = node.id.clone();
@@ -177,8 +198,8 @@ pub(super) async fn run(
         match super::auth::authorize(principal, identity.namespace.as_deref()) {
             Ok(ns) => identity.namespace = Some(ns),
             Err(status) => {
-                warn!(proxy = %node_id, principal = %principal, "refused: {}", status.message());
-                let _ = responses.send(Err(Box::new(status))).await;
+                warn!(stream = ctx.id, proxy = %node_id, principal = %principal, "refused: {}", status.message());
+                end_with(&responses, status, &ctx.shutdown).await;
                 return;
             }
         }
@@ -227,14 +248,18 @@ pub(super) async fn run(
         let _gone = Disconnect {
             registry: Arc::clone(&s.ctx.registry),
             shared: Arc::clone(&s.ctx.shared),
-            reclaimer: Arc::clone(&s.ctx.reclaimer),
             stream: s.ctx.id,
             connected,
         };
         let result = s.serve(first, &mut requests, &responses).await;
         match result {
             Ok(()) => info!("proxy disconnected"),
-            Err(e) => warn!(error = %e, "stream ended"),
+            // The client is gone: there is nobody to tell.
+            Err(e) if responses.is_closed() => debug!(error = %e, "stream ended"),
+            Err(status) => {
+                warn!(code = ?status.code(), "stream ended: {}", status.message());
+                end_with(&responses, status, &s.ctx.shutdown).await;
+            }
         }
     }
     .instrument(span)
@@ -422,10 +447,15 @@ impl Stream {
             }
             self.dirty[kind] = false;
             let response = self.plan(kind, &view, retained.as_ref());
-            if let Some(response) = response
-                && responses.send(Ok(response)).await.is_err()
-            {
-                return Err(Status::cancelled("client went away"));
+            if let Some(response) = response {
+                // A client that stopped reading fills the queue; shutdown must not wait
+                // for it.
+                tokio::select! {
+                    sent = responses.send(Ok(response)) => if sent.is_err() {
+                        return Err(Status::cancelled("client went away"));
+                    },
+                    () = self.ctx.shutdown.cancelled() => return Ok(()),
+                }
             }
         }
         self.publish_status();
@@ -493,41 +523,33 @@ impl Stream {
                 let plan =
                     self.shared_plan(&shared.sotw, kind, view, retained, TypeTracker::plan_sotw)?;
                 let nonce = self.next_nonce();
-                let response = discovery::DiscoveryResponse {
-                    version_info: plan.version.clone(),
-                    resources: plan.resources.iter().map(|r| any(type_url, r)).collect(),
-                    type_url: type_url.to_owned(),
+                let response = Response {
+                    variant: Variant::Sotw,
+                    type_url,
+                    version: plan.version.clone(),
                     nonce: nonce.clone(),
-                    ..Default::default()
+                    resources: plan.resources.clone(),
+                    removed: Vec::new(),
                 };
                 debug!(type_url = %kind, version = %plan.version, resources = plan.resources.len(), "push");
                 self.trackers[kind].sent_sotw(nonce, plan);
-                Some(Response::Sotw(Box::new(response)))
+                Some(response)
             }
             Variant::Delta => {
                 let plan =
                     self.shared_plan(&shared.delta, kind, view, retained, TypeTracker::plan_delta)?;
                 let nonce = self.next_nonce();
-                let response = discovery::DeltaDiscoveryResponse {
-                    system_version_info: plan.version.clone(),
-                    resources: plan
-                        .resources
-                        .iter()
-                        .map(|r| discovery::Resource {
-                            name: r.name.clone(),
-                            version: r.version.clone(),
-                            resource: Some(any(type_url, r)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: type_url.to_owned(),
-                    removed_resources: plan.removed.clone(),
+                let response = Response {
+                    variant: Variant::Delta,
+                    type_url,
+                    version: plan.version.clone(),
                     nonce: nonce.clone(),
-                    ..Default::default()
+                    resources: plan.resources.clone(),
+                    removed: plan.removed.clone(),
                 };
                 debug!(type_url = %kind, updated = plan.resources.len(), removed = plan.removed.len(), "push");
                 self.trackers[kind].sent_delta(nonce, plan);
-                Some(Response::Delta(Box::new(response)))
+                Some(response)
             }
         }
     }
@@ -586,13 +608,6 @@ impl Stream {
             connected_at: self.connected_at,
             types,
         });
-    }
-}
-
-fn any(type_url: &str, r: &Resource) -> Any {
-    Any {
-        type_url: type_url.to_owned(),
-        value: r.body.to_vec(),
     }
 }
 
