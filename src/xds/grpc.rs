@@ -154,10 +154,9 @@ fn open<Req: Message + Default + Send + 'static>(
 /// `RESOURCE_EXHAUSTED` for one that is too large. The reason is kept.
 pub(super) fn request_error(status: Status) -> Status {
     match status.code() {
-        Code::OutOfRange => Status::resource_exhausted(format!(
-            "request too large: {}; the limit is {MAX_REQUEST} bytes",
-            status.message()
-        )),
+        Code::OutOfRange => {
+            Status::resource_exhausted(format!("request too large: {}", status.message()))
+        }
         Code::Internal => {
             Status::invalid_argument(format!("malformed request stream: {}", status.message()))
         }
