@@ -3,6 +3,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# jemalloc's compiled-in options (background purging, decay) come from here.
+COPY .cargo ./.cargo
 COPY src ./src
 COPY crds ./crds
 RUN cargo build --release --locked --bin redis-xds

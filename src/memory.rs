@@ -14,6 +14,10 @@
 //!   trail departures for longer. Measured in `BENCHMARKS.md`.
 //! - `muzzy_decay_ms:0`: pages are released outright (`MADV_DONTNEED`), so RSS drops at
 //!   once rather than when the kernel comes under pressure.
+//! - `tcache:false`: no per-thread caches of freed objects. A thread's cache is trimmed
+//!   only as that thread allocates, so after a fleet left, the idle worker threads kept
+//!   what it freed: RSS stayed at 124-140% of its start with caches (35% less with small
+//!   objects only cached), 107% without, for pushes within noise (`BENCHMARKS.md`).
 //!
 //! jemalloc was chosen over mimalloc by measurement (`BENCHMARKS.md`, "Allocator").
 
@@ -45,6 +49,12 @@ pub fn background_purging() -> bool {
     tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)
 }
 
+/// Whether jemalloc keeps per-thread caches of freed objects (it does not, by the
+/// compiled-in options).
+pub fn thread_caches() -> bool {
+    tikv_jemalloc_ctl::opt::tcache::read().unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +64,10 @@ mod tests {
         assert!(
             background_purging(),
             "jemalloc's background thread is off: the options in .cargo/config.toml did not reach the build"
+        );
+        assert!(
+            !thread_caches(),
+            "jemalloc's thread caches are on: the options in .cargo/config.toml did not reach the build"
         );
         let before = heap_in_use().expect("jemalloc statistics");
         let block = vec![7u8; 8 << 20];

@@ -34,6 +34,7 @@ use tonic::{Code, Status};
 use super::AdsServer;
 use super::registry::Variant;
 use super::resource::Resource;
+use super::server::{DECODE_BUFFER, MAX_REQUEST, MAX_RESPONSE};
 use super::stream::{Outgoing, Request as AnyRequest, Response};
 
 /// The gRPC service name (`envoy/service/discovery/v3/ads.proto`).
@@ -42,19 +43,6 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
-
-/// Largest request accepted, bytes. The largest legitimate one is a reconnecting Delta
-/// client that lists every resource it holds in `initial_resource_versions`: about 100
-/// bytes a resource, so 4 MiB is room for some 40,000 resources. Larger ones end the stream
-/// with `RESOURCE_EXHAUSTED` before their body is buffered.
-pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
-/// Largest response sent, bytes: Envoy's own gRPC client accepts any size, so this only
-/// guards against a runaway snapshot.
-pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
-
-/// Requests are small (an ACK is a few hundred bytes); the decode buffer starts at this
-/// size and grows in steps of it when one is not.
-const DECODE_BUFFER: usize = 1024;
 
 /// The ADS service, for `tonic::transport::Server::add_service`.
 #[derive(Clone, Debug)]

@@ -52,8 +52,10 @@ pub(super) type Incoming = Result<Request, Box<Status>>;
 /// The requests of a stream, decoded.
 pub(super) type Requests =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Incoming> + Send + 'static>>;
-/// What the stream hands to the response writer.
-pub(super) type Outgoing = Result<Response, Box<Status>>;
+/// What the stream hands to the response writer. Both sides are boxed: a channel's block
+/// holds 32 items whatever its bound, so the item's size is paid 32 times by every idle
+/// stream.
+pub(super) type Outgoing = Result<Box<Response>, Box<Status>>;
 
 /// A response of either variant, as it goes on the wire: the resources are the snapshot's
 /// encoded bytes, shared with every other stream that sends them, and are copied once,
@@ -274,7 +276,9 @@ impl Stream {
         responses: &mpsc::Sender<Outgoing>,
     ) -> Result<(), Status> {
         self.on_request(first);
-        self.sync(responses).await?;
+        // `sync` is boxed each time it runs: inline, its state would make every idle
+        // stream's task larger for as long as it lives.
+        Box::pin(self.sync(responses)).await?;
         loop {
             tokio::select! {
                 biased;
@@ -284,7 +288,7 @@ impl Stream {
                 req = requests.next() => match req {
                     Some(Ok(req)) => {
                         self.on_request(req);
-                        self.sync(responses).await?;
+                        Box::pin(self.sync(responses)).await?;
                     }
                     Some(Err(status)) => return Err(*status),
                     None => return Ok(()),
@@ -300,7 +304,7 @@ impl Stream {
                     self.view = view;
                     self.observed_at = observed_at;
                     self.dirty = PerType::from_fn(|_| true);
-                    self.sync(responses).await?;
+                    Box::pin(self.sync(responses)).await?;
                 }
             }
         }
@@ -451,7 +455,7 @@ impl Stream {
                 // A client that stopped reading fills the queue; shutdown must not wait
                 // for it.
                 tokio::select! {
-                    sent = responses.send(Ok(response)) => if sent.is_err() {
+                    sent = responses.send(Ok(Box::new(response))) => if sent.is_err() {
                         return Err(Status::cancelled("client went away"));
                     },
                     () = self.ctx.shutdown.cancelled() => return Ok(()),
