@@ -99,7 +99,12 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
     let peer = head.remote_addr();
     let principal = match server.authenticate(&head).await {
         Ok(p) => p,
-        Err(status) => return status.into_http(),
+        Err(status) => {
+            // Before the first request: no stream number or node yet, so the peer names it.
+            // Refusal messages never quote the credential.
+            tracing::warn!(peer = ?peer, variant = variant.as_str(), code = ?status.code(), "stream refused: {}", status.message());
+            return status.into_http();
+        }
     };
     let responses = match variant {
         Variant::Sotw => open(&server, principal, peer, variant, body, |m| {

@@ -182,9 +182,8 @@ impl ProxyResources {
             .iter()
             .position(|k| *k == t)
             .expect("every type is listed");
-        self.versions.0[index].get_or_init(|| {
-            state_version(self.of(t).iter().map(|(n, r)| (n, r.version.as_str())))
-        })
+        self.versions.0[index]
+            .get_or_init(|| state_version(self.of(t).iter().map(|(n, r)| (n, r.version.as_str()))))
     }
 
     /// Resources of one type.
