@@ -63,11 +63,15 @@ async fn readyz(State(s): State<DebugState>) -> Response {
     if *s.ready.borrow() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the source has not finished its initial read\n",
-        )
-            .into_response()
+        let mut text = String::from("not ready: the source has not finished its initial read\n");
+        // What keeps the source from it, when it knows (a missing CRD, for one).
+        if let Some(dir) = &s.dir {
+            for p in dir.borrow().problems.iter().filter(|p| p.object.is_none()) {
+                text.push_str(&p.message);
+                text.push('\n');
+            }
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
     }
 }
 

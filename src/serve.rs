@@ -162,6 +162,7 @@ async fn kubernetes_source(
             crate::source::k8s::index::Index::new(model_tx, ready_tx),
         )),
         problems: Arc::default(),
+        crd_missing: Arc::default(),
         state: state_tx,
         metrics: Arc::clone(metrics),
     };

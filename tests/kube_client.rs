@@ -324,6 +324,7 @@ async fn watchers_list_every_kind_in_all_namespaces_and_leave_out_only_the_broke
     let shared = redis_xds::source::k8s::watch::Shared {
         index: Arc::new(Mutex::new(Index::new(model_tx, ready_tx))),
         problems: Arc::default(),
+        crd_missing: Arc::default(),
         state: state_tx,
         metrics: Arc::default(),
     };

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod xds;
 
 use std::path::{Path, PathBuf};
@@ -156,20 +157,27 @@ pub fn start_serve_logging(manifests: &Path, extra: &[&str], level: &str) -> Ser
 
 /// `redis-xds serve` with its xDS server on `xds_addr`.
 pub fn start_serve_full(manifests: &Path, xds_addr: &str, extra: &[&str], level: &str) -> Serve {
+    let mut cmd = redis_xds();
+    cmd.args([
+        "serve",
+        "--xds-addr",
+        xds_addr,
+        "--debug-addr",
+        "127.0.0.1:0",
+        "--poll-interval",
+        "50ms",
+        "--manifests",
+    ])
+    .arg(manifests)
+    .args(extra);
+    start_serve_command(cmd, level)
+}
+
+/// Runs `cmd` (a `redis-xds serve` command line) logging at `level`, and waits until its
+/// xDS and debug servers listen.
+pub fn start_serve_command(mut cmd: Command, level: &str) -> Serve {
     use std::io::BufRead;
-    let mut child = redis_xds()
-        .args([
-            "serve",
-            "--xds-addr",
-            xds_addr,
-            "--debug-addr",
-            "127.0.0.1:0",
-            "--poll-interval",
-            "50ms",
-            "--manifests",
-        ])
-        .arg(manifests)
-        .args(extra)
+    let mut child = cmd
         .env("RUST_LOG", level)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

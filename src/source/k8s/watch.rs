@@ -34,8 +34,10 @@ pub struct Shared {
     pub index: Arc<Mutex<Index>>,
     /// RedisClusters that could not be read, by `namespace/name`.
     pub problems: Arc<Mutex<BTreeMap<String, String>>>,
-    /// Publishes those problems for `/debug/model`.
+    /// Publishes those problems for `/debug/model` and `/readyz`.
     pub state: channel::Sender<Arc<DirState>>,
+    /// Set while listing RedisClusters answers 404: the CRD is not installed.
+    pub crd_missing: Arc<std::sync::atomic::AtomicBool>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -48,19 +50,56 @@ impl Shared {
 
     fn publish_problems(&self) {
         let problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        let list = problems
-            .iter()
-            .map(|(object, message)| LoadProblem {
+        let missing = self
+            .crd_missing
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| LoadProblem {
+                file: "kubernetes".into(),
+                line: None,
+                object: None,
+                message: CRD_MISSING.into(),
+            });
+        let list = missing
+            .into_iter()
+            .chain(problems.iter().map(|(object, message)| LoadProblem {
                 file: "kubernetes".into(),
                 line: None,
                 object: Some(format!("RedisCluster {object}")),
                 message: message.clone(),
-            })
+            }))
             .collect();
         self.state.send_replace(Arc::new(DirState {
             problems: list,
             ..Default::default()
         }));
+    }
+
+    /// Notes whether the RedisCluster CRD is missing; says so once when that changes.
+    fn set_crd_missing(&self, missing: bool) {
+        let was = self
+            .crd_missing
+            .swap(missing, std::sync::atomic::Ordering::SeqCst);
+        if was != missing {
+            if missing {
+                tracing::error!("{CRD_MISSING}");
+            } else {
+                info!("the RedisCluster CRD is installed");
+            }
+            self.publish_problems();
+        }
+    }
+}
+
+/// What `serve` says while the API server does not know RedisClusters.
+pub const CRD_MISSING: &str = "the RedisCluster CRD (redisclusters.redis-xds.dev, v1alpha1) is not installed: install it with `kubectl apply -f crds/redisclusters.yaml` (or `redis-xds crd | kubectl apply -f -`); until then no proxy is served";
+
+/// Whether a watch error says that the resource does not exist on the API server (404).
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
     }
 }
 
@@ -145,6 +184,9 @@ async fn follow<K, F>(
             Ok(Event::InitDone) => {
                 let objects = std::mem::take(&mut buffer);
                 info!(objects = objects.len(), "listed");
+                if kind == Kind::RedisCluster {
+                    shared.set_crd_missing(false);
+                }
                 shared.with_index(|i| i.reset(kind, objects));
             }
             Ok(Event::Apply(obj)) => {
@@ -156,6 +198,12 @@ async fn follow<K, F>(
                 if let Some(o) = convert(&shared, obj) {
                     shared.with_index(|i| i.delete(&o));
                 }
+            }
+            // Without the CRD every retry answers 404: say what is wrong once, not the
+            // API server's "404 page not found" on every retry.
+            Err(e) if kind == Kind::RedisCluster && not_found(&e) => {
+                shared.set_crd_missing(true);
+                tracing::debug!(error = %e, "RedisCluster list refused; retrying with backoff");
             }
             // The backoff wrapper retries; the index keeps serving the last known state.
             Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),

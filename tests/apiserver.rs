@@ -1,0 +1,224 @@
+//! Kubernetes for real: the CRD, `serve` in Kubernetes mode and its status writer against a
+//! real kube-apiserver and etcd on loopback (`common::apiserver`). Each test starts its own
+//! API server (about 6 s), which is killed when the test ends, whatever happens.
+
+mod common;
+
+use common::apiserver::{ApiServer, start_serve_kube};
+use serde_json::{Value, json};
+
+const RDC: &str = "/apis/redis-xds.dev/v1alpha1";
+
+fn redis_cluster(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "redis-xds.dev/v1alpha1",
+        "kind": "RedisCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// POSTs a RedisCluster into `shop` and expects the API server to refuse it with a message
+/// that contains `expected`.
+fn expect_refused(api: &ApiServer, object: Value, expected: &str) {
+    let (code, body) = api
+        .request(
+            "POST",
+            &format!("{RDC}/namespaces/shop/redisclusters"),
+            Some(&object.to_string()),
+        )
+        .expect("the API server answers");
+    assert_eq!(code, 422, "not refused: {object}\n{body}");
+    assert!(
+        body.contains(expected),
+        "refused without {expected:?}: {body}"
+    );
+}
+
+#[test]
+fn should_establish_the_crd_and_refuse_what_its_schema_and_cel_refuse() {
+    let api = ApiServer::start();
+    api.install_crd();
+    api.namespace("shop");
+    let fixed = json!({"static": ["10.0.0.5:6379"]});
+
+    // CEL rules.
+    expect_refused(
+        &api,
+        redis_cluster(
+            "sharded-reads",
+            json!({"mode": "Sharded", "endpoints": fixed, "listener": {"port": 6379, "readPolicy": "Replica"}}),
+        ),
+        "spec.listener.readPolicy applies to mode Cluster only",
+    );
+    expect_refused(
+        &api,
+        redis_cluster(
+            "sharded-topology",
+            json!({"mode": "Sharded", "endpoints": fixed, "topology": {"refreshInterval": "5s"}}),
+        ),
+        "spec.topology applies to mode Cluster only",
+    );
+    expect_refused(
+        &api,
+        redis_cluster(
+            "two-sources",
+            json!({"endpoints": {"static": ["10.0.0.5:6379"], "service": "orders"}}),
+        ),
+        "set exactly one of endpoints.selector, endpoints.service or endpoints.static",
+    );
+    expect_refused(
+        &api,
+        redis_cluster(
+            "delay-without-delay",
+            json!({"endpoints": fixed, "listener": {"port": 6379, "faults": [{"type": "Delay", "percent": 5}]}}),
+        ),
+        "a Delay fault needs delay",
+    );
+    // Schema: enums and bounds.
+    expect_refused(
+        &api,
+        redis_cluster("bad-mode", json!({"mode": "Bogus", "endpoints": fixed})),
+        "spec.mode",
+    );
+    expect_refused(
+        &api,
+        redis_cluster(
+            "bad-port",
+            json!({"endpoints": fixed, "listener": {"port": 70000}}),
+        ),
+        "spec.listener.port",
+    );
+
+    // And a valid one is stored as it was written.
+    let created = api.create(
+        &format!("{RDC}/namespaces/shop/redisclusters"),
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": fixed, "listener": {"port": 6379, "readPolicy": "Replica"}}),
+        ),
+    );
+    assert_eq!(created["spec"]["listener"]["readPolicy"], "Replica");
+    assert_eq!(created["metadata"]["generation"], 1);
+}
+
+#[test]
+fn should_say_that_the_crd_is_missing_until_it_is_installed() {
+    let api = ApiServer::start();
+    let serve = start_serve_kube(&api, &["--xds-auth", "none"], "info");
+    let missing = common::wait_until("serve says the CRD is missing", || {
+        let log = serve.log.lock().unwrap().clone();
+        log.contains("RedisCluster CRD").then_some(log)
+    });
+    assert!(
+        missing.contains("kubectl apply -f crds/redisclusters.yaml"),
+        "the log does not say how to install the CRD:\n{missing}"
+    );
+    assert!(
+        !missing.contains("404 page not found"),
+        "the log repeats the API server's 404:\n{missing}"
+    );
+    let readyz = String::from_utf8(
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{}/readyz", serve.debug))
+            .output()
+            .expect("curl runs")
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        readyz.contains("not ready") && readyz.contains("RedisCluster CRD"),
+        "/readyz does not name the missing CRD: {readyz:?}"
+    );
+
+    api.install_crd();
+    common::wait_until("serve is ready once the CRD is installed", || {
+        let readyz = common::http_get(&serve.debug, "/readyz")?;
+        (readyz.trim() == "ready").then_some(())
+    });
+    assert!(
+        serve
+            .log
+            .lock()
+            .unwrap()
+            .contains("the RedisCluster CRD is installed")
+    );
+}
+
+fn condition(object: &Value, kind: &str) -> Option<Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+#[test]
+fn should_write_status_for_each_watched_redis_cluster() {
+    let api = ApiServer::start();
+    api.install_crd();
+    api.namespace("shop");
+    let path = format!("{RDC}/namespaces/shop/redisclusters");
+    api.create(
+        &path,
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["10.0.0.5:6379", "10.0.0.6:6379"]}, "listener": {"port": 6379}}),
+        ),
+    );
+    api.create(
+        &path,
+        &redis_cluster(
+            "sessions",
+            json!({
+                "endpoints": {"static": ["10.0.0.7:6379"]},
+                "listener": {"port": 6380, "routes": [{"prefix": "s:", "cluster": "nowhere"}]},
+            }),
+        ),
+    );
+    let _serve = start_serve_kube(&api, &["--xds-auth", "none"], "info");
+
+    let get = |name: &str| -> Option<Value> {
+        let (code, body) = api.get(&format!("{path}/{name}"))?;
+        (code == 200).then(|| serde_json::from_str(&body).unwrap())
+    };
+    let orders = common::wait_until("orders has an Accepted condition", || {
+        let o = get("orders")?;
+        condition(&o, "Accepted").map(|_| o)
+    });
+    let accepted = condition(&orders, "Accepted").unwrap();
+    assert_eq!(accepted["status"], "True", "{orders}");
+    assert_eq!(orders["status"]["observedGeneration"], 1, "{orders}");
+    assert_eq!(orders["status"]["endpoints"], 2, "{orders}");
+
+    let sessions = common::wait_until("sessions has an Accepted condition", || {
+        let o = get("sessions")?;
+        condition(&o, "Accepted").map(|_| o)
+    });
+    let refused = condition(&sessions, "Accepted").unwrap();
+    assert_eq!(refused["status"], "False", "{sessions}");
+    assert_eq!(refused["reason"], "RefNotFound", "{sessions}");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.listener.routes[0].cluster") && message.contains("nowhere"),
+        "the condition does not name the field and the missing RedisCluster: {message}"
+    );
+
+    // An edit is observed: the generation moves and the status follows it.
+    let (code, body) = api
+        .request(
+            "PATCH",
+            &format!("{path}/orders"),
+            Some(
+                &json!({"spec": {"listener": {"port": 6379, "readPolicy": "PreferReplica"}}})
+                    .to_string(),
+            ),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    common::wait_until("orders' status follows generation 2", || {
+        let o = get("orders")?;
+        (o["status"]["observedGeneration"] == 2).then_some(())
+    });
+}

@@ -1,0 +1,304 @@
+//! A real Kubernetes API server for tests: etcd and kube-apiserver (built from their Go
+//! modules by `scripts/kube-tools`, found through `ETCD_BIN` and `KUBE_APISERVER_BIN`) on
+//! loopback, with TLS, RBAC, a token file with an admin token and a ServiceAccount signing
+//! key, as a cluster has them. There is no kubelet or controller: tests create objects and
+//! patch their status themselves. Both processes are killed when the value is dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+use super::{Proc, free_port};
+
+/// The admin's bearer token (group system:masters).
+pub const ADMIN_TOKEN: &str = "redis-xds-test-admin-token";
+
+/// A running API server and its etcd.
+pub struct ApiServer {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// A kubeconfig for the admin.
+    pub kubeconfig: PathBuf,
+    /// The CA that signed the serving certificate (PEM).
+    pub ca_pem: String,
+    dir: tempfile::TempDir,
+    etcd: Proc,
+    apiserver: Proc,
+}
+
+fn bin(var: &str) -> PathBuf {
+    PathBuf::from(std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests through scripts/test, which builds etcd and kube-apiserver")
+    }))
+}
+
+fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+impl ApiServer {
+    /// Starts etcd and kube-apiserver and waits until `/readyz` answers ok (about 6 s).
+    pub fn start() -> ApiServer {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis-xds test cluster CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let mut serving = CertificateParams::new(vec![
+            "localhost".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ])
+        .unwrap();
+        serving
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let serving_key = KeyPair::generate().unwrap();
+        let serving_cert = serving.signed_by(&serving_key, &ca).unwrap();
+        let ca_pem = ca.pem();
+        let ca_file = write(d, "ca.pem", &ca_pem);
+        let cert_file = write(d, "apiserver.pem", &serving_cert.pem());
+        let key_file = write(d, "apiserver-key.pem", &serving_key.serialize_pem());
+        // ES256 ServiceAccount tokens: signed with the private key, verified with the
+        // public one.
+        let sa = KeyPair::generate().unwrap();
+        let sa_key = write(d, "sa-key.pem", &sa.serialize_pem());
+        let sa_pub = write(d, "sa-pub.pem", &sa.public_key_pem());
+        let tokens = write(
+            d,
+            "tokens.csv",
+            &format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
+        );
+
+        let (client_port, peer_port) = (free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Proc {
+            child: std::process::Command::new(bin("ETCD_BIN"))
+                .arg("--data-dir")
+                .arg(d.join("etcd"))
+                .args(["--listen-client-urls", &etcd_url])
+                .args(["--advertise-client-urls", &etcd_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .args(["--unsafe-no-fsync", "--log-level", "error"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(d.join("etcd.log")).unwrap())
+                .spawn()
+                .expect("etcd starts"),
+            name: "etcd",
+        };
+
+        let port = free_port();
+        let apiserver = Proc {
+            child: std::process::Command::new(bin("KUBE_APISERVER_BIN"))
+                .args(["--etcd-servers", &etcd_url])
+                .args([
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--advertise-address",
+                    "127.0.0.1",
+                ])
+                .args(["--secure-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&cert_file)
+                .arg("--tls-private-key-file")
+                .arg(&key_file)
+                .arg("--client-ca-file")
+                .arg(&ca_file)
+                .arg("--token-auth-file")
+                .arg(&tokens)
+                .args(["--authorization-mode", "RBAC"])
+                .args([
+                    "--service-account-issuer",
+                    "https://kubernetes.default.svc.cluster.local",
+                ])
+                .arg("--service-account-key-file")
+                .arg(&sa_pub)
+                .arg("--service-account-signing-key-file")
+                .arg(&sa_key)
+                .args(["--service-cluster-ip-range", "10.96.0.0/16"])
+                .args(["--endpoint-reconciler-type", "none"])
+                // No controller creates default ServiceAccounts.
+                .args(["--disable-admission-plugins", "ServiceAccount"])
+                .args(["--v", "0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(d.join("apiserver.log")).unwrap())
+                .spawn()
+                .expect("kube-apiserver starts"),
+            name: "kube-apiserver",
+        };
+        let url = format!("https://127.0.0.1:{port}");
+        let kubeconfig = write(
+            d,
+            "kubeconfig",
+            &serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": {
+                    "server": url,
+                    "certificate-authority": ca_file,
+                }}],
+                "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+                "current-context": "test",
+            })
+            .to_string(),
+        );
+        let mut server = ApiServer {
+            url,
+            kubeconfig,
+            ca_pem,
+            dir,
+            etcd,
+            apiserver,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.apiserver.child.try_wait().unwrap() {
+                panic!(
+                    "kube-apiserver exited ({status}):\n{}",
+                    self.log("apiserver.log")
+                );
+            }
+            if self.get("/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready after 60 s:\n{}",
+                self.log("apiserver.log")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The tail of one of the servers' logs.
+    pub fn log(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// A request with curl as the admin: (HTTP status, body), or `None` when the server
+    /// does not answer.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        self.request_as(ADMIN_TOKEN, method, path, body)
+    }
+
+    /// A request with curl, with `token`: (HTTP status, body).
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let ca = self.dir.path().join("ca.pem");
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
+        if let Some(b) = body {
+            let content_type = if method == "PATCH" {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            cmd.args([
+                "-H",
+                &format!("Content-Type: {content_type}"),
+                "--data-binary",
+                b,
+            ]);
+        }
+        let out = cmd.arg(format!("{}{path}", self.url)).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((code.trim().parse().ok()?, body.to_string()))
+    }
+
+    /// GET as the admin.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, None)
+    }
+
+    /// Creates an object (JSON) at `path`, panicking unless the API server accepts it.
+    pub fn create(&self, path: &str, object: &serde_json::Value) -> serde_json::Value {
+        let (code, body) = self
+            .request("POST", path, Some(&object.to_string()))
+            .expect("the API server answers");
+        assert!(code == 200 || code == 201, "POST {path} -> {code}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Installs the RedisCluster CRD from `crds/` and waits until it is Established.
+    pub fn install_crd(&self) {
+        let yaml = std::fs::read_to_string(super::root().join("crds/redisclusters.yaml")).unwrap();
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        self.create(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            &crd,
+        );
+        super::wait_until("the RedisCluster CRD is Established", || {
+            let (_, body) = self.get(
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/redisclusters.redis-xds.dev",
+            )?;
+            let crd: serde_json::Value = serde_json::from_str(&body).ok()?;
+            crd["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+                .then_some(())
+        });
+    }
+
+    /// Creates a namespace.
+    pub fn namespace(&self, name: &str) {
+        self.create(
+            "/api/v1/namespaces",
+            &serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        );
+    }
+}
+
+/// `redis-xds serve` in Kubernetes mode against `api` (its admin kubeconfig), with OS-chosen
+/// xDS and debug ports; `extra` are more flags.
+pub fn start_serve_kube(api: &ApiServer, extra: &[&str], level: &str) -> super::Serve {
+    let mut cmd = super::redis_xds();
+    cmd.args([
+        "serve",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--debug-addr",
+        "127.0.0.1:0",
+        "--lease-namespace",
+        "default",
+    ])
+    .args(extra)
+    .env("KUBECONFIG", &api.kubeconfig)
+    .env_remove("KUBERNETES_SERVICE_HOST");
+    super::start_serve_command(cmd, level)
+}
