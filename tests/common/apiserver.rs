@@ -26,12 +26,30 @@ pub struct ApiServer {
     dir: tempfile::TempDir,
     etcd: Proc,
     apiserver: Proc,
+    apiserver_args: Vec<std::ffi::OsString>,
 }
 
 fn bin(var: &str) -> PathBuf {
     PathBuf::from(std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the tests through scripts/test, which builds etcd and kube-apiserver")
     }))
+}
+
+fn spawn_apiserver(dir: &Path, args: &[std::ffi::OsString]) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("apiserver.log"))
+        .unwrap();
+    Proc {
+        child: std::process::Command::new(bin("KUBE_APISERVER_BIN"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kube-apiserver starts"),
+        name: "kube-apiserver",
+    }
 }
 
 fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
@@ -98,44 +116,34 @@ impl ApiServer {
         };
 
         let port = free_port();
-        let apiserver = Proc {
-            child: std::process::Command::new(bin("KUBE_APISERVER_BIN"))
-                .args(["--etcd-servers", &etcd_url])
-                .args([
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--advertise-address",
-                    "127.0.0.1",
-                ])
-                .args(["--secure-port", &port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(&cert_file)
-                .arg("--tls-private-key-file")
-                .arg(&key_file)
-                .arg("--client-ca-file")
-                .arg(&ca_file)
-                .arg("--token-auth-file")
-                .arg(&tokens)
-                .args(["--authorization-mode", "RBAC"])
-                .args([
-                    "--service-account-issuer",
-                    "https://kubernetes.default.svc.cluster.local",
-                ])
-                .arg("--service-account-key-file")
-                .arg(&sa_pub)
-                .arg("--service-account-signing-key-file")
-                .arg(&sa_key)
-                .args(["--service-cluster-ip-range", "10.96.0.0/16"])
-                .args(["--endpoint-reconciler-type", "none"])
-                // No controller creates default ServiceAccounts.
-                .args(["--disable-admission-plugins", "ServiceAccount"])
-                .args(["--v", "0"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(d.join("apiserver.log")).unwrap())
-                .spawn()
-                .expect("kube-apiserver starts"),
-            name: "kube-apiserver",
-        };
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut arg = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+        for (flag, value) in [
+            ("--etcd-servers", etcd_url.as_str().as_ref()),
+            ("--bind-address", "127.0.0.1".as_ref()),
+            ("--advertise-address", "127.0.0.1".as_ref()),
+            ("--secure-port", port.to_string().as_ref()),
+            ("--tls-cert-file", cert_file.as_os_str()),
+            ("--tls-private-key-file", key_file.as_os_str()),
+            ("--client-ca-file", ca_file.as_os_str()),
+            ("--token-auth-file", tokens.as_os_str()),
+            ("--authorization-mode", "RBAC".as_ref()),
+            (
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local".as_ref(),
+            ),
+            ("--service-account-key-file", sa_pub.as_os_str()),
+            ("--service-account-signing-key-file", sa_key.as_os_str()),
+            ("--service-cluster-ip-range", "10.96.0.0/16".as_ref()),
+            ("--endpoint-reconciler-type", "none".as_ref()),
+            // No controller creates default ServiceAccounts.
+            ("--disable-admission-plugins", "ServiceAccount".as_ref()),
+            ("--v", "0".as_ref()),
+        ] {
+            arg(&flag);
+            arg(&value);
+        }
+        let apiserver = spawn_apiserver(d, &args);
         let url = format!("https://127.0.0.1:{port}");
         let kubeconfig = write(
             d,
@@ -160,9 +168,22 @@ impl ApiServer {
             dir,
             etcd,
             apiserver,
+            apiserver_args: args,
         };
         server.wait_ready();
         server
+    }
+
+    /// Stops kube-apiserver (etcd keeps running); [`ApiServer::start_again`] brings it back.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.child.kill();
+        let _ = self.apiserver.child.wait();
+    }
+
+    /// Starts kube-apiserver again, on the same port and etcd, and waits until it is ready.
+    pub fn start_again(&mut self) {
+        self.apiserver = spawn_apiserver(self.dir.path(), &self.apiserver_args);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {

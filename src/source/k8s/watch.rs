@@ -2,8 +2,8 @@
 //!
 //! RedisClusters are read as dynamic objects and converted one by one, so a single object
 //! that does not deserialize is reported and left out instead of failing the whole list.
-//! Watch errors are retried with kube-runtime's default backoff; meanwhile the index, and
-//! so the proxies, keep the last known state.
+//! Watch errors are retried with [`WatchBackoff`] (at most a second apart); meanwhile the
+//! index, and so the proxies, keep the last known state.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -93,6 +93,65 @@ impl Shared {
 /// What `serve` says while the API server does not know RedisClusters.
 pub const CRD_MISSING: &str = "the RedisCluster CRD (redisclusters.redis-xds.dev, v1alpha1) is not installed: install it with `kubectl apply -f crds/redisclusters.yaml` (or `redis-xds crd | kubectl apply -f -`); until then no proxy is served";
 
+/// The delays between a watcher's retries: 100 ms, doubling to at most 1 s, each with up to
+/// 20% added at random so that replicas do not retry in step.
+///
+/// kube-runtime's default grows to 30 s: after the API server had been down for 20 s, the
+/// watchers took another 16-30 s to list again once it was back, and a change made then
+/// reached the proxies that late. A retry costs the API server one LIST per kind; one a
+/// second per replica while it is unavailable is nothing to it, and it answers 429 (which
+/// is retried the same way) when it wants fewer.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl WatchBackoff {
+    /// The first delay.
+    pub const FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+    /// The longest delay, before jitter.
+    pub const MAX: std::time::Duration = std::time::Duration::from_secs(1);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        use std::hash::{BuildHasher, Hasher};
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // A random fraction from the standard library's per-instance hash keys.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let jitter = delay.mul_f64((random % 1000) as f64 / 5000.0);
+        Some(delay + jitter)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// Whether a watch error means the API server could not be reached at all (no answer, as
+/// opposed to an error status).
+fn unreachable(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(k)
+        | watcher::Error::WatchStartFailed(k)
+        | watcher::Error::WatchFailed(k) => !matches!(k, kube::Error::Api(_)),
+        _ => false,
+    }
+}
+
 /// Whether a watch error says that the resource does not exist on the API server (404).
 fn not_found(e: &watcher::Error) -> bool {
     match e {
@@ -163,8 +222,15 @@ async fn follow<K, F>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     F: Fn(&Shared, K) -> Option<Object>,
 {
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
+    let start = || {
+        Box::pin(
+            watcher::watcher(api.clone(), watcher::Config::default())
+                .backoff(WatchBackoff::default()),
+        )
+    };
+    let mut stream = start();
+    // Delays between fresh starts while the API server cannot be reached.
+    let mut outage = WatchBackoff::default();
     let mut buffer: Vec<Object> = Vec::new();
     let events = shared
         .metrics
@@ -184,6 +250,7 @@ async fn follow<K, F>(
             Ok(Event::InitDone) => {
                 let objects = std::mem::take(&mut buffer);
                 info!(objects = objects.len(), "listed");
+                kube::runtime::utils::Backoff::reset(&mut outage);
                 if kind == Kind::RedisCluster {
                     shared.set_crd_missing(false);
                 }
@@ -204,6 +271,21 @@ async fn follow<K, F>(
             Err(e) if kind == Kind::RedisCluster && not_found(&e) => {
                 shared.set_crd_missing(true);
                 tracing::debug!(error = %e, "RedisCluster list refused; retrying with backoff");
+            }
+            // The backoff wrapper retries; the index keeps serving the last known state.
+            // The API server cannot be reached (restarting, most likely): start afresh, with
+            // a LIST, as soon as it answers again, instead of resuming the watch from the
+            // old resource version, which a restarted API server holds for seconds before
+            // it answers 410 Gone (5 s for RedisClusters in tests/apiserver.rs).
+            Err(e) if unreachable(&e) => {
+                warn!(error = %e, "API server unreachable; listing afresh once it answers");
+                let delay = outage.next().unwrap_or(WatchBackoff::MAX);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                buffer.clear();
+                stream = start();
             }
             // The backoff wrapper retries; the index keeps serving the last known state.
             Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
@@ -264,4 +346,26 @@ pub fn spawn(
             .instrument(tracing::info_span!("watch", kind = "Secret")),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn should_retry_within_a_second_and_start_over_after_a_reset() {
+        let mut b = WatchBackoff::default();
+        let within = |d: Duration, base: u64| {
+            let base = Duration::from_millis(base);
+            d >= base && d <= base.mul_f64(1.2)
+        };
+        let delays: Vec<Duration> = b.by_ref().take(7).collect();
+        for (d, base) in delays.iter().zip([100, 200, 400, 800, 1000, 1000, 1000]) {
+            assert!(within(*d, base), "{delays:?}");
+        }
+        b.reset();
+        assert!(within(b.next().unwrap(), 100), "not reset");
+    }
 }
