@@ -167,12 +167,15 @@ pub struct Topology {
     pub redirect_refresh_interval: Option<GoDuration>,
     /// MOVED/ASK replies that trigger a refresh (`redirect_refresh_threshold`); 0 disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub redirect_refresh_threshold: Option<u32>,
     /// Upstream failures that trigger a refresh (`failure_refresh_threshold`); 0 disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub failure_refresh_threshold: Option<u32>,
     /// Degraded-host events that trigger a refresh (`host_degraded_refresh_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub host_degraded_refresh_threshold: Option<u32>,
 }
 
@@ -210,10 +213,12 @@ pub struct Listener {
     /// Buffer this many bytes before flushing (`max_buffer_size_before_flush`); 0 flushes
     /// every request at once. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub max_buffer_size_before_flush: Option<u32>,
     /// Cap on connections to hosts learned by redirection
     /// (`max_upstream_unknown_connections`). Envoy default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = u32::MAX))]
     pub max_upstream_unknown_connections: Option<u32>,
     /// Match route prefixes case-insensitively (`prefix_routes.case_insensitive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -52,6 +52,13 @@ impl std::str::FromStr for GoDuration {
     }
 }
 
+/// The largest seconds of `google.protobuf.Duration` (10,000 years).
+const MAX_SECONDS: u64 = 315_576_000_000;
+
+/// Longest duration text accepted by the CRD: room for any duration Envoy takes, written
+/// with every unit.
+pub const MAX_LENGTH: usize = 64;
+
 /// Parses `1h2m3.5s`-style text. Errors say what was wrong and what is expected.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || {
@@ -59,8 +66,19 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "invalid duration {text:?}: write a number and a unit (ns, us, ms, s, m, h), e.g. 500ms, 5s or 1m30s"
         )
     };
+    // google.protobuf.Duration caps seconds at 315,576,000,000 (10,000 years).
+    let too_long = || {
+        format!(
+            "invalid duration {text:?}: longer than the largest duration Envoy takes (about 10,000 years, 87660000h); write a shorter one"
+        )
+    };
     if text.is_empty() {
         return Err(bad());
+    }
+    if text.len() > MAX_LENGTH {
+        return Err(format!(
+            "invalid duration {text:?}: more than {MAX_LENGTH} characters; write it shorter, e.g. 1h30m"
+        ));
     }
     let mut total_nanos: u128 = 0;
     let mut rest = text;
@@ -92,20 +110,20 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         if frac.contains('.') {
             return Err(bad());
         }
-        let whole: u128 = whole.parse().map_err(|_| bad())?;
-        let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(bad)?;
+        // Only digits are left: a parse error is an overflow.
+        let whole: u128 = whole.parse().map_err(|_| too_long())?;
+        let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_long)?;
         // Fractions: keep at most 9 digits of precision, like Go does for the smallest unit.
         let mut scale = unit_nanos;
         for d in frac.chars().take(18) {
             scale /= 10;
             nanos += u128::from(d.to_digit(10).ok_or_else(bad)?) * scale;
         }
-        total_nanos = total_nanos.checked_add(nanos).ok_or_else(bad)?;
+        total_nanos = total_nanos.checked_add(nanos).ok_or_else(too_long)?;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| bad())?;
-    // google.protobuf.Duration caps seconds at 315,576,000,000 (10,000 years).
-    if secs > 315_576_000_000 {
-        return Err(bad());
+    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| too_long())?;
+    if secs > MAX_SECONDS {
+        return Err(too_long());
     }
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
@@ -136,6 +154,7 @@ impl JsonSchema for GoDuration {
         json_schema!({
             "type": "string",
             "pattern": PATTERN,
+            "maxLength": MAX_LENGTH,
             "description": "A duration such as 500ms, 5s or 1m30s."
         })
     }
@@ -144,6 +163,27 @@ impl JsonSchema for GoDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn should_say_that_a_duration_is_too_long_rather_than_malformed() {
+        for text in [
+            "99999999999999999999h",
+            "87660001h",
+            &format!("{}s", "9".repeat(45)),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(
+                e.contains("longer than the largest duration"),
+                "{text}: {e}"
+            );
+        }
+        assert!(
+            parse("87660000h").is_ok(),
+            "10,000 years is still a duration"
+        );
+        let e = parse(&"1s".repeat(40)).unwrap_err();
+        assert!(e.contains("more than 64 characters"), "{e}");
+    }
 
     #[test]
     fn should_parse_go_style_durations() {

@@ -90,6 +90,16 @@ fn should_establish_the_crd_and_refuse_what_its_schema_and_cel_refuse() {
         "spec.listener.port",
     );
 
+    // A uint32 the API server would otherwise store (it ignores `format: uint32`).
+    expect_refused(
+        &api,
+        redis_cluster(
+            "huge-buffer",
+            json!({"endpoints": fixed, "listener": {"port": 6379, "maxBufferSizeBeforeFlush": 5_000_000_000u64}}),
+        ),
+        "spec.listener.maxBufferSizeBeforeFlush",
+    );
+
     // And a valid one is stored as it was written.
     let created = api.create(
         &format!("{RDC}/namespaces/shop/redisclusters"),

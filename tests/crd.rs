@@ -71,3 +71,50 @@ fn crd_has_the_validation_the_api_server_enforces() {
     assert!(spec_rules.contains("readPolicy"), "{spec_rules}");
     assert!(spec_rules.contains("topology"), "{spec_rules}");
 }
+
+/// Every integer in a RedisCluster's spec has a minimum and a maximum, and every duration
+/// a length limit: the API server does not enforce `format: uint32`, so an unbounded field
+/// would let through values that redis-xds cannot decode (5,000,000,000 in a uint32).
+#[test]
+fn every_numeric_spec_field_has_both_bounds() {
+    let yaml = std::fs::read_to_string(common::root().join("crds/redisclusters.yaml")).unwrap();
+    let crd: serde_json::Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert!(spec.is_object(), "no spec schema in the CRD");
+    fn walk(node: &serde_json::Value, path: &str, numbers: &mut usize, missing: &mut Vec<String>) {
+        if let Some(t) = node["type"].as_str() {
+            if t == "integer" || t == "number" {
+                *numbers += 1;
+                if node["minimum"].is_null() || node["maximum"].is_null() {
+                    missing.push(format!("{path}: minimum or maximum"));
+                }
+            }
+            if t == "string" && node["pattern"].is_string() && node["maxLength"].is_null() {
+                missing.push(format!("{path}: maxLength of a pattern string"));
+            }
+        }
+        if let Some(props) = node["properties"].as_object() {
+            for (name, child) in props {
+                walk(child, &format!("{path}.{name}"), numbers, missing);
+            }
+        }
+        if node["items"].is_object() {
+            walk(&node["items"], &format!("{path}[]"), numbers, missing);
+        }
+        if node["additionalProperties"].is_object() {
+            walk(
+                &node["additionalProperties"],
+                &format!("{path}{{}}"),
+                numbers,
+                missing,
+            );
+        }
+    }
+    let (mut numbers, mut missing) = (0, Vec::new());
+    walk(spec, "spec", &mut numbers, &mut missing);
+    assert!(
+        numbers >= 10,
+        "only {numbers} numeric fields found: the walk is broken"
+    );
+    assert!(missing.is_empty(), "unbounded spec fields: {missing:#?}");
+}
