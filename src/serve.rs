@@ -105,6 +105,8 @@ struct SourceParts {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Kubernetes client, for the status writer.
     client: Option<kube::Client>,
+    /// RedisClusters the watcher could not read, for the status writer.
+    undecodable: crate::source::k8s::status::UndecodableObjects,
 }
 
 async fn manifests_source(
@@ -143,6 +145,7 @@ async fn manifests_source(
         ready,
         tasks: vec![task],
         client: None,
+        undecodable: Arc::default(),
     })
 }
 
@@ -157,11 +160,12 @@ async fn kubernetes_source(
     let (model_tx, models) = watch::channel(Arc::new(Model::default()));
     let (ready_tx, ready) = watch::channel(false);
     let (state_tx, state) = watch::channel(Arc::new(DirState::default()));
+    let undecodable = crate::source::k8s::status::UndecodableObjects::default();
     let shared = crate::source::k8s::watch::Shared {
         index: Arc::new(std::sync::Mutex::new(
             crate::source::k8s::index::Index::new(model_tx, ready_tx),
         )),
-        problems: Arc::default(),
+        problems: Arc::clone(&undecodable),
         crd_missing: Arc::default(),
         state: state_tx,
         metrics: Arc::clone(metrics),
@@ -182,6 +186,7 @@ async fn kubernetes_source(
         ready,
         tasks,
         client: Some(client),
+        undecodable,
     })
 }
 
@@ -203,6 +208,7 @@ pub async fn run(
         ready,
         mut tasks,
         client,
+        undecodable,
     } = source;
 
     let initial_model = Arc::clone(&models.borrow());
@@ -321,6 +327,7 @@ pub async fn run(
         tasks.push(tokio::spawn(crate::source::k8s::status::run(
             client,
             snap_rx.clone(),
+            undecodable,
             Arc::clone(&registry),
             leader_rx,
             Duration::from_secs(5),

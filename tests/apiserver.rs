@@ -187,6 +187,14 @@ fn should_write_status_for_each_watched_redis_cluster() {
             }),
         ),
     );
+    // Stored by the API server (it matches the CRD's pattern) but not a duration Envoy takes.
+    api.create(
+        &path,
+        &redis_cluster(
+            "forever",
+            json!({"endpoints": {"static": ["10.0.0.8:6379"]}, "connectTimeout": "99999999999999999999h"}),
+        ),
+    );
     let _serve = start_serve_kube(&api, &["--xds-auth", "none"], "info");
 
     let get = |name: &str| -> Option<Value> {
@@ -214,6 +222,20 @@ fn should_write_status_for_each_watched_redis_cluster() {
         message.contains("spec.listener.routes[0].cluster") && message.contains("nowhere"),
         "the condition does not name the field and the missing RedisCluster: {message}"
     );
+
+    let forever = common::wait_until("forever has an Accepted condition", || {
+        let o = get("forever")?;
+        condition(&o, "Accepted").map(|_| o)
+    });
+    let unread = condition(&forever, "Accepted").unwrap();
+    assert_eq!(unread["status"], "False", "{forever}");
+    assert_eq!(unread["reason"], "Invalid", "{forever}");
+    let message = unread["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("connectTimeout") && message.contains("longer than the largest duration"),
+        "the condition does not name the field and the reason: {message}"
+    );
+    assert_eq!(forever["status"]["observedGeneration"], 1, "{forever}");
 
     // An edit is observed: the generation moves and the status follows it.
     let (code, body) = api

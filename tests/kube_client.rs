@@ -223,18 +223,27 @@ async fn status_is_patched_with_conditions_and_only_when_it_changed() {
     let mut written = HashMap::new();
     // A route to a missing cluster: Accepted=False with the reason and the field.
     let broken = snapshot(&ORDERS.replace("LIST", "nowhere"));
-    tokio::time::timeout(PATIENCE, write_changed(&client, &broken, &[], &mut written))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        write_changed(&client, &broken, &Default::default(), &[], &mut written),
+    )
+    .await
+    .unwrap();
     // Unchanged: no request (the call would wait forever for an answer otherwise).
-    tokio::time::timeout(PATIENCE, write_changed(&client, &broken, &[], &mut written))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        write_changed(&client, &broken, &Default::default(), &[], &mut written),
+    )
+    .await
+    .unwrap();
     // Fixed: written again.
     let fixed = snapshot(&ORDERS.replace("LIST", "orders"));
-    tokio::time::timeout(PATIENCE, write_changed(&client, &fixed, &[], &mut written))
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        PATIENCE,
+        write_changed(&client, &fixed, &Default::default(), &[], &mut written),
+    )
+    .await
+    .unwrap();
     drop(client);
     server.await.unwrap();
 

@@ -17,6 +17,7 @@ use crate::api::{ProxyCounts, RedisCluster, RedisClusterStatus};
 use crate::compile::Reason;
 use crate::model::ObjectKey;
 use crate::snapshot::Snapshot;
+use crate::source::k8s::watch::Undecodable;
 use crate::xds::{ProxyStatus, Registry, ResourceSource, ResourceType};
 
 /// Proxy facts about one object.
@@ -212,10 +213,64 @@ pub fn status_for(
     })
 }
 
+/// The status of an object the API server stored but redis-xds cannot read: not accepted,
+/// with the field and the reason, so that `kubectl get rdc` and `describe` say why it is
+/// not served.
+pub fn undecodable_status(
+    problem: &Undecodable,
+    previous: Option<&RedisClusterStatus>,
+    now: &Time,
+) -> RedisClusterStatus {
+    let generation = problem.generation;
+    RedisClusterStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                "Accepted",
+                false,
+                Reason::Invalid.as_str(),
+                format!(
+                    "{}; fix the field: nothing of this generation is served",
+                    problem.message
+                ),
+                generation,
+                previous,
+                now,
+            ),
+            condition(
+                "Programmed",
+                false,
+                "NotAccepted",
+                "not sent to any proxy until it is accepted".into(),
+                generation,
+                previous,
+                now,
+            ),
+        ],
+        endpoints: None,
+        proxies: None,
+    }
+}
+
+/// Objects that could not be read, by `namespace/name` (shared with the watchers).
+pub type UndecodableObjects = Arc<std::sync::Mutex<BTreeMap<String, Undecodable>>>;
+
+fn undecodable_by_key(objects: &UndecodableObjects) -> BTreeMap<ObjectKey, Undecodable> {
+    let objects = objects.lock().unwrap_or_else(|e| e.into_inner());
+    objects
+        .iter()
+        .filter_map(|(name, u)| {
+            let (namespace, name) = name.split_once('/')?;
+            Some((ObjectKey::new(namespace, name), u.clone()))
+        })
+        .collect()
+}
+
 /// Writes statuses while `leader` is true, every `period` and after every snapshot.
 pub async fn run(
     client: kube::Client,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    undecodable: UndecodableObjects,
     registry: Arc<Registry>,
     mut leader: watch::Receiver<bool>,
     period: Duration,
@@ -235,23 +290,46 @@ pub async fn run(
             continue;
         }
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
-        write_changed(&client, &snapshot, &registry.list(), &mut written).await;
+        let undecodable = undecodable_by_key(&undecodable);
+        write_changed(
+            &client,
+            &snapshot,
+            &undecodable,
+            &registry.list(),
+            &mut written,
+        )
+        .await;
     }
 }
 
-/// Patches the status of every object whose status differs from what was last written.
+/// Patches the status of every object whose status differs from what was last written:
+/// those in the snapshot, and those that could not be read (`undecodable`, which win over
+/// an older readable generation of the same object still in the snapshot).
 pub async fn write_changed(
     client: &kube::Client,
     snapshot: &Snapshot,
+    undecodable: &BTreeMap<ObjectKey, Undecodable>,
     proxies: &[ProxyStatus],
     written: &mut HashMap<ObjectKey, RedisClusterStatus>,
 ) {
     let facts = proxy_facts(snapshot, proxies);
     let now = Time(jiff::Timestamp::now());
-    written.retain(|k, _| snapshot.model.redis_clusters.contains_key(k));
-    for key in snapshot.model.redis_clusters.keys() {
+    written.retain(|k, _| {
+        snapshot.model.redis_clusters.contains_key(k) || undecodable.contains_key(k)
+    });
+    let keys: std::collections::BTreeSet<&ObjectKey> = snapshot
+        .model
+        .redis_clusters
+        .keys()
+        .chain(undecodable.keys())
+        .collect();
+    for key in keys {
         let previous = written.get(key);
-        let Some(status) = status_for(key, snapshot, facts.get(key), previous, &now) else {
+        let status = match undecodable.get(key) {
+            Some(problem) => Some(undecodable_status(problem, previous, &now)),
+            None => status_for(key, snapshot, facts.get(key), previous, &now),
+        };
+        let Some(status) = status else {
             continue;
         };
         if previous == Some(&status) {

@@ -33,7 +33,7 @@ pub struct Shared {
     /// The index.
     pub index: Arc<Mutex<Index>>,
     /// RedisClusters that could not be read, by `namespace/name`.
-    pub problems: Arc<Mutex<BTreeMap<String, String>>>,
+    pub problems: Arc<Mutex<BTreeMap<String, Undecodable>>>,
     /// Publishes those problems for `/debug/model` and `/readyz`.
     pub state: channel::Sender<Arc<DirState>>,
     /// Set while listing RedisClusters answers 404: the CRD is not installed.
@@ -61,11 +61,11 @@ impl Shared {
             });
         let list = missing
             .into_iter()
-            .chain(problems.iter().map(|(object, message)| LoadProblem {
+            .chain(problems.iter().map(|(object, u)| LoadProblem {
                 file: "kubernetes".into(),
                 line: None,
                 object: Some(format!("RedisCluster {object}")),
-                message: message.clone(),
+                message: u.message.clone(),
             }))
             .collect();
         self.state.send_replace(Arc::new(DirState {
@@ -88,6 +88,16 @@ impl Shared {
             self.publish_problems();
         }
     }
+}
+
+/// A RedisCluster the API server stored but redis-xds cannot read: left out, and reported
+/// on its status (`Accepted=False`) by the status writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    /// `field.path: what is wrong`.
+    pub message: String,
+    /// `metadata.generation` of the object as read.
+    pub generation: Option<i64>,
 }
 
 /// What `serve` says while the API server does not know RedisClusters.
@@ -202,7 +212,11 @@ fn redis_cluster(shared: &Shared, obj: DynamicObject) -> Option<Object> {
         Err(e) => {
             let message = format!("{}: {}", e.path(), e.inner());
             warn!(object = %name, problem = %message, "RedisCluster left out");
-            problems.insert(name, message.clone()).as_ref() != Some(&message)
+            let entry = Undecodable {
+                message,
+                generation: obj.metadata.generation,
+            };
+            problems.insert(name, entry.clone()).as_ref() != Some(&entry)
         }
     };
     drop(problems);
