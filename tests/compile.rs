@@ -960,3 +960,19 @@ fn should_give_a_contested_port_anew_when_only_the_ages_change() {
     assert_eq!(again, compile(&after));
     assert!(accepted(&again, "x/b") && !accepted(&again, "x/a"));
 }
+
+#[test]
+fn should_count_the_endpoints_of_an_object_that_is_not_accepted() {
+    // Invalid on its own (a Sharded object may not set readPolicy), endpoints fine: the
+    // status shows them, so that ENDPOINTS 0 never points at the wrong problem.
+    let c = compiled(&rc(
+        "x",
+        "a",
+        "mode: Sharded\nendpoints: {static: [\"10.0.0.1:6379\", \"10.0.0.2:6379\"]}\nlistener: {port: 6379, readPolicy: Replica}",
+    ));
+    assert!(!accepted(&c, "x/a"), "{:?}", problem_lines(&c));
+    assert_eq!(
+        c.objects[&redis_xds::model::ObjectKey::new("x", "a")].endpoints,
+        2
+    );
+}

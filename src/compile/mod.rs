@@ -145,7 +145,7 @@ impl Eq for CompiledListener {}
 pub struct Outcome {
     /// Compiled and served.
     pub accepted: bool,
-    /// Resolved endpoints (0 when the object could not be planned).
+    /// Resolved endpoints, also for objects that are not accepted.
     pub endpoints: usize,
     /// `metadata.generation` it was compiled from.
     pub generation: Option<i64>,
@@ -414,7 +414,10 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         }
         let outcome = Outcome {
             accepted,
-            endpoints: entry.plan.as_ref().map_or(0, |p| p.endpoints.len()),
+            endpoints: match &entry.plan {
+                Ok(p) => p.endpoints.len(),
+                Err(_) => plan::endpoint_count(obj, model),
+            },
             generation: obj.generation,
         };
         if out.objects.get(*key) != Some(&outcome) {

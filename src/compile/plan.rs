@@ -321,6 +321,21 @@ impl Checker<'_> {
     }
 }
 
+/// How many endpoints `obj` resolves to, whatever else is wrong with it: the status shows
+/// them for objects that are not accepted too, so that the count never hides a problem
+/// elsewhere (or suggests one where there is none).
+pub fn endpoint_count(obj: &RedisClusterObject, model: &Model) -> usize {
+    let mut c = Checker {
+        key: &obj.key,
+        problems: Vec::new(),
+    };
+    let port = match obj.spec.port {
+        Some(p) => c.port("spec.port", p),
+        None => DEFAULT_REDIS_PORT,
+    };
+    endpoints(&mut c, obj, model, port).len()
+}
+
 /// Validates one object and resolves its inputs.
 pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem>> {
     let mut c = Checker {
