@@ -321,3 +321,48 @@ fn should_follow_changes_soon_after_the_api_server_comes_back() {
         "a change after the API server came back took {took:?} to reach the proxies"
     );
 }
+
+#[test]
+fn should_move_the_status_lease_to_another_replica_when_its_holder_stops() {
+    let api = ApiServer::start();
+    api.install_crd();
+    let mut a = start_serve_kube(
+        &api,
+        &["--xds-auth", "none", "--identity", "replica-a"],
+        "info",
+    );
+    let mut b = start_serve_kube(
+        &api,
+        &["--xds-auth", "none", "--identity", "replica-b"],
+        "info",
+    );
+    let holder = || -> Option<String> {
+        let (code, body) =
+            api.get("/apis/coordination.k8s.io/v1/namespaces/default/leases/redis-xds-status")?;
+        let lease: Value = (code == 200).then(|| serde_json::from_str(&body).ok())??;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+    };
+    let first = common::wait_until("a replica holds the status Lease", holder);
+    let (stopping, other) = match first.as_str() {
+        "replica-a" => (&mut a, "replica-b"),
+        "replica-b" => (&mut b, "replica-a"),
+        h => panic!("unexpected holder {h:?}"),
+    };
+    assert!(
+        stopping.proc.terminate().success(),
+        "serve did not stop cleanly"
+    );
+    // The Lease lasts 15 s; the other replica takes it over once it has expired.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        if holder().as_deref() == Some(other) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Lease did not move to {other} within 40 s (holder {:?})",
+            holder()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
