@@ -366,3 +366,100 @@ fn should_move_the_status_lease_to_another_replica_when_its_holder_stops() {
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
+
+/// A token for ServiceAccount `shop/app` from the TokenRequest API, for `audience`.
+fn service_account_token(api: &ApiServer, audience: &str) -> String {
+    let answer = api.create(
+        "/api/v1/namespaces/shop/serviceaccounts/app/token",
+        &json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": 600},
+        }),
+    );
+    answer["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned()
+}
+
+/// Opens a Delta stream with `token`, subscribes to clusters as a proxy in `shop`, and
+/// returns the first response or the status the stream ended with.
+async fn delta_with_token(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> Result<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse, tonic::Status> {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: common::xds::node("app-1", Some("shop")),
+        type_url: common::xds::CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await?
+        .into_inner();
+    let next = tokio::time::timeout(common::xds::PATIENCE, responses.message())
+        .await
+        .expect("an answer within the patience")?;
+    next.ok_or_else(|| tonic::Status::unknown("the stream ended without a response"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_admit_proxies_by_their_service_account_tokens() {
+    let api = ApiServer::start();
+    api.install_crd();
+    api.namespace("shop");
+    api.create(
+        "/api/v1/namespaces/shop/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+    );
+    api.create(
+        &format!("{RDC}/namespaces/shop/redisclusters"),
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "listener": {"port": 6379}}),
+        ),
+    );
+    let serve = start_serve_kube(&api, &["--xds-auth", "token"], "info");
+    common::wait_until("serve is ready", || {
+        (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
+    });
+
+    // The right audience: reviewed by the API server, and served.
+    let good = service_account_token(&api, "redis-xds");
+    let response = delta_with_token(serve.xds, &good)
+        .await
+        .expect("a proxy with a redis-xds token is served");
+    assert_eq!(response.resources.len(), 1, "the orders cluster");
+
+    // A real token for another audience is refused with the reason.
+    let other = service_account_token(&api, "somebody-else");
+    let refused = delta_with_token(serve.xds, &other)
+        .await
+        .expect_err("a token for another audience was accepted");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // So is something that is no token at all.
+    let refused = delta_with_token(serve.xds, "not-a-token")
+        .await
+        .expect_err("a made-up token was accepted");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // And no token appears in the log.
+    let log = serve.log.lock().unwrap().clone();
+    assert!(
+        !log.contains(&good) && !log.contains(&other),
+        "a token was logged"
+    );
+}
