@@ -463,3 +463,80 @@ async fn should_admit_proxies_by_their_service_account_tokens() {
         "a token was logged"
     );
 }
+
+/// Whether the API server would let redis-xds' ServiceAccount (deploy/rbac.yaml) do `verb`
+/// on `group`/`resource` (with `/subresource`) in `namespace` (empty: all namespaces), by a
+/// SubjectAccessReview.
+fn allowed(api: &ApiServer, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    let review = api.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        &json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": "system:serviceaccount:redis-xds:redis-xds",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:redis-xds", "system:authenticated"],
+                "resourceAttributes": {
+                    "verb": verb, "group": group, "resource": resource,
+                    "subresource": subresource, "namespace": namespace,
+                },
+            },
+        }),
+    );
+    review["status"]["allowed"] == true
+}
+
+#[test]
+fn should_grant_the_service_account_exactly_the_calls_it_makes() {
+    use redis_xds::source::k8s::calls::API_CALLS;
+    let api = ApiServer::start();
+    api.install_crd();
+    let root = common::root();
+    for file in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["apply", "-f"])
+            .arg(root.join(file))
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for call in API_CALLS {
+        // The status Lease lives in redis-xds' own namespace; the rest is cluster-wide.
+        let namespace = if call.resource == "leases" {
+            "redis-xds"
+        } else {
+            ""
+        };
+        for verb in call.verbs {
+            assert!(
+                allowed(&api, verb, call.group, call.resource, namespace),
+                "deploy/rbac.yaml does not allow {verb} {}/{} ({})",
+                call.group,
+                call.resource,
+                call.why
+            );
+        }
+    }
+    for (verb, group, resource, namespace) in [
+        ("create", "", "pods", "shop"),
+        ("patch", "", "pods", ""),
+        ("get", "", "configmaps", "shop"),
+        ("list", "", "configmaps", ""),
+        ("patch", "redis-xds.dev", "redisclusters", "shop"),
+        ("delete", "redis-xds.dev", "redisclusters", "shop"),
+        ("create", "", "secrets", "shop"),
+        ("update", "coordination.k8s.io", "leases", "kube-system"),
+    ] {
+        assert!(
+            !allowed(&api, verb, group, resource, namespace),
+            "deploy/rbac.yaml allows {verb} {group}/{resource} in {namespace:?}, which redis-xds never does"
+        );
+    }
+}
