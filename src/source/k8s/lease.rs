@@ -2,7 +2,8 @@
 //! Every replica serves xDS regardless.
 //!
 //! The holder renews every third of the lease duration. Another replica takes over once
-//! the lease has not been renewed for a whole duration. Updates carry the Lease's
+//! the lease has not been renewed for a whole duration, or at its next try once the holder
+//! released it on shutdown (as client-go's leader election does with `ReleaseOnCancel`). Updates carry the Lease's
 //! resourceVersion, so two replicas racing for an expired lease cannot both win.
 
 use std::time::Duration;
@@ -81,7 +82,27 @@ pub async fn acquire_or_renew(
     }
 }
 
-/// Keeps trying until `shutdown`; publishes whether this replica leads.
+/// Gives the lease up if this replica holds it: the holder is cleared, so that another
+/// replica takes over at its next try instead of after the lease expired.
+pub async fn release(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
+        return Ok(());
+    };
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return Ok(());
+    }
+    spec.holder_identity = None;
+    spec.renew_time = None;
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        // Updated since we read it: whoever did holds it now.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Keeps trying until `shutdown`, then releases the lease if held; publishes whether this
+/// replica leads.
 pub async fn run(
     api: Api<Lease>,
     cfg: LeaseConfig,
@@ -101,8 +122,21 @@ pub async fn run(
             info!(lease = %cfg.name, leader = held, "status leadership changed");
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             () = tokio::time::sleep(period) => {}
+        }
+    }
+    if *leader.borrow() {
+        leader.send_replace(false);
+        // Bounded: a stopping replica must not hang on an unreachable API server.
+        match tokio::time::timeout(Duration::from_secs(2), release(&api, &cfg)).await {
+            Ok(Ok(())) => info!(lease = %cfg.name, "status lease released"),
+            Ok(Err(e)) => {
+                warn!(error = %e, lease = %cfg.name, "cannot release the status lease; it expires on its own")
+            }
+            Err(_) => {
+                warn!(lease = %cfg.name, "releasing the status lease timed out; it expires on its own")
+            }
         }
     }
 }
