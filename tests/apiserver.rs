@@ -201,20 +201,21 @@ fn should_write_status_for_each_watched_redis_cluster() {
         let (code, body) = api.get(&format!("{path}/{name}"))?;
         (code == 200).then(|| serde_json::from_str(&body).unwrap())
     };
-    let orders = common::wait_until("orders has an Accepted condition", || {
-        let o = get("orders")?;
-        condition(&o, "Accepted").map(|_| o)
-    });
-    let accepted = condition(&orders, "Accepted").unwrap();
+    // The object once it has an Accepted condition, and that condition.
+    let accepted_condition = |name: &str| -> (Value, Value) {
+        let object = common::wait_until(&format!("{name} has an Accepted condition"), || {
+            let o = get(name)?;
+            condition(&o, "Accepted").map(|_| o)
+        });
+        let accepted = condition(&object, "Accepted").unwrap();
+        (object, accepted)
+    };
+    let (orders, accepted) = accepted_condition("orders");
     assert_eq!(accepted["status"], "True", "{orders}");
     assert_eq!(orders["status"]["observedGeneration"], 1, "{orders}");
     assert_eq!(orders["status"]["endpoints"], 2, "{orders}");
 
-    let sessions = common::wait_until("sessions has an Accepted condition", || {
-        let o = get("sessions")?;
-        condition(&o, "Accepted").map(|_| o)
-    });
-    let refused = condition(&sessions, "Accepted").unwrap();
+    let (sessions, refused) = accepted_condition("sessions");
     assert_eq!(refused["status"], "False", "{sessions}");
     assert_eq!(refused["reason"], "RefNotFound", "{sessions}");
     let message = refused["message"].as_str().unwrap_or_default();
@@ -223,11 +224,7 @@ fn should_write_status_for_each_watched_redis_cluster() {
         "the condition does not name the field and the missing RedisCluster: {message}"
     );
 
-    let forever = common::wait_until("forever has an Accepted condition", || {
-        let o = get("forever")?;
-        condition(&o, "Accepted").map(|_| o)
-    });
-    let unread = condition(&forever, "Accepted").unwrap();
+    let (forever, unread) = accepted_condition("forever");
     assert_eq!(unread["status"], "False", "{forever}");
     assert_eq!(unread["reason"], "Invalid", "{forever}");
     let message = unread["message"].as_str().unwrap_or_default();

@@ -105,6 +105,23 @@ fn condition(
     }
 }
 
+/// `Programmed=False` of an object that is not accepted.
+fn not_programmed(
+    generation: Option<i64>,
+    previous: Option<&RedisClusterStatus>,
+    now: &Time,
+) -> Condition {
+    condition(
+        "Programmed",
+        false,
+        "NotAccepted",
+        "not sent to any proxy until it is accepted".into(),
+        generation,
+        previous,
+        now,
+    )
+}
+
 /// The status one object should have now.
 pub fn status_for(
     key: &ObjectKey,
@@ -151,15 +168,7 @@ pub fn status_for(
     let facts = facts.cloned().unwrap_or_default();
     let c = &facts.counts;
     let programmed = if !outcome.accepted {
-        condition(
-            "Programmed",
-            false,
-            "NotAccepted",
-            "not sent to any proxy until it is accepted".into(),
-            generation,
-            previous,
-            now,
-        )
+        not_programmed(generation, previous, now)
     } else if c.rejected > 0 {
         let nack = facts.nack.clone().unwrap_or_default();
         condition(
@@ -237,15 +246,7 @@ pub fn undecodable_status(
                 previous,
                 now,
             ),
-            condition(
-                "Programmed",
-                false,
-                "NotAccepted",
-                "not sent to any proxy until it is accepted".into(),
-                generation,
-                previous,
-                now,
-            ),
+            not_programmed(generation, previous, now),
         ],
         endpoints: None,
         proxies: None,
