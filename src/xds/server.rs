@@ -34,8 +34,7 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// bounds the memory a client can park on the server.
 pub const INITIAL_STREAM_WINDOW: u32 = 64 * 1024;
 /// Initial flow-control window of a connection, bytes: four streams' worth. hyper's
-/// default of 1 MiB (5 MiB in tonic's client) would let each of thousands of connections
-/// park a megabyte.
+/// default of 1 MiB would let each of thousands of connections park a megabyte.
 pub const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// Largest frame the server accepts, bytes: the protocol's minimum and default (16 KiB).
 /// Larger frames help bulk transfers, and no request here is one.
@@ -64,8 +63,9 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// `initial_resource_versions`: about 100 bytes a resource, so 4 MiB is room for some
 /// 40,000. A larger one ends the stream with `RESOURCE_EXHAUSTED`.
 pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
-/// Largest response sent, bytes. Envoy's gRPC client accepts any size, so this only guards
-/// against a runaway snapshot; such a response ends the stream with `RESOURCE_EXHAUSTED`.
+/// Largest response sent, bytes: far above any real push (a thousand listeners and clusters
+/// take about a megabyte), so this only guards against a runaway snapshot; such a response
+/// ends the stream with `RESOURCE_EXHAUSTED`.
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 /// tonic's decode buffer for a stream's requests starts at this size and grows in steps of
 /// it: an ACK is one to three hundred bytes, and the buffer lives as long as the stream.
