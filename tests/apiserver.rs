@@ -537,3 +537,55 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
         );
     }
 }
+
+/// `kubectl apply` against the test API server, as the admin.
+fn kubectl_apply(api: &ApiServer, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .arg("apply")
+        .args(args)
+        .current_dir(common::root())
+        .output()
+        .expect("kubectl runs")
+}
+
+#[test]
+fn should_apply_deploy_and_its_examples() {
+    let api = ApiServer::start();
+    let out = kubectl_apply(&api, &["-k", "deploy/"]);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k deploy/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CRD came with it; the examples use it once it is Established.
+    common::wait_until("the RedisCluster CRD is Established", || {
+        let (_, body) = api.get(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/redisclusters.redis-xds.dev",
+        )?;
+        let crd: Value = serde_json::from_str(&body).ok()?;
+        crd["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Established" && c["status"] == "True")
+            .then_some(())
+    });
+    let out = kubectl_apply(&api, &["-k", "deploy/examples/"]);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k deploy/examples/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = api
+        .get("/apis/apps/v1/namespaces/redis-xds/deployments/redis-xds")
+        .unwrap();
+    assert_eq!(code, 200, "the redis-xds Deployment: {body}");
+    let (code, body) = api.get(&format!("{RDC}/redisclusters")).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !list["items"].as_array().unwrap().is_empty(),
+        "deploy/examples created no RedisCluster"
+    );
+}
