@@ -413,6 +413,48 @@ async fn delta_with_token(
     next.ok_or_else(|| tonic::Status::unknown("the stream ended without a response"))
 }
 
+/// A ServiceAccount token for `shop/app` and the redis-xds audience that expired a minute
+/// ago, signed (ES256) with the API server's ServiceAccount key.
+fn expired_token(api: &ApiServer) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let (_, body) = api
+        .get("/api/v1/namespaces/shop/serviceaccounts/app")
+        .unwrap();
+    let account: Value = serde_json::from_str(&body).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({"alg": "ES256", "typ": "JWT"});
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "aud": ["redis-xds"],
+        "sub": "system:serviceaccount:shop:app",
+        "iat": now - 3600,
+        "nbf": now - 3600,
+        "exp": now - 60,
+        "kubernetes.io": {
+            "namespace": "shop",
+            "serviceaccount": {"name": "app", "uid": account["metadata"]["uid"]},
+        },
+    });
+    let signing_input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let rng = ring::rand::SystemRandom::new();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &api.sa_key_der,
+        &rng,
+    )
+    .unwrap();
+    let signature = key.sign(&rng, signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", B64.encode(signature.as_ref()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn should_admit_proxies_by_their_service_account_tokens() {
     let api = ApiServer::start();
@@ -447,6 +489,18 @@ async fn should_admit_proxies_by_their_service_account_tokens() {
         .await
         .expect_err("a token for another audience was accepted");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // A token signed with the cluster's own key, for the right audience, that has expired:
+    // the TokenRequest API does not make those, so it is signed here.
+    let expired = expired_token(&api);
+    let refused = delta_with_token(serve.xds, &expired)
+        .await
+        .expect_err("an expired token was accepted");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused.message().contains("expired"),
+        "the refusal does not say the token expired: {refused:?}"
+    );
 
     // So is something that is no token at all.
     let refused = delta_with_token(serve.xds, "not-a-token")

@@ -23,6 +23,9 @@ pub struct ApiServer {
     pub kubeconfig: PathBuf,
     /// The CA that signed the serving certificate (PEM).
     pub ca_pem: String,
+    /// The ServiceAccount token signing key (PKCS#8 DER, ECDSA P-256), for tokens the
+    /// TokenRequest API will not make (expired ones).
+    pub sa_key_der: Vec<u8>,
     dir: tempfile::TempDir,
     etcd: Proc,
     apiserver: Proc,
@@ -88,6 +91,7 @@ impl ApiServer {
         // public one.
         let sa = KeyPair::generate().unwrap();
         let sa_key = write(d, "sa-key.pem", &sa.serialize_pem());
+        let sa_key_der = sa.serialize_der();
         let sa_pub = write(d, "sa-pub.pem", &sa.public_key_pem());
         let tokens = write(
             d,
@@ -165,6 +169,7 @@ impl ApiServer {
             url,
             kubeconfig,
             ca_pem,
+            sa_key_der,
             dir,
             etcd,
             apiserver,
