@@ -9,6 +9,14 @@ use serde_json::{Value, json};
 
 const RDC: &str = "/apis/redis-xds.dev/v1alpha1";
 
+/// An API server with the RedisCluster CRD installed and the namespace `shop`.
+fn with_shop() -> ApiServer {
+    let api = ApiServer::start();
+    api.install_crd();
+    api.namespace("shop");
+    api
+}
+
 fn redis_cluster(name: &str, spec: Value) -> Value {
     json!({
         "apiVersion": "redis-xds.dev/v1alpha1",
@@ -37,9 +45,7 @@ fn expect_refused(api: &ApiServer, object: Value, expected: &str) {
 
 #[test]
 fn should_establish_the_crd_and_refuse_what_its_schema_and_cel_refuse() {
-    let api = ApiServer::start();
-    api.install_crd();
-    api.namespace("shop");
+    let api = with_shop();
     let fixed = json!({"static": ["10.0.0.5:6379"]});
 
     // CEL rules.
@@ -166,9 +172,7 @@ fn condition(object: &Value, kind: &str) -> Option<Value> {
 
 #[test]
 fn should_write_status_for_each_watched_redis_cluster() {
-    let api = ApiServer::start();
-    api.install_crd();
-    api.namespace("shop");
+    let api = with_shop();
     let path = format!("{RDC}/namespaces/shop/redisclusters");
     api.create(
         &path,
@@ -254,9 +258,7 @@ fn should_write_status_for_each_watched_redis_cluster() {
 
 #[test]
 fn should_follow_changes_soon_after_the_api_server_comes_back() {
-    let mut api = ApiServer::start();
-    api.install_crd();
-    api.namespace("shop");
+    let mut api = with_shop();
     let path = format!("{RDC}/namespaces/shop/redisclusters");
     api.create(
         &path,
@@ -457,9 +459,7 @@ fn expired_token(api: &ApiServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn should_admit_proxies_by_their_service_account_tokens() {
-    let api = ApiServer::start();
-    api.install_crd();
-    api.namespace("shop");
+    let api = with_shop();
     api.create(
         "/api/v1/namespaces/shop/serviceaccounts",
         &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),

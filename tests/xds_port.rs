@@ -618,13 +618,9 @@ async fn status_after(addr: SocketAddr, body: Vec<u8>) -> (i32, String) {
     let read = async {
         let response = response.await.unwrap();
         let (head, mut body) = response.into_parts();
+        // tonic reads grpc-status and the percent-encoded grpc-message.
         let status_of = |h: &http::HeaderMap| {
-            let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-            let message = h
-                .get("grpc-message")
-                .map(|m| percent_decode(m.to_str().unwrap_or_default()))
-                .unwrap_or_default();
-            Some((code, message))
+            tonic::Status::from_header_map(h).map(|s| (s.code() as i32, s.message().to_owned()))
         };
         if let Some(s) = status_of(&head.headers) {
             return s;
@@ -639,26 +635,6 @@ async fn status_after(addr: SocketAddr, body: Vec<u8>) -> (i32, String) {
     tokio::time::timeout(PATIENCE, read)
         .await
         .expect("the stream ended within the patience")
-}
-
-/// grpc-message is percent-encoded (gRPC over HTTP/2); enough of a decoder for the test.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

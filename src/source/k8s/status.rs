@@ -253,19 +253,8 @@ pub fn undecodable_status(
     }
 }
 
-/// Objects that could not be read, by `namespace/name` (shared with the watchers).
-pub type UndecodableObjects = Arc<std::sync::Mutex<BTreeMap<String, Undecodable>>>;
-
-fn undecodable_by_key(objects: &UndecodableObjects) -> BTreeMap<ObjectKey, Undecodable> {
-    let objects = objects.lock().unwrap_or_else(|e| e.into_inner());
-    objects
-        .iter()
-        .filter_map(|(name, u)| {
-            let (namespace, name) = name.split_once('/')?;
-            Some((ObjectKey::new(namespace, name), u.clone()))
-        })
-        .collect()
-}
+/// Objects that could not be read (shared with the watchers).
+pub type UndecodableObjects = Arc<std::sync::Mutex<BTreeMap<ObjectKey, Undecodable>>>;
 
 /// Writes statuses while `leader` is true, every `period` and after every snapshot.
 pub async fn run(
@@ -291,7 +280,10 @@ pub async fn run(
             continue;
         }
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
-        let undecodable = undecodable_by_key(&undecodable);
+        let undecodable = undecodable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         write_changed(
             &client,
             &snapshot,

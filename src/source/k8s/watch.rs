@@ -24,6 +24,7 @@ use tracing::{Instrument, info, warn};
 use super::index::{Index, Kind, Object};
 use crate::api::RedisCluster;
 use crate::metrics::Metrics;
+use crate::model::ObjectKey;
 use crate::source::manifests::LoadProblem;
 use crate::source::watch::DirState;
 
@@ -33,7 +34,7 @@ pub struct Shared {
     /// The index.
     pub index: Arc<Mutex<Index>>,
     /// RedisClusters that could not be read, by `namespace/name`.
-    pub problems: Arc<Mutex<BTreeMap<String, Undecodable>>>,
+    pub problems: Arc<Mutex<BTreeMap<ObjectKey, Undecodable>>>,
     /// Publishes those problems for `/debug/model` and `/readyz`.
     pub state: channel::Sender<Arc<DirState>>,
     /// Set while listing RedisClusters answers 404: the CRD is not installed.
@@ -151,25 +152,25 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-/// Whether a watch error means the API server could not be reached at all (no answer, as
-/// opposed to an error status).
-fn unreachable(e: &watcher::Error) -> bool {
+/// The client error behind a failed list or watch request, if that is what failed.
+fn request_error(e: &watcher::Error) -> Option<&kube::Error> {
     match e {
         watcher::Error::InitialListFailed(k)
         | watcher::Error::WatchStartFailed(k)
-        | watcher::Error::WatchFailed(k) => !matches!(k, kube::Error::Api(_)),
-        _ => false,
+        | watcher::Error::WatchFailed(k) => Some(k),
+        _ => None,
     }
+}
+
+/// Whether a watch error means the API server could not be reached at all (no answer, as
+/// opposed to an error status).
+fn unreachable(e: &watcher::Error) -> bool {
+    request_error(e).is_some_and(|k| !matches!(k, kube::Error::Api(_)))
 }
 
 /// Whether a watch error says that the resource does not exist on the API server (404).
 fn not_found(e: &watcher::Error) -> bool {
-    match e {
-        watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
-        _ => false,
-    }
+    matches!(request_error(e), Some(kube::Error::Api(s)) if s.code == 404)
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -186,10 +187,9 @@ where
 /// Converts a RedisCluster read as a dynamic object, recording a problem when it does not
 /// deserialize.
 fn redis_cluster(shared: &Shared, obj: DynamicObject) -> Option<Object> {
-    let name = format!(
-        "{}/{}",
+    let name = ObjectKey::new(
         obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default()
+        obj.metadata.name.as_deref().unwrap_or_default(),
     );
     let value = match serde_json::to_value(&obj) {
         Ok(v) => v,
