@@ -52,6 +52,7 @@ fn spawn_apiserver(dir: &Path, args: &[std::ffi::OsString]) -> Proc {
             .spawn()
             .expect("kube-apiserver starts"),
         name: "kube-apiserver",
+        log: Some(super::Log::File(dir.join("apiserver.log"))),
     }
 }
 
@@ -117,6 +118,7 @@ impl ApiServer {
                 .spawn()
                 .expect("etcd starts"),
             name: "etcd",
+            log: Some(super::Log::File(d.join("etcd.log"))),
         };
 
         let port = free_port();

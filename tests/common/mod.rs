@@ -88,6 +88,25 @@ pub fn examples() -> Vec<(String, PathBuf)> {
 pub struct Proc {
     pub child: std::process::Child,
     pub name: &'static str,
+    /// Where its log goes; the tail is printed when a test fails with the process alive.
+    pub log: Option<Log>,
+}
+
+/// A child's log: a file it writes, or the lines a reader thread collects.
+pub enum Log {
+    File(PathBuf),
+    Memory(std::sync::Arc<std::sync::Mutex<String>>),
+}
+
+impl Log {
+    fn tail(&self, lines: usize) -> String {
+        let text = match self {
+            Log::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+            Log::Memory(m) => m.lock().map(|s| s.clone()).unwrap_or_default(),
+        };
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
 }
 
 impl Proc {
@@ -113,6 +132,16 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(log) = &self.log
+        {
+            eprintln!(
+                "--- last lines of {} (pid {}) ---\n{}\n---",
+                self.name,
+                self.child.id(),
+                log.tail(40)
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -133,13 +162,33 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts later.
+///
+/// Taken from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so no
+/// outgoing connection or `bind(0)` made before the server starts can take it meanwhile; each
+/// process walks the range from its own offset and never hands out a port twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_start.clamp(12_000, 65_535));
+    let span = high - low;
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = low + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
 }
 
 /// A running `redis-xds serve`.
@@ -213,6 +262,7 @@ pub fn start_serve_command(mut cmd: Command, level: &str) -> Serve {
     let proc = Proc {
         child,
         name: "redis-xds serve",
+        log: Some(Log::Memory(std::sync::Arc::clone(&log))),
     };
     let mut xds = None;
     let mut debug = None;
@@ -251,6 +301,7 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
     let config = dir.join(format!("envoy-{}.json", std::process::id()));
     std::fs::write(&config, &out.stdout).unwrap();
     let admin_path = dir.join("envoy-admin-address");
+    let log = dir.join("envoy.log");
     let _ = std::fs::remove_file(&admin_path);
     let child = Command::new(envoy_bin())
         .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
@@ -258,7 +309,7 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
         .arg("--admin-address-path")
         .arg(&admin_path)
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         // Its own process group: a signal to the test's group does not reach it, and the
         // guard below kills it whatever happens to the test.
         .process_group(0)
@@ -267,6 +318,7 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
     let proc = Proc {
         child,
         name: "envoy",
+        log: Some(Log::File(log)),
     };
     let admin = wait_until("envoy writes its admin address", || {
         std::fs::read_to_string(&admin_path)

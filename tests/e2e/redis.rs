@@ -8,11 +8,12 @@ use std::process::{Command, Stdio};
 use crate::common::{Proc, wait_until};
 use crate::resp::Conn;
 
-/// A port whose cluster bus port (port + 10000) is free too.
+/// A port whose cluster bus port (port + 10000) is free too, both below the ephemeral range
+/// that `free_port` avoids.
 pub fn cluster_port() -> u16 {
     loop {
         let p = crate::common::free_port();
-        if p < 55000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+        if p < 22_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
             return p;
         }
     }
@@ -78,6 +79,7 @@ pub fn start_server(dir: &Path, port: u16, cluster: bool, password: Option<&str>
         proc: Proc {
             child,
             name: "redis-server",
+            log: None,
         },
         password: password.map(str::to_owned),
     };
