@@ -2,6 +2,10 @@
 # base, as a non-root user. `docker build -t redis-xds:latest .`
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# protoc: the crate that checks Envoy's validation rules compiles validate.proto.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock build.rs ./
 # jemalloc's compiled-in options (background purging, decay) come from here.
 COPY .cargo ./.cargo

@@ -976,3 +976,51 @@ fn should_count_the_endpoints_of_an_object_that_is_not_accepted() {
         2
     );
 }
+
+#[test]
+fn should_leave_out_what_envoy_would_refuse_naming_the_spec_field() {
+    // Envoy's RouteValidationError: a prefix is at most 1,000 bytes. The object is left out
+    // before sending (Envoy would NACK the whole update), its referrer with it, the rest
+    // stays.
+    let long = "k".repeat(1001);
+    let yaml = rc(
+        "shop",
+        "orders",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 6379\n  routes: [{{prefix: \"a:\", cluster: fine}}, {{prefix: \"{long}\", cluster: fine}}]"
+        ),
+    ) + &rc(
+        "shop",
+        "fine",
+        &format!("{STATIC}\nlistener: {{port: 6380}}"),
+    ) + &rc(
+        "shop",
+        "mirrors-orders",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 6381\n  catchAll: {{mirror: [{{cluster: orders}}]}}"
+        ),
+    );
+    let c = compiled(&yaml);
+    let orders: Vec<_> = c
+        .problems
+        .iter()
+        .filter(|p| p.object.name == "orders")
+        .collect();
+    assert_eq!(orders.len(), 1, "{:?}", c.problems);
+    assert_eq!(orders[0].field, "spec.listener.routes[1].prefix");
+    assert_eq!(orders[0].reason, Reason::Invalid);
+    assert!(
+        orders[0].message.contains("prefix_routes.routes[1].prefix")
+            && orders[0].message.contains("1000"),
+        "{}",
+        orders[0].message
+    );
+    assert!(!accepted(&c, "shop/orders"));
+    assert!(!accepted(&c, "shop/mirrors-orders"));
+    assert!(accepted(&c, "shop/fine"));
+    assert_eq!(c.listeners.len(), 1);
+
+    // At exactly 1,000 bytes Envoy takes it, and so does redis-xds.
+    let c = compiled(&yaml.replace(&long, &"k".repeat(1000)));
+    assert!(accepted(&c, "shop/orders"), "{:?}", c.problems);
+}

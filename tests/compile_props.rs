@@ -1,6 +1,8 @@
 //! Property tests: no input makes compile panic, and its output keeps its promises for any
 //! input.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -45,7 +47,16 @@ fn mirror() -> impl Strategy<Value = Mirror> {
 
 fn route() -> impl Strategy<Value = Route> {
     (
-        prop::sample::select(vec!["", "a:", "A:", "a:b:", "x"]),
+        prop::sample::select(vec![
+            String::new(),
+            "a:".into(),
+            "A:".into(),
+            "a:b:".into(),
+            "x".into(),
+            // Envoy's limit is 1,000 bytes.
+            "k".repeat(1000),
+            "k".repeat(1001),
+        ]),
         reference(),
         prop::option::of(any::<bool>()),
         prop::option::of(reference()),
@@ -53,7 +64,7 @@ fn route() -> impl Strategy<Value = Route> {
     )
         .prop_map(
             |(prefix, cluster, remove_prefix, read_cluster, mirror)| Route {
-                prefix: prefix.into(),
+                prefix,
                 cluster,
                 remove_prefix,
                 read_cluster,
@@ -158,7 +169,167 @@ fn listener() -> impl Strategy<Value = Listener> {
         )
 }
 
+/// Any spec: mostly junk, so that every rejection path runs.
 fn spec() -> impl Strategy<Value = RedisClusterSpec> {
+    prop_oneof![junk_spec(), sane_spec()]
+}
+
+/// Durations a user may well write, from tiny to absurd.
+fn sane_duration() -> impl Strategy<Value = Option<GoDuration>> {
+    prop::option::of(
+        prop::sample::select(vec!["1ms", "1.5s", "5s", "1h", "87600h", "1ns"])
+            .prop_map(|s| s.parse().unwrap()),
+    )
+}
+
+/// A spec whose every field is plausible on its own, with the values Envoy bounds (ports,
+/// prefix lengths, integers, durations) spread over their whole range: the objects that are
+/// accepted and sent, for the check against real Envoy.
+fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
+    let route = (
+        prop_oneof![
+            "[a-z:{}]{1,12}",
+            Just("k".repeat(1000)),
+            Just("k".repeat(1001))
+        ],
+        prop::sample::select(vec!["a", "b", "c"]),
+        prop::option::of(any::<bool>()),
+        prop::option::of(prop::sample::select(vec!["a", "b"])),
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["a", "c"]),
+                0u32..=100,
+                any::<bool>(),
+            ),
+            0..2,
+        ),
+    )
+        .prop_map(
+            |(prefix, cluster, remove_prefix, read_cluster, mirrors)| Route {
+                prefix,
+                cluster: cluster.into(),
+                remove_prefix,
+                read_cluster: read_cluster.map(String::from),
+                mirror: mirrors
+                    .into_iter()
+                    .map(|(cluster, percent, ex)| Mirror {
+                        cluster: cluster.into(),
+                        percent: Some(percent),
+                        exclude_read_commands: Some(ex),
+                    })
+                    .collect(),
+            },
+        );
+    let fault =
+        (any::<bool>(), 0u32..=100, sane_duration()).prop_map(|(error, percent, delay)| Fault {
+            type_: if error || delay.is_none() {
+                FaultType::Error
+            } else {
+                FaultType::Delay
+            },
+            percent,
+            commands: vec!["GET".into()],
+            delay: delay.filter(|_| !error),
+        });
+    let listener = (
+        (
+            1u32..=65535,
+            prop::option::of(
+                prop::sample::select(vec!["127.0.0.1", "::1", "0.0.0.0"]).prop_map(String::from),
+            ),
+            sane_duration(),
+            prop::option::of(any::<bool>()),
+            prop::option::of(any::<bool>()),
+            prop::option::of(any::<bool>()),
+        ),
+        (
+            sane_duration(),
+            prop::option::of(any::<u32>()),
+            prop::option::of(any::<u32>()),
+            prop::option::of(any::<bool>()),
+            prop::collection::vec(route, 0..3),
+            prop::collection::vec(fault, 0..2),
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (port, address, op_timeout, hashtagging, redirection, command_stats),
+                (flush, buffer, unknown, case_insensitive, routes, faults, auth),
+            )| Listener {
+                port,
+                address,
+                op_timeout,
+                enable_hashtagging: hashtagging,
+                enable_redirection: redirection,
+                enable_command_stats: command_stats,
+                buffer_flush_timeout: flush,
+                max_buffer_size_before_flush: buffer,
+                max_upstream_unknown_connections: unknown,
+                case_insensitive,
+                routes,
+                faults,
+                downstream_auth: auth.then(|| Auth {
+                    secret_ref: SecretRef {
+                        name: "secret".into(),
+                    },
+                    delivery: None,
+                }),
+                ..Default::default()
+            },
+        );
+    (
+        any::<bool>(),
+        prop::collection::vec(
+            prop::sample::select(vec!["127.0.0.1:7000", "n=127.0.0.1:7001", "[::1]:7002"])
+                .prop_map(String::from),
+            1..3,
+        ),
+        any::<bool>(),
+        sane_duration(),
+        sane_duration(),
+        prop::option::of(listener),
+        prop::option::of(prop::sample::select(vec![
+            ReadPolicy::Master,
+            ReadPolicy::PreferReplica,
+            ReadPolicy::Any,
+        ])),
+    )
+        .prop_map(
+            |(sharded, statics, auth, connect_timeout, refresh, mut listener, read_policy)| {
+                if let Some(l) = listener.as_mut().filter(|_| !sharded) {
+                    l.read_policy = read_policy;
+                }
+                RedisClusterSpec {
+                    mode: if sharded {
+                        Mode::Sharded
+                    } else {
+                        Mode::Cluster
+                    },
+                    endpoints: Endpoints {
+                        static_: Some(statics),
+                        ..Default::default()
+                    },
+                    port: None,
+                    auth: auth.then(|| Auth {
+                        secret_ref: SecretRef {
+                            name: "secret".into(),
+                        },
+                        delivery: None,
+                    }),
+                    connect_timeout,
+                    topology: (!sharded).then_some(Topology {
+                        refresh_interval: refresh,
+                        ..Default::default()
+                    }),
+                    listener,
+                }
+            },
+        )
+}
+
+/// A spec with junk anywhere: every rejection path.
+fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
     (
         prop::bool::ANY,
         prop::collection::vec(
@@ -294,7 +465,27 @@ proptest! {
         for cc in c.clusters.values() {
             prop_assert!(redis_xds::protojson::to_json(&cc.cluster).is_ok());
         }
+        // What passes compile (and with it Envoy's validation rules) is accepted by real
+        // Envoy: a sample of views, as a static bootstrap through `envoy --mode validate`.
+        if !view.listeners.is_empty() && sample_for_envoy() {
+            let bootstrap = redis_xds::render::static_bootstrap(&view, 0);
+            let json = redis_xds::protojson::to_json(&bootstrap).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bootstrap.json");
+            std::fs::write(&path, json.to_string()).unwrap();
+            let (ok, log) = common::envoy_validate(&path);
+            prop_assert!(ok, "Envoy refused what compile accepted:\n{}\n{}", log, json);
+        }
     }
+}
+
+/// Every other view with a listener, at most 40 per run: each `envoy --mode validate` takes
+/// a good part of a second.
+fn sample_for_envoy() -> bool {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let n = SEEN.fetch_add(1, Ordering::Relaxed);
+    n.is_multiple_of(2) && n / 2 < 40
 }
 
 /// Endpoints from Pods by label, or from the EndpointSlices of a Service, so that what a

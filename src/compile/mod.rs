@@ -29,6 +29,7 @@ mod names;
 pub mod plan;
 mod problem;
 mod selector;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -286,13 +287,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         });
         let entry = match was {
             Some((_, e)) if unchanged => std::borrow::Cow::Borrowed(e),
-            _ => std::borrow::Cow::Owned(Entry {
-                plan: plan::plan(obj, model).map(Arc::new).map_err(Arc::from),
-                built: None,
-                targets: Arc::from([]),
-                accepted: false,
-                object: Arc::clone(obj),
-            }),
+            _ => std::borrow::Cow::Owned(judge(obj, model)),
         };
         slots.push(Slot { was, entry });
     }
@@ -483,6 +478,49 @@ fn same_built(a: &Option<Built>, b: &Option<Built>) -> bool {
         (None, None) => true,
         _ => false,
     }
+}
+
+/// Step 1 for one object: its plan, and its Envoy resources checked against Envoy's own
+/// validation rules. A resource Envoy would refuse makes the object a problem here, so that
+/// it is left out (and its referrers with it) before anything is sent.
+fn judge(obj: &Arc<RedisClusterObject>, model: &Model) -> Entry {
+    let (plan, built) = match plan::plan(obj, model) {
+        Ok(plan) => {
+            let built = build(&plan);
+            match check_built(&built) {
+                Ok(()) => (Ok(Arc::new(plan)), Some(built)),
+                Err(v) => {
+                    let problem = Problem {
+                        object: obj.key.clone(),
+                        field: v.spec_field(),
+                        reason: Reason::Invalid,
+                        message: v.message(),
+                    };
+                    (Err(Arc::from([problem])), None)
+                }
+            }
+        }
+        Err(problems) => (Err(Arc::from(problems)), None),
+    };
+    Entry {
+        plan,
+        built,
+        targets: Arc::from([]),
+        accepted: false,
+        object: Arc::clone(obj),
+    }
+}
+
+/// The first of an object's resources that Envoy would refuse.
+fn check_built((cluster, listener): &Built) -> Result<(), validate::Violation> {
+    validate::check(&cluster.cluster)?;
+    if let Some(endpoints) = &cluster.endpoints {
+        validate::check(endpoints)?;
+    }
+    if let Some(l) = listener {
+        validate::check(&l.listener)?;
+    }
+    Ok(())
 }
 
 fn build(plan: &Plan) -> Built {
