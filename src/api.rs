@@ -46,6 +46,7 @@ pub const KIND: &str = "RedisCluster";
 )]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.topology)").message("spec.topology applies to mode Cluster only: Envoy discovers no topology for Sharded servers"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.listener) || !has(self.listener.readPolicy)").message("spec.listener.readPolicy applies to mode Cluster only: Envoy ignores it for Sharded servers"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.dnsLookupFamily)").message("spec.dnsLookupFamily applies to mode Cluster only: Sharded endpoints are IP addresses"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisClusterSpec {
     /// How Envoy talks to the servers. `Cluster` (default): the Redis Cluster protocol, Envoy
@@ -70,6 +71,13 @@ pub struct RedisClusterSpec {
     /// Upstream connect timeout (Envoy `Cluster.connect_timeout`). Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<GoDuration>,
+
+    /// How Envoy resolves host names among the seeds and in `MOVED`/`ASK` replies (mode
+    /// Cluster only): Envoy `Cluster.dns_lookup_family` and the listener's DNS cache.
+    /// Default `V4Preferred`: Envoy's own default (`Auto`) takes the IPv6 address of a name
+    /// that has both (`localhost` is `::1` first), stranding servers that listen on IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_lookup_family: Option<DnsLookupFamily>,
 
     /// Topology refresh settings (mode Cluster only): Envoy `RedisClusterConfig`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +106,22 @@ impl fmt::Display for Mode {
             Mode::Sharded => "Sharded",
         })
     }
+}
+
+/// Envoy `Cluster.DnsLookupFamily`: which addresses of a host name Envoy uses.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// IPv4 when the name has an IPv4 address, else IPv6 (`V4_PREFERRED`).
+    #[default]
+    V4Preferred,
+    /// IPv4 only (`V4_ONLY`).
+    V4Only,
+    /// IPv6 only (`V6_ONLY`).
+    V6Only,
+    /// IPv6 when the name has an IPv6 address, else IPv4 (`AUTO`, Envoy's default).
+    Auto,
+    /// Every address of both families (`ALL`).
+    All,
 }
 
 /// Where the Redis servers are. Exactly one field is set.
@@ -220,6 +244,26 @@ pub struct Listener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = u32::MAX))]
     pub max_upstream_unknown_connections: Option<u32>,
+    /// Cap on new upstream connections per second, per Redis server, so that a reconnect
+    /// storm (every client of every sidecar at once) cannot flood Redis
+    /// (`settings.connection_rate_limit.connection_rate_limit_per_sec`). Default: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub connection_rate_limit: Option<u32>,
+    /// RESP version of clients and servers (`protocol_version`). `RESP3`: clients must send
+    /// `HELLO 3` before any data command, and every server routed to must speak RESP3
+    /// (Redis 6.0+). Default `RESP2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<ProtocolVersion>,
+    /// Commands added by Redis modules (e.g. `json.get`), which Envoy otherwise refuses as
+    /// unsupported (`custom_commands`). Envoy routes them on their first argument as the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub custom_commands: Vec<String>,
+    /// Command latency stats in microseconds instead of milliseconds (`latency_in_micros`).
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_in_micros: Option<bool>,
     /// Match route prefixes case-insensitively (`prefix_routes.case_insensitive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub case_insensitive: Option<bool>,
@@ -248,6 +292,18 @@ pub struct Clients {
     /// Labels of the proxies. Default: any labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+}
+
+/// Envoy `RedisProxy.ProtocolVersion`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProtocolVersion {
+    /// RESP2.
+    #[default]
+    #[serde(rename = "RESP2")]
+    Resp2,
+    /// RESP3 (clients send `HELLO 3`).
+    #[serde(rename = "RESP3")]
+    Resp3,
 }
 
 /// Envoy `ConnPoolSettings.ReadPolicy`.
@@ -284,6 +340,11 @@ pub struct Route {
     /// Copies of matching commands go to these RedisClusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirror: Vec<Mirror>,
+    /// Rewrites each key before it is forwarded: `%KEY%` stands for the key (after
+    /// `removePrefix`), e.g. `tenant-a:%KEY%` (`key_formatter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub key_formatter: Option<String>,
 }
 
 /// What keys matching no route do.
@@ -299,6 +360,10 @@ pub struct CatchAll {
     /// Copies of commands go to these RedisClusters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirror: Vec<Mirror>,
+    /// Rewrites each key before it is forwarded, as `routes[].keyFormatter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1000))]
+    pub key_formatter: Option<String>,
 }
 
 /// A request mirror (`request_mirror_policy`).

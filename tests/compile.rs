@@ -276,6 +276,14 @@ fn should_reject_read_policy_and_topology_on_sharded_mode() {
     let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["spec.listener.readPolicy", "spec.topology"]);
     assert!(c.problems.iter().all(|p| p.reason == Reason::Invalid));
+    // Sharded endpoints are IP addresses: no DNS family to choose.
+    let c = compiled(&rc(
+        "x",
+        "s",
+        "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}\ndnsLookupFamily: Auto",
+    ));
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.dnsLookupFamily"]);
 }
 
 #[test]
@@ -1023,4 +1031,84 @@ fn should_leave_out_what_envoy_would_refuse_naming_the_spec_field() {
     // At exactly 1,000 bytes Envoy takes it, and so does redis-xds.
     let c = compiled(&yaml.replace(&long, &"k".repeat(1000)));
     assert!(accepted(&c, "shop/orders"), "{:?}", c.problems);
+}
+
+#[test]
+fn should_map_the_redis_proxy_capabilities_to_their_envoy_fields() {
+    let yaml = rc(
+        "shop",
+        "orders",
+        "endpoints: {static: [\"localhost:7000\"]}\ndnsLookupFamily: All\nlistener:\n  port: 6379\n  protocolVersion: RESP3\n  customCommands: [json.get, FT.SEARCH]\n  connectionRateLimit: 50\n  latencyInMicros: true\n  routes: [{prefix: \"t:\", cluster: orders, keyFormatter: \"tenant-a:%KEY%\"}]\n  catchAll: {keyFormatter: \"{%KEY%}\"}",
+    );
+    let c = compiled(&yaml);
+    let proxy = listener_json(&c, "redis/shop/orders@127.0.0.1:6379");
+    assert_eq!(proxy["protocolVersion"], "RESP3");
+    assert_eq!(
+        proxy["customCommands"],
+        serde_json::json!(["json.get", "FT.SEARCH"])
+    );
+    assert_eq!(proxy["latencyInMicros"], true);
+    assert_eq!(
+        proxy["settings"]["connectionRateLimit"]["connectionRateLimitPerSec"],
+        50
+    );
+    // Redirections to host names resolve through a DNS cache of the same family.
+    assert_eq!(
+        proxy["settings"]["dnsCacheConfig"],
+        serde_json::json!({"name": "redis-xds-all", "dnsLookupFamily": "ALL"})
+    );
+    let routes = &proxy["prefixRoutes"];
+    assert_eq!(routes["routes"][0]["keyFormatter"], "tenant-a:%KEY%");
+    assert_eq!(routes["catchAllRoute"]["keyFormatter"], "{%KEY%}");
+    let cluster = redis_xds::protojson::to_json(&c.clusters["redis/shop/orders"].cluster).unwrap();
+    assert_eq!(cluster["dnsLookupFamily"], "ALL");
+
+    // The default family takes IPv4 first: `localhost` must not become ::1 alone.
+    let c = compiled(&rc(
+        "shop",
+        "plain",
+        "endpoints: {static: [\"localhost:7000\"]}\nlistener: {port: 6380}",
+    ));
+    let cluster = redis_xds::protojson::to_json(&c.clusters["redis/shop/plain"].cluster).unwrap();
+    assert_eq!(cluster["dnsLookupFamily"], "V4_PREFERRED");
+    let proxy = listener_json(&c, "redis/shop/plain@127.0.0.1:6380");
+    assert_eq!(
+        proxy["settings"]["dnsCacheConfig"]["name"],
+        "redis-xds-v4-preferred"
+    );
+    // Without redirection there is nothing to resolve.
+    let c = compiled(&rc(
+        "shop",
+        "plain",
+        "endpoints: {static: [\"localhost:7000\"]}\nlistener: {port: 6380, enableRedirection: false}",
+    ));
+    let proxy = listener_json(&c, "redis/shop/plain@127.0.0.1:6380");
+    assert!(proxy["settings"].get("dnsCacheConfig").is_none(), "{proxy}");
+}
+
+#[test]
+fn should_reject_key_formatters_without_the_key_and_bad_custom_commands() {
+    let yaml = rc(
+        "shop",
+        "orders",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 6379\n  connectionRateLimit: 0\n  customCommands: [json.get, JSON.GET, \"bad cmd\", \"\"]\n  routes: [{{prefix: \"t:\", cluster: orders, keyFormatter: \"tenant-a\"}}]"
+        ),
+    );
+    let c = compiled(&yaml);
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.listener.connectionRateLimit",
+            "spec.listener.customCommands[1]",
+            "spec.listener.customCommands[2]",
+            "spec.listener.customCommands[3]",
+            "spec.listener.routes[0].keyFormatter",
+        ],
+        "{:?}",
+        c.problems
+    );
+    assert!(problem_lines(&c).iter().any(|l| l.contains("has no %KEY%")));
+    assert!(!accepted(&c, "shop/orders"));
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use redis_xds::api::{
-    Auth, CatchAll, Clients, Endpoints, Fault, FaultType, Listener, Mirror, Mode, ReadPolicy,
-    RedisClusterSpec, Route, SecretRef, Topology,
+    Auth, CatchAll, Clients, DnsLookupFamily, Endpoints, Fault, FaultType, Listener, Mirror, Mode,
+    ProtocolVersion, ReadPolicy, RedisClusterSpec, Route, SecretRef, Topology,
 };
 use redis_xds::compile::{ProxyIdentity, compile, recompile};
 use redis_xds::duration::GoDuration;
@@ -64,6 +64,8 @@ fn route() -> impl Strategy<Value = Route> {
     )
         .prop_map(
             |(prefix, cluster, remove_prefix, read_cluster, mirror)| Route {
+                // No %KEY%: refused.
+                key_formatter: (prefix == "x").then(|| "same-key".to_owned()),
                 prefix,
                 cluster,
                 remove_prefix,
@@ -155,6 +157,7 @@ fn listener() -> impl Strategy<Value = Listener> {
                         cluster,
                         read_cluster,
                         mirror,
+                        key_formatter: None,
                     }),
                     downstream_auth: auth.map(|name| Auth {
                         secret_ref: SecretRef { name },
@@ -192,6 +195,11 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
             Just("k".repeat(1000)),
             Just("k".repeat(1001))
         ],
+        prop::option::of(prop::sample::select(vec![
+            "t:%KEY%",
+            "{%KEY%}",
+            "%KEY%:%KEY%",
+        ])),
         prop::sample::select(vec!["a", "b", "c"]),
         prop::option::of(any::<bool>()),
         prop::option::of(prop::sample::select(vec!["a", "b"])),
@@ -205,8 +213,9 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
         ),
     )
         .prop_map(
-            |(prefix, cluster, remove_prefix, read_cluster, mirrors)| Route {
+            |(prefix, key_formatter, cluster, remove_prefix, read_cluster, mirrors)| Route {
                 prefix,
+                key_formatter: key_formatter.map(String::from),
                 cluster: cluster.into(),
                 remove_prefix,
                 read_cluster: read_cluster.map(String::from),
@@ -251,12 +260,34 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
             prop::collection::vec(fault, 0..2),
             any::<bool>(),
         ),
+        (
+            prop::option::of(1u32..),
+            prop::option::of(prop::sample::select(vec![
+                ProtocolVersion::Resp2,
+                ProtocolVersion::Resp3,
+            ])),
+            prop::collection::vec(
+                prop::sample::select(vec!["json.get", "FT.SEARCH", "bf.add"])
+                    .prop_map(String::from),
+                0..2,
+            )
+            .prop_map(|mut v| {
+                v.dedup();
+                v
+            }),
+            prop::option::of(any::<bool>()),
+        ),
     )
         .prop_map(
             |(
                 (port, address, op_timeout, hashtagging, redirection, command_stats),
                 (flush, buffer, unknown, case_insensitive, routes, faults, auth),
+                (connection_rate_limit, protocol_version, custom_commands, latency_in_micros),
             )| Listener {
+                connection_rate_limit,
+                protocol_version,
+                custom_commands,
+                latency_in_micros,
                 port,
                 address,
                 op_timeout,
@@ -294,9 +325,16 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
             ReadPolicy::PreferReplica,
             ReadPolicy::Any,
         ])),
+        prop::option::of(prop::sample::select(vec![
+            DnsLookupFamily::V4Preferred,
+            DnsLookupFamily::Auto,
+            DnsLookupFamily::All,
+            DnsLookupFamily::V4Only,
+            DnsLookupFamily::V6Only,
+        ])),
     )
         .prop_map(
-            |(sharded, statics, auth, connect_timeout, refresh, mut listener, read_policy)| {
+            |(sharded, statics, auth, connect_timeout, refresh, mut listener, read_policy, dns)| {
                 if let Some(l) = listener.as_mut().filter(|_| !sharded) {
                     l.read_policy = read_policy;
                 }
@@ -322,6 +360,7 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         refresh_interval: refresh,
                         ..Default::default()
                     }),
+                    dns_lookup_family: dns.filter(|_| !sharded),
                     listener,
                 }
             },
@@ -375,6 +414,8 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     }),
                     connect_timeout,
                     topology,
+                    // Refused in Sharded mode.
+                    dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
                     listener,
                 }
             },

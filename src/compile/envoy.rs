@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::extensions::clusters::redis::v3::RedisClusterConfig;
+use envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig;
 use envoy_types::pb::envoy::extensions::filters::network::redis_proxy::v3 as redis;
 use envoy_types::pb::envoy::extensions::health_checkers::redis::v3::Redis as RedisHealthCheck;
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
@@ -16,7 +17,7 @@ use envoy_types::pb::google::protobuf as pbw;
 
 use super::names;
 use super::plan::{Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan};
-use crate::api::{Delivery, FaultType, Mode, ReadPolicy};
+use crate::api::{Delivery, DnsLookupFamily, FaultType, Mode, ProtocolVersion, ReadPolicy};
 use crate::model::SecretValue;
 
 /// Filter name of redis_proxy; also the key of its protocol options on clusters.
@@ -173,6 +174,9 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
     let mut c = cluster::Cluster {
         name: name.clone(),
         connect_timeout: Some(duration(plan.connect_timeout)),
+        dns_lookup_family: plan
+            .dns_lookup_family
+            .map_or(0, |f| dns_lookup_family(f) as i32),
         ..Default::default()
     };
     if let Some(auth) = &plan.auth {
@@ -270,6 +274,33 @@ fn route(r: &RoutePlan) -> redis::redis_proxy::prefix_routes::Route {
                 cluster: names::cluster_name(t),
             }
         }),
+        key_formatter: r.key_formatter.clone().unwrap_or_default(),
+    }
+}
+
+fn dns_lookup_family(f: DnsLookupFamily) -> cluster::cluster::DnsLookupFamily {
+    use cluster::cluster::DnsLookupFamily as Envoy;
+    match f {
+        DnsLookupFamily::V4Preferred => Envoy::V4Preferred,
+        DnsLookupFamily::V4Only => Envoy::V4Only,
+        DnsLookupFamily::V6Only => Envoy::V6Only,
+        DnsLookupFamily::Auto => Envoy::Auto,
+        DnsLookupFamily::All => Envoy::All,
+    }
+}
+
+/// The DNS cache a listener resolves redirection targets with. One cache per lookup family,
+/// named after it: Envoy requires every use of a cache name to carry the same settings.
+fn dns_cache(f: DnsLookupFamily) -> DnsCacheConfig {
+    DnsCacheConfig {
+        name: format!(
+            "redis-xds-{}",
+            dns_lookup_family(f)
+                .as_str_name()
+                .to_ascii_lowercase()
+                .replace('_', "-")
+        ),
+        dns_lookup_family: dns_lookup_family(f) as i32,
         ..Default::default()
     }
 }
@@ -321,8 +352,19 @@ pub fn listener(plan: &Plan, l: &ListenerPlan) -> listener::Listener {
                 .map(|value| pbw::UInt32Value { value }),
             enable_command_stats: l.enable_command_stats,
             read_policy: l.read_policy.map_or(0, |p| read_policy(p) as i32),
-            ..Default::default()
+            dns_cache_config: l.dns_cache.map(dns_cache),
+            connection_rate_limit: l.connection_rate_limit.map(|per_sec| {
+                redis::redis_proxy::ConnectionRateLimit {
+                    connection_rate_limit_per_sec: per_sec,
+                }
+            }),
         }),
+        latency_in_micros: l.latency_in_micros,
+        custom_commands: l.custom_commands.clone(),
+        protocol_version: match l.protocol_version {
+            ProtocolVersion::Resp2 => redis::redis_proxy::ProtocolVersion::Resp2,
+            ProtocolVersion::Resp3 => redis::redis_proxy::ProtocolVersion::Resp3,
+        } as i32,
         prefix_routes: Some(redis::redis_proxy::PrefixRoutes {
             routes: l.routes.iter().map(route).collect(),
             case_insensitive: l.case_insensitive,

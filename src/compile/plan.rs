@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::problem::{Problem, Reason};
 use super::selector;
-use crate::api::{FaultType, Mode, ReadPolicy, RedisClusterSpec};
+use crate::api::{DnsLookupFamily, FaultType, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec};
 use crate::duration::GoDuration;
 use crate::model::{Model, ObjectKey, RedisClusterObject, SecretValue};
 
@@ -122,6 +122,8 @@ pub struct RoutePlan {
     pub read_target: Option<ObjectKey>,
     /// Mirrors.
     pub mirrors: Vec<MirrorPlan>,
+    /// Key rewrite with `%KEY%`, if any.
+    pub key_formatter: Option<String>,
 }
 
 /// A validated fault.
@@ -164,6 +166,17 @@ pub struct ListenerPlan {
     pub max_upstream_unknown_connections: Option<u32>,
     /// Case-insensitive prefixes.
     pub case_insensitive: bool,
+    /// New upstream connections per second per server, if capped.
+    pub connection_rate_limit: Option<u32>,
+    /// RESP version.
+    pub protocol_version: ProtocolVersion,
+    /// Module commands, as written.
+    pub custom_commands: Vec<String>,
+    /// Latency stats in microseconds.
+    pub latency_in_micros: bool,
+    /// The DNS cache for host names in redirections: set when redirection is on, with the
+    /// owner's lookup family.
+    pub dns_cache: Option<DnsLookupFamily>,
     /// Prefix routes, in spec order.
     pub routes: Vec<RoutePlan>,
     /// The catch-all route.
@@ -206,6 +219,8 @@ pub struct Plan {
     pub connect_timeout: Duration,
     /// Topology settings (Cluster mode).
     pub topology: TopologyPlan,
+    /// How host names resolve (Cluster mode; `None` in Sharded mode).
+    pub dns_lookup_family: Option<DnsLookupFamily>,
     /// Upstream AUTH.
     pub auth: Option<Credentials>,
     /// The listener, if any.
@@ -374,6 +389,18 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         };
     }
 
+    let dns_lookup_family = match (mode, spec.dns_lookup_family) {
+        (Mode::Cluster, family) => Some(family.unwrap_or_default()),
+        (Mode::Sharded, None) => None,
+        (Mode::Sharded, Some(_)) => {
+            c.invalid(
+                "spec.dnsLookupFamily",
+                "dnsLookupFamily applies to mode Cluster only (Sharded endpoints are IP addresses): remove it",
+            );
+            None
+        }
+    };
+
     let auth = spec
         .auth
         .as_ref()
@@ -391,6 +418,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             endpoints,
             connect_timeout,
             topology,
+            dns_lookup_family,
             auth,
             listener,
         })
@@ -662,6 +690,7 @@ fn listener(
             });
         }
         let mirror = mirrors(c, &base, &r.mirror, &mut refs);
+        let key_formatter = key_formatter(c, &base, r.key_formatter.as_deref());
         if let Some(target) = target {
             routes.push(RoutePlan {
                 prefix: r.prefix.clone(),
@@ -669,6 +698,7 @@ fn listener(
                 target,
                 read_target,
                 mirrors: mirror,
+                key_formatter,
             });
         }
     }
@@ -702,6 +732,7 @@ fn listener(
             target,
             read_target,
             mirrors: mirror,
+            key_formatter: key_formatter(c, base, ca.key_formatter.as_deref()),
         }
     };
 
@@ -756,6 +787,30 @@ fn listener(
 
     check_fault_budget(c, &faults);
 
+    let mut custom_commands = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, cmd) in l.custom_commands.iter().enumerate() {
+        let field = format!("spec.listener.customCommands[{i}]");
+        if !is_command_name(cmd) {
+            c.invalid(
+                field,
+                format!(
+                    "{cmd:?} is not a Redis command name (letters, digits, `.`, `_`, `-`, `|`)"
+                ),
+            );
+        } else if !seen.insert(cmd.to_ascii_lowercase()) {
+            c.invalid(field, format!("{cmd:?} is listed twice"));
+        }
+        custom_commands.push(cmd.clone());
+    }
+    if l.connection_rate_limit == Some(0) {
+        c.invalid(
+            "spec.listener.connectionRateLimit",
+            "must be at least 1 connection per second: remove it for no cap",
+        );
+    }
+    let enable_redirection = l.enable_redirection.unwrap_or(mode == Mode::Cluster);
+
     ListenerPlan {
         address,
         port,
@@ -763,18 +818,44 @@ fn listener(
         read_policy: l.read_policy,
         op_timeout,
         enable_hashtagging: l.enable_hashtagging.unwrap_or(true),
-        enable_redirection: l.enable_redirection.unwrap_or(mode == Mode::Cluster),
+        enable_redirection,
         enable_command_stats: l.enable_command_stats.unwrap_or(false),
         buffer_flush_timeout: l.buffer_flush_timeout.as_ref().map(GoDuration::get),
         max_buffer_size_before_flush: l.max_buffer_size_before_flush.unwrap_or(0),
         max_upstream_unknown_connections: l.max_upstream_unknown_connections,
         case_insensitive,
+        connection_rate_limit: l.connection_rate_limit,
+        protocol_version: l.protocol_version.unwrap_or_default(),
+        custom_commands,
+        latency_in_micros: l.latency_in_micros.unwrap_or(false),
+        dns_cache: enable_redirection.then(|| obj.spec.dns_lookup_family.unwrap_or_default()),
         routes,
         catch_all,
         downstream_auth,
         faults,
         refs,
     }
+}
+
+/// A command name as Redis and its modules spell them (`get`, `JSON.GET`, `ft.search`).
+fn is_command_name(cmd: &str) -> bool {
+    !cmd.is_empty()
+        && cmd.len() <= 64
+        && cmd
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-' | '|'))
+}
+
+/// A route's `keyFormatter`: `%KEY%` must appear, or every key would become the same one.
+fn key_formatter(c: &mut Checker<'_>, base: &str, value: Option<&str>) -> Option<String> {
+    let f = value?;
+    if !f.contains("%KEY%") {
+        c.invalid(
+            format!("{base}.keyFormatter"),
+            format!("{f:?} has no %KEY%: Envoy would send every key as this same string; write e.g. \"tenant-a:%KEY%\""),
+        );
+    }
+    Some(f.to_owned())
 }
 
 /// Envoy draws one random number per command and walks the faults that apply to it, so

@@ -46,7 +46,8 @@ pub fn envoy_bin() -> PathBuf {
     );
 }
 
-/// Runs `envoy --mode validate` on a config file; returns (accepted, output).
+/// Runs `envoy --mode validate` on a config file; returns (accepted, output, which
+/// includes Envoy's warnings).
 pub fn envoy_validate(config: &Path) -> (bool, String) {
     let out = Command::new(envoy_bin())
         .args([
@@ -54,7 +55,7 @@ pub fn envoy_validate(config: &Path) -> (bool, String) {
             "validate",
             "--disable-hot-restart",
             "--log-level",
-            "error",
+            "warn",
             "-c",
         ])
         .arg(config)

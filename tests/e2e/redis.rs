@@ -236,6 +236,21 @@ impl Cluster {
         }
     }
 
+    /// `total_error_replies` of `INFO stats` over the primaries: Redis counts the replies
+    /// to commands it does not know there, which no commandstat shows.
+    pub fn error_replies(&self) -> u64 {
+        self.primaries()
+            .iter()
+            .map(|p| {
+                let info = self.conn(*p).ok(&["INFO", "stats"]);
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_error_replies:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Keys stored on the primaries.
     pub fn dbsize(&self) -> u64 {
         self.primaries()

@@ -99,11 +99,13 @@ fn read_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
                 Reply::Bulk(Some(buf))
             }
         }
-        "*" => {
+        // RESP3 aggregates: a map is read as its keys and values in turn.
+        "*" | "~" | ">" | "%" => {
             let n: i64 = rest.parse().map_err(|_| bad())?;
             if n < 0 {
                 Reply::Array(None)
             } else {
+                let n = if kind == "%" { n * 2 } else { n };
                 let mut items = Vec::new();
                 for _ in 0..n {
                     items.push(read_reply(r)?);
@@ -111,6 +113,10 @@ fn read_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<Reply> {
                 Reply::Array(Some(items))
             }
         }
+        // RESP3 scalars.
+        "_" => Reply::Bulk(None),
+        "#" => Reply::Int(i64::from(rest == "t")),
+        "," | "(" => Reply::Simple(rest.to_owned()),
         _ => return Err(bad()),
     })
 }

@@ -38,6 +38,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         bad_input,
     ),
     (
+        "host_name_seeds_resp3_key_formatters_and_module_commands_work_through_envoy",
+        capabilities,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),
@@ -490,6 +494,64 @@ fn bad_input(f: &Fixture) {
         "the dangling listener was not sent"
     );
     assert!(sc.listeners().iter().all(|l| !l.contains("dangling")));
+}
+
+/// Envoy 1.40's newer redis_proxy settings, end to end: seeds given as `localhost` (resolved
+/// with the default family, IPv4 first), a RESP3 listener, a route that rewrites keys for a
+/// tenant, and a module command Envoy would otherwise refuse.
+fn capabilities(f: &Fixture) {
+    f.main.flush();
+    let port = free_port();
+    let seeds = f.main.static_entries().replace("127.0.0.1", "localhost");
+    let spec = format!(
+        "endpoints: {{static: [{seeds}]}}\ntopology: {{refreshInterval: 1s}}\nlistener:\n  port: {port}\n  protocolVersion: RESP3\n  customCommands: [xds.probe]\n  connectionRateLimit: 100\n  routes:\n    - {{prefix: \"t:\", cluster: main, removePrefix: true, keyFormatter: \"tenant-a:%KEY%\"}}"
+    );
+    let sc = Sidecar::start(&[("main.yaml", rc("main", &spec))]);
+    let sidecar = format!("127.0.0.1:{port}");
+    // RESP3: a data command before `HELLO 3` is refused; after it, everything works.
+    let mut c = wait_until("the RESP3 listener serves after HELLO 3", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        let hello = c.cmd(&["HELLO", "3"]).ok()?;
+        let Reply::Array(Some(fields)) = hello else {
+            return None;
+        };
+        let proto = fields
+            .chunks(2)
+            .find(|kv| kv[0].text() == "proto")
+            .map(|kv| kv[1].clone());
+        assert_eq!(proto, Some(Reply::Int(3)), "HELLO 3 answers proto 3");
+        (c.cmd(&["SET", "probe", "1"]).ok()?.text() == "OK").then_some(c)
+    });
+    let mut plain = Conn::connect(&sidecar).unwrap();
+    let refused = plain.cmd(&["GET", "probe"]).unwrap();
+    assert!(refused.is_error(), "a RESP2 client is refused: {refused:?}");
+
+    // Host-name seeds: keys land on every primary of the cluster named by `localhost`.
+    for i in 0..60 {
+        c.ok(&["SET", &format!("k{i}"), "v"]);
+    }
+    for p in f.main.primaries() {
+        assert!(
+            f.main.conn(p).ok(&["DBSIZE"]) != "0",
+            "primary {p} holds keys"
+        );
+    }
+
+    // The tenant route: `t:x` is stored as `tenant-a:x`, and read back through the route.
+    c.ok(&["SET", "t:x", "tenant value"]);
+    assert!(holds(&f.main, "tenant-a:x") && !holds(&f.main, "t:x"));
+    assert_eq!(c.ok(&["GET", "t:x"]), "tenant value");
+
+    // A module command reaches Redis (which has no such module and counts one more error
+    // reply); a command Envoy does not know is answered by Envoy itself, in Redis's words.
+    let before = f.main.error_replies();
+    let forwarded = c.cmd(&["xds.probe", "somekey"]).unwrap();
+    assert!(forwarded.is_error(), "{forwarded:?}");
+    assert_eq!(f.main.error_replies(), before + 1, "Redis saw xds.probe");
+    let local = c.cmd(&["xds.other", "somekey"]).unwrap();
+    assert!(local.is_error(), "{local:?}");
+    assert_eq!(f.main.error_replies(), before + 1, "Envoy kept xds.other");
+    drop(sc);
 }
 
 fn resilience(f: &Fixture) {
