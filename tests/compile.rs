@@ -452,6 +452,44 @@ fn should_reject_an_unknown_field_naming_its_path() {
 }
 
 #[test]
+fn should_report_an_unknown_kind_of_our_group_but_only_note_foreign_kinds() {
+    let typo = rc("x", "a", STATIC).replace("kind: RedisCluster", "kind: RedisKluster");
+    let foreign =
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: x}\n";
+    let good = rc("x", "b", &format!("{STATIC}\nlistener: {{port: 7000}}"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        format!("{typo}{foreign}{good}"),
+    )
+    .unwrap();
+    let loaded = load_dir(dir.path()).unwrap();
+    let problems: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("RedisKluster x/a")
+            && problems[0].contains("is not a kind of redis-xds.dev"),
+        "{problems:?}"
+    );
+    assert!(
+        loaded.notes.iter().any(|n| n.contains("Deployment")),
+        "{:?}",
+        loaded.notes
+    );
+    assert!(!loaded.notes.iter().any(|n| n.contains("RedisKluster")));
+    // The rest is still compiled, and `render` says so with exit status 1.
+    assert!(
+        compile(&loaded.model)
+            .objects
+            .contains_key(&redis_xds::model::ObjectKey::new("x", "b"))
+    );
+    let out = common::run(&["render", "--manifests", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RedisKluster"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("redis/x/b"));
+}
+
+#[test]
 fn should_report_a_bad_duration_or_enum_with_its_field_path() {
     let (_, problems) = load(&rc(
         "x",

@@ -7,7 +7,8 @@
 //!
 //! Rules: only `*.yaml` and `*.yml` files directly in the directory are read, in name order;
 //! each may hold many documents (`---`) and `kind: List` objects. RedisCluster, Secret, Pod,
-//! EndpointSlice and Service objects are used; other kinds are skipped with a note. A
+//! EndpointSlice and Service objects are used; other kinds are skipped with a note, except an
+//! unknown kind in the redis-xds.dev group (a typo such as `RedisKluster`), which is a problem. A
 //! RedisCluster field that redis-xds does not know is an error, not silently ignored: a
 //! typo must not change what Envoy gets.
 
@@ -229,6 +230,10 @@ fn read_value(path: &Path, document: usize, value: Value, out: &mut ParsedFile) 
         (v, KIND) if v.starts_with(GROUP) => {
             Err(format!("apiVersion {v} is not served: use {expected_rc}"))
         }
+        // A typo in a kind of ours is a mistake to show, not a foreign object to skip.
+        (v, other) if v.split('/').next() == Some(GROUP) => Err(format!(
+            "kind {other:?} is not a kind of {GROUP}, which has only {KIND}: fix the spelling"
+        )),
         ("v1", "Secret") => typed(value, false).map(|o| Object::Secret(Box::new(o))),
         ("v1", "Pod") => typed(value, false).map(|o| Object::Pod(Box::new(o))),
         ("v1", "Service") => typed(value, false).map(|o| Object::Service(Box::new(o))),
