@@ -46,6 +46,7 @@ pub const KIND: &str = "RedisCluster";
 )]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.topology)").message("spec.topology applies to mode Cluster only: Envoy discovers no topology for Sharded servers"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.listener) || !has(self.listener.readPolicy)").message("spec.listener.readPolicy applies to mode Cluster only: Envoy ignores it for Sharded servers"))]
+#[x_kube(validation = Rule::new("has(self.mode) && self.mode == 'Sharded' || !has(self.sharding)").message("spec.sharding applies to mode Sharded only: a Redis Cluster places keys by slot"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.dnsLookupFamily)").message("spec.dnsLookupFamily applies to mode Cluster only: Sharded endpoints are IP addresses"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisClusterSpec {
@@ -83,6 +84,10 @@ pub struct RedisClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
 
+    /// How keys are spread over the servers and how servers are checked (mode Sharded only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharding: Option<Sharding>,
+
     /// The listener sidecars open for applications. Without it this RedisCluster is only a
     /// target of other RedisClusters' routes and mirrors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +111,79 @@ impl fmt::Display for Mode {
             Mode::Sharded => "Sharded",
         })
     }
+}
+
+/// Mode Sharded: the consistent hash over the servers' stable names, and their health checks.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.minimumRingSize) || !has(self.maximumRingSize) || self.minimumRingSize <= self.maximumRingSize").message("minimumRingSize must not exceed maximumRingSize"))]
+#[x_kube(validation = Rule::new("has(self.lbPolicy) && self.lbPolicy == 'Maglev' ? !has(self.hashFunction) && !has(self.minimumRingSize) && !has(self.maximumRingSize) : !has(self.tableSize)").message("hashFunction and the ring sizes apply to RingHash, tableSize to Maglev"))]
+#[serde(rename_all = "camelCase")]
+pub struct Sharding {
+    /// `RingHash` (default, Envoy `RING_HASH`) or `Maglev` (`MAGLEV`: a fixed-size table,
+    /// faster lookups, slightly more keys move when a server changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_policy: Option<ShardingPolicy>,
+    /// Hash of the server names onto the ring (`ring_hash_lb_config.hash_function`).
+    /// Default `XXHash`; `MurmurHash2` places keys as libketama-style clients do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_function: Option<HashFunction>,
+    /// Ring entries at least (`ring_hash_lb_config.minimum_ring_size`). Envoy default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8_388_608))]
+    pub minimum_ring_size: Option<u32>,
+    /// Ring entries at most (`ring_hash_lb_config.maximum_ring_size`). Envoy default 8M.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8_388_608))]
+    pub maximum_ring_size: Option<u32>,
+    /// Maglev table size, a prime (`maglev_lb_config.table_size`). Envoy default 65537.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 5_000_011))]
+    pub table_size: Option<u32>,
+    /// Redis health checks (`envoy.health_checkers.redis`, a PING per interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Mode Sharded's load balancer.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardingPolicy {
+    /// Consistent hash ring (Ketama).
+    #[default]
+    RingHash,
+    /// Maglev.
+    Maglev,
+}
+
+/// Envoy `RingHashLbConfig.HashFunction`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HashFunction {
+    /// xxHash (`XX_HASH`).
+    #[default]
+    #[serde(rename = "XXHash")]
+    XxHash,
+    /// MurmurHash2 (`MURMUR_HASH_2`).
+    MurmurHash2,
+}
+
+/// Health check timings (Envoy `HealthCheck`). A server marked down moves its keys to the
+/// next one on the ring, so the defaults prefer not flapping to fast detection.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Time between checks (`interval`). Default 3s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<GoDuration>,
+    /// Time a check may take (`timeout`). Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Failed checks before a server is marked down (`unhealthy_threshold`). Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks before it is up again (`healthy_threshold`). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub healthy_threshold: Option<u32>,
 }
 
 /// Envoy `Cluster.DnsLookupFamily`: which addresses of a host name Envoy uses.

@@ -1150,3 +1150,89 @@ fn should_reject_key_formatters_without_the_key_and_bad_custom_commands() {
     assert!(problem_lines(&c).iter().any(|l| l.contains("has no %KEY%")));
     assert!(!accepted(&c, "shop/orders"));
 }
+
+#[test]
+fn should_map_sharding_and_refuse_what_the_chosen_balancer_ignores() {
+    let sharded =
+        "mode: Sharded\nendpoints: {static: [\"a=127.0.0.1:7000\", \"b=127.0.0.1:7001\"]}";
+    let cluster = |c: &Compiled, name: &str| {
+        redis_xds::protojson::to_json(&c.clusters[&format!("redis/x/{name}")].cluster).unwrap()
+    };
+    let c = compiled(&rc(
+        "x",
+        "ring",
+        &format!(
+            "{sharded}\nsharding: {{hashFunction: MurmurHash2, minimumRingSize: 4096, maximumRingSize: 65536, healthCheck: {{interval: 10s, timeout: 2s, unhealthyThreshold: 5, healthyThreshold: 2}}}}"
+        ),
+    ));
+    let ring = cluster(&c, "ring");
+    assert_eq!(ring["lbPolicy"], "RING_HASH");
+    assert_eq!(
+        ring["ringHashLbConfig"],
+        serde_json::json!({"minimumRingSize": "4096", "maximumRingSize": "65536", "hashFunction": "MURMUR_HASH_2"})
+    );
+    let hc = &ring["healthChecks"][0];
+    assert_eq!(
+        (
+            &hc["interval"],
+            &hc["timeout"],
+            &hc["unhealthyThreshold"],
+            &hc["healthyThreshold"]
+        ),
+        (
+            &serde_json::json!("10s"),
+            &serde_json::json!("2s"),
+            &serde_json::json!(5),
+            &serde_json::json!(2)
+        )
+    );
+
+    let c = compiled(&rc(
+        "x",
+        "maglev",
+        &format!("{sharded}\nsharding: {{lbPolicy: Maglev, tableSize: 131071}}"),
+    ));
+    let maglev = cluster(&c, "maglev");
+    assert_eq!(maglev["lbPolicy"], "MAGLEV");
+    assert_eq!(maglev["maglevLbConfig"]["tableSize"], "131071");
+
+    // Defaults: the ring with Envoy's sizes, the documented health check.
+    let c = compiled(&rc("x", "plain", sharded));
+    let plain = cluster(&c, "plain");
+    assert!(plain.get("ringHashLbConfig").is_none());
+    assert_eq!(plain["healthChecks"][0]["interval"], "3s");
+
+    let c = compiled(
+        &(rc(
+            "x",
+            "bad",
+            &format!(
+                "{sharded}\nsharding: {{lbPolicy: Maglev, tableSize: 65536, minimumRingSize: 10}}"
+            ),
+        ) + &rc(
+            "x",
+            "order",
+            &format!("{sharded}\nsharding: {{minimumRingSize: 100, maximumRingSize: 10}}"),
+        ) + &rc(
+            "x",
+            "cluster-mode",
+            &format!("{STATIC}\nsharding: {{lbPolicy: Maglev}}"),
+        )),
+    );
+    let fields: Vec<String> = c
+        .problems
+        .iter()
+        .map(|p| format!("{}:{}", p.object.name, p.field))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "bad:spec.sharding.minimumRingSize",
+            "bad:spec.sharding.tableSize",
+            "cluster-mode:spec.sharding",
+            "order:spec.sharding.minimumRingSize",
+        ],
+        "{:?}",
+        c.problems
+    );
+}

@@ -332,9 +332,24 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
             DnsLookupFamily::V4Only,
             DnsLookupFamily::V6Only,
         ])),
+        (
+            any::<bool>(),
+            1u32..=8_388_608,
+            prop::sample::select(vec![2u32, 65537, 131071, 5_000_011]),
+        ),
     )
         .prop_map(
-            |(sharded, statics, auth, connect_timeout, refresh, mut listener, read_policy, dns)| {
+            |(
+                sharded,
+                statics,
+                auth,
+                connect_timeout,
+                refresh,
+                mut listener,
+                read_policy,
+                dns,
+                (maglev, ring, table),
+            )| {
                 if let Some(l) = listener.as_mut().filter(|_| !sharded) {
                     l.read_policy = read_policy;
                 }
@@ -361,6 +376,16 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     }),
                     dns_lookup_family: dns.filter(|_| !sharded),
+                    sharding: sharded.then(|| redis_xds::api::Sharding {
+                        lb_policy: Some(if maglev {
+                            redis_xds::api::ShardingPolicy::Maglev
+                        } else {
+                            redis_xds::api::ShardingPolicy::RingHash
+                        }),
+                        minimum_ring_size: (!maglev).then_some(ring),
+                        table_size: maglev.then_some(table),
+                        ..Default::default()
+                    }),
                     listener,
                 }
             },
@@ -416,6 +441,12 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     topology,
                     // Refused in Sharded mode.
                     dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
+                    // Refused in Cluster mode; 65536 is no prime.
+                    sharding: (port == Some(70000)).then(|| redis_xds::api::Sharding {
+                        lb_policy: Some(redis_xds::api::ShardingPolicy::Maglev),
+                        table_size: Some(65536),
+                        ..Default::default()
+                    }),
                     listener,
                 }
             },
@@ -511,6 +542,11 @@ proptest! {
         if !view.listeners.is_empty() && sample_for_envoy() {
             let bootstrap = redis_xds::render::static_bootstrap(&view, 0);
             let json = redis_xds::protojson::to_json(&bootstrap).unwrap();
+            // AUTH delivered as files names paths only a sidecar has mounted; Envoy would
+            // refuse them here for their absence alone.
+            if json.to_string().contains("/etc/redis-xds/secrets/") {
+                return Ok(());
+            }
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("bootstrap.json");
             std::fs::write(&path, json.to_string()).unwrap();

@@ -16,8 +16,13 @@ use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::
 use envoy_types::pb::google::protobuf as pbw;
 
 use super::names;
-use super::plan::{Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan};
-use crate::api::{Delivery, DnsLookupFamily, FaultType, Mode, ProtocolVersion, ReadPolicy};
+use super::plan::{
+    Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan, ShardingPlan,
+};
+use crate::api::{
+    Delivery, DnsLookupFamily, FaultType, HashFunction, Mode, ProtocolVersion, ReadPolicy,
+    ShardingPolicy,
+};
 use crate::model::SecretValue;
 
 /// Filter name of redis_proxy; also the key of its protocol options on clusters.
@@ -28,13 +33,6 @@ pub const REDIS_CLUSTER_TYPE: &str = "envoy.clusters.redis";
 pub const REDIS_HEALTH_CHECKER: &str = "envoy.health_checkers.redis";
 /// Endpoint metadata namespace read by Envoy's hashing load balancers.
 pub const LB_METADATA: &str = "envoy.lb";
-
-/// Sharded-mode health check timing. Fixed, documented values: a shard marked down moves
-/// its keys to the next ring entry, so flapping must be avoided more than slow detection.
-const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(3);
-const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-const HEALTH_CHECK_UNHEALTHY_THRESHOLD: u32 = 3;
-const HEALTH_CHECK_HEALTHY_THRESHOLD: u32 = 1;
 
 /// Packs a message into `google.protobuf.Any`.
 pub fn any<M: prost::Name>(m: &M) -> pbw::Any {
@@ -227,15 +225,19 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                 eds_config: Some(ads_config_source()),
                 service_name: String::new(),
             });
-            c.lb_policy = cluster::cluster::LbPolicy::RingHash as i32;
+            let s = plan
+                .sharding
+                .as_ref()
+                .expect("a Sharded plan has its sharding settings");
+            sharding(&mut c, s);
             c.health_checks = vec![core::HealthCheck {
-                timeout: Some(duration(HEALTH_CHECK_TIMEOUT)),
-                interval: Some(duration(HEALTH_CHECK_INTERVAL)),
+                timeout: Some(duration(s.timeout)),
+                interval: Some(duration(s.interval)),
                 unhealthy_threshold: Some(pbw::UInt32Value {
-                    value: HEALTH_CHECK_UNHEALTHY_THRESHOLD,
+                    value: s.unhealthy_threshold,
                 }),
                 healthy_threshold: Some(pbw::UInt32Value {
-                    value: HEALTH_CHECK_HEALTHY_THRESHOLD,
+                    value: s.healthy_threshold,
                 }),
                 health_checker: Some(core::health_check::HealthChecker::CustomHealthCheck(
                     core::health_check::CustomHealthCheck {
@@ -251,6 +253,43 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
             }];
             let cla = load_assignment(&name, plan.mode, &plan.endpoints);
             (c, Some(cla))
+        }
+    }
+}
+
+/// Mode Sharded's load balancer: ring hash or Maglev, with the sizes given.
+fn sharding(c: &mut cluster::Cluster, s: &ShardingPlan) {
+    use cluster::cluster::{LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig};
+    let size = |v: Option<u32>| {
+        v.map(|value| pbw::UInt64Value {
+            value: value.into(),
+        })
+    };
+    match s.policy {
+        ShardingPolicy::RingHash => {
+            c.lb_policy = LbPolicy::RingHash as i32;
+            if s.hash_function.is_some()
+                || s.minimum_ring_size.is_some()
+                || s.maximum_ring_size.is_some()
+            {
+                use cluster::cluster::ring_hash_lb_config::HashFunction as Envoy;
+                c.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                    minimum_ring_size: size(s.minimum_ring_size),
+                    maximum_ring_size: size(s.maximum_ring_size),
+                    hash_function: match s.hash_function.unwrap_or_default() {
+                        HashFunction::XxHash => Envoy::XxHash,
+                        HashFunction::MurmurHash2 => Envoy::MurmurHash2,
+                    } as i32,
+                }));
+            }
+        }
+        ShardingPolicy::Maglev => {
+            c.lb_policy = LbPolicy::Maglev as i32;
+            if s.table_size.is_some() {
+                c.lb_config = Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                    table_size: size(s.table_size),
+                }));
+            }
         }
     }
 }

@@ -13,7 +13,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::problem::{Problem, Reason};
 use super::selector;
-use crate::api::{DnsLookupFamily, FaultType, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec};
+use crate::api::{
+    DnsLookupFamily, FaultType, HashFunction, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec,
+    ShardingPolicy,
+};
 use crate::duration::GoDuration;
 use crate::model::{Model, ObjectKey, RedisClusterObject, SecretValue};
 
@@ -206,6 +209,39 @@ pub struct TopologyPlan {
     pub host_degraded_refresh_threshold: u32,
 }
 
+/// Mode Sharded: the load balancer over the servers and their health checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardingPlan {
+    /// Ring hash or Maglev.
+    pub policy: ShardingPolicy,
+    /// Ring hash: the hash function, when set.
+    pub hash_function: Option<HashFunction>,
+    /// Ring hash: minimum ring size, when set.
+    pub minimum_ring_size: Option<u32>,
+    /// Ring hash: maximum ring size, when set.
+    pub maximum_ring_size: Option<u32>,
+    /// Maglev: table size (a prime), when set.
+    pub table_size: Option<u32>,
+    /// Health check interval.
+    pub interval: Duration,
+    /// Health check timeout.
+    pub timeout: Duration,
+    /// Failures before a server is down.
+    pub unhealthy_threshold: u32,
+    /// Successes before it is up.
+    pub healthy_threshold: u32,
+}
+
+/// Health check defaults of mode Sharded: a server marked down moves its keys to the next
+/// on the ring, so flapping is avoided rather than detection hurried.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(3);
+/// See [`DEFAULT_HEALTH_CHECK_INTERVAL`].
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// See [`DEFAULT_HEALTH_CHECK_INTERVAL`].
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// See [`DEFAULT_HEALTH_CHECK_INTERVAL`].
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 1;
+
 /// One RedisCluster, validated and resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -221,6 +257,8 @@ pub struct Plan {
     pub topology: TopologyPlan,
     /// How host names resolve (Cluster mode; `None` in Sharded mode).
     pub dns_lookup_family: Option<DnsLookupFamily>,
+    /// Load balancing and health checks (Sharded mode; `None` in Cluster mode).
+    pub sharding: Option<ShardingPlan>,
     /// Upstream AUTH.
     pub auth: Option<Credentials>,
     /// The listener, if any.
@@ -401,6 +439,8 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         }
     };
 
+    let sharding = sharding(&mut c, mode, spec.sharding.as_ref());
+
     let auth = spec
         .auth
         .as_ref()
@@ -419,6 +459,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             connect_timeout,
             topology,
             dns_lookup_family,
+            sharding,
             auth,
             listener,
         })
@@ -835,6 +876,123 @@ fn listener(
         faults,
         refs,
     }
+}
+
+/// `spec.sharding`: mode Sharded only, ring sizes in order, a prime Maglev table, and
+/// settings of one load balancer only (Envoy ignores the other's).
+fn sharding(
+    c: &mut Checker<'_>,
+    mode: Mode,
+    spec: Option<&crate::api::Sharding>,
+) -> Option<ShardingPlan> {
+    let base = "spec.sharding";
+    if mode == Mode::Cluster {
+        if spec.is_some() {
+            c.invalid(
+                base,
+                "sharding applies to mode Sharded only (a Redis Cluster places keys by slot): remove it",
+            );
+        }
+        return None;
+    }
+    let s = spec.cloned().unwrap_or_default();
+    let policy = s.lb_policy.unwrap_or_default();
+    let ring_only = |c: &mut Checker<'_>, field: &str, set: bool| {
+        if set && policy == ShardingPolicy::Maglev {
+            c.invalid(
+                format!("{base}.{field}"),
+                format!("{field} applies to lbPolicy RingHash, which Maglev ignores: remove it"),
+            );
+        }
+    };
+    ring_only(c, "hashFunction", s.hash_function.is_some());
+    ring_only(c, "minimumRingSize", s.minimum_ring_size.is_some());
+    ring_only(c, "maximumRingSize", s.maximum_ring_size.is_some());
+    if s.table_size.is_some() && policy == ShardingPolicy::RingHash {
+        c.invalid(
+            format!("{base}.tableSize"),
+            "tableSize applies to lbPolicy Maglev, which RingHash ignores: remove it",
+        );
+    }
+    for (field, value) in [
+        ("minimumRingSize", s.minimum_ring_size),
+        ("maximumRingSize", s.maximum_ring_size),
+    ] {
+        if let Some(v) = value
+            && !(1..=MAX_RING_SIZE).contains(&v)
+        {
+            c.invalid(
+                format!("{base}.{field}"),
+                format!("{v} is out of range 1..{MAX_RING_SIZE} (Envoy's limit)"),
+            );
+        }
+    }
+    if let (Some(min), Some(max)) = (s.minimum_ring_size, s.maximum_ring_size)
+        && min > max
+    {
+        c.invalid(
+            format!("{base}.minimumRingSize"),
+            format!("{min} exceeds maximumRingSize {max}"),
+        );
+    }
+    if let Some(t) = s.table_size
+        && (t > MAX_MAGLEV_TABLE_SIZE || !is_prime(t))
+    {
+        c.invalid(
+            format!("{base}.tableSize"),
+            format!("{t} is not a prime up to {MAX_MAGLEV_TABLE_SIZE}, which Envoy requires (e.g. 65537, 131071)"),
+        );
+    }
+    let hc = s.health_check.unwrap_or_default();
+    let hc_base = format!("{base}.healthCheck");
+    let interval = c
+        .positive(&format!("{hc_base}.interval"), hc.interval.as_ref())
+        .unwrap_or(DEFAULT_HEALTH_CHECK_INTERVAL);
+    let timeout = c
+        .positive(&format!("{hc_base}.timeout"), hc.timeout.as_ref())
+        .unwrap_or(DEFAULT_HEALTH_CHECK_TIMEOUT);
+    let threshold = |c: &mut Checker<'_>, field: &str, v: Option<u32>, default: u32| {
+        let v = v.unwrap_or(default);
+        if !(1..=1000).contains(&v) {
+            c.invalid(
+                format!("{hc_base}.{field}"),
+                format!("{v} is out of range 1..1000"),
+            );
+        }
+        v
+    };
+    let unhealthy_threshold = threshold(
+        c,
+        "unhealthyThreshold",
+        hc.unhealthy_threshold,
+        DEFAULT_UNHEALTHY_THRESHOLD,
+    );
+    let healthy_threshold = threshold(
+        c,
+        "healthyThreshold",
+        hc.healthy_threshold,
+        DEFAULT_HEALTHY_THRESHOLD,
+    );
+    Some(ShardingPlan {
+        policy,
+        hash_function: s.hash_function,
+        minimum_ring_size: s.minimum_ring_size,
+        maximum_ring_size: s.maximum_ring_size,
+        table_size: s.table_size,
+        interval,
+        timeout,
+        unhealthy_threshold,
+        healthy_threshold,
+    })
+}
+
+/// Envoy's limit on either ring size (`RingHashLbConfig`).
+const MAX_RING_SIZE: u32 = 8_388_608;
+/// Envoy's limit on a Maglev table (`MaglevLbConfig.table_size`).
+const MAX_MAGLEV_TABLE_SIZE: u32 = 5_000_011;
+
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// A command name as Redis and its modules spell them (`get`, `JSON.GET`, `ft.search`).
