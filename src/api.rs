@@ -69,6 +69,11 @@ pub struct RedisClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
 
+    /// TLS to the Redis servers (Envoy `Cluster.transport_socket`, `UpstreamTlsContext`): for
+    /// the seeds and every server the cluster discovers, for commands and health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+
     /// Upstream connect timeout (Envoy `Cluster.connect_timeout`). Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<GoDuration>,
@@ -244,6 +249,31 @@ pub enum Delivery {
     Inline,
     /// As files the sidecar mounts.
     File,
+}
+
+/// TLS from Envoy to the Redis servers.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTls {
+    /// A Secret whose `ca.crt` holds the CA certificates that may sign the servers'
+    /// certificates (`validation_context.trusted_ca`). Default: the system trust store of the
+    /// sidecar, `/etc/ssl/certs/ca-certificates.crt` (public CAs, as managed Redis uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretRef>,
+    /// The name sent as SNI and required among the certificate's DNS names (`sni`,
+    /// `validation_context.match_typed_subject_alt_names`). Without it, any certificate the
+    /// CA signed is accepted, whatever its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
+    /// A Secret with `tls.crt` and `tls.key` (a `kubernetes.io/tls` Secret) that Envoy presents
+    /// to servers that require client certificates (`tls-auth-clients yes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<SecretRef>,
+    /// `Inline` (default) or `File`, as for `auth`: with `File` the configuration names
+    /// files under `/etc/redis-xds/secrets/<secret name>/` that the sidecar mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
 }
 
 /// Names a Secret in the referring object's namespace.

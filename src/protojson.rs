@@ -84,8 +84,9 @@ pub fn to_typed_json<M: Message + prost::Name>(m: &M) -> Result<Value, Error> {
 /// Placeholder that replaces secret values.
 pub const REDACTED: &str = "[redacted]";
 
-/// Fields of Envoy messages that carry AUTH material as `DataSource`s.
+/// Fields of Envoy messages that carry AUTH material or private keys as `DataSource`s.
 const SECRET_FIELDS: &[&str] = &[
+    "privateKey",
     "authPassword",
     "authUsername",
     "downstreamAuthPassword",

@@ -1236,3 +1236,104 @@ fn should_map_sharding_and_refuse_what_the_chosen_balancer_ignores() {
         c.problems
     );
 }
+
+#[test]
+fn should_map_upstream_tls_and_report_missing_secret_keys() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["redis".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let secrets = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: ca, namespace: x}}\nstringData: {{ca.crt: {}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: client, namespace: x}}\nstringData: {{tls.crt: {}, tls.key: {}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: garbage, namespace: x}}\nstringData: {{ca.crt: not-a-certificate, tls.crt: {}, tls.key: {}}}\n",
+        q(&cert_pem),
+        q(&cert_pem),
+        q(&key_pem),
+        q(&cert_pem),
+        q(&cert_pem),
+    );
+    let yaml = rc(
+        "x",
+        "a",
+        &format!(
+            "{STATIC}\ntls: {{caSecretRef: {{name: ca}}, serverName: redis.example, clientCertificateSecretRef: {{name: client}}}}"
+        ),
+    ) + &rc("x", "system", &format!("{STATIC}\ntls: {{}}"))
+        + &rc(
+            "x",
+            "broken",
+            &format!(
+                "{STATIC}\ntls: {{caSecretRef: {{name: client}}, clientCertificateSecretRef: {{name: ca}}, serverName: \"Not A Name\"}}"
+            ),
+        )
+        + &rc(
+            "x",
+            "garbage",
+            &format!(
+                "{STATIC}\ntls: {{caSecretRef: {{name: garbage}}, clientCertificateSecretRef: {{name: garbage}}}}"
+            ),
+        )
+        + &secrets;
+    let c = compiled(&yaml);
+    let socket = |name: &str| {
+        let cluster =
+            redis_xds::protojson::to_json(&c.clusters[&format!("redis/x/{name}")].cluster).unwrap();
+        cluster["transportSocket"].clone()
+    };
+    let tls = socket("a");
+    assert_eq!(tls["name"], "envoy.transport_sockets.tls");
+    let ctx = &tls["typedConfig"];
+    assert_eq!(ctx["sni"], "redis.example");
+    let common = &ctx["commonTlsContext"];
+    assert_eq!(
+        common["validationContext"]["trustedCa"]["inlineString"],
+        cert_pem.as_str()
+    );
+    assert_eq!(
+        common["validationContext"]["matchTypedSubjectAltNames"][0],
+        serde_json::json!({"sanType": "DNS", "matcher": {"exact": "redis.example"}})
+    );
+    assert_eq!(
+        common["tlsCertificates"][0]["certificateChain"]["inlineString"],
+        cert_pem.as_str()
+    );
+    // The private key never shows in what operators read.
+    let mut shown = tls.clone();
+    redis_xds::protojson::redact(&mut shown);
+    assert_eq!(
+        shown["typedConfig"]["commonTlsContext"]["tlsCertificates"][0]["privateKey"]["inlineString"],
+        redis_xds::protojson::REDACTED
+    );
+    // No CA Secret: the sidecar's system trust store.
+    assert_eq!(
+        socket("system")["typedConfig"]["commonTlsContext"]["validationContext"]["trustedCa"]["filename"],
+        "/etc/ssl/certs/ca-certificates.crt"
+    );
+    let broken: Vec<String> = problem_lines(&c)
+        .into_iter()
+        .filter(|l| l.starts_with("x/broken"))
+        .collect();
+    assert_eq!(
+        broken,
+        [
+            "x/broken: spec.tls.caSecretRef.name: Secret x/client has no \"ca.crt\": add it",
+            "x/broken: spec.tls.clientCertificateSecretRef.name: Secret x/ca has no \"tls.crt\": add it",
+            "x/broken: spec.tls.clientCertificateSecretRef.name: Secret x/ca has no \"tls.key\": add it",
+            "x/broken: spec.tls.serverName: \"Not A Name\" is not a DNS name (lowercase letters, digits, '-' and '.')",
+        ]
+    );
+    // What Envoy could not parse is refused here, without quoting it.
+    let garbage: Vec<String> = problem_lines(&c)
+        .into_iter()
+        .filter(|l| l.starts_with("x/garbage"))
+        .collect();
+    assert_eq!(
+        garbage,
+        [
+            "x/garbage: spec.tls.caSecretRef.name: \"ca.crt\" of Secret \"garbage\" does not hold PEM certificates, which Envoy would refuse",
+            "x/garbage: spec.tls.clientCertificateSecretRef.name: \"tls.key\" of Secret \"garbage\" does not hold a PEM private key, which Envoy would refuse",
+        ]
+    );
+}

@@ -336,6 +336,7 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
             any::<bool>(),
             1u32..=8_388_608,
             prop::sample::select(vec![2u32, 65537, 131071, 5_000_011]),
+            any::<bool>(),
         ),
     )
         .prop_map(
@@ -348,7 +349,7 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                 mut listener,
                 read_policy,
                 dns,
-                (maglev, ring, table),
+                (maglev, ring, table, tls),
             )| {
                 if let Some(l) = listener.as_mut().filter(|_| !sharded) {
                     l.read_policy = read_policy;
@@ -376,6 +377,16 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     }),
                     dns_lookup_family: dns.filter(|_| !sharded),
+                    tls: tls.then(|| redis_xds::api::UpstreamTls {
+                        ca_secret_ref: Some(SecretRef {
+                            name: "tls-ca".into(),
+                        }),
+                        server_name: Some("redis.example".into()),
+                        client_certificate_secret_ref: Some(SecretRef {
+                            name: "tls-client".into(),
+                        }),
+                        delivery: None,
+                    }),
                     sharding: sharded.then(|| redis_xds::api::Sharding {
                         lb_policy: Some(if maglev {
                             redis_xds::api::ShardingPolicy::Maglev
@@ -441,6 +452,13 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     topology,
                     // Refused in Sharded mode.
                     dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
+                    // The Secret lacks ca.crt.
+                    tls: (port == Some(0)).then(|| redis_xds::api::UpstreamTls {
+                        ca_secret_ref: Some(SecretRef {
+                            name: "secret".into(),
+                        }),
+                        ..Default::default()
+                    }),
                     // Refused in Cluster mode; 65536 is no prime.
                     sharding: (port == Some(70000)).then(|| redis_xds::api::Sharding {
                         lb_policy: Some(redis_xds::api::ShardingPolicy::Maglev),
@@ -483,6 +501,26 @@ fn model() -> impl Strategy<Value = Model> {
                     data: Default::default(),
                 },
             );
+            let (ca, cert, private_key) = tls_material();
+            for (name, data) in [
+                ("tls-ca", vec![("ca.crt", ca)]),
+                (
+                    "tls-client",
+                    vec![("tls.crt", cert), ("tls.key", private_key)],
+                ),
+            ] {
+                let key = ObjectKey::new(ns, name);
+                model.secrets.insert(
+                    key.clone(),
+                    Secret {
+                        key,
+                        data: data
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), SecretValue::new(v.as_bytes())))
+                            .collect(),
+                    },
+                );
+            }
         }
         for (seen, (key, spec, created)) in objects.into_iter().enumerate() {
             let (ns, name) = key.split_once('/').unwrap();
@@ -563,6 +601,27 @@ fn sample_for_envoy() -> bool {
     static SEEN: AtomicUsize = AtomicUsize::new(0);
     let n = SEEN.fetch_add(1, Ordering::Relaxed);
     n.is_multiple_of(2) && n / 2 < 40
+}
+
+/// A CA certificate, and a client certificate and key it signed, as PEM: real material, so
+/// that Envoy's check of a sampled view loads them.
+fn tls_material() -> (String, String, String) {
+    static MATERIAL: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+    MATERIAL
+        .get_or_init(|| {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca_cert = ca.self_signed(&ca_key).unwrap();
+            let issuer = rcgen::Issuer::new(ca, ca_key);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (ca_cert.pem(), cert.pem(), key.serialize_pem())
+        })
+        .clone()
 }
 
 /// Endpoints from Pods by label, or from the EndpointSlices of a Service, so that what a

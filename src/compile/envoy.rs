@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf as pbw;
 use super::names;
 use super::plan::{
     Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan, ShardingPlan,
+    TlsPlan,
 };
 use crate::api::{
     Delivery, DnsLookupFamily, FaultType, HashFunction, Mode, ProtocolVersion, ReadPolicy,
@@ -62,17 +63,86 @@ fn percent(p: u32) -> core::RuntimeFractionalPercent {
 /// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.
 pub const SECRET_MOUNT_ROOT: &str = "/etc/redis-xds/secrets";
 
+/// Where Envoy finds the system's CA certificates (Debian's, and Envoy's and Istio's
+/// proxy images'), for upstream TLS without a CA Secret.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The DataSource of one Secret key: the value itself, or the file the sidecar mounts.
 fn credential(creds: &Credentials, key: &str, value: &SecretValue) -> core::DataSource {
-    match creds.delivery {
+    secret_data(creds.delivery, &creds.secret, key, value)
+}
+
+/// The DataSource of key `key` of Secret `secret`, delivered inline or as a mounted file.
+fn secret_data(
+    delivery: Delivery,
+    secret: &str,
+    key: &str,
+    value: &SecretValue,
+) -> core::DataSource {
+    match delivery {
         Delivery::Inline => secret_source(value),
-        Delivery::File => core::DataSource {
-            specifier: Some(core::data_source::Specifier::Filename(format!(
-                "{SECRET_MOUNT_ROOT}/{}/{key}",
-                creds.secret
-            ))),
+        Delivery::File => file_source(format!("{SECRET_MOUNT_ROOT}/{secret}/{key}")),
+    }
+}
+
+fn file_source(path: String) -> core::DataSource {
+    core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path)),
+        ..Default::default()
+    }
+}
+
+/// The cluster's TLS transport socket: trusted CAs, the name to send and verify, and the
+/// client certificate.
+fn upstream_tls(t: &TlsPlan) -> core::TransportSocket {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+    let trusted_ca = match &t.ca {
+        Some((secret, ca)) => secret_data(t.delivery, secret, "ca.crt", ca),
+        None => file_source(SYSTEM_CA_FILE.to_owned()),
+    };
+    let names = t
+        .server_name
+        .iter()
+        .map(|name| tls::SubjectAltNameMatcher {
+            san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
+            matcher: Some(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(name.clone())),
+                ..Default::default()
+            }),
             ..Default::default()
-        },
+        })
+        .collect();
+    let context = tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: t
+                .client
+                .iter()
+                .map(|(secret, cert, key)| tls::TlsCertificate {
+                    certificate_chain: Some(secret_data(t.delivery, secret, "tls.crt", cert)),
+                    private_key: Some(secret_data(t.delivery, secret, "tls.key", key)),
+                    ..Default::default()
+                })
+                .collect(),
+            validation_context_type: Some(
+                tls::common_tls_context::ValidationContextType::ValidationContext(
+                    tls::CertificateValidationContext {
+                        trusted_ca: Some(trusted_ca),
+                        match_typed_subject_alt_names: names,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        sni: t.server_name.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
+            &context,
+        ))),
     }
 }
 
@@ -177,6 +247,7 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
             .map_or(0, |f| dns_lookup_family(f) as i32),
         ..Default::default()
     };
+    c.transport_socket = plan.tls.as_ref().map(upstream_tls);
     if let Some(auth) = &plan.auth {
         let options = redis::RedisProtocolOptions {
             auth_password: Some(credential(auth, "password", &auth.password)),

@@ -53,6 +53,19 @@ pub struct Credentials {
     pub secret: String,
 }
 
+/// TLS to the servers, with its Secrets resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPlan {
+    /// `ca.crt` of the CA Secret, with the Secret's name; `None`: the system trust store.
+    pub ca: Option<(String, SecretValue)>,
+    /// SNI and required DNS name.
+    pub server_name: Option<String>,
+    /// `tls.crt` and `tls.key` of the client certificate Secret, with its name.
+    pub client: Option<(String, SecretValue, SecretValue)>,
+    /// Inline, or files named after the Secrets.
+    pub delivery: crate::api::Delivery,
+}
+
 /// Which proxies a listener goes to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientMatcher {
@@ -261,6 +274,8 @@ pub struct Plan {
     pub sharding: Option<ShardingPlan>,
     /// Upstream AUTH.
     pub auth: Option<Credentials>,
+    /// Upstream TLS.
+    pub tls: Option<TlsPlan>,
     /// The listener, if any.
     pub listener: Option<ListenerPlan>,
 }
@@ -324,6 +339,39 @@ impl Checker<'_> {
             return None;
         }
         Some(ObjectKey::new(ns, name))
+    }
+
+    /// The value of `key` in the Secret `name` of this namespace, or a problem at `field`.
+    fn secret_key(
+        &mut self,
+        field: &str,
+        model: &Model,
+        name: &str,
+        key: &str,
+    ) -> Option<SecretValue> {
+        let secret_key = ObjectKey::new(&self.key.namespace, name);
+        let Some(secret) = model.secrets.get(&secret_key) else {
+            self.report(
+                field,
+                Reason::SecretNotFound,
+                format!(
+                    "Secret {name:?} not found in namespace {:?}",
+                    self.key.namespace
+                ),
+            );
+            return None;
+        };
+        match secret.data.get(key) {
+            Some(v) if !v.expose().is_empty() => Some(v.clone()),
+            _ => {
+                self.report(
+                    field,
+                    Reason::SecretNotFound,
+                    format!("Secret {secret_key} has no {key:?}: add it"),
+                );
+                None
+            }
+        }
     }
 
     fn credentials(
@@ -446,6 +494,8 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         .as_ref()
         .and_then(|a| c.credentials("spec.auth.secretRef.name", model, a));
 
+    let tls = spec.tls.as_ref().and_then(|t| tls(&mut c, model, t));
+
     let listener = spec
         .listener
         .as_ref()
@@ -461,6 +511,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             dns_lookup_family,
             sharding,
             auth,
+            tls,
             listener,
         })
     } else {
@@ -878,6 +929,82 @@ fn listener(
     }
 }
 
+/// `spec.tls`: the referenced Secrets and their keys, and a DNS name to verify.
+fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Option<TlsPlan> {
+    let before = c.problems.len();
+    let ca = t.ca_secret_ref.as_ref().and_then(|r| {
+        let field = "spec.tls.caSecretRef.name";
+        let v = c.secret_key(field, model, &r.name, "ca.crt")?;
+        pem_check(c, field, &r.name, "ca.crt", &v, "CERTIFICATE");
+        Some((r.name.clone(), v))
+    });
+    let client = t.client_certificate_secret_ref.as_ref().and_then(|r| {
+        let field = "spec.tls.clientCertificateSecretRef.name";
+        let cert = c.secret_key(field, model, &r.name, "tls.crt");
+        let key = c.secret_key(field, model, &r.name, "tls.key");
+        if let Some(v) = &cert {
+            pem_check(c, field, &r.name, "tls.crt", v, "CERTIFICATE");
+        }
+        if let Some(v) = &key {
+            pem_check(c, field, &r.name, "tls.key", v, "PRIVATE KEY");
+        }
+        Some((r.name.clone(), cert?, key?))
+    });
+    if let Some(name) = &t.server_name
+        && !is_dns_subdomain(name)
+    {
+        c.invalid(
+            "spec.tls.serverName",
+            format!("{name:?} is not a DNS name (lowercase letters, digits, '-' and '.')"),
+        );
+    }
+    (c.problems.len() == before).then(|| TlsPlan {
+        ca,
+        server_name: t.server_name.clone(),
+        client,
+        delivery: t.delivery.unwrap_or_default(),
+    })
+}
+
+/// Envoy refuses (NACKs) a CA or certificate file it cannot parse, and a key that is not a
+/// PEM private key: every PEM block of `value` must decode, certificates as X.509, and at
+/// least one must carry a label ending in `label` (`CERTIFICATE`, `PRIVATE KEY`, which also
+/// covers `RSA PRIVATE KEY` and `EC PRIVATE KEY`). The contents are never quoted.
+fn pem_check(
+    c: &mut Checker<'_>,
+    field: &str,
+    secret: &str,
+    key: &str,
+    value: &SecretValue,
+    label: &str,
+) {
+    let mut found = false;
+    let mut bad = false;
+    for pem in x509_parser::pem::Pem::iter_from_buffer(value.expose()) {
+        match pem {
+            Ok(pem) if pem.label.ends_with(label) => {
+                found = true;
+                if label == "CERTIFICATE" && pem.parse_x509().is_err() {
+                    bad = true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => bad = true,
+        }
+    }
+    if bad || !found {
+        let what = if label == "CERTIFICATE" {
+            "PEM certificates"
+        } else {
+            "a PEM private key"
+        };
+        c.invalid(
+            field,
+            format!("{key:?} of Secret {secret:?} does not hold {what}, which Envoy would refuse"),
+        );
+    }
+}
+
 /// `spec.sharding`: mode Sharded only, ring sizes in order, a prime Maglev table, and
 /// settings of one load balancer only (Envoy ignores the other's).
 fn sharding(
@@ -992,7 +1119,10 @@ const MAX_RING_SIZE: u32 = 8_388_608;
 const MAX_MAGLEV_TABLE_SIZE: u32 = 5_000_011;
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d: &u32| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// A command name as Redis and its modules spell them (`get`, `JSON.GET`, `ft.search`).

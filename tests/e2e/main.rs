@@ -11,6 +11,7 @@ mod common;
 mod redis;
 mod resp;
 mod scenarios;
+mod tls;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,13 @@ impl Sidecar {
         envoy_dynamic(&self.admin)
             .map(|(_, l)| l)
             .unwrap_or_default()
+    }
+
+    /// Waits until Envoy accepts connections on `port`.
+    pub fn wait_listening(&self, port: u16) -> Conn {
+        wait_until(&format!("the sidecar listens on {port}"), || {
+            Conn::connect(&format!("127.0.0.1:{port}")).ok()
+        })
     }
 
     /// Waits until Envoy listens on `port` and a command through it reaches Redis.

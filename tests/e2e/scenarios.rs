@@ -42,6 +42,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         capabilities,
     ),
     (
+        "sharded_servers_over_tls_with_a_client_certificate",
+        crate::tls::sharded_tls,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),

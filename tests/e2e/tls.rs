@@ -1,0 +1,182 @@
+//! Upstream TLS: Redis servers that speak only TLS and require client certificates
+//! (`redis-server --port 0 --tls-port ... --tls-auth-clients yes`), reached through Envoy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+use crate::common::{Proc, free_port, wait_until};
+use crate::{Fixture, Sidecar, rc};
+
+/// PEM files of a test CA, a server certificate for `localhost` and a client certificate.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // A name of its own: with rcgen's default name on both, OpenSSL would take the
+        // server certificate for self-signed.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "redis-xds e2e CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let client = CertificateParams::new(vec!["redis-client".to_string()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        let pki = Pki {
+            ca: ca.pem(),
+            server_cert: server.pem(),
+            server_key: server_key.serialize_pem(),
+            client_cert: client.pem(),
+            client_key: client_key.serialize_pem(),
+            dir: dir.to_owned(),
+        };
+        for (name, pem) in [
+            ("ca.crt", &pki.ca),
+            ("server.crt", &pki.server_cert),
+            ("server.key", &pki.server_key),
+            ("client.crt", &pki.client_cert),
+            ("client.key", &pki.client_key),
+        ] {
+            std::fs::write(dir.join(name), pem).unwrap();
+        }
+        pki
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `redis-cli` over TLS with the client certificate.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &self.file("ca.crt")])
+            .args(["--cert", &self.file("client.crt")])
+            .args(["--key", &self.file("client.key")])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// A standalone Redis server that accepts TLS only, and only from holders of a client
+/// certificate the test CA signed.
+fn tls_server(pki: &Pki, dir: &Path) -> (u16, Proc) {
+    let port = free_port();
+    let data = dir.join(port.to_string());
+    std::fs::create_dir_all(&data).unwrap();
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-cert-file", &pki.file("server.crt")])
+        .args(["--tls-key-file", &pki.file("server.key")])
+        .args(["--tls-ca-cert-file", &pki.file("ca.crt")])
+        .args(["--tls-auth-clients", "yes"])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(std::fs::File::create(data.join("redis.log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let proc = Proc {
+        child,
+        name: "redis-server (TLS)",
+        log: Some(crate::common::Log::File(data.join("redis.log"))),
+    };
+    wait_until(&format!("TLS redis on {port} answers PING"), || {
+        (pki.cli(port, &["PING"])? == "PONG").then_some(())
+    });
+    (port, proc)
+}
+
+fn secret(name: &str, entries: &[(&str, &str)]) -> String {
+    let mut out = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: e2e}}\nstringData:\n"
+    );
+    for (k, v) in entries {
+        out.push_str(&format!("  {k}: |\n"));
+        for line in v.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
+}
+
+/// Sharded mode over TLS with a client certificate: keys reach both servers (and their
+/// health checks pass, or the ring would skip them); a server name the certificate does not
+/// carry makes Envoy refuse the servers.
+pub fn sharded_tls(_: &Fixture) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (p0, _s0) = tls_server(&pki, tmp.path());
+    let (p1, _s1) = tls_server(&pki, tmp.path());
+    let (port, wrong_port) = (free_port(), free_port());
+    let spec = |name: &str, server_name: &str, port: u16| {
+        rc(
+            name,
+            &format!(
+                "mode: Sharded\nendpoints: {{static: [\"s0=127.0.0.1:{p0}\", \"s1=127.0.0.1:{p1}\"]}}\ntls:\n  caSecretRef: {{name: redis-ca}}\n  serverName: {server_name}\n  clientCertificateSecretRef: {{name: redis-client}}\nsharding: {{healthCheck: {{interval: 1s}}}}\nlistener: {{port: {port}}}"
+            ),
+        )
+    };
+    let secrets = secret("redis-ca", &[("ca.crt", &pki.ca)])
+        + &secret(
+            "redis-client",
+            &[("tls.crt", &pki.client_cert), ("tls.key", &pki.client_key)],
+        );
+    // The certificates name localhost; the second object expects another name.
+    let sc = Sidecar::start(&[
+        ("secrets.yaml", secrets),
+        (
+            "tls.yaml",
+            spec("tls", "localhost", port) + &spec("tls-wrong-name", "redis.example", wrong_port),
+        ),
+    ]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    for i in 0..40 {
+        c.ok(&["SET", &format!("tls:{i}"), "v"]);
+        assert_eq!(c.ok(&["GET", &format!("tls:{i}")]), "v");
+    }
+    let sizes: Vec<u64> = [p0, p1]
+        .iter()
+        .map(|p| pki.cli(*p, &["DBSIZE"]).unwrap().parse().unwrap())
+        .collect();
+    println!("  keys per TLS server: {sizes:?}");
+    assert!(
+        sizes.iter().all(|n| *n > 0),
+        "both servers hold keys: {sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<u64>(), 41);
+
+    // Envoy refuses servers whose certificate lacks the expected name: its handshakes fail
+    // SAN verification, and commands on that listener fail.
+    let stat = "cluster.redis/e2e/tls-wrong-name.ssl.fail_verify_san";
+    wait_until("Envoy counts certificates refused for their name", || {
+        let stats = crate::common::http_get(&sc.admin, "/stats")?;
+        let line = stats.lines().find(|l| l.starts_with(stat))?;
+        (line.rsplit(' ').next()?.parse::<u64>().ok()? > 0).then_some(())
+    });
+    let mut wrong = sc.wait_listening(wrong_port);
+    let reply = wrong.cmd(&["GET", "tls:0"]).unwrap();
+    assert!(reply.is_error(), "{reply:?}");
+}
