@@ -46,6 +46,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         crate::tls::sharded_tls,
     ),
     (
+        "a_redis_cluster_over_tls_is_discovered_and_sharded_over_tls",
+        crate::tls::cluster_tls,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),

@@ -82,10 +82,34 @@ impl Pki {
 /// A standalone Redis server that accepts TLS only, and only from holders of a client
 /// certificate the test CA signed.
 fn tls_server(pki: &Pki, dir: &Path) -> (u16, Proc) {
-    let port = free_port();
+    tls_server_with(pki, dir, free_port(), &[])
+}
+
+/// A TLS-only Redis Cluster node: the cluster bus and replication over TLS too.
+fn tls_cluster_node(pki: &Pki, dir: &Path) -> (u16, Proc) {
+    let port = crate::redis::cluster_port();
+    tls_server_with(
+        pki,
+        dir,
+        port,
+        &[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ],
+    )
+}
+
+fn tls_server_with(pki: &Pki, dir: &Path, port: u16, extra: &[&str]) -> (u16, Proc) {
     let data = dir.join(port.to_string());
     std::fs::create_dir_all(&data).unwrap();
     let child = Command::new("redis-server")
+        .args(extra)
         .args(["--port", "0", "--tls-port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--tls-cert-file", &pki.file("server.crt")])
@@ -107,6 +131,73 @@ fn tls_server(pki: &Pki, dir: &Path) -> (u16, Proc) {
         (pki.cli(port, &["PING"])? == "PONG").then_some(())
     });
     (port, proc)
+}
+
+/// The Secrets of the CA and of the client certificate, as manifests.
+fn secrets(pki: &Pki) -> String {
+    secret("redis-ca", &[("ca.crt", &pki.ca)])
+        + &secret(
+            "redis-client",
+            &[("tls.crt", &pki.client_cert), ("tls.key", &pki.client_key)],
+        )
+}
+
+/// A Redis Cluster that speaks only TLS: Envoy reaches the seeds and every node CLUSTER
+/// SLOTS reveals over TLS, with the client certificate, and keys land on every primary.
+pub fn cluster_tls(_: &Fixture) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let nodes: Vec<(u16, Proc)> = (0..3).map(|_| tls_cluster_node(&pki, tmp.path())).collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|(p, _)| format!("127.0.0.1:{p}"))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &pki.file("ca.crt")])
+        .args(["--cert", &pki.file("client.crt")])
+        .args(["--key", &pki.file("client.key")])
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "cluster create failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (p, _) in &nodes {
+        wait_until(&format!("TLS cluster node {p} is ok"), || {
+            pki.cli(*p, &["CLUSTER", "INFO"])?
+                .contains("cluster_state:ok")
+                .then_some(())
+        });
+    }
+    let port = free_port();
+    // Seeds: the first node only; Envoy learns the others from CLUSTER SLOTS.
+    let spec = format!(
+        "endpoints: {{static: [\"{}\"]}}\ntls:\n  caSecretRef: {{name: redis-ca}}\n  serverName: localhost\n  clientCertificateSecretRef: {{name: redis-client}}\ntopology: {{refreshInterval: 1s}}\nlistener: {{port: {port}}}",
+        addrs[0]
+    );
+    let sc = Sidecar::start(&[
+        ("secrets.yaml", secrets(&pki)),
+        ("cluster.yaml", rc("tls-cluster", &spec)),
+    ]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    for i in 0..60 {
+        c.ok(&["SET", &format!("ctls:{i}"), "v"]);
+        assert_eq!(c.ok(&["GET", &format!("ctls:{i}")]), "v");
+    }
+    let sizes: Vec<u64> = nodes
+        .iter()
+        .map(|(p, _)| pki.cli(*p, &["DBSIZE"]).unwrap().parse().unwrap())
+        .collect();
+    println!("  keys per TLS cluster primary: {sizes:?}");
+    assert!(
+        sizes.iter().all(|n| *n > 0),
+        "every primary holds keys: {sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<u64>(), 61);
 }
 
 fn secret(name: &str, entries: &[(&str, &str)]) -> String {
@@ -139,14 +230,9 @@ pub fn sharded_tls(_: &Fixture) {
             ),
         )
     };
-    let secrets = secret("redis-ca", &[("ca.crt", &pki.ca)])
-        + &secret(
-            "redis-client",
-            &[("tls.crt", &pki.client_cert), ("tls.key", &pki.client_key)],
-        );
     // The certificates name localhost; the second object expects another name.
     let sc = Sidecar::start(&[
-        ("secrets.yaml", secrets),
+        ("secrets.yaml", secrets(&pki)),
         (
             "tls.yaml",
             spec("tls", "localhost", port) + &spec("tls-wrong-name", "redis.example", wrong_port),
