@@ -384,9 +384,31 @@ pub struct Listener {
     /// Clients must AUTH with this Secret's `password` (and `username`, when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downstream_auth: Option<Auth>,
+    /// Clients' AUTH is decided by an external gRPC service
+    /// (`envoy.service.redis_auth.v3.RedisProxyExternalAuth`, `external_auth_provider`), e.g.
+    /// one that checks one-time tokens. It overrides `downstreamAuth`'s passwords.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<ExternalAuth>,
     /// Injected faults (`faults`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+}
+
+/// An external AUTH service for downstream clients.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalAuth {
+    /// The service's `host:port`, reached from the sidecar over plaintext gRPC
+    /// (`grpc_service.google_grpc.target_uri`); usually a container of the same Pod.
+    #[schemars(length(min = 1, max = 261))]
+    pub service: String,
+    /// How long one AUTH may wait for the service (`grpc_service.timeout`). Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<GoDuration>,
+    /// Honour the expiration the service returns: after it, commands are refused until the
+    /// client authenticates again (`enable_auth_expiration`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_auth_expiration: Option<bool>,
 }
 
 /// Selects the proxies (sidecars) that receive a listener, by the namespace and labels they

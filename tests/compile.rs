@@ -1337,3 +1337,36 @@ fn should_map_upstream_tls_and_report_missing_secret_keys() {
         ]
     );
 }
+
+#[test]
+fn should_map_external_auth_and_refuse_a_service_that_is_not_host_port() {
+    let yaml = rc(
+        "x",
+        "a",
+        &format!(
+            "{STATIC}\nlistener:\n  port: 6379\n  externalAuth: {{service: \"auth.x.svc:9000\", timeout: 250ms, enableAuthExpiration: true}}"
+        ),
+    ) + &rc(
+        "x",
+        "b",
+        &format!("{STATIC}\nlistener:\n  port: 6380\n  externalAuth: {{service: \"auth.x.svc\"}}"),
+    );
+    let c = compiled(&yaml);
+    let proxy = listener_json(&c, "redis/x/a@127.0.0.1:6379");
+    assert_eq!(
+        proxy["externalAuthProvider"],
+        serde_json::json!({
+            "grpcService": {
+                "googleGrpc": {"targetUri": "auth.x.svc:9000", "statPrefix": "redis_external_auth"},
+                "timeout": "0.250s"
+            },
+            "enableAuthExpiration": true
+        })
+    );
+    assert_eq!(
+        problem_lines(&c),
+        [
+            "x/b: spec.listener.externalAuth.service: \"auth.x.svc\" is not host:port (a DNS name or IP address, and a port 1..65535)"
+        ]
+    );
+}

@@ -486,6 +486,22 @@ pub fn listener(plan: &Plan, l: &ListenerPlan) -> listener::Listener {
     if let Some(creds) = &l.downstream_auth {
         downstream_auth(&mut proxy, creds);
     }
+    if let Some((service, timeout, expiration)) = &l.external_auth {
+        proxy.external_auth_provider = Some(redis::RedisExternalAuthProvider {
+            grpc_service: Some(core::GrpcService {
+                timeout: Some(duration(*timeout)),
+                target_specifier: Some(core::grpc_service::TargetSpecifier::GoogleGrpc(
+                    core::grpc_service::GoogleGrpc {
+                        target_uri: service.clone(),
+                        stat_prefix: "redis_external_auth".to_owned(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            enable_auth_expiration: *expiration,
+        });
+    }
     listener::Listener {
         name: names::listener_name(&plan.key, l.address, l.port),
         address: Some(socket_address(&l.address.to_string(), l.port)),

@@ -199,6 +199,8 @@ pub struct ListenerPlan {
     pub catch_all: RoutePlan,
     /// Client AUTH.
     pub downstream_auth: Option<Credentials>,
+    /// External AUTH service: `host:port`, timeout, whether expirations apply.
+    pub external_auth: Option<(String, Duration, bool)>,
     /// Faults.
     pub faults: Vec<FaultPlan>,
     /// Every RedisCluster this listener sends commands to, with the field naming it.
@@ -902,6 +904,25 @@ fn listener(
         );
     }
     let enable_redirection = l.enable_redirection.unwrap_or(mode == Mode::Cluster);
+    let external_auth = l.external_auth.as_ref().map(|e| {
+        if !is_host_port(&e.service) {
+            c.invalid(
+                "spec.listener.externalAuth.service",
+                format!(
+                    "{:?} is not host:port (a DNS name or IP address, and a port 1..65535)",
+                    e.service
+                ),
+            );
+        }
+        let timeout = c
+            .positive("spec.listener.externalAuth.timeout", e.timeout.as_ref())
+            .unwrap_or(DEFAULT_EXTERNAL_AUTH_TIMEOUT);
+        (
+            e.service.clone(),
+            timeout,
+            e.enable_auth_expiration.unwrap_or(false),
+        )
+    });
 
     ListenerPlan {
         address,
@@ -924,6 +945,7 @@ fn listener(
         routes,
         catch_all,
         downstream_auth,
+        external_auth,
         faults,
         refs,
     }
@@ -1123,6 +1145,21 @@ fn is_prime(n: u32) -> bool {
         && (2..)
             .take_while(|d: &u32| d * d <= n)
             .all(|d| !n.is_multiple_of(d))
+}
+
+/// How long one client AUTH may wait for an external AUTH service.
+pub const DEFAULT_EXTERNAL_AUTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `host:port` with a DNS name or IP address (IPv6 in brackets) and a port 1..65535.
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || is_dns_subdomain(host),
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 /// A command name as Redis and its modules spell them (`get`, `JSON.GET`, `ft.search`).

@@ -8,6 +8,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod external_auth;
 mod redis;
 mod resp;
 mod scenarios;

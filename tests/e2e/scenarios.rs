@@ -42,6 +42,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         capabilities,
     ),
     (
+        "an_external_auth_service_accepts_one_token_and_refuses_another",
+        crate::external_auth::external_auth,
+    ),
+    (
         "sharded_servers_over_tls_with_a_client_certificate",
         crate::tls::sharded_tls,
     ),
