@@ -69,6 +69,13 @@ pub struct RedisClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
 
+    /// Credentials of single servers, e.g. an ACL user per node: a server at `address`
+    /// authenticates with its own Secret instead of `auth`'s
+    /// (`RedisProtocolOptions.credentials`). Servers not listed use `auth`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub endpoint_auth: Vec<EndpointAuth>,
+
     /// TLS to the Redis servers (Envoy `Cluster.transport_socket`, `UpstreamTlsContext`): for
     /// the seeds and every server the cluster discovers, for commands and health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,6 +246,18 @@ pub struct Auth {
     /// so no password crosses the wire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+}
+
+/// AUTH material for the server at one address.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAuth {
+    /// The server's `ip:port`, as the endpoints (or, in mode Cluster, CLUSTER SLOTS) name it.
+    #[schemars(length(min = 1, max = 64))]
+    pub address: String,
+    /// Its Secret (`password`, optional `username`) and how the proxy gets it.
+    #[serde(flatten)]
+    pub auth: Auth,
 }
 
 /// How a proxy receives AUTH material.

@@ -1370,3 +1370,41 @@ fn should_map_external_auth_and_refuse_a_service_that_is_not_host_port() {
         ]
     );
 }
+
+#[test]
+fn should_map_credentials_per_endpoint() {
+    let secrets = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: node-a, namespace: x}\nstringData: {username: a, password: pa}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: all, namespace: x}\nstringData: {password: p}\n";
+    let yaml = rc(
+        "x",
+        "a",
+        &format!(
+            "{STATIC}\nauth: {{secretRef: {{name: all}}}}\nendpointAuth:\n  - {{address: \"127.0.0.1:7000\", secretRef: {{name: node-a}}}}"
+        ),
+    ) + &rc(
+        "x",
+        "b",
+        &format!(
+            "{STATIC}\nendpointAuth:\n  - {{address: \"redis-0:7000\", secretRef: {{name: node-a}}}}\n  - {{address: \"127.0.0.1:7001\", secretRef: {{name: missing}}}}"
+        ),
+    ) + secrets;
+    let c = compiled(&yaml);
+    let cluster = redis_xds::protojson::to_json(&c.clusters["redis/x/a"].cluster).unwrap();
+    let options = &cluster["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"];
+    assert_eq!(options["authPassword"]["inlineString"], "p");
+    assert_eq!(
+        options["credentials"],
+        serde_json::json!([{
+            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 7000}},
+            "authPassword": {"inlineString": "pa"},
+            "authUsername": {"inlineString": "a"}
+        }])
+    );
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.endpointAuth[0].address",
+            "spec.endpointAuth[1].secretRef.name"
+        ]
+    );
+}

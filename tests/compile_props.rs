@@ -361,7 +361,7 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         Mode::Cluster
                     },
                     endpoints: Endpoints {
-                        static_: Some(statics),
+                        static_: Some(statics.clone()),
                         ..Default::default()
                     },
                     port: None,
@@ -377,6 +377,21 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     }),
                     dns_lookup_family: dns.filter(|_| !sharded),
+                    endpoint_auth: statics
+                        .iter()
+                        .take(1)
+                        .filter(|_| auth)
+                        .filter_map(|s| s.rsplit('=').next()?.parse::<std::net::SocketAddr>().ok())
+                        .map(|a| redis_xds::api::EndpointAuth {
+                            address: a.to_string(),
+                            auth: Auth {
+                                secret_ref: SecretRef {
+                                    name: "secret".into(),
+                                },
+                                delivery: None,
+                            },
+                        })
+                        .collect(),
                     tls: tls.then(|| redis_xds::api::UpstreamTls {
                         ca_secret_ref: Some(SecretRef {
                             name: "tls-ca".into(),
@@ -452,6 +467,19 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     topology,
                     // Refused in Sharded mode.
                     dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
+                    // Not ip:port.
+                    endpoint_auth: vec![redis_xds::api::EndpointAuth {
+                        address: "redis-0:6379".into(),
+                        auth: Auth {
+                            secret_ref: SecretRef {
+                                name: "secret".into(),
+                            },
+                            delivery: None,
+                        },
+                    }]
+                    .into_iter()
+                    .filter(|_| port == Some(0))
+                    .collect(),
                     // The Secret lacks ca.crt.
                     tls: (port == Some(0)).then(|| redis_xds::api::UpstreamTls {
                         ca_secret_ref: Some(SecretRef {

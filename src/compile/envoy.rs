@@ -248,15 +248,31 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
         ..Default::default()
     };
     c.transport_socket = plan.tls.as_ref().map(upstream_tls);
-    if let Some(auth) = &plan.auth {
-        let options = redis::RedisProtocolOptions {
-            auth_password: Some(credential(auth, "password", &auth.password)),
-            auth_username: auth
-                .username
-                .as_ref()
-                .map(|u| credential(auth, "username", u)),
+    if plan.auth.is_some() || !plan.endpoint_auth.is_empty() {
+        let mut options = redis::RedisProtocolOptions {
+            credentials: plan
+                .endpoint_auth
+                .iter()
+                .map(
+                    |(ip, port, creds)| redis::redis_protocol_options::Credential {
+                        address: Some(socket_address(&ip.to_string(), *port)),
+                        auth_password: Some(credential(creds, "password", &creds.password)),
+                        auth_username: creds
+                            .username
+                            .as_ref()
+                            .map(|u| credential(creds, "username", u)),
+                    },
+                )
+                .collect(),
             ..Default::default()
         };
+        if let Some(auth) = &plan.auth {
+            options.auth_password = Some(credential(auth, "password", &auth.password));
+            options.auth_username = auth
+                .username
+                .as_ref()
+                .map(|u| credential(auth, "username", u));
+        }
         c.typed_extension_protocol_options =
             HashMap::from([(REDIS_PROXY_FILTER.to_owned(), any(&options))]);
     }

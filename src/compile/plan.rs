@@ -276,6 +276,8 @@ pub struct Plan {
     pub sharding: Option<ShardingPlan>,
     /// Upstream AUTH.
     pub auth: Option<Credentials>,
+    /// Upstream AUTH of single servers: IP address, port and credentials.
+    pub endpoint_auth: Vec<(IpAddr, u16, Credentials)>,
     /// Upstream TLS.
     pub tls: Option<TlsPlan>,
     /// The listener, if any.
@@ -496,6 +498,36 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         .as_ref()
         .and_then(|a| c.credentials("spec.auth.secretRef.name", model, a));
 
+    let mut endpoint_auth = Vec::new();
+    let mut addresses = BTreeSet::new();
+    for (i, e) in spec.endpoint_auth.iter().enumerate() {
+        let base = format!("spec.endpointAuth[{i}]");
+        let address = e
+            .address
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .filter(|a| a.port() > 0);
+        let Some(address) = address else {
+            c.invalid(
+                format!("{base}.address"),
+                format!(
+                    "{:?} is not ip:port (Envoy matches servers by IP address and port)",
+                    e.address
+                ),
+            );
+            continue;
+        };
+        if !addresses.insert(address) {
+            c.invalid(
+                format!("{base}.address"),
+                format!("{address} is listed twice"),
+            );
+        }
+        if let Some(creds) = c.credentials(&format!("{base}.secretRef.name"), model, &e.auth) {
+            endpoint_auth.push((address.ip(), address.port(), creds));
+        }
+    }
+
     let tls = spec.tls.as_ref().and_then(|t| tls(&mut c, model, t));
 
     let listener = spec
@@ -513,6 +545,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             dns_lookup_family,
             sharding,
             auth,
+            endpoint_auth,
             tls,
             listener,
         })

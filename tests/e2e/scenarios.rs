@@ -42,6 +42,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         capabilities,
     ),
     (
+        "each_node_is_authenticated_as_its_own_acl_user",
+        acl_user_per_node,
+    ),
+    (
         "an_external_auth_service_accepts_one_token_and_refuses_another",
         crate::external_auth::external_auth,
     ),
@@ -654,4 +658,67 @@ fn resilience(f: &Fixture) {
         started.elapsed().as_secs_f64()
     );
     assert!(!f.main.primaries().contains(&victim));
+}
+
+/// Removes the per-node ACL users from the shared cluster, whatever the scenario did.
+struct AclUsers<'a>(&'a Cluster);
+
+impl Drop for AclUsers<'_> {
+    fn drop(&mut self) {
+        for s in &self.0.servers {
+            let _ = self
+                .0
+                .conn(s.port)
+                .cmd(&["ACL", "DELUSER", &format!("envoy-{}", s.port)]);
+        }
+    }
+}
+
+/// An ACL user per node (`endpointAuth`): Envoy authenticates to each server, discovered
+/// replicas included, as that server's own user.
+fn acl_user_per_node(f: &Fixture) {
+    f.main.flush();
+    let _cleanup = AclUsers(&f.main);
+    let mut secrets = String::new();
+    let mut entries = String::new();
+    for s in &f.main.servers {
+        let (user, password) = (format!("envoy-{}", s.port), format!("pw-{}", s.port));
+        f.main.conn(s.port).ok(&[
+            "ACL",
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]);
+        secrets.push_str(&format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: node-{}, namespace: e2e}}\nstringData: {{username: {user}, password: {password}}}\n",
+            s.port
+        ));
+        entries.push_str(&format!(
+            "  - {{address: \"127.0.0.1:{}\", secretRef: {{name: node-{}}}}}\n",
+            s.port, s.port
+        ));
+    }
+    let port = free_port();
+    let spec = format!(
+        "endpoints: {{static: [{}]}}\nendpointAuth:\n{entries}listener: {{port: {port}, readPolicy: PreferReplica}}",
+        f.main.static_entries()
+    );
+    let sc = Sidecar::start(&[("secrets.yaml", secrets), ("main.yaml", rc("main", &spec))]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    for i in 0..60 {
+        c.ok(&["SET", &format!("acl:{i}"), "v"]);
+        c.ok(&["GET", &format!("acl:{i}")]);
+    }
+    // Each server sees Envoy's connections as its own user.
+    for p in f.main.primaries().into_iter().chain(f.main.replicas()) {
+        let clients = f.main.conn(p).ok(&["CLIENT", "LIST"]);
+        assert!(
+            clients.contains(&format!("user=envoy-{p} ")),
+            "server {p} has a connection of user envoy-{p}:\n{clients}"
+        );
+    }
 }
