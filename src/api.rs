@@ -69,6 +69,12 @@ pub struct RedisClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
 
+    /// AWS IAM authentication to ElastiCache or MemoryDB instead of a password: Envoy signs
+    /// short-lived tokens with the sidecar's AWS credentials (`RedisProtocolOptions.aws_iam`).
+    /// Not together with `auth`, whose password Envoy would ignore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_iam: Option<AwsIam>,
+
     /// Credentials of single servers, e.g. an ACL user per node: a server at `address`
     /// authenticates with its own Secret instead of `auth`'s
     /// (`RedisProtocolOptions.credentials`). Servers not listed use `auth`.
@@ -246,6 +252,39 @@ pub struct Auth {
     /// so no password crosses the wire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+}
+
+/// AWS IAM authentication (Envoy `AwsIam`, with the IAM-enabled user as `auth_username`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsIam {
+    /// The cache (replication group or cluster) name the tokens are for (`cache_name`).
+    #[schemars(length(min = 1, max = 255))]
+    pub cache_name: String,
+    /// The IAM-enabled Redis user Envoy authenticates as (`auth_username`).
+    #[schemars(length(min = 1, max = 255))]
+    pub user: String,
+    /// `ElastiCache` (default) or `MemoryDB` (`service_name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<AwsIamService>,
+    /// AWS region of the cache (`region`). Default: the sidecar's region provider chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// Lifetime of each token (`expiration_time`), at most 15m. Envoy default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<GoDuration>,
+}
+
+/// Which AWS service signs the IAM tokens.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AwsIamService {
+    /// Amazon ElastiCache (`elasticache`).
+    #[default]
+    ElastiCache,
+    /// Amazon MemoryDB (`memorydb`).
+    #[serde(rename = "MemoryDB")]
+    MemoryDb,
 }
 
 /// AUTH material for the server at one address.

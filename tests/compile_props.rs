@@ -377,6 +377,12 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     }),
                     dns_lookup_family: dns.filter(|_| !sharded),
+                    aws_iam: (!auth && maglev).then(|| redis_xds::api::AwsIam {
+                        cache_name: "cache".into(),
+                        user: "iam-user".into(),
+                        region: Some("eu-west-1".into()),
+                        ..Default::default()
+                    }),
                     endpoint_auth: statics
                         .iter()
                         .take(1)
@@ -467,6 +473,12 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     topology,
                     // Refused in Sharded mode.
                     dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
+                    // Together with auth: refused.
+                    aws_iam: (port == Some(6379)).then(|| redis_xds::api::AwsIam {
+                        cache_name: "cache".into(),
+                        user: "u".into(),
+                        ..Default::default()
+                    }),
                     // Not ip:port.
                     endpoint_auth: vec![redis_xds::api::EndpointAuth {
                         address: "redis-0:6379".into(),

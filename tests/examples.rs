@@ -103,3 +103,46 @@ fn render_output_never_shows_passwords_but_the_static_bootstrap_carries_them() {
     assert!(text.contains("example-upstream-password"));
     assert!(text.contains("example-client-password"));
 }
+
+/// AWS IAM authentication cannot be shown with traffic here (no ElastiCache); real Envoy
+/// accepts what redis-xds renders for it, and the refusal of a too-long token lifetime names
+/// the field.
+#[test]
+fn aws_iam_authentication_renders_a_bootstrap_envoy_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifests = tmp.path().join("m");
+    std::fs::create_dir(&manifests).unwrap();
+    let object = |name: &str, port: u16, expiration: &str| {
+        format!(
+            "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  endpoints: {{static: [\"cache.abc123.euw1.cache.amazonaws.com:6379\"]}}\n  awsIam: {{cacheName: orders-cache, user: envoy-iam, service: MemoryDB, region: eu-west-1, expirationTime: {expiration}}}\n  listener: {{port: {port}}}\n"
+        )
+    };
+    std::fs::write(
+        manifests.join("iam.yaml"),
+        object("orders", 6379, "5m") + &object("too-long", 6380, "20m"),
+    )
+    .unwrap();
+    let out = common::run(&[
+        "render",
+        "--static-bootstrap",
+        "--manifests",
+        manifests.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("shop/too-long: spec.awsIam.expirationTime: must be at most 15m"),
+        "{stderr}"
+    );
+    let bootstrap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let options = &bootstrap["staticResources"]["clusters"][0]["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"];
+    assert_eq!(
+        options["awsIam"],
+        serde_json::json!({"cacheName": "orders-cache", "serviceName": "memorydb", "region": "eu-west-1", "expirationTime": "300s"})
+    );
+    assert_eq!(options["authUsername"]["inlineString"], "envoy-iam");
+    let path = tmp.path().join("bootstrap.json");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let (ok, log) = common::envoy_validate(&path);
+    assert!(ok, "envoy rejected the bootstrap:\n{log}");
+}

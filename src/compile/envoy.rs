@@ -248,7 +248,7 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
         ..Default::default()
     };
     c.transport_socket = plan.tls.as_ref().map(upstream_tls);
-    if plan.auth.is_some() || !plan.endpoint_auth.is_empty() {
+    if plan.auth.is_some() || plan.aws_iam.is_some() || !plan.endpoint_auth.is_empty() {
         let mut options = redis::RedisProtocolOptions {
             credentials: plan
                 .endpoint_auth
@@ -266,6 +266,23 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                 .collect(),
             ..Default::default()
         };
+        if let Some(iam) = &plan.aws_iam {
+            options.aws_iam = Some(redis::AwsIam {
+                cache_name: iam.cache_name.clone(),
+                service_name: match iam.service.unwrap_or_default() {
+                    crate::api::AwsIamService::ElastiCache => "elasticache",
+                    crate::api::AwsIamService::MemoryDb => "memorydb",
+                }
+                .to_owned(),
+                region: iam.region.clone().unwrap_or_default(),
+                expiration_time: iam.expiration_time.as_ref().map(|d| duration(d.get())),
+                ..Default::default()
+            });
+            options.auth_username = Some(core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineString(iam.user.clone())),
+                ..Default::default()
+            });
+        }
         if let Some(auth) = &plan.auth {
             options.auth_password = Some(credential(auth, "password", &auth.password));
             options.auth_username = auth

@@ -276,6 +276,8 @@ pub struct Plan {
     pub sharding: Option<ShardingPlan>,
     /// Upstream AUTH.
     pub auth: Option<Credentials>,
+    /// AWS IAM authentication instead of a password.
+    pub aws_iam: Option<crate::api::AwsIam>,
     /// Upstream AUTH of single servers: IP address, port and credentials.
     pub endpoint_auth: Vec<(IpAddr, u16, Credentials)>,
     /// Upstream TLS.
@@ -498,6 +500,24 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         .as_ref()
         .and_then(|a| c.credentials("spec.auth.secretRef.name", model, a));
 
+    let aws_iam = spec.aws_iam.clone();
+    if let Some(iam) = &aws_iam {
+        if spec.auth.is_some() {
+            c.invalid(
+                "spec.awsIam",
+                "awsIam replaces auth (Envoy ignores the password when IAM tokens are used): remove spec.auth",
+            );
+        }
+        if let Some(e) = &iam.expiration_time
+            && e.get() > MAX_AWS_IAM_EXPIRATION
+        {
+            c.invalid(
+                "spec.awsIam.expirationTime",
+                "must be at most 15m (AWS's limit for IAM authentication tokens)",
+            );
+        }
+    }
+
     let mut endpoint_auth = Vec::new();
     let mut addresses = BTreeSet::new();
     for (i, e) in spec.endpoint_auth.iter().enumerate() {
@@ -545,6 +565,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             dns_lookup_family,
             sharding,
             auth,
+            aws_iam,
             endpoint_auth,
             tls,
             listener,
@@ -1179,6 +1200,9 @@ fn is_prime(n: u32) -> bool {
             .take_while(|d: &u32| d * d <= n)
             .all(|d| !n.is_multiple_of(d))
 }
+
+/// Longest lifetime of an AWS IAM authentication token (Envoy's `AwsIam.expiration_time`).
+const MAX_AWS_IAM_EXPIRATION: Duration = Duration::from_secs(900);
 
 /// How long one client AUTH may wait for an external AUTH service.
 pub const DEFAULT_EXTERNAL_AUTH_TIMEOUT: Duration = Duration::from_secs(1);
