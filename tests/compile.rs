@@ -1408,3 +1408,35 @@ fn should_map_credentials_per_endpoint() {
         ]
     );
 }
+
+#[test]
+fn should_keep_upstream_connections_alive_by_default_and_take_whole_seconds() {
+    let c = compiled(
+        &(rc("x", "plain", STATIC)
+            + &rc(
+                "x",
+                "tuned",
+                &format!("{STATIC}\ntcpKeepalive: {{time: 5m, interval: 30s, probes: 5}}"),
+            )
+            + &rc(
+                "x",
+                "bad",
+                &format!("{STATIC}\ntcpKeepalive: {{time: 1500ms}}"),
+            )),
+    );
+    let keepalive = |name: &str| {
+        redis_xds::protojson::to_json(&c.clusters[&format!("redis/x/{name}")].cluster).unwrap()
+            ["upstreamConnectionOptions"]["tcpKeepalive"]
+            .clone()
+    };
+    assert_eq!(
+        keepalive("plain"),
+        serde_json::json!({"keepaliveTime": 60, "keepaliveInterval": 10, "keepaliveProbes": 3})
+    );
+    assert_eq!(
+        keepalive("tuned"),
+        serde_json::json!({"keepaliveTime": 300, "keepaliveInterval": 30, "keepaliveProbes": 5})
+    );
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["spec.tcpKeepalive.time"]);
+}

@@ -377,6 +377,11 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ..Default::default()
                     }),
                     dns_lookup_family: dns.filter(|_| !sharded),
+                    tcp_keepalive: maglev.then(|| redis_xds::api::TcpKeepalive {
+                        time: Some("2h".parse().unwrap()),
+                        interval: Some("1s".parse().unwrap()),
+                        probes: Some(9),
+                    }),
                     aws_iam: (!auth && maglev).then(|| redis_xds::api::AwsIam {
                         cache_name: "cache".into(),
                         user: "iam-user".into(),
@@ -473,6 +478,11 @@ fn junk_spec() -> impl Strategy<Value = RedisClusterSpec> {
                     topology,
                     // Refused in Sharded mode.
                     dns_lookup_family: (port == Some(6379)).then_some(DnsLookupFamily::Auto),
+                    // Not whole seconds.
+                    tcp_keepalive: (port == Some(0)).then(|| redis_xds::api::TcpKeepalive {
+                        time: Some("1.5s".parse().unwrap()),
+                        ..Default::default()
+                    }),
                     // Together with auth: refused.
                     aws_iam: (port == Some(6379)).then(|| redis_xds::api::AwsIam {
                         cache_name: "cache".into(),

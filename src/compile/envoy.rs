@@ -248,6 +248,15 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
         ..Default::default()
     };
     c.transport_socket = plan.tls.as_ref().map(upstream_tls);
+    let (time, interval, probes) = plan.tcp_keepalive;
+    c.upstream_connection_options = Some(cluster::UpstreamConnectionOptions {
+        tcp_keepalive: Some(core::TcpKeepalive {
+            keepalive_time: Some(pbw::UInt32Value { value: time }),
+            keepalive_interval: Some(pbw::UInt32Value { value: interval }),
+            keepalive_probes: Some(pbw::UInt32Value { value: probes }),
+        }),
+        ..Default::default()
+    });
     if plan.auth.is_some() || plan.aws_iam.is_some() || !plan.endpoint_auth.is_empty() {
         let mut options = redis::RedisProtocolOptions {
             credentials: plan

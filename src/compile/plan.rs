@@ -282,6 +282,8 @@ pub struct Plan {
     pub endpoint_auth: Vec<(IpAddr, u16, Credentials)>,
     /// Upstream TLS.
     pub tls: Option<TlsPlan>,
+    /// TCP keepalive: idle seconds before probing, seconds between probes, probes.
+    pub tcp_keepalive: (u32, u32, u32),
     /// The listener, if any.
     pub listener: Option<ListenerPlan>,
 }
@@ -550,6 +552,42 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
 
     let tls = spec.tls.as_ref().and_then(|t| tls(&mut c, model, t));
 
+    let keepalive = spec.tcp_keepalive.clone().unwrap_or_default();
+    let seconds = |c: &mut Checker<'_>, field: &str, value: Option<&GoDuration>, default: u32| {
+        let Some(d) = value.map(GoDuration::get) else {
+            return default;
+        };
+        match u32::try_from(d.as_secs()) {
+            Ok(s) if s >= 1 && d.subsec_nanos() == 0 && s <= MAX_KEEPALIVE_SECONDS => s,
+            _ => {
+                c.invalid(
+                    format!("spec.tcpKeepalive.{field}"),
+                    "must be whole seconds from 1s to 24h (the kernel counts keepalive in seconds)",
+                );
+                default
+            }
+        }
+    };
+    let tcp_keepalive = (
+        seconds(&mut c, "time", keepalive.time.as_ref(), DEFAULT_KEEPALIVE.0),
+        seconds(
+            &mut c,
+            "interval",
+            keepalive.interval.as_ref(),
+            DEFAULT_KEEPALIVE.1,
+        ),
+        match keepalive.probes {
+            Some(p) if !(1..=100).contains(&p) => {
+                c.invalid(
+                    "spec.tcpKeepalive.probes",
+                    format!("{p} is out of range 1..100"),
+                );
+                DEFAULT_KEEPALIVE.2
+            }
+            p => p.unwrap_or(DEFAULT_KEEPALIVE.2),
+        },
+    );
+
     let listener = spec
         .listener
         .as_ref()
@@ -568,6 +606,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             aws_iam,
             endpoint_auth,
             tls,
+            tcp_keepalive,
             listener,
         })
     } else {
@@ -1200,6 +1239,11 @@ fn is_prime(n: u32) -> bool {
             .take_while(|d: &u32| d * d <= n)
             .all(|d| !n.is_multiple_of(d))
 }
+
+/// TCP keepalive of upstream connections: 60s idle, then a probe every 10s, 3 probes.
+pub const DEFAULT_KEEPALIVE: (u32, u32, u32) = (60, 10, 3);
+/// Longest keepalive time or interval accepted, in seconds.
+const MAX_KEEPALIVE_SECONDS: u32 = 86_400;
 
 /// Longest lifetime of an AWS IAM authentication token (Envoy's `AwsIam.expiration_time`).
 const MAX_AWS_IAM_EXPIRATION: Duration = Duration::from_secs(900);
