@@ -18,7 +18,7 @@ use crate::api::{
     ShardingPolicy,
 };
 use crate::duration::GoDuration;
-use crate::model::{Model, ObjectKey, RedisClusterObject, SecretValue};
+use crate::model::{Model, ObjectKey, RedisClusterObject, Secret, SecretValue};
 
 /// Default Redis port of `selector` and `service` endpoints.
 pub const DEFAULT_REDIS_PORT: u16 = 6379;
@@ -349,16 +349,12 @@ impl Checker<'_> {
         Some(ObjectKey::new(ns, name))
     }
 
-    /// The value of `key` in the Secret `name` of this namespace, or a problem at `field`.
-    fn secret_key(
-        &mut self,
-        field: &str,
-        model: &Model,
-        name: &str,
-        key: &str,
-    ) -> Option<SecretValue> {
-        let secret_key = ObjectKey::new(&self.key.namespace, name);
-        let Some(secret) = model.secrets.get(&secret_key) else {
+    /// The Secret `name` of this namespace, or a `SecretNotFound` problem at `field`.
+    fn secret<'m>(&mut self, field: &str, model: &'m Model, name: &str) -> Option<&'m Secret> {
+        let secret = model
+            .secrets
+            .get(&ObjectKey::new(&self.key.namespace, name));
+        if secret.is_none() {
             self.report(
                 field,
                 Reason::SecretNotFound,
@@ -367,15 +363,26 @@ impl Checker<'_> {
                     self.key.namespace
                 ),
             );
-            return None;
-        };
+        }
+        secret
+    }
+
+    /// The value of `key` in the Secret `name` of this namespace, or a problem at `field`.
+    fn secret_key(
+        &mut self,
+        field: &str,
+        model: &Model,
+        name: &str,
+        key: &str,
+    ) -> Option<SecretValue> {
+        let secret = self.secret(field, model, name)?;
         match secret.data.get(key) {
             Some(v) if !v.expose().is_empty() => Some(v.clone()),
             _ => {
                 self.report(
                     field,
                     Reason::SecretNotFound,
-                    format!("Secret {secret_key} has no {key:?}: add it"),
+                    format!("Secret {} has no {key:?}: add it", secret.key),
                 );
                 None
             }
@@ -389,18 +396,8 @@ impl Checker<'_> {
         auth: &crate::api::Auth,
     ) -> Option<Credentials> {
         let secret_name = auth.secret_ref.name.as_str();
-        let secret_key = ObjectKey::new(&self.key.namespace, secret_name);
-        let Some(secret) = model.secrets.get(&secret_key) else {
-            self.report(
-                field,
-                Reason::SecretNotFound,
-                format!(
-                    "Secret {secret_name:?} not found in namespace {:?}",
-                    self.key.namespace
-                ),
-            );
-            return None;
-        };
+        let secret = self.secret(field, model, secret_name)?;
+        let secret_key = &secret.key;
         let Some(password) = secret.data.get("password") else {
             self.report(
                 field,
