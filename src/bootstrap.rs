@@ -139,6 +139,9 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
         Some(token) => {
             // Envoy's own gRPC client cannot read a rotating token file; the Google gRPC
             // client with the file_based_metadata plugin re-reads it for every stream.
+            // The plugin takes effect only through its credentials factory
+            // (GoogleGrpc.credentials_factory_name): the default factory leaves
+            // `fromPlugin` call credentials out, and the stream goes without the token.
             let tls = opts.tls.as_ref().ok_or(Error::TokenWithoutTls)?;
             let mut ssl = json!({"rootCerts": {"filename": tls.ca}});
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
@@ -155,6 +158,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             json!({"googleGrpc": {
                 "targetUri": format!("{host}:{port}"),
                 "statPrefix": "redis_xds",
+                "credentialsFactoryName": "envoy.grpc_credentials.file_based_metadata",
                 "channelCredentials": {"sslCredentials": ssl},
                 "callCredentials": [{"fromPlugin": {
                     "name": "envoy.grpc_credentials.file_based_metadata",

@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod external_auth;
+mod kubernetes;
 mod redis;
 mod resp;
 mod scenarios;

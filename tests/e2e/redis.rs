@@ -20,6 +20,8 @@ pub fn cluster_port() -> u16 {
 }
 
 pub struct Server {
+    /// The loopback address it listens on (127.0.0.1 unless it stands for a Pod).
+    pub host: String,
     pub port: u16,
     pub proc: Proc,
     pub password: Option<String>,
@@ -27,7 +29,30 @@ pub struct Server {
 
 impl Server {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// A connection, authenticated with the server's password when it has one.
+    pub fn conn(&self) -> Conn {
+        let mut c = Conn::connect(&self.addr()).expect("connect to redis");
+        if let Some(pw) = &self.password {
+            c.ok(&["AUTH", pw]);
+        }
+        c
+    }
+}
+
+/// A port that is free, with its cluster bus port, on every one of `hosts` (loopback
+/// addresses), for servers that stand for Pods: one port, one address per Pod.
+pub fn port_on_every(hosts: &[String]) -> u16 {
+    loop {
+        let p = cluster_port();
+        if hosts.iter().all(|h| {
+            std::net::TcpListener::bind((h.as_str(), p)).is_ok()
+                && std::net::TcpListener::bind((h.as_str(), p + 10000)).is_ok()
+        }) {
+            return p;
+        }
     }
 }
 
@@ -41,14 +66,25 @@ pub fn conn(port: u16, password: Option<&str>) -> Conn {
 }
 
 pub fn start_server(dir: &Path, port: u16, cluster: bool, password: Option<&str>) -> Server {
-    let data = dir.join(port.to_string());
+    start_server_on(dir, "127.0.0.1", port, cluster, password)
+}
+
+/// A server listening on `host:port` only.
+pub fn start_server_on(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    cluster: bool,
+    password: Option<&str>,
+) -> Server {
+    let data = dir.join(format!("{host}-{port}"));
     std::fs::create_dir_all(&data).unwrap();
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
         &port.to_string(),
         "--bind",
-        "127.0.0.1",
+        host,
         "--save",
         "",
         "--appendonly",
@@ -66,6 +102,10 @@ pub fn start_server(dir: &Path, port: u16, cluster: bool, password: Option<&str>
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            // Without it, peers take the address a node's bus connections come from
+            // (127.0.0.1) for its address, and a node on 127.0.0.2 is never met.
+            "--cluster-announce-ip",
+            host,
         ]);
     }
     if let Some(pw) = password {
@@ -75,6 +115,7 @@ pub fn start_server(dir: &Path, port: u16, cluster: bool, password: Option<&str>
         .spawn()
         .expect("redis-server starts (scripts/test installs it)");
     let server = Server {
+        host: host.to_owned(),
         port,
         proc: Proc {
             child,
@@ -106,6 +147,33 @@ impl Cluster {
         let servers: Vec<Server> = (0..n)
             .map(|_| start_server(dir, cluster_port(), true, password))
             .collect();
+        Cluster::create(dir, servers, masters, replicas, password)
+    }
+
+    /// A cluster with one server on each of `hosts`, all on the same port, as Pods behind
+    /// one Redis port are.
+    pub fn start_on(
+        dir: &Path,
+        hosts: &[String],
+        replicas: usize,
+        password: Option<&str>,
+    ) -> Cluster {
+        let port = port_on_every(hosts);
+        let servers: Vec<Server> = hosts
+            .iter()
+            .map(|h| start_server_on(dir, h, port, true, password))
+            .collect();
+        let masters = hosts.len() / (1 + replicas);
+        Cluster::create(dir, servers, masters, replicas, password)
+    }
+
+    fn create(
+        dir: &Path,
+        servers: Vec<Server>,
+        masters: usize,
+        replicas: usize,
+        password: Option<&str>,
+    ) -> Cluster {
         let mut cmd = Command::new("redis-cli");
         cmd.arg("--cluster").arg("create");
         for s in &servers {
@@ -131,7 +199,7 @@ impl Cluster {
             "the cluster is ok with every replica in CLUSTER SLOTS",
             || {
                 for s in &cluster.servers {
-                    let mut c = cluster.conn(s.port);
+                    let mut c = s.conn();
                     if !c
                         .cmd(&["CLUSTER", "INFO"])
                         .ok()?
@@ -207,6 +275,29 @@ impl Cluster {
 
     fn conn_ok(&self, port: u16) -> bool {
         Conn::connect(&format!("127.0.0.1:{port}")).is_ok()
+    }
+
+    /// The servers currently acting as primary (or replica), from CLUSTER NODES, matched by
+    /// address: for clusters whose servers share one port on several hosts.
+    pub fn servers_with_role(&self, role: &str) -> Vec<&Server> {
+        let live = self
+            .servers
+            .iter()
+            .find(|s| Conn::connect(&s.addr()).is_ok())
+            .expect("a live node");
+        let nodes = live.conn().ok(&["CLUSTER", "NODES"]);
+        let addrs: Vec<String> = nodes
+            .lines()
+            .filter(|l| {
+                let flags = l.split_whitespace().nth(2).unwrap_or_default();
+                flags.split(',').any(|f| f == role) && !flags.contains("fail")
+            })
+            .filter_map(|l| Some(l.split_whitespace().nth(1)?.split('@').next()?.to_owned()))
+            .collect();
+        self.servers
+            .iter()
+            .filter(|s| addrs.contains(&s.addr()))
+            .collect()
     }
 
     pub fn primaries(&self) -> Vec<u16> {

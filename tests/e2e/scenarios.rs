@@ -58,6 +58,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         crate::tls::cluster_tls,
     ),
     (
+        "kubernetes_mode_with_a_real_api_server_token_auth_and_pods",
+        crate::kubernetes::kubernetes,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),
