@@ -26,6 +26,8 @@ pub struct ApiServer {
     /// The ServiceAccount token signing key (PKCS#8 DER, ECDSA P-256), for tokens the
     /// TokenRequest API will not make (expired ones).
     pub sa_key_der: Vec<u8>,
+    /// etcd's client URL, `http://127.0.0.1:PORT`.
+    pub etcd_url: String,
     dir: tempfile::TempDir,
     etcd: Proc,
     apiserver: Proc,
@@ -172,6 +174,7 @@ impl ApiServer {
             kubeconfig,
             ca_pem,
             sa_key_der,
+            etcd_url: etcd_url.clone(),
             dir,
             etcd,
             apiserver,
@@ -185,6 +188,45 @@ impl ApiServer {
     pub fn stop_apiserver(&mut self) {
         let _ = self.apiserver.child.kill();
         let _ = self.apiserver.child.wait();
+    }
+
+    /// Compacts etcd's history up to its current revision (as kube-apiserver does every
+    /// 5 minutes), through etcd's JSON gateway: a watch from an older resource version then
+    /// gets 410 Gone. Returns the revision.
+    pub fn compact_etcd(&self) -> u64 {
+        let post = |path: &str, body: &str| {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "-X",
+                    "POST",
+                    "--data-binary",
+                    body,
+                ])
+                .arg(format!("{}{path}", self.etcd_url))
+                .output()
+                .expect("curl runs");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|e| panic!("etcd {path}: {e}: {text}"))
+        };
+        // The key "/" (base64 "Lw=="): any read returns the store's current revision.
+        let range = post("/v3/kv/range", r#"{"key": "Lw=="}"#);
+        let revision: u64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .expect("etcd reports its revision");
+        let answer = post(
+            "/v3/kv/compaction",
+            &serde_json::json!({"revision": revision.to_string(), "physical": true}).to_string(),
+        );
+        assert!(
+            answer.get("error").is_none(),
+            "compaction refused: {answer}"
+        );
+        revision
     }
 
     /// Starts kube-apiserver again, on the same port and etcd, and waits until it is ready.
