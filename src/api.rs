@@ -655,3 +655,31 @@ pub struct ProxyCounts {
 
 /// Labels as found on Pods, Services and proxies.
 pub type Labels = BTreeMap<String, String>;
+
+/// The names of the Secrets a spec references: every `name` under a field called
+/// `secretRef` or ending in `SecretRef` (`auth`, `listener.downstreamAuth`, `endpointAuth`,
+/// `tls`), in the RedisCluster's own namespace. Sorted, without repeats. The Kubernetes
+/// source keeps the data of these Secrets only.
+pub fn secret_names(spec: &RedisClusterSpec) -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (field, v) in map {
+                    if (field == "secretRef" || field.ends_with("SecretRef"))
+                        && let Some(name) = v.get("name").and_then(|n| n.as_str())
+                    {
+                        out.insert(name.to_owned());
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    if let Ok(value) = serde_json::to_value(spec) {
+        walk(&value, &mut out);
+    }
+    out.into_iter().collect()
+}

@@ -668,3 +668,49 @@ fn should_apply_deploy_and_its_examples() {
         "deploy/examples created no RedisCluster"
     );
 }
+
+#[test]
+fn should_read_a_secret_that_becomes_referenced_after_it_was_listed() {
+    let api = with_shop();
+    for (name, password) in [
+        ("orders-auth", "s3cret-orders"),
+        ("unrelated", "s3cret-other"),
+    ] {
+        api.create(
+            "/api/v1/namespaces/shop/secrets",
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                    "stringData": {"password": password}}),
+        );
+    }
+    let serve = start_serve_kube(&api, &["--xds-auth", "none"], "info");
+    common::wait_until("serve is ready", || {
+        (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
+    });
+    // Listed while nothing referenced it: kept by name only. A RedisCluster naming it now
+    // needs its data, read with a GET.
+    api.create(
+        &format!("{RDC}/namespaces/shop/redisclusters"),
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "auth": {"secretRef": {"name": "orders-auth"}},
+                   "listener": {"port": 6379}}),
+        ),
+    );
+    let model = common::wait_until("orders is served with its password", || {
+        let m = common::http_get(&serve.debug, "/debug/model")?;
+        let model: Value = serde_json::from_str(&m).ok()?;
+        model["redis_clusters"]
+            .as_array()?
+            .iter()
+            .any(|o| o["name"] == "shop/orders" && o["accepted"] == true)
+            .then_some(model)
+    });
+    let text = model.to_string();
+    assert!(!text.contains("s3cret"), "/debug/model shows a password");
+    let log = serve.log.lock().unwrap().clone();
+    assert!(!log.contains("s3cret"), "a password was logged");
+    assert!(
+        !log.contains("refused") && !log.contains("failed"),
+        "the Secret was not read cleanly:\n{log}"
+    );
+}

@@ -43,8 +43,8 @@ pub const API_CALLS: &[ApiCall] = &[
     ApiCall {
         group: "",
         resource: "secrets",
-        verbs: &["list", "watch"],
-        why: "AUTH passwords named by spec.auth and spec.listener.downstreamAuth",
+        verbs: &["get", "list", "watch"],
+        why: "passwords, keys and certificates named by any secretRef (auth, listener.downstreamAuth, endpointAuth, tls); only referenced Secrets' data is kept, and one that becomes referenced is read with a get",
     },
     ApiCall {
         group: "authentication.k8s.io",

@@ -39,6 +39,9 @@ pub const KINDS: [Kind; 4] = [
 /// An object of one of the followed kinds.
 #[derive(Clone, Debug)]
 pub enum Object {
+    /// A Secret that no RedisCluster references: only its name is kept, not its data
+    /// (clusters hold thousands of Secrets, Helm's release Secrets of hundreds of KiB each).
+    UnreferencedSecret(ObjectKey),
     /// A RedisCluster.
     RedisCluster(Box<RedisCluster>),
     /// A Pod.
@@ -55,17 +58,19 @@ impl Object {
             Object::RedisCluster(_) => Kind::RedisCluster,
             Object::Pod(_) => Kind::Pod,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
-            Object::Secret(_) => Kind::Secret,
+            Object::Secret(_) | Object::UnreferencedSecret(_) => Kind::Secret,
         }
     }
 
     fn key(&self) -> ObjectKey {
-        convert::key(match self {
+        let metadata = match self {
+            Object::UnreferencedSecret(key) => return key.clone(),
             Object::RedisCluster(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
-        })
+        };
+        convert::key(metadata)
     }
 }
 
@@ -78,6 +83,16 @@ pub struct Index {
     synced: BTreeSet<Kind>,
     models: watch::Sender<Arc<Model>>,
     ready: watch::Sender<bool>,
+    /// Secrets referenced by each RedisCluster (its namespace, the names under any
+    /// `secretRef`/`*SecretRef` of its spec).
+    references: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// Every Secret referenced by some RedisCluster.
+    referenced: BTreeSet<ObjectKey>,
+    /// Secrets that exist but whose data is not kept.
+    unloaded: BTreeSet<ObjectKey>,
+    /// Where to ask for the data of a Secret that became referenced; without it (tests)
+    /// every Secret's data is kept.
+    fetch: Option<tokio::sync::mpsc::UnboundedSender<ObjectKey>>,
 }
 
 impl Index {
@@ -91,7 +106,72 @@ impl Index {
             synced: BTreeSet::new(),
             models,
             ready,
+            references: BTreeMap::new(),
+            referenced: BTreeSet::new(),
+            unloaded: BTreeSet::new(),
+            fetch: None,
         }
+    }
+
+    /// Keeps only referenced Secrets' data from now on, asking `fetch` for the data of a
+    /// Secret that becomes referenced after it was seen unreferenced.
+    pub fn trim_secrets(&mut self, fetch: tokio::sync::mpsc::UnboundedSender<ObjectKey>) {
+        self.fetch = Some(fetch);
+    }
+
+    /// Whether the data of Secret `key` is wanted: always without trimming, else when a
+    /// RedisCluster references it.
+    pub fn wants_secret(&self, key: &ObjectKey) -> bool {
+        self.fetch.is_none() || self.referenced.contains(key)
+    }
+
+    /// The answer to a fetch of Secret `key` (`None`: it does not exist). Applied only if
+    /// no watch event brought its data meanwhile and it is still referenced.
+    pub fn fetched(&mut self, key: &ObjectKey, secret: Option<&Secret>) {
+        if !self.unloaded.contains(key) || !self.referenced.contains(key) {
+            return;
+        }
+        self.unloaded.remove(key);
+        if let Some(s) = secret {
+            self.model.secrets.insert(key.clone(), convert::secret(s));
+        }
+        self.publish();
+    }
+
+    /// Recomputes the referenced Secrets after RedisCluster `key` changed: drops the data of
+    /// Secrets no longer referenced, asks for the data of newly referenced ones.
+    fn update_references(&mut self, key: &ObjectKey) {
+        match self.model.redis_clusters.get(key) {
+            Some(rc) => {
+                let names = crate::api::secret_names(&rc.spec);
+                self.references.insert(
+                    key.clone(),
+                    names
+                        .into_iter()
+                        .map(|name| ObjectKey::new(&key.namespace, &name))
+                        .collect(),
+                );
+            }
+            None => {
+                self.references.remove(key);
+            }
+        }
+        let now: BTreeSet<ObjectKey> = self.references.values().flatten().cloned().collect();
+        let Some(fetch) = &self.fetch else {
+            self.referenced = now;
+            return;
+        };
+        for gone in self.referenced.difference(&now) {
+            if self.model.secrets.remove(gone).is_some() {
+                self.unloaded.insert(gone.clone());
+            }
+        }
+        for new in now.difference(&self.referenced) {
+            if self.unloaded.contains(new) {
+                let _ = fetch.send(new.clone());
+            }
+        }
+        self.referenced = now;
     }
 
     /// The current model.
@@ -108,9 +188,10 @@ impl Index {
                     self.seen
                 });
                 self.model.redis_clusters.insert(
-                    key,
+                    key.clone(),
                     convert::redis_cluster(rc, seen, Origin::Kubernetes).into(),
                 );
+                self.update_references(&key);
             }
             Object::Pod(p) => {
                 self.model.pods.insert(key, convert::pod(p));
@@ -123,8 +204,20 @@ impl Index {
                     self.model.endpoint_slices.remove(&key);
                 }
             },
-            Object::Secret(s) => {
+            Object::Secret(s) if self.wants_secret(&key) => {
+                self.unloaded.remove(&key);
                 self.model.secrets.insert(key, convert::secret(s));
+            }
+            Object::Secret(_) | Object::UnreferencedSecret(_) => {
+                // Referenced meanwhile (the watcher judged it before a RedisCluster
+                // naming it arrived): its data has to be fetched.
+                if self.referenced.contains(&key)
+                    && let Some(fetch) = &self.fetch
+                {
+                    let _ = fetch.send(key.clone());
+                }
+                self.model.secrets.remove(&key);
+                self.unloaded.insert(key);
             }
         }
     }
@@ -134,6 +227,7 @@ impl Index {
             Kind::RedisCluster => {
                 self.model.redis_clusters.remove(key);
                 self.first_seen.remove(key);
+                self.update_references(key);
             }
             Kind::Pod => {
                 self.model.pods.remove(key);
@@ -143,6 +237,7 @@ impl Index {
             }
             Kind::Secret => {
                 self.model.secrets.remove(key);
+                self.unloaded.remove(key);
             }
         }
     }
@@ -167,7 +262,13 @@ impl Index {
             Kind::RedisCluster => self.model.redis_clusters.keys().cloned().collect(),
             Kind::Pod => self.model.pods.keys().cloned().collect(),
             Kind::EndpointSlice => self.model.endpoint_slices.keys().cloned().collect(),
-            Kind::Secret => self.model.secrets.keys().cloned().collect(),
+            Kind::Secret => self
+                .model
+                .secrets
+                .keys()
+                .chain(&self.unloaded)
+                .cloned()
+                .collect(),
         };
         for key in stale.iter().filter(|k| !keep.contains(*k)) {
             self.remove(kind, key);
@@ -185,6 +286,11 @@ impl Index {
         // Only once every kind was listed: a model without its Secrets or Pods would make
         // every RedisCluster look broken and withdraw listeners from the proxies.
         if self.synced.len() < KINDS.len() {
+            return;
+        }
+        // Nor while the data of a referenced Secret is being fetched: its RedisClusters would
+        // look broken for a moment and their listeners be withdrawn.
+        if self.referenced.iter().any(|k| self.unloaded.contains(k)) {
             return;
         }
         crate::model::publish_if_changed(&self.models, &self.model);
@@ -248,6 +354,85 @@ mod tests {
             ),
             ..Default::default()
         }))
+    }
+
+    fn mk_rc_with_auth(ns: &str, name: &str, secret: &str) -> Object {
+        let spec: crate::api::RedisClusterSpec = serde_json::from_value(serde_json::json!({
+            "endpoints": {"static": ["10.0.0.5:6379"]},
+            "auth": {"secretRef": {"name": secret}},
+            "listener": {"port": 6379}
+        }))
+        .unwrap();
+        let mut rc = RedisCluster::new(name, spec);
+        rc.metadata.namespace = Some(ns.into());
+        Object::RedisCluster(Box::new(rc))
+    }
+
+    fn full(o: &Object) -> &Secret {
+        match o {
+            Object::Secret(s) => s,
+            _ => panic!("not a Secret"),
+        }
+    }
+
+    #[test]
+    fn should_keep_only_referenced_secrets_and_fetch_one_that_becomes_referenced() {
+        let (mut idx, rx, _) = index();
+        let (fetch, mut wanted) = tokio::sync::mpsc::unbounded_channel();
+        idx.trim_secrets(fetch);
+        let helm = mk_secret("shop", "sh.helm.release.v1.web.v1", "release-blob");
+        let auth = mk_secret("shop", "orders-auth", "hunter2");
+        let key = ObjectKey::new("shop", "orders-auth");
+        // Listed before any RedisCluster names them: names only.
+        assert!(!idx.wants_secret(&key));
+        idx.reset(
+            Kind::Secret,
+            vec![
+                Object::UnreferencedSecret(ObjectKey::new("shop", "sh.helm.release.v1.web.v1")),
+                Object::UnreferencedSecret(key.clone()),
+            ],
+        );
+        idx.reset(Kind::Pod, vec![]);
+        idx.reset(Kind::EndpointSlice, vec![]);
+        idx.reset(
+            Kind::RedisCluster,
+            vec![mk_rc_with_auth("shop", "orders", "orders-auth")],
+        );
+        // The RedisCluster names orders-auth: it is asked for, and nothing is published
+        // until it arrives (orders would look broken without it).
+        assert_eq!(wanted.try_recv().ok(), Some(key.clone()));
+        assert!(
+            wanted.try_recv().is_err(),
+            "an unreferenced Secret was asked for"
+        );
+        assert!(
+            rx.borrow().redis_clusters.is_empty(),
+            "published without the Secret"
+        );
+        idx.fetched(&key, Some(full(&auth)));
+        let model = rx.borrow().clone();
+        assert_eq!(model.redis_clusters.len(), 1);
+        assert_eq!(
+            model.secrets.keys().collect::<Vec<_>>(),
+            vec![&key],
+            "only the referenced Secret's data is kept"
+        );
+        // Its changes arrive whole; the Helm Secret's never stay.
+        assert!(idx.wants_secret(&key));
+        idx.apply(helm);
+        assert!(
+            !idx.model()
+                .secrets
+                .contains_key(&ObjectKey::new("shop", "sh.helm.release.v1.web.v1"))
+        );
+        // No longer referenced: its data goes; deleted, it is forgotten.
+        idx.delete(&mk_rc_with_auth("shop", "orders", "orders-auth"));
+        assert!(idx.model().secrets.is_empty());
+        assert!(!idx.wants_secret(&key));
+        idx.delete(&Object::UnreferencedSecret(key.clone()));
+        idx.apply(mk_rc_with_auth("shop", "orders", "orders-auth"));
+        assert!(wanted.try_recv().is_err(), "a deleted Secret was asked for");
+        assert!(idx.model().redis_clusters.len() == 1);
     }
 
     fn index() -> (Index, watch::Receiver<Arc<Model>>, watch::Receiver<bool>) {

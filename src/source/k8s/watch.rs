@@ -229,6 +229,7 @@ fn redis_cluster(shared: &Shared, obj: DynamicObject) -> Option<Object> {
 async fn follow<K, F>(
     api: Api<K>,
     kind: Kind,
+    config: watcher::Config,
     shared: Shared,
     convert: F,
     shutdown: CancellationToken,
@@ -236,12 +237,8 @@ async fn follow<K, F>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     F: Fn(&Shared, K) -> Option<Object>,
 {
-    let start = || {
-        Box::pin(
-            watcher::watcher(api.clone(), watcher::Config::default())
-                .backoff(WatchBackoff::default()),
-        )
-    };
+    let start =
+        || Box::pin(watcher::watcher(api.clone(), config.clone()).backoff(WatchBackoff::default()));
     let mut stream = start();
     // Delays between fresh starts while the API server cannot be reached.
     let mut outage = WatchBackoff::default();
@@ -307,7 +304,90 @@ async fn follow<K, F>(
     }
 }
 
-/// Starts one watcher per kind; they run until `shutdown`.
+/// A Pod cut down to what the index reads (name, namespace, labels, IP, the Ready
+/// condition), before it is buffered during a list of thousands.
+fn trim_pod(p: Pod) -> Pod {
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    let status = p.status.map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        conditions: s
+            .conditions
+            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+    Pod {
+        metadata: ObjectMeta {
+            name: p.metadata.name,
+            namespace: p.metadata.namespace,
+            labels: p.metadata.labels,
+            ..Default::default()
+        },
+        spec: None,
+        status,
+    }
+}
+
+/// A Secret as the index keeps it: whole when a RedisCluster references it, else its name
+/// only, decided as it arrives so that a list of thousands never holds their data.
+fn secret_object(shared: &Shared, s: Secret) -> Object {
+    let key = super::super::convert::key(&s.metadata);
+    let mut wanted = false;
+    shared.with_index(|i| wanted = i.wants_secret(&key));
+    if wanted {
+        Object::Secret(Box::new(s))
+    } else {
+        Object::UnreferencedSecret(key)
+    }
+}
+
+/// Reads Secrets that became referenced after they were seen unreferenced (a RedisCluster
+/// created or changed to name an existing Secret), one GET each, retried a second apart
+/// while the API server cannot answer and the Secret is still wanted.
+async fn fetch_secrets(
+    client: Client,
+    shared: Shared,
+    mut wanted: tokio::sync::mpsc::UnboundedReceiver<ObjectKey>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let key = tokio::select! {
+            () = shutdown.cancelled() => return,
+            k = wanted.recv() => match k { Some(k) => k, None => return },
+        };
+        let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
+        loop {
+            let mut still = false;
+            shared.with_index(|i| still = i.wants_secret(&key));
+            if !still {
+                break;
+            }
+            match api.get_opt(&key.name).await {
+                Ok(secret) => {
+                    shared.with_index(|i| i.fetched(&key, secret.as_ref()));
+                    break;
+                }
+                // Refused (403: an RBAC without `get secrets`): reported as missing on the
+                // RedisCluster rather than holding back every other change.
+                Err(kube::Error::Api(status)) => {
+                    warn!(secret = %key, error = %status, "reading a newly referenced Secret was refused; it counts as missing");
+                    shared.with_index(|i| i.fetched(&key, None));
+                    break;
+                }
+                Err(e) => {
+                    warn!(secret = %key, error = %e, "reading a newly referenced Secret failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts one watcher per kind, and the fetcher of newly referenced Secrets; they run until
+/// `shutdown`.
 pub fn spawn(
     client: &Client,
     namespace: Option<&str>,
@@ -318,11 +398,15 @@ pub fn spawn(
         Some(ns) => Api::namespaced_with(client.clone(), ns, &RedisCluster::api_resource()),
         None => Api::all_with(client.clone(), &RedisCluster::api_resource()),
     };
+    let (fetch, wanted) = tokio::sync::mpsc::unbounded_channel();
+    shared.with_index(|i| i.trim_secrets(fetch));
+    let config = watcher::Config::default;
     vec![
         tokio::spawn(
             follow(
                 rc_api,
                 Kind::RedisCluster,
+                config(),
                 shared.clone(),
                 redis_cluster,
                 shutdown.clone(),
@@ -333,8 +417,9 @@ pub fn spawn(
             follow(
                 api::<Pod>(client, namespace),
                 Kind::Pod,
+                config(),
                 shared.clone(),
-                |_, p| Some(Object::Pod(Box::new(p))),
+                |_, p| Some(Object::Pod(Box::new(trim_pod(p)))),
                 shutdown.clone(),
             )
             .instrument(tracing::info_span!("watch", kind = "Pod")),
@@ -343,6 +428,7 @@ pub fn spawn(
             follow(
                 api::<EndpointSlice>(client, namespace),
                 Kind::EndpointSlice,
+                config(),
                 shared.clone(),
                 |_, s| Some(Object::EndpointSlice(Box::new(s))),
                 shutdown.clone(),
@@ -353,11 +439,18 @@ pub fn spawn(
             follow(
                 api::<Secret>(client, namespace),
                 Kind::Secret,
-                shared,
-                |_, s| Some(Object::Secret(Box::new(s))),
-                shutdown,
+                // Pages of 50: Helm's release Secrets run to hundreds of KiB each, and a
+                // page is held whole while it is decoded.
+                config().page_size(50),
+                shared.clone(),
+                |shared, s| Some(secret_object(shared, s)),
+                shutdown.clone(),
             )
             .instrument(tracing::info_span!("watch", kind = "Secret")),
+        ),
+        tokio::spawn(
+            fetch_secrets(client.clone(), shared, wanted, shutdown)
+                .instrument(tracing::info_span!("fetch", kind = "Secret")),
         ),
     ]
 }
