@@ -168,6 +168,41 @@ pub struct Sharding {
     /// Redis health checks (`envoy.health_checkers.redis`, a PING per interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Passive health checking (Envoy `Cluster.outlier_detection`): a server that fails
+    /// connections or times out on consecutive commands is ejected from the ring for a
+    /// while, so its keys go to the next server instead of failing until the next health
+    /// checks. On by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Outlier detection for Redis servers. Only Envoy's local-origin failures count
+/// (`split_external_local_origin_errors`): failed connections and command timeouts, never
+/// Redis error replies, which a client's wrong command would cause on a healthy server.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// `false` turns it off. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Consecutive failures that eject a server (`consecutive_local_origin_failure`).
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: Option<u32>,
+    /// How often ejections are reviewed (`interval`). Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<GoDuration>,
+    /// How long a first ejection lasts, multiplied by the number of times the server was
+    /// ejected (`base_ejection_time`). Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<GoDuration>,
+    /// The largest share of servers ejected at once, in percent (`max_ejection_percent`).
+    /// Default 50: an outage of most servers leaves keys where they are rather than
+    /// piling every key onto the last ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<u32>,
 }
 
 /// Mode Sharded's load balancer.

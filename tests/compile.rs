@@ -1152,6 +1152,90 @@ fn should_reject_key_formatters_without_the_key_and_bad_custom_commands() {
 }
 
 #[test]
+fn should_eject_failing_shards_on_local_origin_failures_only_by_default() {
+    let sharded =
+        "mode: Sharded\nendpoints: {static: [\"a=127.0.0.1:7000\", \"b=127.0.0.1:7001\"]}";
+    let outlier = |c: &Compiled, name: &str| {
+        redis_xds::protojson::to_json(&c.clusters[&format!("redis/x/{name}")].cluster).unwrap()
+            ["outlierDetection"]
+            .clone()
+    };
+    let c = compiled(&rc("x", "plain", sharded));
+    let od = outlier(&c, "plain");
+    assert_eq!(od["splitExternalLocalOriginErrors"], true);
+    assert_eq!(od["consecutiveLocalOriginFailure"], 5);
+    assert_eq!(od["enforcingConsecutiveLocalOriginFailure"], 100);
+    assert_eq!(
+        (
+            &od["interval"],
+            &od["baseEjectionTime"],
+            &od["maxEjectionPercent"]
+        ),
+        (
+            &serde_json::json!("10s"),
+            &serde_json::json!("30s"),
+            &serde_json::json!(50)
+        )
+    );
+    // Detectors Envoy enforces by default would eject a healthy server for error replies.
+    for detector in [
+        "enforcingConsecutive5xx",
+        "enforcingSuccessRate",
+        "enforcingLocalOriginSuccessRate",
+    ] {
+        assert_eq!(od[detector], 0, "{detector} is enforced: {od}");
+    }
+
+    let c = compiled(&rc(
+        "x",
+        "tuned",
+        &format!(
+            "{sharded}\nsharding: {{outlierDetection: {{consecutiveFailures: 2, interval: 1s, baseEjectionTime: 5s, maxEjectionPercent: 100}}}}"
+        ),
+    ));
+    let od = outlier(&c, "tuned");
+    assert_eq!(
+        (
+            &od["consecutiveLocalOriginFailure"],
+            &od["interval"],
+            &od["baseEjectionTime"],
+            &od["maxEjectionPercent"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!("1s"),
+            &serde_json::json!("5s"),
+            &serde_json::json!(100)
+        )
+    );
+    let c = compiled(&rc(
+        "x",
+        "off",
+        &format!("{sharded}\nsharding: {{outlierDetection: {{enabled: false}}}}"),
+    ));
+    assert!(outlier(&c, "off").is_null());
+
+    let c = compiled(&rc(
+        "x",
+        "bad",
+        &format!(
+            "{sharded}\nsharding: {{outlierDetection: {{consecutiveFailures: 0, maxEjectionPercent: 101, interval: 0s}}}}"
+        ),
+    ));
+    let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.sharding.outlierDetection.consecutiveFailures",
+            "spec.sharding.outlierDetection.interval",
+            "spec.sharding.outlierDetection.maxEjectionPercent",
+        ],
+        "{:?}",
+        c.problems
+    );
+}
+
+#[test]
 fn should_map_sharding_and_refuse_what_the_chosen_balancer_ignores() {
     let sharded =
         "mode: Sharded\nendpoints: {static: [\"a=127.0.0.1:7000\", \"b=127.0.0.1:7001\"]}";

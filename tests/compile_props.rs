@@ -421,6 +421,11 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         }),
                         minimum_ring_size: (!maglev).then_some(ring),
                         table_size: maglev.then_some(table),
+                        outlier_detection: Some(redis_xds::api::OutlierDetection {
+                            consecutive_failures: Some(1 + ring % 1000),
+                            max_ejection_percent: Some(ring % 101),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     listener,

@@ -373,6 +373,7 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
 /// Mode Sharded's load balancer: ring hash or Maglev, with the sizes given.
 fn sharding(c: &mut cluster::Cluster, s: &ShardingPlan) {
     use cluster::cluster::{LbConfig, LbPolicy, MaglevLbConfig, RingHashLbConfig};
+    c.outlier_detection = s.outlier_detection.as_ref().map(outlier_detection);
     let size = |v: Option<u32>| {
         v.map(|value| pbw::UInt64Value {
             value: value.into(),
@@ -404,6 +405,29 @@ fn sharding(c: &mut cluster::Cluster, s: &ShardingPlan) {
                 }));
             }
         }
+    }
+}
+
+/// Envoy's redis client reports failed connections and command timeouts as local-origin
+/// results; with `split_external_local_origin_errors` only those eject. Every other
+/// detector is enforced at 0%: Envoy enforces some by default (consecutive "5xx", success
+/// rates), and for Redis an error reply says nothing about the server's health.
+fn outlier_detection(o: &super::plan::OutlierPlan) -> cluster::OutlierDetection {
+    let uint = |value: u32| Some(pbw::UInt32Value { value });
+    cluster::OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: uint(o.consecutive_failures),
+        enforcing_consecutive_local_origin_failure: uint(100),
+        interval: Some(duration(o.interval)),
+        base_ejection_time: Some(duration(o.base_ejection_time)),
+        max_ejection_percent: uint(o.max_ejection_percent),
+        enforcing_consecutive_5xx: uint(0),
+        enforcing_consecutive_gateway_failure: uint(0),
+        enforcing_success_rate: uint(0),
+        enforcing_local_origin_success_rate: uint(0),
+        enforcing_failure_percentage: uint(0),
+        enforcing_failure_percentage_local_origin: uint(0),
+        ..Default::default()
     }
 }
 

@@ -245,7 +245,31 @@ pub struct ShardingPlan {
     pub unhealthy_threshold: u32,
     /// Successes before it is up.
     pub healthy_threshold: u32,
+    /// Outlier detection, unless turned off.
+    pub outlier_detection: Option<OutlierPlan>,
 }
+
+/// Outlier detection of mode Sharded (see [`crate::api::OutlierDetection`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutlierPlan {
+    /// Consecutive local-origin failures that eject a server.
+    pub consecutive_failures: u32,
+    /// Review interval.
+    pub interval: Duration,
+    /// Base ejection time.
+    pub base_ejection_time: Duration,
+    /// Largest share of servers ejected at once, percent.
+    pub max_ejection_percent: u32,
+}
+
+/// Outlier detection defaults of mode Sharded: five consecutive failed connections or timed
+/// out commands eject a server for 30s (longer on each repeat), at most half of them.
+pub const DEFAULT_OUTLIER: OutlierPlan = OutlierPlan {
+    consecutive_failures: 5,
+    interval: Duration::from_secs(10),
+    base_ejection_time: Duration::from_secs(30),
+    max_ejection_percent: 50,
+};
 
 /// Health check defaults of mode Sharded: a server marked down moves its keys to the next
 /// on the ring, so flapping is avoided rather than detection hurried.
@@ -1212,7 +1236,41 @@ fn sharding(
         hc.healthy_threshold,
         DEFAULT_HEALTHY_THRESHOLD,
     );
+    let od = s.outlier_detection.unwrap_or_default();
+    let od_base = format!("{base}.outlierDetection");
+    let outlier_detection = (od.enabled != Some(false)).then(|| OutlierPlan {
+        consecutive_failures: match od.consecutive_failures {
+            Some(v) if !(1..=1000).contains(&v) => {
+                c.invalid(
+                    format!("{od_base}.consecutiveFailures"),
+                    format!("{v} is out of range 1..1000"),
+                );
+                v
+            }
+            v => v.unwrap_or(DEFAULT_OUTLIER.consecutive_failures),
+        },
+        interval: c
+            .positive(&format!("{od_base}.interval"), od.interval.as_ref())
+            .unwrap_or(DEFAULT_OUTLIER.interval),
+        base_ejection_time: c
+            .positive(
+                &format!("{od_base}.baseEjectionTime"),
+                od.base_ejection_time.as_ref(),
+            )
+            .unwrap_or(DEFAULT_OUTLIER.base_ejection_time),
+        max_ejection_percent: match od.max_ejection_percent {
+            Some(v) if v > 100 => {
+                c.invalid(
+                    format!("{od_base}.maxEjectionPercent"),
+                    format!("{v} is out of range 0..100"),
+                );
+                v
+            }
+            v => v.unwrap_or(DEFAULT_OUTLIER.max_ejection_percent),
+        },
+    });
     Some(ShardingPlan {
+        outlier_detection,
         policy,
         hash_function: s.hash_function,
         minimum_ring_size: s.minimum_ring_size,

@@ -30,6 +30,10 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("auth_uses_the_secret_and_follows_its_rotation", auth),
     ("sharded_mode_keeps_keys_when_a_server_moves", sharded),
     (
+        "a_dead_shard_is_ejected_by_outlier_detection_and_its_keys_move",
+        outlier_ejection,
+    ),
+    (
         "adding_and_deleting_a_listener_reaches_envoy_without_restart",
         live_change,
     ),
@@ -361,6 +365,68 @@ fn auth(f: &Fixture) {
         admin.ok(&["CONFIG", "SET", "requirepass", "e2e-first-password"]);
         admin.ok(&["CONFIG", "SET", "masterauth", "e2e-first-password"]);
     }
+}
+
+/// Passive health checking in mode Sharded: a shard that dies after it was healthy is
+/// ejected by Envoy's outlier detection from the failed connections of the traffic itself,
+/// long before the next active health check (here an hour away), and its keys go to the
+/// shard left.
+fn outlier_ejection(f: &Fixture) {
+    let dir = f._dir.path().join("outlier");
+    let live = standalone(&dir);
+    let mut doomed = standalone(&dir);
+    let port = free_port();
+    let sc = Sidecar::start(&[(
+        "cache.yaml",
+        rc(
+            "ejecting",
+            &format!(
+                "mode: Sharded\nendpoints: {{static: [\"a={}\", \"b={}\"]}}\nsharding:\n  healthCheck: {{interval: 1h}}\n  outlierDetection: {{consecutiveFailures: 2, interval: 1s}}\nlistener: {{port: {port}}}",
+                live.addr(),
+                doomed.addr()
+            ),
+        ),
+    )]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    wait_until("both shards receive keys", || {
+        for i in 0..40 {
+            c.cmd(&["SET", &format!("warm:{i}"), "1"]).ok()?;
+        }
+        [&live, &doomed]
+            .iter()
+            .all(|s| crate::redis::conn(s.port, None).ok(&["DBSIZE"]) != "0")
+            .then_some(())
+    });
+    doomed.proc.terminate();
+    let started = Instant::now();
+    wait_until("every key goes to the shard left", || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        (0..40)
+            .all(|i| {
+                c.cmd(&["SET", &format!("after:{i}"), "1"])
+                    .is_ok_and(|r| r.text() == "OK")
+            })
+            .then_some(())
+    });
+    println!(
+        "  the dead shard was ejected and bypassed after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let stats = http_get(&sc.admin, "/stats?filter=outlier_detection").unwrap_or_default();
+    let enforced = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster.redis/e2e/ejecting.outlier_detection.ejections_enforced_consecutive_local_origin_failure: "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        enforced >= 1,
+        "no ejection for local-origin failures:\n{stats}"
+    );
+    let held = crate::redis::conn(live.port, None).ok(&["EXISTS", "after:0", "after:39"]);
+    assert_eq!(
+        held, "2",
+        "the keys written after the ejection are not on the live shard"
+    );
 }
 
 fn sharded(f: &Fixture) {
