@@ -377,6 +377,13 @@ pub struct UpstreamTls {
     /// sidecar, `/etc/ssl/certs/ca-certificates.crt` (public CAs, as managed Redis uses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretRef>,
+    /// A ConfigMap holding the CA bundle instead (as trust-manager's Bundles and
+    /// cert-manager's CA injection publish them). The sidecar mounts it at
+    /// `/etc/redis-xds/configmaps/<name>/` and Envoy reads `<key>` there; redis-xds itself
+    /// never reads ConfigMaps (its RBAC grants no access to them), so Envoy is the one to
+    /// judge the bundle. Not together with `caSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_ref: Option<ConfigMapKeyRef>,
     /// The name sent as SNI and required among the certificate's DNS names (`sni`,
     /// `validation_context.match_typed_subject_alt_names`). Without it, any certificate the
     /// CA signed is accepted, whatever its name.
@@ -391,6 +398,18 @@ pub struct UpstreamTls {
     /// files under `/etc/redis-xds/secrets/<secret name>/` that the sidecar mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+}
+
+/// Names a key of a ConfigMap in the referring object's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapKeyRef {
+    /// ConfigMap name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the PEM bundle. Default `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// Names a Secret in the referring object's namespace.

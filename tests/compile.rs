@@ -1322,6 +1322,64 @@ fn should_map_sharding_and_refuse_what_the_chosen_balancer_ignores() {
 }
 
 #[test]
+fn should_trust_a_ca_bundle_the_sidecar_mounts_from_a_config_map() {
+    let c = compiled(
+        &(rc(
+            "x",
+            "bundle",
+            &format!(
+                "{STATIC}\ntls: {{caConfigMapRef: {{name: trust-bundle, key: root-certs.pem}}, serverName: redis.example}}"
+            ),
+        ) + &rc(
+            "x",
+            "default-key",
+            &format!("{STATIC}\ntls: {{caConfigMapRef: {{name: trust-bundle}}}}"),
+        ) + &rc(
+            "x",
+            "both",
+            &format!(
+                "{STATIC}\ntls: {{caConfigMapRef: {{name: trust-bundle}}, caSecretRef: {{name: ca}}}}"
+            ),
+        ) + &rc(
+            "x",
+            "escape",
+            &format!(
+                "{STATIC}\ntls: {{caConfigMapRef: {{name: trust-bundle, key: ../../secrets/x}}}}"
+            ),
+        )),
+    );
+    let trusted = |name: &str| {
+        redis_xds::protojson::to_json(&c.clusters[&format!("redis/x/{name}")].cluster).unwrap()
+            ["transportSocket"]["typedConfig"]["commonTlsContext"]["validationContext"]
+            ["trustedCa"]
+            .clone()
+    };
+    assert_eq!(
+        trusted("bundle"),
+        serde_json::json!({"filename": "/etc/redis-xds/configmaps/trust-bundle/root-certs.pem"})
+    );
+    assert_eq!(
+        trusted("default-key"),
+        serde_json::json!({"filename": "/etc/redis-xds/configmaps/trust-bundle/ca.crt"})
+    );
+    let fields: Vec<String> = c
+        .problems
+        .iter()
+        .map(|p| format!("{}:{}", p.object.name, p.field))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "both:spec.tls.caConfigMapRef",
+            "both:spec.tls.caSecretRef.name",
+            "escape:spec.tls.caConfigMapRef.key"
+        ],
+        "{:?}",
+        c.problems
+    );
+}
+
+#[test]
 fn should_map_upstream_tls_and_report_missing_secret_keys() {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["redis".to_string()])

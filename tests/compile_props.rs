@@ -407,6 +407,7 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                         ca_secret_ref: Some(SecretRef {
                             name: "tls-ca".into(),
                         }),
+                        ca_config_map_ref: None,
                         server_name: Some("redis.example".into()),
                         client_certificate_secret_ref: Some(SecretRef {
                             name: "tls-client".into(),

@@ -62,6 +62,9 @@ fn percent(p: u32) -> core::RuntimeFractionalPercent {
 
 /// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.
 pub const SECRET_MOUNT_ROOT: &str = "/etc/redis-xds/secrets";
+/// Where sidecars mount the ConfigMaps named by `spec.tls.caConfigMapRef`:
+/// `<root>/<configmap name>/<key>`.
+pub const CONFIG_MAP_MOUNT_ROOT: &str = "/etc/redis-xds/configmaps";
 
 /// Where Envoy finds the system's CA certificates (Debian's, and Envoy's and Istio's
 /// proxy images'), for upstream TLS without a CA Secret.
@@ -97,9 +100,10 @@ fn file_source(path: String) -> core::DataSource {
 fn upstream_tls(t: &TlsPlan) -> core::TransportSocket {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
     use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
-    let trusted_ca = match &t.ca {
-        Some((secret, ca)) => secret_data(t.delivery, secret, "ca.crt", ca),
-        None => file_source(SYSTEM_CA_FILE.to_owned()),
+    let trusted_ca = match (&t.ca, &t.ca_file) {
+        (Some((secret, ca)), _) => secret_data(t.delivery, secret, "ca.crt", ca),
+        (None, Some(path)) => file_source(path.clone()),
+        (None, None) => file_source(SYSTEM_CA_FILE.to_owned()),
     };
     let names = t
         .server_name

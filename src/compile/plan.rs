@@ -56,8 +56,12 @@ pub struct Credentials {
 /// TLS to the servers, with its Secrets resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPlan {
-    /// `ca.crt` of the CA Secret, with the Secret's name; `None`: the system trust store.
+    /// `ca.crt` of the CA Secret, with the Secret's name; `None`: `ca_file`, else the
+    /// system trust store.
     pub ca: Option<(String, SecretValue)>,
+    /// The CA bundle as a file the sidecar mounts from a ConfigMap:
+    /// `/etc/redis-xds/configmaps/<name>/<key>`.
+    pub ca_file: Option<String>,
     /// SNI and required DNS name.
     pub server_name: Option<String>,
     /// `tls.crt` and `tls.key` of the client certificate Secret, with its name.
@@ -1086,6 +1090,43 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
         }
         Some((r.name.clone(), cert?, key?))
     });
+    let ca_file = t.ca_config_map_ref.as_ref().and_then(|r| {
+        let base = "spec.tls.caConfigMapRef";
+        if t.ca_secret_ref.is_some() {
+            c.invalid(
+                base,
+                "set caSecretRef or caConfigMapRef, not both: Envoy trusts one CA source",
+            );
+            return None;
+        }
+        if !is_dns_subdomain(&r.name) {
+            c.invalid(
+                format!("{base}.name"),
+                format!("{:?} is not a ConfigMap name (a DNS subdomain)", r.name),
+            );
+            return None;
+        }
+        let key = r.key.as_deref().unwrap_or("ca.crt");
+        // Kubernetes' rule for ConfigMap keys, which also keeps the path inside the mount.
+        let valid_key = !key.is_empty()
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+        if !valid_key {
+            c.invalid(
+                format!("{base}.key"),
+                format!("{key:?} is not a ConfigMap key (letters, digits, '-', '_' and '.')"),
+            );
+            return None;
+        }
+        Some(format!(
+            "{}/{}/{key}",
+            super::envoy::CONFIG_MAP_MOUNT_ROOT,
+            r.name
+        ))
+    });
     if let Some(name) = &t.server_name
         && !is_dns_subdomain(name)
     {
@@ -1096,6 +1137,7 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
     }
     (c.problems.len() == before).then(|| TlsPlan {
         ca,
+        ca_file,
         server_name: t.server_name.clone(),
         client,
         delivery: t.delivery.unwrap_or_default(),
