@@ -77,6 +77,18 @@ pub fn start_server_on(
     cluster: bool,
     password: Option<&str>,
 ) -> Server {
+    start_server_with(dir, host, port, cluster, password, &[])
+}
+
+/// A server listening on `host:port` only, with more `redis-server` arguments.
+pub fn start_server_with(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    cluster: bool,
+    password: Option<&str>,
+    extra: &[&str],
+) -> Server {
     let data = dir.join(format!("{host}-{port}"));
     std::fs::create_dir_all(&data).unwrap();
     let mut cmd = Command::new("redis-server");
@@ -111,6 +123,7 @@ pub fn start_server_on(
     if let Some(pw) = password {
         cmd.args(["--requirepass", pw, "--masterauth", pw]);
     }
+    cmd.args(extra);
     let child = cmd
         .spawn()
         .expect("redis-server starts (scripts/test installs it)");
@@ -148,6 +161,30 @@ impl Cluster {
             .map(|_| start_server(dir, cluster_port(), true, password))
             .collect();
         Cluster::create(dir, servers, masters, replicas, password)
+    }
+
+    /// `masters` primaries that announce themselves by the host name `localhost` (Redis 7's
+    /// `cluster-announce-hostname` with `cluster-preferred-endpoint-type hostname`), as
+    /// managed Redis Clusters do: CLUSTER SLOTS and `MOVED` replies carry the name.
+    pub fn start_announcing_localhost(dir: &Path, masters: usize) -> Cluster {
+        let servers: Vec<Server> = (0..masters)
+            .map(|_| {
+                start_server_with(
+                    dir,
+                    "127.0.0.1",
+                    cluster_port(),
+                    true,
+                    None,
+                    &[
+                        "--cluster-announce-hostname",
+                        "localhost",
+                        "--cluster-preferred-endpoint-type",
+                        "hostname",
+                    ],
+                )
+            })
+            .collect();
+        Cluster::create(dir, servers, masters, 0, None)
     }
 
     /// A cluster with one server on each of `hosts`, all on the same port, as Pods behind

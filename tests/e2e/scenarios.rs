@@ -46,6 +46,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         capabilities,
     ),
     (
+        "a_moved_reply_naming_a_host_is_followed_through_the_dns_cache",
+        moved_to_host_names,
+    ),
+    (
         "each_node_is_authenticated_as_its_own_acl_user",
         acl_user_per_node,
     ),
@@ -426,6 +430,59 @@ fn outlier_ejection(f: &Fixture) {
     assert_eq!(
         held, "2",
         "the keys written after the ejection are not on the live shard"
+    );
+}
+
+/// Redirections to host names: a Redis Cluster that announces `localhost` (as managed ones
+/// announce their DNS names) answers `MOVED <slot> localhost:<port>` once a slot moved while
+/// Envoy's slot map is stale; Envoy follows it through the listener's DNS cache
+/// (`dns_cache_config`) instead of handing the client the redirection.
+fn moved_to_host_names(f: &Fixture) {
+    let dir = f._dir.path().join("hostnames");
+    let cluster = Cluster::start_announcing_localhost(&dir, 3);
+    let port = free_port();
+    let sc = Sidecar::start(&[(
+        "named.yaml",
+        rc(
+            "named",
+            &format!(
+                "endpoints: {{static: [\"localhost:{}\"]}}\ntopology: {{refreshInterval: 1h, redirectRefreshThreshold: 1000}}\nlistener: {{port: {port}}}",
+                cluster.servers[0].port
+            ),
+        ),
+    )]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    // The owner of the key's slot is the server that answers it instead of redirecting.
+    let key = "moved:key";
+    let slot = cluster.servers[0].conn().ok(&["CLUSTER", "KEYSLOT", key]);
+    let owner = cluster
+        .servers
+        .iter()
+        .position(|s| !s.conn().cmd(&["EXISTS", key]).unwrap().is_error())
+        .expect("an owner of the slot");
+    let target = &cluster.servers[(owner + 1) % cluster.servers.len()];
+    let target_id = target.conn().ok(&["CLUSTER", "MYID"]);
+    for s in &cluster.servers {
+        s.conn()
+            .ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
+    }
+    let moved = cluster.servers[owner]
+        .conn()
+        .cmd(&["SET", key, "x"])
+        .unwrap();
+    assert!(
+        moved
+            .text()
+            .starts_with(&format!("MOVED {slot} localhost:")),
+        "the old owner does not redirect by name: {moved:?}"
+    );
+    // Envoy still sends the key to the old owner, gets the MOVED by name and follows it.
+    assert_eq!(c.ok(&["SET", key, "followed"]), "OK");
+    assert_eq!(target.conn().ok(&["GET", key]), "followed");
+    let stats = http_get(&sc.admin, "/stats?filter=internal_redirect").unwrap_or_default();
+    assert!(
+        stats.contains("cluster.redis/e2e/named.upstream_internal_redirect_succeeded_total: 1"),
+        "Envoy did not follow the redirection itself:\n{stats}"
     );
 }
 
