@@ -103,6 +103,22 @@ struct ServeArgs {
     /// SPIFFE trust domain of client certificates (--xds-auth mtls).
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Who may read /debug/* (every proxy's configuration): kubernetes (callers allowed
+    /// `get` on redisclusters/debug, checked with TokenReview and SubjectAccessReview; the
+    /// default with Kubernetes), none (anyone who reaches the port; the default with
+    /// --manifests). /healthz, /readyz and /metrics stay open.
+    #[arg(long, value_enum)]
+    debug_auth: Option<DebugAuthMode>,
+    /// With --debug-auth kubernetes, let loopback callers (kubectl port-forward) in
+    /// without a token.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    debug_trust_loopback: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DebugAuthMode {
+    None,
+    Kubernetes,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +348,7 @@ fn init_logging(format: LogFormat) {
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let kubernetes = args.manifests.is_none();
     let opts = crate::serve::ServeOptions {
         manifests: args.manifests,
         xds_addr: args.xds_addr,
@@ -350,6 +367,17 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 trust_domain: args.trust_domain.clone(),
             },
         }),
+        debug_auth: match args.debug_auth {
+            Some(DebugAuthMode::None) => Some(crate::serve::DebugAuth::None),
+            Some(DebugAuthMode::Kubernetes) => Some(crate::serve::DebugAuth::Kubernetes {
+                trust_loopback: args.debug_trust_loopback,
+            }),
+            // The source's default, with the loopback setting given.
+            None if kubernetes => Some(crate::serve::DebugAuth::Kubernetes {
+                trust_loopback: args.debug_trust_loopback,
+            }),
+            None => None,
+        },
         kube: crate::serve::KubeOptions {
             namespace: args.namespace,
             lease_namespace: args.lease_namespace,

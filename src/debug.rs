@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::compile::any;
+use crate::debug_access::DebugAccess;
 use crate::metrics::Metrics;
 use crate::protojson;
 use crate::snapshot::Snapshot;
@@ -45,18 +48,63 @@ pub struct DebugState {
     pub metrics: Arc<Metrics>,
     /// True once the source finished its initial read.
     pub ready: watch::Receiver<bool>,
+    /// Who may read `/debug/*`; `None`: anyone who reaches the port (without Kubernetes).
+    pub access: Option<Arc<DebugAccess>>,
 }
 
-/// The router.
+/// The router. `/healthz`, `/readyz` and `/metrics` stay open (probes and Prometheus);
+/// `/debug/*` goes through [`DebugState::access`]. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the check needs the peer.
 pub fn router(state: DebugState) -> Router {
+    let debug = Router::new()
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/model", get(model))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            allowed,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/debug/config_dump", get(config_dump))
-        .route("/debug/syncz", get(syncz))
-        .route("/debug/model", get(model))
+        .merge(debug)
         .with_state(state)
+}
+
+async fn allowed(
+    State(access): State<Option<Arc<DebugAccess>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(access) = access else {
+        return next.run(request).await;
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let Some(peer) = peer else {
+        return (StatusCode::FORBIDDEN, "the caller's address is unknown\n").into_response();
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match access.check(peer, authorization).await {
+        Ok(()) => next.run(request).await,
+        Err((status, why)) => {
+            tracing::info!(%peer, path = %request.uri().path(), status = status.as_u16(), "debug request refused");
+            let mut response = (status, why).into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            response
+        }
+    }
 }
 
 async fn readyz(State(s): State<DebugState>) -> Response {

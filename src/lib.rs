@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod compile;
 pub mod debug;
+pub mod debug_access;
 pub mod duration;
 pub mod memory;
 pub mod metrics;

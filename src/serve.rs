@@ -50,6 +50,22 @@ pub struct ServeOptions {
     /// Proxy authentication on the xDS port; `None` picks the default of the source:
     /// token in Kubernetes, none with a manifests directory.
     pub xds_auth: Option<XdsAuth>,
+    /// Who may read `/debug/*`; `None` picks the default of the source: Kubernetes
+    /// permissions (loopback trusted) in Kubernetes, anyone with a manifests directory.
+    pub debug_auth: Option<DebugAuth>,
+}
+
+/// `--debug-auth`: who may read `/debug/*` (see [`crate::debug_access`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebugAuth {
+    /// Anyone who reaches the debug port.
+    None,
+    /// Callers allowed `get` on `redisclusters/debug`, by TokenReview and
+    /// SubjectAccessReview; loopback callers too when `trust_loopback`.
+    Kubernetes {
+        /// Let loopback callers (`kubectl port-forward`) in without a token.
+        trust_loopback: bool,
+    },
 }
 
 /// `--xds-auth`.
@@ -308,7 +324,31 @@ pub async fn run(
             .await
             .with_context(|| format!("binding the debug address {addr}"))?;
         debug_addr = Some(listener.local_addr()?);
+        let debug_auth = opts.debug_auth.unwrap_or(if opts.manifests.is_some() {
+            DebugAuth::None
+        } else {
+            DebugAuth::Kubernetes {
+                trust_loopback: true,
+            }
+        });
+        let access = match debug_auth {
+            DebugAuth::None => None,
+            DebugAuth::Kubernetes { trust_loopback } => {
+                let client = match &client {
+                    Some(c) => c.clone(),
+                    None => kube_client().await.context(
+                        "--debug-auth kubernetes needs the Kubernetes API for TokenReview and SubjectAccessReview",
+                    )?,
+                };
+                Some(Arc::new(crate::debug_access::DebugAccess::new(
+                    client,
+                    trust_loopback,
+                )))
+            }
+        };
+        info!(debug_auth = ?debug_auth, "debug endpoint authorization");
         let router = crate::debug::router(crate::debug::DebugState {
+            access,
             registry: Arc::clone(&registry),
             snapshots: snap_rx.clone(),
             dir: Some(state.clone()),
@@ -318,7 +358,8 @@ pub async fn run(
         let stop = shutdown.clone();
         info!(addr = %listener.local_addr()?, "debug server listening");
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
             {

@@ -714,3 +714,86 @@ fn should_read_a_secret_that_becomes_referenced_after_it_was_listed() {
         "the Secret was not read cleanly:\n{log}"
     );
 }
+
+/// `GET http://{addr}{path}` with an optional bearer token: (status, body).
+fn debug_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd.arg(format!("http://{addr}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn should_open_debug_only_to_callers_the_cluster_allows() {
+    let api = with_shop();
+    for name in ["operator", "intruder"] {
+        api.create(
+            "/api/v1/namespaces/shop/serviceaccounts",
+            &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+        );
+    }
+    // The ClusterRole operators are bound to, exactly as deploy/ ships it.
+    let yaml = std::fs::read_to_string(common::root().join("deploy/debug-access.yaml")).unwrap();
+    let role: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+    api.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", &role);
+    api.create(
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        &json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "redis-xds-debug-operator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "redis-xds-debug"},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": "shop"}],
+        }),
+    );
+    // Tokens of the API server's own audience, as `kubectl create token` makes them.
+    let token = |name: &str| {
+        api.create(
+            &format!("/api/v1/namespaces/shop/serviceaccounts/{name}/token"),
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+        )["status"]["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (operator, intruder) = (token("operator"), token("intruder"));
+
+    // Loopback is not trusted here: every test caller is on loopback.
+    let serve = start_serve_kube(
+        &api,
+        &["--xds-auth", "none", "--debug-trust-loopback", "false"],
+        "info",
+    );
+    common::wait_until("serve is ready", || {
+        (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
+    });
+    // Probes and Prometheus stay open.
+    assert_eq!(debug_get(&serve.debug, "/metrics", None).0, 200);
+    assert_eq!(debug_get(&serve.debug, "/healthz", None).0, 200);
+
+    let (code, body) = debug_get(&serve.debug, "/debug/syncz", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Bearer"), "{body}");
+    let (code, body) = debug_get(&serve.debug, "/debug/model", Some("not-a-token"));
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = debug_get(&serve.debug, "/debug/model", Some(&intruder));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("system:serviceaccount:shop:intruder") && body.contains("redis-xds-debug"),
+        "the refusal does not say who and what to bind: {body}"
+    );
+    for path in ["/debug/syncz", "/debug/model"] {
+        let (code, body) = debug_get(&serve.debug, path, Some(&operator));
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let log = serve.log.lock().unwrap().clone();
+    assert!(
+        !log.contains(&operator) && !log.contains(&intruder),
+        "a token was logged"
+    );
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -69,6 +70,7 @@ fn check(doc: &Value) -> Result<(), String> {
         "StatefulSet" => strict::<StatefulSet>(doc).map(drop),
         "Job" => strict::<Job>(doc).map(drop),
         "Service" => strict::<Service>(doc).map(drop),
+        "NetworkPolicy" => strict::<NetworkPolicy>(doc).map(drop),
         "PodDisruptionBudget" => strict::<PodDisruptionBudget>(doc).map(drop),
         "CustomResourceDefinition" => strict::<CustomResourceDefinition>(doc).map(drop),
         "RedisCluster" => {

@@ -32,6 +32,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
         tls: None,
         kube: Default::default(),
         xds_auth: None,
+        debug_auth: None,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -53,6 +53,12 @@ pub const API_CALLS: &[ApiCall] = &[
         why: "verifying the ServiceAccount tokens of proxies (--xds-auth token)",
     },
     ApiCall {
+        group: "authorization.k8s.io",
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+        why: "whether the caller of /debug/* may get redisclusters/debug (--debug-auth kubernetes)",
+    },
+    ApiCall {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
