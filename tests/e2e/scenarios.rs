@@ -46,6 +46,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         capabilities,
     ),
     (
+        "the_connection_rate_limit_refuses_a_reconnect_storm",
+        connection_rate_limit,
+    ),
+    (
         "a_moved_reply_naming_a_host_is_followed_through_the_dns_cache",
         moved_to_host_names,
     ),
@@ -484,6 +488,61 @@ fn moved_to_host_names(f: &Fixture) {
         stats.contains("cluster.redis/e2e/named.upstream_internal_redirect_succeeded_total: 1"),
         "Envoy did not follow the redirection itself:\n{stats}"
     );
+}
+
+/// `connectionRateLimit`: Envoy opens at most that many new connections per second to each
+/// server. With 1 per second, a server whose clients are killed five times in a row is
+/// reconnected to at most twice in that burst; the other commands are refused
+/// (`redis_cluster.connection_rate_limited`), and a second later commands flow again.
+fn connection_rate_limit(f: &Fixture) {
+    let dir = f._dir.path().join("rate");
+    let server = standalone(&dir);
+    let port = free_port();
+    let sc = Sidecar::start(&[(
+        "limited.yaml",
+        rc(
+            "limited",
+            &format!(
+                "mode: Sharded\nendpoints: {{static: [\"{}\"]}}\nlistener: {{port: {port}, connectionRateLimit: 1}}",
+                server.addr()
+            ),
+        ),
+    )]);
+    sc.wait_serving(port, &["SET", "probe", "1"]);
+    let admin = || crate::redis::conn(server.port, None);
+    let mut refused = 0;
+    for i in 0..5 {
+        // Every client connection of the server is closed, so the next command needs a new
+        // upstream connection.
+        admin().ok(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+        if c.cmd(&["SET", "limited", &i.to_string()])
+            .unwrap()
+            .is_error()
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 3,
+        "only {refused} of 5 reconnections were refused"
+    );
+    let stats = http_get(&sc.admin, "/stats?filter=connection_rate_limited").unwrap_or_default();
+    let limited = stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cluster.redis/e2e/limited.redis_cluster.connection_rate_limited: ")
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        limited >= 3,
+        "Envoy counted {limited} rate-limited connections:\n{stats}"
+    );
+    wait_until("commands flow again once the rate allows", || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        (c.cmd(&["SET", "limited", "after"]).ok()?.text() == "OK").then_some(())
+    });
 }
 
 fn sharded(f: &Fixture) {
