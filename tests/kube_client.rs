@@ -402,7 +402,8 @@ async fn watchers_list_every_kind_in_all_namespaces_and_leave_out_only_the_broke
         lines,
         [
             "GET /api/v1/pods?&limit=500",
-            "GET /api/v1/secrets?&limit=500",
+            // Pages of 50: Helm release Secrets run to hundreds of KiB each.
+            "GET /api/v1/secrets?&limit=50",
             "GET /apis/discovery.k8s.io/v1/endpointslices?&limit=500",
             "GET /apis/redis-xds.dev/v1alpha1/redisclusters?&limit=500",
         ]
