@@ -873,3 +873,42 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// In Kubernetes mode only the Secrets that `secret_names` lists keep their data: every
+    /// Secret the compile looks up must be among them, or it would be missing there while
+    /// present in the cluster. With no Secrets at all, each lookup reports SecretNotFound.
+    #[test]
+    fn every_secret_the_compile_reads_is_one_the_kubernetes_source_keeps(spec in spec()) {
+        let mut model = Model::default();
+        let key = ObjectKey::new("ns", "a");
+        model.redis_clusters.insert(
+            key.clone(),
+            RedisClusterObject {
+                key,
+                generation: Some(1),
+                created: Some(0),
+                seen: 0,
+                spec: spec.clone(),
+                origin: Origin::Kubernetes,
+            }
+            .into(),
+        );
+        let c = compile(&model);
+        let kept: Vec<String> = redis_xds::api::secret_names(&spec)
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        for p in c.problems.iter().filter(|p| p.reason == redis_xds::compile::Reason::SecretNotFound) {
+            let read = p
+                .message
+                .strip_prefix("Secret ")
+                .and_then(|m| m.rsplit_once(" not found in namespace"))
+                .map(|(name, _)| name.to_owned())
+                .unwrap_or_default();
+            prop_assert!(kept.contains(&read), "{} is read at {} but not kept: {:?}", read, p.field, kept);
+        }
+    }
+}
