@@ -269,7 +269,10 @@ fn mirroring(f: &Fixture) {
         rc("main", &main_spec(f, port, spec)) + &second_rc(f),
     )]);
     let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    // Mirrored writes are fire-and-forget: one sent before Envoy reached the mirror's
+    // servers is gone for good, so each attempt writes again.
     wait_until("the mirror receives writes", || {
+        c.cmd(&["SET", "probe", "1"]).ok()?;
         holds(&f.second, "probe").then_some(())
     });
     f.second.flush();
