@@ -133,58 +133,49 @@ fn walk(msg: &DynamicMessage, covered: bool) -> Result<(), Found> {
     Ok(())
 }
 
+/// Answers per descriptor name, worked out once per process.
+type Known = std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<String, bool>>>;
+
+/// `compute`'s answer for `name`, worked out once per process: what a descriptor's
+/// validation rules say never changes, and reading them decodes options.
+fn remembered(cache: &'static Known, name: &str, compute: impl FnOnce() -> bool) -> bool {
+    let known = cache.get_or_init(Default::default);
+    if let Some(answer) = known.read().ok().and_then(|m| m.get(name).copied()) {
+        return answer;
+    }
+    let answer = compute();
+    if let Ok(mut m) = known.write() {
+        m.insert(name.to_owned(), answer);
+    }
+    answer
+}
+
 /// Whether validating a message runs the validation of the messages in `field`: the field
-/// has rules, and they do not say `skip`. Remembered per field, since reading the rules
-/// decodes them.
+/// has rules, and they do not say `skip`.
 fn enters(field: &prost_reflect::FieldDescriptor) -> bool {
     use prost_validate_types::FieldRulesExt;
-    use std::collections::HashMap;
-    use std::sync::{OnceLock, RwLock};
-    static KNOWN: OnceLock<RwLock<HashMap<String, bool>>> = OnceLock::new();
-    let known = KNOWN.get_or_init(Default::default);
-    if let Some(enters) = known
-        .read()
-        .ok()
-        .and_then(|m| m.get(field.full_name()).copied())
-    {
-        return enters;
-    }
-    let enters = matches!(
-        field.validation_rules(),
-        Ok(Some(rules)) if !rules.message.is_some_and(|m| m.skip())
-    );
-    if let Ok(mut m) = known.write() {
-        m.insert(field.full_name().to_owned(), enters);
-    }
-    enters
+    static KNOWN: Known = Known::new();
+    remembered(&KNOWN, field.full_name(), || {
+        matches!(
+            field.validation_rules(),
+            Ok(Some(rules)) if !rules.message.is_some_and(|m| m.skip())
+        )
+    })
 }
 
 /// Whether the crate's validation of a message of this type checks anything of its own: a
 /// field carries rules or a oneof is required. For any other type a call would only cost a
 /// copy of the message and a lock in the crate (most of a Cluster's validation time, in
 /// the LbEndpoint, Endpoint and locality messages without rules); the fields below are
-/// walked here either way. Remembered per type.
+/// walked here either way.
 fn has_rules(desc: &MessageDescriptor) -> bool {
     use prost_validate_types::{FieldRulesExt, OneofRulesExt};
-    use std::collections::HashMap;
-    use std::sync::{OnceLock, RwLock};
-    static KNOWN: OnceLock<RwLock<HashMap<String, bool>>> = OnceLock::new();
-    let known = KNOWN.get_or_init(Default::default);
-    if let Some(has) = known
-        .read()
-        .ok()
-        .and_then(|m| m.get(desc.full_name()).copied())
-    {
-        return has;
-    }
-    let has = desc
-        .fields()
-        .any(|f| !matches!(f.validation_rules(), Ok(None)))
-        || desc.oneofs().any(|o| o.required());
-    if let Ok(mut m) = known.write() {
-        m.insert(desc.full_name().to_owned(), has);
-    }
-    has
+    static KNOWN: Known = Known::new();
+    remembered(&KNOWN, desc.full_name(), || {
+        desc.fields()
+            .any(|f| !matches!(f.validation_rules(), Ok(None)))
+            || desc.oneofs().any(|o| o.required())
+    })
 }
 
 /// Enters a nested message, unpacking an `Any` into the message it carries (the crate

@@ -330,6 +330,16 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
     (proc, admin)
 }
 
+/// The value of one Envoy counter from its admin `/stats` (0 when Envoy has not made it).
+pub fn envoy_counter(admin: &str, name: &str) -> u64 {
+    http_get(admin, &format!("/stats?filter={name}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A plain HTTP GET; the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     redis_xds::status::http_get(addr, path).ok()

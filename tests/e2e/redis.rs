@@ -280,40 +280,6 @@ impl Cluster {
             .join(", ")
     }
 
-    /// Ports of the servers currently acting as primary (or replica), from CLUSTER NODES.
-    pub fn ports_with_role(&self, role: &str) -> Vec<u16> {
-        let port = self
-            .servers
-            .iter()
-            .find(|s| self.conn_ok(s.port))
-            .expect("a live node")
-            .port;
-        let nodes = self.conn(port).ok(&["CLUSTER", "NODES"]);
-        let mut out: Vec<u16> = nodes
-            .lines()
-            .filter(|l| {
-                let flags = l.split_whitespace().nth(2).unwrap_or_default();
-                flags.split(',').any(|f| f == role) && !flags.contains("fail")
-            })
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .nth(1)?
-                    .split('@')
-                    .next()?
-                    .rsplit(':')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    fn conn_ok(&self, port: u16) -> bool {
-        Conn::connect(&format!("127.0.0.1:{port}")).is_ok()
-    }
-
     /// The servers currently acting as primary (or replica), from CLUSTER NODES, matched by
     /// address: for clusters whose servers share one port on several hosts.
     pub fn servers_with_role(&self, role: &str) -> Vec<&Server> {
@@ -335,6 +301,21 @@ impl Cluster {
             .iter()
             .filter(|s| addrs.contains(&s.addr()))
             .collect()
+    }
+
+    /// Ports of the servers currently acting as primary (or replica), from CLUSTER NODES.
+    pub fn ports_with_role(&self, role: &str) -> Vec<u16> {
+        let mut out: Vec<u16> = self
+            .servers_with_role(role)
+            .iter()
+            .map(|s| s.port)
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn conn_ok(&self, port: u16) -> bool {
+        Conn::connect(&format!("127.0.0.1:{port}")).is_ok()
     }
 
     pub fn primaries(&self) -> Vec<u16> {

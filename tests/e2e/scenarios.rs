@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::common::{free_port, http_get, start_serve_full, wait_until};
+use crate::common::{envoy_counter, free_port, http_get, start_serve_full, wait_until};
 use crate::redis::Cluster;
 use crate::resp::{Conn, Reply};
 use crate::{Fixture, Sidecar, rc, standalone};
@@ -423,16 +423,11 @@ fn outlier_ejection(f: &Fixture) {
         "  the dead shard was ejected and bypassed after {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let stats = http_get(&sc.admin, "/stats?filter=outlier_detection").unwrap_or_default();
-    let enforced = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cluster.redis/e2e/ejecting.outlier_detection.ejections_enforced_consecutive_local_origin_failure: "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(
-        enforced >= 1,
-        "no ejection for local-origin failures:\n{stats}"
+    let enforced = envoy_counter(
+        &sc.admin,
+        "cluster.redis/e2e/ejecting.outlier_detection.ejections_enforced_consecutive_local_origin_failure",
     );
+    assert!(enforced >= 1, "no ejection for local-origin failures");
     let held = crate::redis::conn(live.port, None).ok(&["EXISTS", "after:0", "after:39"]);
     assert_eq!(
         held, "2",
@@ -486,10 +481,13 @@ fn moved_to_host_names(f: &Fixture) {
     // Envoy still sends the key to the old owner, gets the MOVED by name and follows it.
     assert_eq!(c.ok(&["SET", key, "followed"]), "OK");
     assert_eq!(target.conn().ok(&["GET", key]), "followed");
-    let stats = http_get(&sc.admin, "/stats?filter=internal_redirect").unwrap_or_default();
-    assert!(
-        stats.contains("cluster.redis/e2e/named.upstream_internal_redirect_succeeded_total: 1"),
-        "Envoy did not follow the redirection itself:\n{stats}"
+    assert_eq!(
+        envoy_counter(
+            &sc.admin,
+            "cluster.redis/e2e/named.upstream_internal_redirect_succeeded_total"
+        ),
+        1,
+        "Envoy did not follow the redirection itself"
     );
 }
 
@@ -530,17 +528,13 @@ fn connection_rate_limit(f: &Fixture) {
         refused >= 3,
         "only {refused} of 5 reconnections were refused"
     );
-    let stats = http_get(&sc.admin, "/stats?filter=connection_rate_limited").unwrap_or_default();
-    let limited = stats
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cluster.redis/e2e/limited.redis_cluster.connection_rate_limited: ")
-        })
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let limited = envoy_counter(
+        &sc.admin,
+        "cluster.redis/e2e/limited.redis_cluster.connection_rate_limited",
+    );
     assert!(
         limited >= 3,
-        "Envoy counted {limited} rate-limited connections:\n{stats}"
+        "Envoy counted {limited} rate-limited connections"
     );
     wait_until("commands flow again once the rate allows", || {
         let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;

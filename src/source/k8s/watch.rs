@@ -44,9 +44,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn with_index(&self, f: impl FnOnce(&mut Index)) {
+    fn with_index<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut index);
+        f(&mut index)
     }
 
     fn publish_problems(&self) {
@@ -332,9 +332,7 @@ fn trim_pod(p: Pod) -> Pod {
 /// only, decided as it arrives so that a list of thousands never holds their data.
 fn secret_object(shared: &Shared, s: Secret) -> Object {
     let key = super::super::convert::key(&s.metadata);
-    let mut wanted = false;
-    shared.with_index(|i| wanted = i.wants_secret(&key));
-    if wanted {
+    if shared.with_index(|i| i.wants_secret(&key)) {
         Object::Secret(Box::new(s))
     } else {
         Object::UnreferencedSecret(key)
@@ -342,8 +340,8 @@ fn secret_object(shared: &Shared, s: Secret) -> Object {
 }
 
 /// Reads Secrets that became referenced after they were seen unreferenced (a RedisCluster
-/// created or changed to name an existing Secret), one GET each, retried a second apart
-/// while the API server cannot answer and the Secret is still wanted.
+/// created or changed to name an existing Secret), one GET each, retried with
+/// [`WatchBackoff`] while the API server cannot answer and the Secret is still wanted.
 async fn fetch_secrets(
     client: Client,
     shared: Shared,
@@ -356,12 +354,8 @@ async fn fetch_secrets(
             k = wanted.recv() => match k { Some(k) => k, None => return },
         };
         let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
-        loop {
-            let mut still = false;
-            shared.with_index(|i| still = i.wants_secret(&key));
-            if !still {
-                break;
-            }
+        let mut backoff = WatchBackoff::default();
+        while shared.with_index(|i| i.wants_secret(&key)) {
             match api.get_opt(&key.name).await {
                 Ok(secret) => {
                     shared.with_index(|i| i.fetched(&key, secret.as_ref()));
@@ -378,7 +372,7 @@ async fn fetch_secrets(
                     warn!(secret = %key, error = %e, "reading a newly referenced Secret failed; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = tokio::time::sleep(backoff.next().unwrap_or(WatchBackoff::MAX)) => {}
                     }
                 }
             }
