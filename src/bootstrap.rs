@@ -15,11 +15,35 @@ use crate::protojson;
 /// Name of the static cluster that points at redis-xds.
 pub const XDS_CLUSTER: &str = "redis-xds";
 
+/// Where Envoy reads a file's worth of data: Envoy's `config.core.v3.DataSource`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// `filename`: read from this path (re-read by some consumers, e.g. call credentials).
+    Filename(PathBuf),
+    /// `inline_string`: the data itself, e.g. a CA bundle put in by the injector.
+    InlineString(String),
+}
+
+impl DataSource {
+    fn to_json(&self) -> Value {
+        match self {
+            DataSource::Filename(p) => json!({"filename": p}),
+            DataSource::InlineString(s) => json!({"inlineString": s}),
+        }
+    }
+}
+
+impl From<PathBuf> for DataSource {
+    fn from(p: PathBuf) -> Self {
+        DataSource::Filename(p)
+    }
+}
+
 /// TLS towards the xDS server; mirrors `serve --xds-tls-*`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClientTls {
-    /// CA that the server certificate must chain to.
-    pub ca: PathBuf,
+    /// CA bundle that the server certificate must chain to.
+    pub ca: DataSource,
     /// Client certificate, for mutual TLS.
     pub cert: Option<PathBuf>,
     /// Client key, for mutual TLS.
@@ -48,7 +72,17 @@ pub struct BootstrapOptions {
     /// Send this projected ServiceAccount token file as `authorization: Bearer` (matches
     /// `serve --xds-auth token`). Needs TLS: gRPC sends call credentials over TLS only.
     pub token_path: Option<PathBuf>,
+    /// A listener on this address (`HOST`, `PORT`) that answers `GET /ready` from the
+    /// admin interface, and nothing else: what kubelet's probes reach, since the admin
+    /// interface stays on 127.0.0.1. `/ready` is 200 once Envoy has its first
+    /// configuration (or its initial fetch timed out) and 503 while it drains.
+    pub status: Option<(String, u16)>,
 }
+
+/// Name of the status listener of [`BootstrapOptions::status`].
+pub const STATUS_LISTENER: &str = "redis-xds-status";
+/// Name of the static cluster that points at the admin interface, for the status listener.
+pub const ADMIN_CLUSTER: &str = "redis-xds-admin";
 
 /// Errors building a bootstrap.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +147,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
         let server_name = tls.server_name.clone().unwrap_or_else(|| host.clone());
         let mut common = json!({
             "validationContext": {
-                "trustedCa": {"filename": tls.ca},
+                "trustedCa": tls.ca.to_json(),
                 "matchTypedSubjectAltNames": [{
                     "sanType": if server_name.parse::<std::net::IpAddr>().is_ok() { "IP_ADDRESS" } else { "DNS" },
                     "matcher": {"exact": server_name}
@@ -143,7 +177,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             // (GoogleGrpc.credentials_factory_name): the default factory leaves
             // `fromPlugin` call credentials out, and the stream goes without the token.
             let tls = opts.tls.as_ref().ok_or(Error::TokenWithoutTls)?;
-            let mut ssl = json!({"rootCerts": {"filename": tls.ca}});
+            let mut ssl = json!({"rootCerts": tls.ca.to_json()});
             if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
                 ssl["certChain"] = json!({"filename": cert});
                 ssl["privateKey"] = json!({"filename": key});
@@ -173,6 +207,43 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             }})
         }
     };
+    let mut clusters = vec![xds_cluster];
+    let mut listeners = Vec::new();
+    if let Some((address, port)) = &opts.status {
+        clusters.push(json!({
+            "name": ADMIN_CLUSTER,
+            "type": "STATIC",
+            "connectTimeout": "1s",
+            "loadAssignment": {
+                "clusterName": ADMIN_CLUSTER,
+                "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": opts.admin_port}}}}]}]
+            }
+        }));
+        listeners.push(json!({
+            "name": STATUS_LISTENER,
+            "address": {"socketAddress": {"address": address, "portValue": port}},
+            "filterChains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typedConfig": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "statPrefix": "redis_xds_status",
+                    "routeConfig": {"virtualHosts": [{
+                        "name": "status",
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"path": "/ready", "headers": [{"name": ":method", "stringMatch": {"exact": "GET"}}]},
+                             "route": {"cluster": ADMIN_CLUSTER, "timeout": "2s"}},
+                            {"match": {"prefix": "/"}, "directResponse": {"status": 404}}
+                        ]
+                    }]},
+                    "httpFilters": [{
+                        "name": "envoy.filters.http.router",
+                        "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }]
+                }
+            }]}]
+        }));
+    }
     let doc = json!({
         "node": {"id": opts.node_id, "cluster": "redis-xds-sidecar", "metadata": metadata},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": opts.admin_port}}},
@@ -186,7 +257,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"},
             "ldsConfig": {"ads": {}, "resourceApiVersion": "V3"}
         },
-        "staticResources": {"clusters": [xds_cluster]}
+        "staticResources": {"clusters": clusters, "listeners": listeners}
     });
     canonical("envoy.config.bootstrap.v3.Bootstrap", &doc)
 }
@@ -220,6 +291,7 @@ mod tests {
             sotw: false,
             tls: None,
             token_path: None,
+            status: None,
         }
     }
 
@@ -255,7 +327,7 @@ mod tests {
     fn should_configure_mutual_tls_when_given_a_client_certificate() {
         let mut o = opts();
         o.tls = Some(ClientTls {
-            ca: "/etc/xds/ca.pem".into(),
+            ca: DataSource::Filename("/etc/xds/ca.pem".into()),
             cert: Some("/etc/xds/tls.crt".into()),
             key: Some("/etc/xds/tls.key".into()),
             server_name: None,

@@ -44,7 +44,7 @@ enum Command {
     /// Show every connected proxy and whether it is in sync (from a running server).
     Status(StatusArgs),
     /// Serve the compiled resources to Envoy sidecars over ADS (gRPC), following changes.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,6 +76,37 @@ struct ServeArgs {
     /// CA (PEM) that client certificates must chain to: turns on mutual TLS.
     #[arg(long, requires = "xds_tls_cert")]
     xds_tls_client_ca: Option<PathBuf>,
+    /// CA bundle (PEM) that injected sidecars verify --xds-tls-cert with (cert-manager's
+    /// ca.crt). The three files are re-read every minute, so renewals need no restart.
+    #[arg(long, requires = "xds_tls_cert")]
+    xds_tls_ca_bundle: Option<PathBuf>,
+    /// Kubernetes: keep a self-signed CA in this Secret of redis-xds's namespace (created
+    /// when missing, or bring your own as a kubernetes.io/tls Secret) and serve the xDS and
+    /// webhook ports with a 24-hour certificate issued from it and renewed in place.
+    #[arg(long, conflicts_with = "xds_tls_cert")]
+    ca_secret: Option<String>,
+    /// Another DNS name or IP address for the certificate issued with --ca-secret (repeat;
+    /// SERVICE.NAMESPACE.svc and SERVICE.NAMESPACE.svc.cluster.local are always in it).
+    #[arg(long = "tls-san", requires = "ca_secret")]
+    tls_sans: Vec<String>,
+    /// Name of redis-xds's Service: the certificate's DNS names and the xDS address of
+    /// injected sidecars derive from it.
+    #[arg(long, default_value = "redis-xds")]
+    service_name: String,
+    /// Address of the sidecar injection webhook (HTTPS, POST /inject); off when not given.
+    #[arg(long)]
+    webhook_addr: Option<std::net::SocketAddr>,
+    /// MutatingWebhookConfiguration whose caBundle redis-xds keeps (with --ca-secret).
+    #[arg(long, default_value = "redis-xds")]
+    webhook_configuration: String,
+    /// HOST:PORT of the xDS server for injected sidecars (default: SERVICE.NAMESPACE.svc
+    /// and the --xds-addr port).
+    #[arg(long)]
+    inject_xds_address: Option<String>,
+    /// Default image of injected sidecars (the redis-xds.dev/proxy-image annotation
+    /// overrides it per pod).
+    #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
+    proxy_image: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -253,7 +284,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(args) => run_render(&args),
         Command::Crd => run_crd().map(|()| ExitCode::SUCCESS),
-        Command::Serve(args) => run_serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => run_serve(*args).map(|()| ExitCode::SUCCESS),
         Command::Bootstrap(args) => run_bootstrap(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => run_status(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => run_bench(&args).map(|()| ExitCode::SUCCESS),
@@ -390,7 +421,19 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 .xds_tls_key
                 .expect("clap requires the key with the certificate"),
             client_ca: args.xds_tls_client_ca,
+            ca_bundle: args.xds_tls_ca_bundle,
         }),
+        ca: args.ca_secret.map(|secret| crate::serve::CaSettings {
+            secret,
+            extra_names: args.tls_sans,
+        }),
+        webhook: args.webhook_addr.map(|addr| crate::serve::WebhookSettings {
+            addr,
+            configuration: args.webhook_configuration,
+            xds_address: args.inject_xds_address,
+            image: args.proxy_image,
+        }),
+        service_name: args.service_name,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -421,11 +464,12 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         sotw: args.sotw,
         token_path: (args.xds_auth == AuthMode::Token).then(|| args.token_path.clone()),
         tls: args.xds_tls_ca.map(|ca| crate::bootstrap::ClientTls {
-            ca,
+            ca: ca.into(),
             cert: args.xds_tls_cert,
             key: args.xds_tls_key,
             server_name: args.xds_tls_server_name,
         }),
+        status: None,
     };
     let json = crate::bootstrap::bootstrap(&opts)?;
     let mut text = serde_json::to_string_pretty(&json)?;

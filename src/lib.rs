@@ -9,11 +9,13 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod bootstrap;
+pub mod ca;
 pub mod cli;
 pub mod compile;
 pub mod debug;
 pub mod debug_access;
 pub mod duration;
+pub mod inject;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -24,6 +26,7 @@ pub mod serve;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod tls;
 pub mod xds;
 
 /// Every binary that links this crate (the server, its tests and benchmarks) allocates

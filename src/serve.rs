@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,6 +17,7 @@ use crate::model::Model;
 use crate::publish::{self, Debounce};
 use crate::snapshot::Snapshot;
 use crate::source::watch::{self as dirwatch, DirState, DirWatcher};
+use crate::tls::ServingCert;
 use crate::xds::{AdsServer, Registry, ResourceSource};
 
 /// TLS for the xDS port.
@@ -28,6 +29,32 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// CA that client certificates must chain to; set for mutual TLS.
     pub client_ca: Option<PathBuf>,
+    /// CA bundle (PEM) that sidecars verify the server certificate with, for the
+    /// injector (cert-manager's `ca.crt`).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// `--ca-secret`: redis-xds's own CA (see [`crate::ca`]).
+#[derive(Clone, Debug)]
+pub struct CaSettings {
+    /// Name of the Secret in redis-xds's namespace (`--lease-namespace`).
+    pub secret: String,
+    /// Extra names in the serving certificate, besides the Service's DNS names.
+    pub extra_names: Vec<String>,
+}
+
+/// `--webhook-addr`: the sidecar injector (see [`crate::inject`]).
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Where the webhook listens (TLS, with the serving certificate of the xDS port).
+    pub addr: SocketAddr,
+    /// MutatingWebhookConfiguration whose `caBundle` redis-xds keeps (with `--ca-secret`).
+    pub configuration: String,
+    /// The xDS address injected sidecars use; default: the Service's DNS name and the xDS
+    /// port.
+    pub xds_address: Option<String>,
+    /// Default sidecar image.
+    pub image: String,
 }
 
 /// Everything `serve` needs.
@@ -53,6 +80,13 @@ pub struct ServeOptions {
     /// Who may read `/debug/*`; `None` picks the default of the source: Kubernetes
     /// permissions (loopback trusted) in Kubernetes, anyone with a manifests directory.
     pub debug_auth: Option<DebugAuth>,
+    /// redis-xds's own CA for the serving certificate, instead of `tls` files.
+    pub ca: Option<CaSettings>,
+    /// The sidecar injector; `None` turns it off.
+    pub webhook: Option<WebhookSettings>,
+    /// Name of redis-xds's Service: the serving certificate's DNS names and the injected
+    /// xDS address derive from it.
+    pub service_name: String,
 }
 
 /// `--debug-auth`: who may read `/debug/*` (see [`crate::debug_access`]).
@@ -90,6 +124,8 @@ pub enum XdsAuth {
 pub struct Handles {
     /// Bound address of the debug server, when it runs.
     pub debug_addr: Option<SocketAddr>,
+    /// Bound address of the injection webhook, when it runs.
+    pub webhook_addr: Option<SocketAddr>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Connected proxies.
@@ -316,7 +352,101 @@ pub async fn run(
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let local = listener.local_addr()?;
 
-    let tls = opts.tls.as_ref().map(tls_config).transpose()?;
+    let own_namespace = opts.kube.lease_namespace.clone();
+    let service_dns = format!("{}.{own_namespace}.svc", opts.service_name);
+    // The serving certificate of the xDS and webhook ports, and the bundle sidecars trust.
+    let mut serving: Option<(Arc<ServingCert>, Arc<RwLock<String>>)> = None;
+    if let Some(ca) = &opts.ca {
+        let Some(client) = &client else {
+            bail!("--ca-secret keeps the CA in a Secret: it needs Kubernetes, not --manifests");
+        };
+        let mut names = vec![service_dns.clone(), format!("{service_dns}.cluster.local")];
+        names.extend(ca.extra_names.iter().cloned());
+        crate::ca::check_names(&names)?;
+        let ca_opts = crate::ca::CaOptions {
+            namespace: own_namespace.clone(),
+            secret: ca.secret.clone(),
+            names,
+            webhook_configuration: opts.webhook.as_ref().map(|w| w.configuration.clone()),
+        };
+        let (authority, issued) = crate::ca::start(client, &ca_opts).await?;
+        serving = Some((Arc::clone(&issued.cert), Arc::clone(&issued.bundle)));
+        tasks.push(tokio::spawn(crate::ca::run(
+            client.clone(),
+            ca_opts,
+            authority,
+            issued,
+            shutdown.clone(),
+        )));
+    } else if let Some(files) = &opts.tls {
+        let (cert, bundle) = files_serving_cert(files)?;
+        serving = Some((Arc::clone(&cert), Arc::clone(&bundle)));
+        tasks.push(tokio::spawn(reload_files(
+            files.clone(),
+            cert,
+            bundle,
+            shutdown.clone(),
+        )));
+    }
+    let client_ca = match opts.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
+        Some(p) => Some(
+            std::fs::read(p)
+                .with_context(|| format!("reading the xDS client CA {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let tls = match &serving {
+        Some((cert, _)) => Some(crate::tls::server_config(
+            Arc::clone(cert),
+            client_ca.as_deref(),
+            &[b"h2"],
+        )?),
+        None => None,
+    };
+
+    let mut webhook_addr = None;
+    if let Some(webhook) = &opts.webhook {
+        let Some((cert, bundle)) = &serving else {
+            bail!(
+                "--webhook-addr needs a serving certificate: pass --ca-secret, or --xds-tls-cert, --xds-tls-key and --xds-tls-ca-bundle"
+            );
+        };
+        let listener = TcpListener::bind(webhook.addr)
+            .await
+            .with_context(|| format!("binding the webhook address {}", webhook.addr))?;
+        let local_webhook = listener.local_addr()?;
+        webhook_addr = Some(local_webhook);
+        let inject = Arc::new(crate::inject::InjectOptions {
+            xds_address: webhook
+                .xds_address
+                .clone()
+                .unwrap_or_else(|| format!("{service_dns}:{}", local.port())),
+            server_name: service_dns.clone(),
+            image: webhook.image.clone(),
+            token_audience: match &auth {
+                XdsAuth::Token { audience } => audience.clone(),
+                _ => "redis-xds".into(),
+            },
+            own_namespace: own_namespace.clone(),
+            bundle: Arc::clone(bundle),
+        });
+        let config = crate::tls::server_config(Arc::clone(cert), None, &[b"http/1.1"])?;
+        let connections = crate::tls::accept(listener, config, |_| {}, shutdown.clone());
+        let stop = shutdown.clone();
+        info!(addr = %local_webhook, "sidecar injection webhook listening");
+        tasks.push(tokio::spawn(async move {
+            let listener = crate::tls::AxumTlsListener {
+                connections,
+                local: local_webhook,
+            };
+            if let Err(e) = axum::serve(listener, crate::inject::router(inject))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "webhook server failed");
+            }
+        }));
+    }
 
     let mut debug_addr = None;
     if let Some(addr) = opts.debug_addr {
@@ -404,11 +534,12 @@ pub async fn run(
         )));
     }
 
-    info!(addr = %local, tls = opts.tls.is_some(), mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "xDS server listening");
+    info!(addr = %local, tls = serving.is_some(), mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "xDS server listening");
     on_listening(
         local,
         Handles {
             debug_addr,
+            webhook_addr,
             metrics: Arc::clone(&metrics),
             registry,
             snapshots: snap_rx,
@@ -426,44 +557,70 @@ pub async fn run(
     Ok(())
 }
 
-/// TLS for the xDS port (rustls through tonic). The files are checked here first, so that
-/// a bad one is reported by path and kind; a key's own parse error could quote key
-/// material, so it is never shown.
-fn tls_config(tls: &TlsFiles) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+/// How often certificate files are re-read, so that a renewal by cert-manager (which
+/// kubelet writes into the mounted Secret) is served without a restart.
+pub const TLS_FILES_RELOAD: Duration = Duration::from_secs(60);
 
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
-    };
-    let certs = |p: &PathBuf, what: &str| -> anyhow::Result<Vec<u8>> {
-        let pem = read(p, what)?;
-        let count = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("{}: not PEM certificates", p.display()))?
-            .len();
-        if count == 0 {
-            bail!("{}: no PEM certificate in the {what}", p.display());
-        }
-        Ok(pem)
-    };
-    let chain = certs(&tls.cert, "xDS TLS certificate")?;
-    let key = read(&tls.key, "xDS TLS key")?;
-    PrivateKeyDer::from_pem_slice(&key).map_err(|_| {
-        anyhow::anyhow!(
-            "{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the xDS TLS key",
-            tls.key.display()
-        )
-    })?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(chain, key));
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(certs(ca, "xDS client CA")?));
+fn read_bundle(files: &TlsFiles) -> anyhow::Result<String> {
+    match &files.ca_bundle {
+        None => Ok(String::new()),
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the CA bundle {}", p.display())),
     }
-    // Whether the certificate and key match is checked when the server starts.
-    crate::xds::server::builder(Some(config.clone()))
-        .context("the xDS TLS certificate and key do not make a usable pair")?;
-    Ok(config)
+}
+
+/// The serving certificate from files, checked here so that a bad file is reported by
+/// path and kind; a key's own parse error could quote key material, so it is never shown.
+fn files_serving_cert(files: &TlsFiles) -> anyhow::Result<(Arc<ServingCert>, Arc<RwLock<String>>)> {
+    let pair = crate::tls::read_pair(&files.cert, &files.key)?;
+    let what = format!("{} and {}", files.cert.display(), files.key.display());
+    let cert = ServingCert::new(&pair, &what)?;
+    Ok((cert, Arc::new(RwLock::new(read_bundle(files)?))))
+}
+
+/// Re-reads the certificate files every [`TLS_FILES_RELOAD`] and serves them when they
+/// changed and make a valid pair; otherwise the current certificate stays, with a warning.
+async fn reload_files(
+    files: TlsFiles,
+    cert: Arc<ServingCert>,
+    bundle: Arc<RwLock<String>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = crate::tls::read_pair(&files.cert, &files.key)
+        .ok()
+        .map(|p| (p.chain, p.key));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(TLS_FILES_RELOAD) => {}
+        }
+        let pair = match crate::tls::read_pair(&files.cert, &files.key) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot re-read the TLS files; keeping the current certificate");
+                continue;
+            }
+        };
+        if last
+            .as_ref()
+            .is_some_and(|(c, k)| *c == pair.chain && *k == pair.key)
+        {
+            continue;
+        }
+        let what = format!("{} and {}", files.cert.display(), files.key.display());
+        match cert.set(&pair, &what) {
+            Ok(()) => {
+                info!(cert = %files.cert.display(), "serving the renewed TLS certificate");
+                last = Some((pair.chain, pair.key));
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "keeping the current TLS certificate")
+            }
+        }
+        if let Ok(b) = read_bundle(&files) {
+            *bundle.write().unwrap_or_else(|e| e.into_inner()) = b;
+        }
+    }
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -544,6 +544,17 @@ async fn should_admit_proxies_by_their_service_account_tokens() {
 /// on `group`/`resource` (with `/subresource`) in `namespace` (empty: all namespaces), by a
 /// SubjectAccessReview.
 fn allowed(api: &ApiServer, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    allowed_named(api, verb, group, resource, namespace, "")
+}
+
+fn allowed_named(
+    api: &ApiServer,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     let review = api.create(
         "/apis/authorization.k8s.io/v1/subjectaccessreviews",
@@ -555,7 +566,7 @@ fn allowed(api: &ApiServer, verb: &str, group: &str, resource: &str, namespace: 
                 "groups": ["system:serviceaccounts", "system:serviceaccounts:redis-xds", "system:authenticated"],
                 "resourceAttributes": {
                     "verb": verb, "group": group, "resource": resource,
-                    "subresource": subresource, "namespace": namespace,
+                    "subresource": subresource, "namespace": namespace, "name": name,
                 },
             },
         }),
@@ -584,15 +595,20 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
         );
     }
     for call in API_CALLS {
-        // The status Lease lives in redis-xds' own namespace; the rest is cluster-wide.
-        let namespace = if call.resource == "leases" {
-            "redis-xds"
-        } else {
-            ""
-        };
         for verb in call.verbs {
+            // The status Lease and the CA Secret live in redis-xds' own namespace, and
+            // the one webhook configuration it patches is its own; the rest is
+            // cluster-wide.
+            let namespace = match (call.resource, *verb) {
+                ("leases", _) | ("secrets", "create") => "redis-xds",
+                _ => "",
+            };
+            let name = match call.resource {
+                "mutatingwebhookconfigurations" => "redis-xds",
+                _ => "",
+            };
             assert!(
-                allowed(&api, verb, call.group, call.resource, namespace),
+                allowed_named(&api, verb, call.group, call.resource, namespace, name),
                 "deploy/rbac.yaml does not allow {verb} {}/{} ({})",
                 call.group,
                 call.resource,
@@ -609,10 +625,26 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
         ("delete", "redis-xds.dev", "redisclusters", "shop"),
         ("create", "", "secrets", "shop"),
         ("update", "coordination.k8s.io", "leases", "kube-system"),
+        ("update", "", "secrets", "redis-xds"),
+        ("delete", "", "secrets", "redis-xds"),
     ] {
         assert!(
             !allowed(&api, verb, group, resource, namespace),
             "deploy/rbac.yaml allows {verb} {group}/{resource} in {namespace:?}, which redis-xds never does"
+        );
+    }
+    // Only its own webhook configuration, not another injector's.
+    for name in ["istio-sidecar-injector", ""] {
+        assert!(
+            !allowed_named(
+                &api,
+                "patch",
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                "",
+                name
+            ),
+            "deploy/rbac.yaml lets redis-xds patch webhook configuration {name:?}"
         );
     }
 }
@@ -639,17 +671,7 @@ fn should_apply_deploy_and_its_examples() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The CRD came with it; the examples use it once it is Established.
-    common::wait_until("the RedisCluster CRD is Established", || {
-        let (_, body) = api.get(
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/redisclusters.redis-xds.dev",
-        )?;
-        let crd: Value = serde_json::from_str(&body).ok()?;
-        crd["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Established" && c["status"] == "True")
-            .then_some(())
-    });
+    api.wait_crd_established();
     let out = kubectl_apply(&api, &["-k", "deploy/examples/"]);
     assert!(
         out.status.success(),

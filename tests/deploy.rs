@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
@@ -20,10 +21,12 @@ use serde_yaml_ng::Value;
 
 fn manifest_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in ["deploy", "deploy/examples", "crds"] {
+    for dir in ["deploy", "deploy/examples", "deploy/cert-manager", "crds"] {
         for e in std::fs::read_dir(common::root().join(dir)).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "yaml") {
+            // Kustomize patches are partial objects: checked by the overlay's own test.
+            let patch = p.to_string_lossy().ends_with("-patch.yaml");
+            if p.extension().is_some_and(|x| x == "yaml") && !patch {
                 out.push(p);
             }
         }
@@ -57,6 +60,43 @@ fn strict<T: DeserializeOwned>(doc: &Value) -> Result<T, String> {
     }
 }
 
+/// cert-manager's kinds: no Rust types here, so the fields redis-xds relies on are checked.
+fn cert_manager(doc: &Value) -> Result<(), String> {
+    if doc["apiVersion"].as_str() != Some("cert-manager.io/v1") {
+        return Err("apiVersion must be cert-manager.io/v1".into());
+    }
+    if doc["metadata"]["namespace"].as_str() != Some("redis-xds") {
+        return Err("metadata.namespace must be redis-xds".into());
+    }
+    let spec = &doc["spec"];
+    let known: &[&str] = match doc["kind"].as_str() {
+        Some("Issuer") => &["selfSigned", "ca"],
+        _ => &[
+            "isCA",
+            "commonName",
+            "secretName",
+            "duration",
+            "renewBefore",
+            "dnsNames",
+            "usages",
+            "privateKey",
+            "issuerRef",
+        ],
+    };
+    for (k, _) in spec.as_mapping().ok_or("no spec")? {
+        let k = k.as_str().unwrap_or_default();
+        if !known.contains(&k) {
+            return Err(format!("unknown field spec.{k}"));
+        }
+    }
+    if doc["kind"].as_str() == Some("Certificate")
+        && (spec["secretName"].as_str().is_none() || spec["issuerRef"]["name"].as_str().is_none())
+    {
+        return Err("a Certificate needs spec.secretName and spec.issuerRef.name".into());
+    }
+    Ok(())
+}
+
 fn check(doc: &Value) -> Result<(), String> {
     let kind = doc["kind"].as_str().unwrap_or_default();
     match kind {
@@ -71,6 +111,8 @@ fn check(doc: &Value) -> Result<(), String> {
         "Job" => strict::<Job>(doc).map(drop),
         "Service" => strict::<Service>(doc).map(drop),
         "NetworkPolicy" => strict::<NetworkPolicy>(doc).map(drop),
+        "MutatingWebhookConfiguration" => strict::<MutatingWebhookConfiguration>(doc).map(drop),
+        "Issuer" | "Certificate" => cert_manager(doc),
         "PodDisruptionBudget" => strict::<PodDisruptionBudget>(doc).map(drop),
         "CustomResourceDefinition" => strict::<CustomResourceDefinition>(doc).map(drop),
         "RedisCluster" => {
@@ -130,7 +172,7 @@ fn a_misspelt_field_is_caught() {
 
 #[test]
 fn kustomizations_list_files_that_exist_and_install_the_crd() {
-    for dir in ["deploy", "deploy/examples", "crds"] {
+    for dir in ["deploy", "deploy/examples", "deploy/cert-manager", "crds"] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
         let resources: Vec<&str> = k["resources"]
             .as_sequence()
@@ -149,14 +191,22 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
         }
     }
     // Every manifest in those directories is part of its kustomization.
-    for dir in ["deploy", "deploy/examples"] {
+    for dir in ["deploy", "deploy/examples", "deploy/cert-manager"] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
-        let listed: BTreeSet<String> = k["resources"]
+        let mut listed: BTreeSet<String> = k["resources"]
             .as_sequence()
             .unwrap()
             .iter()
             .map(|r| r.as_str().unwrap().to_string())
             .collect();
+        for p in k["patches"].as_sequence().into_iter().flatten() {
+            let path = p["path"].as_str().unwrap().to_string();
+            assert!(
+                common::root().join(dir).join(&path).exists(),
+                "{dir}/kustomization.yaml patches with missing {path}"
+            );
+            listed.insert(path);
+        }
         for f in manifest_files()
             .iter()
             .filter(|p| p.parent() == Some(&common::root().join(dir)))
@@ -211,19 +261,16 @@ fn the_deployment_is_hardened_and_probed() {
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
     let pod = spec.template.spec.unwrap();
-    assert_eq!(
-        pod.security_context.as_ref().unwrap().run_as_non_root,
-        Some(true)
-    );
     let c = &pod.containers[0];
-    let sc = c.security_context.as_ref().unwrap();
-    assert_eq!(sc.read_only_root_filesystem, Some(true));
-    assert_eq!(sc.allow_privilege_escalation, Some(false));
-    assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(
-        sc.capabilities.as_ref().unwrap().drop.as_deref(),
-        Some(&["ALL".to_string()][..])
-    );
+    assert_eq!(common::hardening_problems(&pod, c), Vec::<String>::new());
+    // The review catches what it is there for.
+    let mut weak = c.clone();
+    weak.security_context
+        .as_mut()
+        .unwrap()
+        .read_only_root_filesystem = None;
+    weak.resources = None;
+    assert_eq!(common::hardening_problems(&pod, &weak).len(), 3);
     assert_eq!(
         c.readiness_probe
             .as_ref()
@@ -246,8 +293,6 @@ fn the_deployment_is_hardened_and_probed() {
             .as_deref(),
         Some("/healthz")
     );
-    let res = c.resources.as_ref().unwrap();
-    assert!(res.requests.is_some() && res.limits.is_some());
     assert_eq!(pod.service_account_name.as_deref(), Some("redis-xds"));
     // The args are ones serve accepts.
     let args: Vec<&str> = c
@@ -300,60 +345,207 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
     let (ok, log) = common::envoy_validate(&path);
     assert!(ok, "{log}");
 
-    // The init container's bootstrap command is one redis-xds accepts, and Envoy too.
+    // The sample app carries no sidecar of its own: its namespace is labelled for the
+    // injector, and what the injector adds to its pods is a bootstrap Envoy accepts.
+    let ns: Namespace = strict(&documents(&dir.join("namespace.yaml")).remove(0)).unwrap();
+    assert_eq!(
+        ns.metadata.labels.unwrap()[redis_xds::inject::INJECT],
+        "enabled"
+    );
     let doc = documents(&dir.join("checkout.yaml")).remove(0);
     let d: Deployment = strict(&doc).unwrap();
-    let init = &d
+    let template = d.spec.unwrap().template;
+    assert!(template.spec.as_ref().unwrap().init_containers.is_none());
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: template.metadata.unwrap(),
+        spec: template.spec,
+        status: None,
+    };
+    let ca = redis_xds::ca::Authority::generate().unwrap();
+    let opts = redis_xds::inject::InjectOptions {
+        xds_address: "redis-xds.redis-xds.svc:18000".into(),
+        server_name: "redis-xds.redis-xds.svc".into(),
+        image: "envoyproxy/envoy:v1.40.0".into(),
+        token_audience: "redis-xds".into(),
+        own_namespace: "redis-xds".into(),
+        bundle: std::sync::Arc::new(std::sync::RwLock::new(ca.bundle().to_owned())),
+    };
+    let injected = redis_xds::inject::inject(&pod, "shop", &opts)
+        .unwrap()
+        .unwrap();
+    let sidecar = &injected.spec.unwrap().init_containers.unwrap()[0];
+    let args = sidecar.args.as_ref().unwrap();
+    assert_eq!(args[0], "--config-yaml");
+    // What kubelet does with $(VAR) from the downward API, and the token file it mounts.
+    let token_path = tmp.path().join("token");
+    std::fs::write(&token_path, "projected-token").unwrap();
+    let config = args[1]
+        .replace("$(POD_NAME)", "checkout-7d9c-abcde")
+        .replace("$(POD_IP)", "127.0.0.1")
+        .replace(
+            "/var/run/secrets/redis-xds/token",
+            token_path.to_str().unwrap(),
+        );
+    assert!(config.contains("envoy.grpc_credentials.file_based_metadata"));
+    std::fs::write(&path, config).unwrap();
+    let (ok, log) = common::envoy_validate(&path);
+    assert!(ok, "{log}");
+}
+
+#[test]
+fn the_webhook_configuration_matches_the_injector() {
+    let doc = documents(&common::root().join("deploy/webhook.yaml")).remove(0);
+    let config: MutatingWebhookConfiguration = strict(&doc).unwrap();
+    let webhooks = config.webhooks.unwrap();
+    assert_eq!(webhooks.len(), 2);
+    let service: Service =
+        strict(&documents(&common::root().join("deploy/service.yaml")).remove(0)).unwrap();
+    let ports = service.spec.unwrap().ports.unwrap();
+    let deployment: Deployment =
+        strict(&documents(&common::root().join("deploy/deployment.yaml")).remove(0)).unwrap();
+    let container = deployment
         .spec
         .unwrap()
         .template
         .spec
         .unwrap()
-        .init_containers
-        .unwrap()[0];
-    let args: Vec<String> = init
-        .args
-        .as_ref()
+        .containers
+        .remove(0);
+    let args = container.args.unwrap();
+    for w in &webhooks {
+        assert_eq!(w.failure_policy.as_deref(), Some("Fail"), "{}", w.name);
+        assert_eq!(w.side_effects, "None");
+        let svc = w.client_config.service.as_ref().unwrap();
+        assert_eq!(svc.path.as_deref(), Some("/inject"));
+        // The Service port it calls leads to the port serve's webhook listens on.
+        let port = ports.iter().find(|p| Some(p.port) == svc.port).unwrap();
+        let target = port.target_port.clone().unwrap();
+        let container_port = container
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                    p.name.clone().unwrap_or_default(),
+                ) == target
+            })
+            .unwrap()
+            .container_port;
+        assert!(
+            args.contains(&format!("--webhook-addr=0.0.0.0:{container_port}")),
+            "{args:?}"
+        );
+        // Never the system namespaces nor redis-xds's own, whatever else matches.
+        let exprs = w
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_expressions
+            .clone()
+            .unwrap();
+        let excluded = exprs
+            .iter()
+            .find(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+            .unwrap()
+            .values
+            .clone()
+            .unwrap();
+        for ns in redis_xds::inject::SYSTEM_NAMESPACES
+            .iter()
+            .chain(&["redis-xds"])
+        {
+            assert!(
+                excluded.iter().any(|e| e == ns),
+                "{} does not exclude {ns}",
+                w.name
+            );
+        }
+    }
+    // The injected pods' label is what the NetworkPolicy lets reach the xDS port.
+    let np = std::fs::read_to_string(common::root().join("deploy/networkpolicy.yaml")).unwrap();
+    assert!(np.contains(redis_xds::inject::PROXY_LABEL));
+}
+
+#[test]
+fn the_cert_manager_overlay_hands_serve_the_certificate_it_issues() {
+    let dir = common::root().join("deploy/cert-manager");
+    let certs = documents(&dir.join("certificates.yaml"));
+    let serving = certs
+        .iter()
+        .find(|d| d["metadata"]["name"].as_str() == Some("redis-xds-serving"))
+        .unwrap();
+    let secret = serving["spec"]["secretName"].as_str().unwrap();
+    // Issued by the CA Issuer, whose CA is the self-signed Certificate's Secret.
+    let issuer = serving["spec"]["issuerRef"]["name"].as_str().unwrap();
+    let ca_issuer = certs
+        .iter()
+        .find(|d| {
+            d["kind"].as_str() == Some("Issuer") && d["metadata"]["name"].as_str() == Some(issuer)
+        })
+        .unwrap();
+    let ca_secret = ca_issuer["spec"]["ca"]["secretName"].as_str().unwrap();
+    assert!(
+        certs
+            .iter()
+            .any(|d| d["kind"].as_str() == Some("Certificate")
+                && d["spec"]["isCA"].as_bool() == Some(true)
+                && d["spec"]["secretName"].as_str() == Some(ca_secret))
+    );
+    // The names serve's own CA would put in the certificate.
+    let names: Vec<&str> = serving["spec"]["dnsNames"]
+        .as_sequence()
         .unwrap()
         .iter()
-        .map(|a| {
-            a.replace("$(POD_NAME)", "checkout-abc")
-                .replace("$(POD_NAMESPACE)", "shop")
-                .replace("$(APP)", "checkout")
-                .replace("/etc/envoy/envoy.json", path.to_str().unwrap())
-        })
+        .map(|n| n.as_str().unwrap())
         .collect();
-    // Files the sidecar would mount: a CA and a token.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let ca_path = tmp.path().join("ca.crt");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let token_path = tmp.path().join("token");
-    std::fs::write(&token_path, "projected-token").unwrap();
-    let args: Vec<String> = args
-        .iter()
-        .map(|a| {
-            a.replace("/etc/redis-xds/ca/ca.crt", ca_path.to_str().unwrap())
-                .replace(
-                    "/var/run/secrets/redis-xds/token",
-                    token_path.to_str().unwrap(),
-                )
-        })
-        .collect();
-    assert!(
-        args.iter().any(|a| a == "--xds-auth=token"),
-        "the example uses token auth"
+    assert_eq!(
+        names,
+        [
+            "redis-xds.redis-xds.svc",
+            "redis-xds.redis-xds.svc.cluster.local"
+        ]
     );
-    let out = common::redis_xds().args(&args).output().unwrap();
+
+    let patch = documents(&dir.join("deployment-patch.yaml")).remove(0);
+    let pod = &patch["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"].as_str(),
+        Some(secret)
+    );
+    let c = &pod["containers"][0];
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for (flag, file) in [
+        ("--xds-tls-cert", "tls.crt"),
+        ("--xds-tls-key", "tls.key"),
+        ("--xds-tls-ca-bundle", "ca.crt"),
+    ] {
+        assert!(
+            args.contains(&format!("{flag}={mount}/{file}").as_str()),
+            "{flag}: {args:?}"
+        );
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--ca-secret")));
+    let out = common::redis_xds()
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bootstrap = std::fs::read_to_string(&path).unwrap();
-    assert!(bootstrap.contains("envoy.grpc_credentials.file_based_metadata"));
-    let (ok, log) = common::envoy_validate(&path);
-    assert!(ok, "{log}");
+
+    let webhook = documents(&dir.join("webhook-patch.yaml")).remove(0);
+    assert_eq!(
+        webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some("redis-xds/redis-xds-serving")
+    );
 }

@@ -33,6 +33,9 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
         kube: Default::default(),
         xds_auth: None,
         debug_auth: None,
+        ca: None,
+        webhook: None,
+        service_name: "redis-xds".into(),
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -5,12 +5,15 @@
 //! Nothing in this crate reads or writes HTTP/2 frames or HPACK: h2 does, and it is where
 //! the HTTP/2 denial-of-service fixes land (Rapid Reset, CONTINUATION floods, MadeYouReset).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_stream::StreamExt;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
 
 use super::grpc::AdsService;
 
@@ -24,8 +27,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive idle time on accepted sockets: a second line behind the HTTP/2 PING, for
 /// connections stuck before HTTP/2 starts (a TLS handshake that never finishes).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-/// A TLS handshake that takes longer is abandoned (rustls through tonic).
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake that takes longer is abandoned: [`crate::tls::HANDSHAKE_TIMEOUT`].
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = crate::tls::HANDSHAKE_TIMEOUT;
 
 /// Initial flow-control window of each stream, bytes: the RFC 9113 default (65,535),
 /// rounded to 64 KiB. A proxy sends small requests (an ACK is a few hundred bytes, a
@@ -78,9 +81,11 @@ pub const DECODE_BUFFER: usize = 512;
 // Adaptive flow-control windows stay off: they send BDP PINGs, which help large downloads
 // by the server, and requests here are small.
 
-/// tonic's server with the settings above; TLS when `tls` is given.
-pub fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
-    let builder = Server::builder()
+/// tonic's server with the settings above. TLS is not tonic's: [`serve`] hands it
+/// connections that [`crate::tls::accept`] has already handshaken, so that the serving
+/// certificate can be renewed in place.
+pub fn builder() -> Server {
+    Server::builder()
         .accept_http1(false)
         .initial_stream_window_size(INITIAL_STREAM_WINDOW)
         .initial_connection_window_size(INITIAL_CONNECTION_WINDOW)
@@ -91,11 +96,19 @@ pub fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport:
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
         .http2_adaptive_window(Some(false))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    match tls {
-        Some(tls) => builder.tls_config(tls.timeout(TLS_HANDSHAKE_TIMEOUT)),
-        None => Ok(builder),
-    }
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// TCP settings of every accepted xDS connection: no Nagle delay (responses are written
+/// whole), and [`TCP_KEEPALIVE`].
+fn on_accept(tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2_keepalive(TCP_KEEPALIVE);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
+fn socket2_keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new().with_time(idle)
 }
 
 /// How long connections may take to close after shutdown: their streams end at once, so
@@ -104,19 +117,33 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `service` on `listener` until `shutdown`; then stops accepting, sends every
 /// connection a GOAWAY and returns once they have all closed (the streams end on
-/// `shutdown` too), or after [`DRAIN_TIMEOUT`].
+/// `shutdown` too), or after [`DRAIN_TIMEOUT`]. With `tls` (from
+/// [`crate::tls::server_config`], ALPN `h2`), every connection is TLS.
 pub async fn serve(
     listener: TcpListener,
     service: AdsService,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(TCP_KEEPALIVE));
-    let server = builder(tls)?
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let router = builder().add_service(service);
+    let stopped = shutdown.clone().cancelled_owned();
+    let stop_accepting = shutdown.clone();
+    let server = async move {
+        match tls {
+            None => {
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(TCP_KEEPALIVE));
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            Some(config) => {
+                let connections = crate::tls::accept(listener, config, on_accept, stop_accepting);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                    .map(Ok::<_, std::io::Error>);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+        }
+    };
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_TIMEOUT).await;

@@ -332,6 +332,11 @@ impl ApiServer {
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
             &crd,
         );
+        self.wait_crd_established();
+    }
+
+    /// Waits until the RedisCluster CRD is Established.
+    pub fn wait_crd_established(&self) {
         super::wait_until("the RedisCluster CRD is Established", || {
             let (_, body) = self.get(
                 "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/redisclusters.redis-xds.dev",

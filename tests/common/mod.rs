@@ -413,3 +413,65 @@ pub fn snapshot_from_yaml(
         std::time::Instant::now(),
     ))
 }
+
+/// The hardening review that deploy/'s Deployment and every injected sidecar must pass:
+/// what a restricted Pod Security Standard and a production reviewer ask of a container.
+/// Returns what is missing; empty when it passes.
+pub fn hardening_problems(
+    pod: &k8s_openapi::api::core::v1::PodSpec,
+    c: &k8s_openapi::api::core::v1::Container,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let sc = c.security_context.clone().unwrap_or_default();
+    let psc = pod.security_context.clone().unwrap_or_default();
+    if sc.run_as_non_root.or(psc.run_as_non_root) != Some(true) {
+        out.push(format!("{}: runAsNonRoot is not true", c.name));
+    }
+    if sc.read_only_root_filesystem != Some(true) {
+        out.push(format!("{}: the root filesystem is writable", c.name));
+    }
+    if sc.allow_privilege_escalation != Some(false) {
+        out.push(format!("{}: privilege escalation is allowed", c.name));
+    }
+    if sc.privileged == Some(true) {
+        out.push(format!("{}: privileged", c.name));
+    }
+    let drops_all = sc
+        .capabilities
+        .as_ref()
+        .and_then(|caps| caps.drop.as_ref())
+        .is_some_and(|d| d.iter().any(|x| x == "ALL"));
+    let adds = sc
+        .capabilities
+        .as_ref()
+        .and_then(|caps| caps.add.as_ref())
+        .is_some_and(|a| !a.is_empty());
+    if !drops_all || adds {
+        out.push(format!("{}: capabilities are not all dropped", c.name));
+    }
+    let seccomp = sc.seccomp_profile.or(psc.seccomp_profile).map(|p| p.type_);
+    if !matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")) {
+        out.push(format!("{}: no seccomp profile", c.name));
+    }
+    let res = c.resources.clone().unwrap_or_default();
+    let has = |m: &Option<
+        std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >,
+               k: &str| { m.as_ref().is_some_and(|m| m.contains_key(k)) };
+    if !has(&res.requests, "cpu") || !has(&res.requests, "memory") {
+        out.push(format!("{}: no CPU and memory requests", c.name));
+    }
+    if !has(&res.limits, "memory") {
+        out.push(format!("{}: no memory limit", c.name));
+    }
+    if c.readiness_probe.is_none() {
+        out.push(format!("{}: no readiness probe", c.name));
+    }
+    if c.liveness_probe.is_none() && c.startup_probe.is_none() {
+        out.push(format!(
+            "{}: neither a liveness nor a startup probe",
+            c.name
+        ));
+    }
+    out
+}

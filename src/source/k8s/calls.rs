@@ -59,6 +59,18 @@ pub const API_CALLS: &[ApiCall] = &[
         why: "whether the caller of /debug/* may get redisclusters/debug (--debug-auth kubernetes)",
     },
     ApiCall {
+        group: "",
+        resource: "secrets",
+        verbs: &["create"],
+        why: "creating the self-signed CA Secret of --ca-secret when it is missing (redis-xds's namespace only)",
+    },
+    ApiCall {
+        group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        why: "keeping the caBundle of the injector's webhook configuration (--ca-secret with --webhook-addr; that one object only)",
+    },
+    ApiCall {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
