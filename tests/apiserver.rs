@@ -689,6 +689,95 @@ fn should_apply_deploy_and_its_examples() {
         !list["items"].as_array().unwrap().is_empty(),
         "deploy/examples created no RedisCluster"
     );
+    // Every object a pod template references exists: no pod would wait in
+    // ContainerCreating for a Secret, ConfigMap or ServiceAccount that nothing creates.
+    let mut templates = 0;
+    for (kind, path) in [
+        ("Deployment", "/apis/apps/v1/deployments"),
+        ("StatefulSet", "/apis/apps/v1/statefulsets"),
+        ("Job", "/apis/batch/v1/jobs"),
+    ] {
+        let (_, body) = api.get(path).unwrap();
+        let list: Value = serde_json::from_str(&body).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            templates += 1;
+            let ns = item["metadata"]["namespace"].as_str().unwrap();
+            let name = item["metadata"]["name"].as_str().unwrap();
+            for (what, object) in pod_references(&item["spec"]["template"]["spec"]) {
+                let path = match what {
+                    "Secret" => format!("/api/v1/namespaces/{ns}/secrets/{object}"),
+                    "ConfigMap" => format!("/api/v1/namespaces/{ns}/configmaps/{object}"),
+                    _ => format!("/api/v1/namespaces/{ns}/serviceaccounts/{object}"),
+                };
+                let (code, _) = api.get(&path).unwrap();
+                assert_eq!(
+                    code, 200,
+                    "{kind} {ns}/{name} needs {what} {object}, which nothing creates"
+                );
+            }
+        }
+    }
+    assert!(templates >= 3, "found {templates} pod templates");
+}
+
+/// The Secrets, ConfigMaps and ServiceAccount a pod spec refers to, as (kind, name).
+/// The `default` ServiceAccount is left out: the controller manager creates it in every
+/// namespace, and there is none here.
+fn pod_references(spec: &Value) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let name = |v: &Value| v.as_str().map(str::to_owned);
+    if let Some(sa) = name(&spec["serviceAccountName"]).filter(|sa| sa != "default") {
+        out.push(("ServiceAccount", sa));
+    }
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        out.extend(name(&v["secret"]["secretName"]).map(|n| ("Secret", n)));
+        out.extend(name(&v["configMap"]["name"]).map(|n| ("ConfigMap", n)));
+        for source in v["projected"]["sources"].as_array().into_iter().flatten() {
+            out.extend(name(&source["secret"]["name"]).map(|n| ("Secret", n)));
+            out.extend(name(&source["configMap"]["name"]).map(|n| ("ConfigMap", n)));
+        }
+    }
+    let containers = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default());
+    for c in containers {
+        for e in c["env"].as_array().into_iter().flatten() {
+            let optional = |r: &Value| r["optional"].as_bool() == Some(true);
+            let s = &e["valueFrom"]["secretKeyRef"];
+            if !optional(s) {
+                out.extend(name(&s["name"]).map(|n| ("Secret", n)));
+            }
+            let m = &e["valueFrom"]["configMapKeyRef"];
+            if !optional(m) {
+                out.extend(name(&m["name"]).map(|n| ("ConfigMap", n)));
+            }
+        }
+        for e in c["envFrom"].as_array().into_iter().flatten() {
+            out.extend(name(&e["secretRef"]["name"]).map(|n| ("Secret", n)));
+            out.extend(name(&e["configMapRef"]["name"]).map(|n| ("ConfigMap", n)));
+        }
+    }
+    out
+}
+
+#[test]
+fn pod_references_finds_what_a_template_names() {
+    let spec = json!({
+        "serviceAccountName": "redis-xds",
+        "volumes": [{"name": "tls", "secret": {"secretName": "redis-xds-tls"}},
+                    {"name": "ca", "configMap": {"name": "redis-xds-ca"}}],
+        "containers": [{"name": "c", "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "auth", "key": "password"}}}]}],
+    });
+    let refs = pod_references(&spec);
+    assert_eq!(
+        refs,
+        [
+            ("ServiceAccount", "redis-xds".to_string()),
+            ("Secret", "redis-xds-tls".to_string()),
+            ("ConfigMap", "redis-xds-ca".to_string()),
+            ("Secret", "auth".to_string()),
+        ]
+    );
 }
 
 #[test]
