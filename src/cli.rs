@@ -269,6 +269,15 @@ struct RenderArgs {
     /// Admin port of the static bootstrap (listening on 127.0.0.1).
     #[arg(long, default_value_t = 9901)]
     admin_port: u16,
+    /// Print the Istio EnvoyFilters (YAML documents, for `kubectl apply -f -` or GitOps)
+    /// that give istio-proxy sidecars the same listeners and clusters through istiod.
+    /// RedisClusters need spec.endpoints.service, and that Service in the manifests.
+    #[arg(long, conflicts_with_all = ["static_bootstrap", "node_namespace", "node_labels"])]
+    istio: bool,
+    /// The mesh's root namespace (meshConfig.rootNamespace): where filters for clients in
+    /// any namespace go.
+    #[arg(long, default_value = "istio-system", requires = "istio")]
+    istio_root_namespace: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -323,6 +332,45 @@ pub fn crd_yaml() -> anyhow::Result<String> {
     ))
 }
 
+/// `render --istio`: EnvoyFilters on stdout, problems on stderr, exit 1 when there is any.
+fn render_istio(
+    args: &RenderArgs,
+    loaded: &manifests::Loaded,
+    compiled: &compile::Compiled,
+) -> anyhow::Result<ExitCode> {
+    let generated = crate::istio::envoy_filters(
+        &loaded.model,
+        compiled,
+        &crate::istio::IstioOptions {
+            root_namespace: args.istio_root_namespace.clone(),
+        },
+    );
+    let mut stdout = std::io::stdout().lock();
+    for filter in &generated.filters {
+        writeln!(stdout, "---")?;
+        serde_yaml_ng::to_writer(&mut stdout, filter)?;
+    }
+    let mut stderr = std::io::stderr().lock();
+    for note in &loaded.notes {
+        writeln!(stderr, "note: {note}")?;
+    }
+    let problems: Vec<String> = loaded
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .chain(compiled.problems.iter().map(ToString::to_string))
+        .chain(generated.problems.iter().map(ToString::to_string))
+        .collect();
+    for p in &problems {
+        writeln!(stderr, "problem: {p}")?;
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn run_render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     if !args.manifests.is_dir() {
         bail!("--manifests {}: not a directory", args.manifests.display());
@@ -330,6 +378,9 @@ fn run_render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let loaded = manifests::load_dir(&args.manifests)
         .with_context(|| format!("reading {}", args.manifests.display()))?;
     let compiled = compile::compile(&loaded.model);
+    if args.istio {
+        return render_istio(args, &loaded, &compiled);
+    }
     let proxy = ProxyIdentity {
         namespace: args.node_namespace.clone(),
         labels: (!args.node_labels.is_empty())

@@ -16,6 +16,7 @@ pub mod debug;
 pub mod debug_access;
 pub mod duration;
 pub mod inject;
+pub mod istio;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -160,6 +160,19 @@ pub struct Secret {
     pub data: BTreeMap<String, SecretValue>,
 }
 
+/// A Service's virtual address: what Istio names a sidecar's outbound listener after
+/// (`<clusterIP>_<port>`). Read for Istio mode only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Identity.
+    pub key: ObjectKey,
+    /// `spec.clusterIP`; `None` for a headless Service (`None` there) or before one is
+    /// allocated.
+    pub cluster_ip: Option<String>,
+    /// `spec.ports[].port`, with their names.
+    pub ports: Vec<(Option<String>, u16)>,
+}
+
 /// Everything compile reads. Maps are keyed by object identity so sources can apply and
 /// delete objects one at a time.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -174,6 +187,9 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// Secrets referenced by `auth` and `downstreamAuth`.
     pub secrets: BTreeMap<ObjectKey, Secret>,
+    /// Services, for Istio mode (the manifests directory; the Kubernetes source with
+    /// `--istio`).
+    pub services: BTreeMap<ObjectKey, Service>,
 }
 
 /// Publishes `model` on `tx` unless it equals what `tx` already holds, so that downstream

@@ -212,3 +212,52 @@ fn route_prefix_collisions_are_judged_as_envoy_judges_them() {
         );
     }
 }
+
+#[test]
+fn the_istio_example_renders_envoy_filters_matching_their_golden_file() {
+    let dir = common::root().join("examples/istio");
+    let out = common::run(&["render", "--istio", "--manifests", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("problem:"), "{stderr}");
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    let golden_path = common::root().join("tests/golden/istio.yaml");
+    if std::env::var_os("REDIS_XDS_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden_path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(&golden_path).unwrap();
+    assert!(
+        rendered == golden,
+        "output differs from {}; if intended, regenerate with REDIS_XDS_UPDATE_GOLDEN=1",
+        golden_path.display()
+    );
+    // Every patch value is an Envoy resource Envoy itself accepts: the clusters and the
+    // listener filter, put into a bootstrap of their own.
+    let filters: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&rendered)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(filters.len(), 1);
+    let patches = filters[0]["spec"]["configPatches"].as_array().unwrap();
+    let mut clusters = Vec::new();
+    let mut listeners = Vec::new();
+    for (i, p) in patches.iter().enumerate() {
+        let value = p["patch"]["value"].clone();
+        match p["applyTo"].as_str().unwrap() {
+            "CLUSTER" => clusters.push(value),
+            "NETWORK_FILTER" => listeners.push(serde_json::json!({
+                "name": format!("patched-{i}"),
+                "address": {"socketAddress": {"address": "127.0.0.1", "portValue": common::free_port()}},
+                "filterChains": [{"filters": [value]}],
+            })),
+            other => panic!("unexpected applyTo {other}"),
+        }
+    }
+    let bootstrap = serde_json::json!({
+        "staticResources": {"clusters": clusters, "listeners": listeners}
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("bootstrap.json");
+    std::fs::write(&path, bootstrap.to_string()).unwrap();
+    let (ok, log) = common::envoy_validate(&path);
+    assert!(ok, "{log}");
+}

@@ -96,3 +96,18 @@ pub fn secret(s: &corev1::Secret) -> model::Secret {
         data,
     }
 }
+
+/// The parts of a Service that Istio mode needs: its ClusterIP and ports.
+pub fn service(s: &k8s_openapi::api::core::v1::Service) -> crate::model::Service {
+    let spec = s.spec.clone().unwrap_or_default();
+    crate::model::Service {
+        key: key(&s.metadata),
+        cluster_ip: spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None"),
+        ports: spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| Some((p.name, u16::try_from(p.port).ok()?)))
+            .collect(),
+    }
+}

@@ -390,7 +390,9 @@ pub fn assemble(
                         convert::SERVICE_NAME_LABEL
                     )),
                 },
-                Object::Service(_) => {}
+                Object::Service(s) => {
+                    model.services.insert(key, convert::service(s));
+                }
             }
         }
     }
