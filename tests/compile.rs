@@ -413,7 +413,7 @@ fn should_reject_values_the_schema_would_reject() {
     let yaml = rc(
         "x",
         "a",
-        "endpoints: {static: [\"127.0.0.1:1\"]}\nport: 70000\nconnectTimeout: 0s\nlistener:\n  port: 0\n  address: localhost\n  clients: {namespaces: [], selector: {matchExpressions: [{key: a, operator: Equals}]}}\n  catchAll: {mirror: [{cluster: a, percent: 101}]}\n  faults: [{type: Error, percent: 1, delay: 1s}, {type: Delay, percent: 1}]",
+        "endpoints: {static: [\"127.0.0.1:1\"]}\nport: 70000\nconnectTimeout: 0s\nlistener:\n  port: 0\n  address: localhost\n  clients: {namespaces: [], selector: {matchExpressions: [{key: a, operator: Equals}]}}\n  catchAll: {mirror: [{cluster: a, percent: 101}]}\n  faults: [{type: Delay, percent: 1, delay: 500us}, {type: Delay, percent: 1}]",
     );
     let c = compiled(&yaml);
     let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
@@ -629,11 +629,8 @@ fn should_carry_every_field_of_the_kitchen_sink_fixture_to_envoy() {
     let proxy = listener_json(&c, "redis/shop/orders@127.0.0.1:6379");
     let s = &proxy["settings"];
     assert_eq!(s["opTimeout"], "0.750s");
-    assert!(
-        s.get("enableHashtagging").is_none(),
-        "false must reach Envoy as false"
-    );
-    assert!(s.get("enableRedirection").is_none());
+    assert_eq!(s["enableHashtagging"], true);
+    assert_eq!(s["enableRedirection"], true);
     assert_eq!(s["enableCommandStats"], true);
     assert_eq!(s["bufferFlushTimeout"], "0.002s");
     assert_eq!(s["maxBufferSizeBeforeFlush"], 4096);
@@ -1076,14 +1073,14 @@ fn should_map_the_redis_proxy_capabilities_to_their_envoy_fields() {
     let yaml = rc(
         "shop",
         "orders",
-        "endpoints: {static: [\"localhost:7000\"]}\ndnsLookupFamily: All\nlistener:\n  port: 6379\n  protocolVersion: RESP3\n  customCommands: [json.get, FT.SEARCH]\n  connectionRateLimit: 50\n  latencyInMicros: true\n  routes: [{prefix: \"t:\", cluster: orders, keyFormatter: \"tenant-a:%KEY%\"}]\n  catchAll: {keyFormatter: \"{%KEY%}\"}",
+        "endpoints: {static: [\"localhost:7000\"]}\ndnsLookupFamily: All\nlistener:\n  port: 6379\n  protocolVersion: RESP3\n  customCommands: [json.get, ft.search]\n  connectionRateLimit: 50\n  latencyInMicros: true\n  routes: [{prefix: \"t:\", cluster: orders, keyFormatter: \"tenant-a:%KEY%\"}]\n  catchAll: {keyFormatter: \"{%KEY%}\"}",
     );
     let c = compiled(&yaml);
     let proxy = listener_json(&c, "redis/shop/orders@127.0.0.1:6379");
     assert_eq!(proxy["protocolVersion"], "RESP3");
     assert_eq!(
         proxy["customCommands"],
-        serde_json::json!(["json.get", "FT.SEARCH"])
+        serde_json::json!(["json.get", "ft.search"])
     );
     assert_eq!(proxy["latencyInMicros"], true);
     assert_eq!(
@@ -1581,4 +1578,118 @@ fn should_keep_upstream_connections_alive_by_default_and_take_whole_seconds() {
     );
     let fields: Vec<&str> = c.problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["spec.tcpKeepalive.time"]);
+}
+
+/// Settings Envoy would ignore, change or choke on are refused where they are written, each
+/// with the reason (tests/e2e/own_rules.rs shows real Envoy doing what the messages say).
+#[test]
+fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
+    let sharded = "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}";
+    for (spec, field, says) in [
+        (
+            format!(
+                "{STATIC}\nlistener: {{port: 1, routes: [{{prefix: \"t:\", cluster: a, keyFormatter: \"100%:%KEY%\"}}]}}"
+            ),
+            "spec.listener.routes[0].keyFormatter",
+            "'%' outside %KEY%",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, customCommands: [JSON.GET]}}"),
+            "spec.listener.customCommands[0]",
+            "write \"json.get\"",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, customCommands: [mget]}}"),
+            "spec.listener.customCommands[0]",
+            "already proxies",
+        ),
+        (
+            format!(
+                "{STATIC}\nlistener: {{port: 1, faults: [{{type: Error, percent: 10, commands: [SET, set]}}]}}"
+            ),
+            "spec.listener.faults[0].commands[1]",
+            "listed twice",
+        ),
+        (
+            format!(
+                "{STATIC}\nlistener: {{port: 1, faults: [{{type: Error, percent: 10, commands: [PING]}}]}}"
+            ),
+            "spec.listener.faults[0].commands[0]",
+            "answers AUTH, PING",
+        ),
+        (
+            format!(
+                "{STATIC}\nlistener: {{port: 1, faults: [{{type: Error, percent: 10, commands: [nosuchcommand]}}]}}"
+            ),
+            "spec.listener.faults[0].commands[0]",
+            "never fire",
+        ),
+        (
+            format!(
+                "{STATIC}\nlistener: {{port: 1, faults: [{{type: Delay, percent: 10, delay: 0s}}]}}"
+            ),
+            "spec.listener.faults[0].delay",
+            "greater than 0",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, opTimeout: 1500us}}"),
+            "spec.listener.opTimeout",
+            "whole number of milliseconds",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, enableHashtagging: false}}"),
+            "spec.listener.enableHashtagging",
+            "mode Sharded only",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, bufferFlushTimeout: 1ms}}"),
+            "spec.listener.bufferFlushTimeout",
+            "maxBufferSizeBeforeFlush",
+        ),
+        (
+            format!("{sharded}\nlistener: {{port: 1, maxUpstreamUnknownConnections: 5}}"),
+            "spec.listener.maxUpstreamUnknownConnections",
+            "enableRedirection",
+        ),
+        (
+            format!("{STATIC}\nlistener: {{port: 1, caseInsensitive: true}}"),
+            "spec.listener.caseInsensitive",
+            "no routes",
+        ),
+        (
+            format!("{STATIC}\ntcpKeepalive: {{time: 10h}}"),
+            "spec.tcpKeepalive.time",
+            "32767s",
+        ),
+        (
+            format!("{STATIC}\nawsIam: {{cacheName: c, user: \"\"}}"),
+            "spec.awsIam.user",
+            "turns IAM authentication off",
+        ),
+    ] {
+        let c = compiled(&rc("x", "a", &spec));
+        let p = c
+            .problems
+            .iter()
+            .find(|p| p.field == field)
+            .unwrap_or_else(|| panic!("{field} not refused: {:?}", c.problems));
+        assert!(p.message.contains(says), "{field}: {}", p.message);
+    }
+    // What Envoy does honour stays accepted: hashtagging off in Sharded mode, an Error fault
+    // with a delay, prefixes that differ beyond ASCII case.
+    for spec in [
+        format!("{sharded}\nlistener: {{port: 1, enableHashtagging: false}}"),
+        format!(
+            "{STATIC}\nlistener: {{port: 1, faults: [{{type: Error, percent: 10, commands: [GET], delay: 20ms}}]}}"
+        ),
+        format!(
+            "{STATIC}\nlistener: {{port: 1, caseInsensitive: true, routes: [{{prefix: \"Ä:\", cluster: a}}, {{prefix: \"ä:\", cluster: a}}]}}"
+        ),
+        format!(
+            "{STATIC}\nlistener: {{port: 1, customCommands: [json.get], faults: [{{type: Error, percent: 10, commands: [JSON.GET]}}]}}"
+        ),
+    ] {
+        let c = compiled(&rc("x", "a", &spec));
+        assert!(c.problems.is_empty(), "{spec}: {:?}", c.problems);
+    }
 }

@@ -24,6 +24,7 @@
 //! Unchanged resources keep their allocation, which is how the snapshot knows, without
 //! encoding them, that they did not change.
 
+mod commands;
 mod envoy;
 mod names;
 pub mod plan;

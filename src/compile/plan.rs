@@ -346,8 +346,26 @@ impl Checker<'_> {
         }
     }
 
-    fn positive(&mut self, field: &str, value: Option<&GoDuration>) -> Option<Duration> {
+    /// A duration Envoy reads in whole milliseconds (`PROTOBUF_GET_MS_*`): a fraction of a
+    /// millisecond would be dropped (`500us` becomes 0), so it is refused, not changed.
+    fn millis(&mut self, field: &str, value: Option<&GoDuration>) -> Option<Duration> {
         let d = value?.get();
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            let ms = d.as_millis();
+            self.invalid(
+                field,
+                format!(
+                    "{d:?} is not a whole number of milliseconds: Envoy counts this duration in milliseconds and would use {ms}ms; write e.g. {}ms",
+                    ms.max(1)
+                ),
+            );
+        }
+        Some(d)
+    }
+
+    /// A duration in whole milliseconds, greater than 0.
+    fn positive(&mut self, field: &str, value: Option<&GoDuration>) -> Option<Duration> {
+        let d = self.millis(field, value)?;
         if d.is_zero() {
             self.invalid(field, "must be greater than 0");
         }
@@ -501,7 +519,10 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             refresh_interval: c
                 .positive("spec.topology.refreshInterval", t.refresh_interval.as_ref()),
             refresh_timeout: c.positive("spec.topology.refreshTimeout", t.refresh_timeout.as_ref()),
-            redirect_refresh_interval: t.redirect_refresh_interval.as_ref().map(GoDuration::get),
+            redirect_refresh_interval: c.millis(
+                "spec.topology.redirectRefreshInterval",
+                t.redirect_refresh_interval.as_ref(),
+            ),
             redirect_refresh_threshold: t.redirect_refresh_threshold,
             failure_refresh_threshold: t.failure_refresh_threshold.unwrap_or(0),
             host_degraded_refresh_threshold: t.host_degraded_refresh_threshold.unwrap_or(0),
@@ -533,6 +554,12 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             c.invalid(
                 "spec.awsIam",
                 "awsIam replaces auth (Envoy ignores the password when IAM tokens are used): remove spec.auth",
+            );
+        }
+        if iam.user.is_empty() {
+            c.invalid(
+                "spec.awsIam.user",
+                "must not be empty: without a user Envoy turns IAM authentication off for this cluster",
             );
         }
         if let Some(e) = &iam.expiration_time
@@ -587,7 +614,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             _ => {
                 c.invalid(
                     format!("spec.tcpKeepalive.{field}"),
-                    "must be whole seconds from 1s to 24h (the kernel counts keepalive in seconds)",
+                    "must be whole seconds from 1s to 32767s (Linux counts keepalive in seconds and refuses more for TCP_KEEPIDLE and TCP_KEEPINTVL; Envoy would then fail every connection)",
                 );
                 default
             }
@@ -832,6 +859,30 @@ fn listener(
         .positive("spec.listener.opTimeout", l.op_timeout.as_ref())
         .unwrap_or(DEFAULT_OP_TIMEOUT);
     let case_insensitive = l.case_insensitive.unwrap_or(false);
+    if l.case_insensitive.is_some() && l.routes.is_empty() {
+        c.invalid(
+            "spec.listener.caseInsensitive",
+            "caseInsensitive applies to routes[].prefix, and this listener has no routes: remove it",
+        );
+    }
+    if l.enable_hashtagging == Some(false) && mode == Mode::Cluster {
+        c.invalid(
+            "spec.listener.enableHashtagging",
+            "enableHashtagging: false applies to mode Sharded only: in mode Cluster Envoy always hashes the {...} part of a key, as Redis Cluster requires; remove it",
+        );
+    }
+    if l.buffer_flush_timeout.is_some() && l.max_buffer_size_before_flush.unwrap_or(0) == 0 {
+        c.invalid(
+            "spec.listener.bufferFlushTimeout",
+            "bufferFlushTimeout applies only with maxBufferSizeBeforeFlush > 0 (Envoy otherwise sends every request at once and never starts this timer): remove it, or set maxBufferSizeBeforeFlush",
+        );
+    }
+    if l.downstream_auth.is_some() && l.external_auth.is_some() {
+        c.invalid(
+            "spec.listener.downstreamAuth",
+            "downstreamAuth is ignored when externalAuth is set (Envoy asks the external service about every AUTH and never compares these passwords): remove one of them",
+        );
+    }
 
     let mut refs = Vec::new();
     let mirrors =
@@ -865,8 +916,10 @@ fn listener(
                 "prefix must not be empty: use spec.listener.catchAll for keys no route matches",
             );
         }
+        // Envoy folds ASCII letters only (`absl::AsciiStrToLower`): "Ä:" and "ä:" stay
+        // two prefixes there, so they are two here.
         let folded = if case_insensitive {
-            r.prefix.to_lowercase()
+            r.prefix.to_ascii_lowercase()
         } else {
             r.prefix.clone()
         };
@@ -953,6 +1006,39 @@ fn listener(
         .as_ref()
         .and_then(|a| c.credentials("spec.listener.downstreamAuth.secretRef.name", model, a));
 
+    let mut custom_commands = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, cmd) in l.custom_commands.iter().enumerate() {
+        let field = format!("spec.listener.customCommands[{i}]");
+        if !is_command_name(cmd) {
+            c.invalid(
+                field,
+                format!(
+                    "{cmd:?} is not a Redis command name (letters, digits, `.`, `_`, `-`, `|`)"
+                ),
+            );
+        } else if cmd.chars().any(|ch| ch.is_ascii_uppercase()) {
+            // Envoy looks up the lower-cased command among these names as written.
+            c.invalid(
+                field,
+                format!(
+                    "{cmd:?} has upper-case letters: Envoy compares the lower-cased command with these names as written, so it would never match; write {:?} (clients may still send any case)",
+                    cmd.to_ascii_lowercase()
+                ),
+            );
+        } else if super::commands::is_proxied(cmd) {
+            c.invalid(
+                field,
+                format!(
+                    "{cmd:?} is a command Envoy already proxies; listed here it would replace Envoy's own handling of it (a multi-key command would no longer be split by key): remove it"
+                ),
+            );
+        } else if !seen.insert(cmd.clone()) {
+            c.invalid(field, format!("{cmd:?} is listed twice"));
+        }
+        custom_commands.push(cmd.clone());
+    }
+
     let mut faults = Vec::new();
     for (i, f) in l.faults.iter().enumerate() {
         let base = format!("spec.listener.faults[{i}]");
@@ -965,25 +1051,35 @@ fn listener(
                 );
                 None
             }
-            (FaultType::Error, Some(_)) => {
-                c.invalid(
-                    format!("{base}.delay"),
-                    "an Error fault takes no delay: remove it, or use type Delay",
-                );
-                None
-            }
-            (_, d) => d.as_ref().map(GoDuration::get),
+            // Envoy delays an Error fault's answer by its delay too.
+            (FaultType::Error, d) => c.millis(&format!("{base}.delay"), d.as_ref()),
+            (FaultType::Delay, Some(d)) => c.positive(&format!("{base}.delay"), Some(d)),
         };
         let mut commands = Vec::new();
+        let mut listed = BTreeSet::new();
         for (j, cmd) in f.commands.iter().enumerate() {
+            let field = format!("{base}.commands[{j}]");
+            let lower = cmd.to_ascii_lowercase();
             if cmd.is_empty()
-                || !cmd
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '|')
+                || !cmd.chars().all(|ch| {
+                    ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '|' || ch == '.'
+                })
             {
+                c.invalid(field, format!("{cmd:?} is not a Redis command name"));
+            } else if super::commands::ANSWERED_BY_ENVOY.contains(&lower.as_str()) {
                 c.invalid(
-                    format!("{base}.commands[{j}]"),
-                    format!("{cmd:?} is not a Redis command name"),
+                    field,
+                    format!("{cmd:?} never reaches fault injection (Envoy answers AUTH, PING, ECHO, TIME and QUIT itself): remove it"),
+                );
+            } else if !super::commands::is_proxied(&lower) && !seen.contains(&lower) {
+                c.invalid(
+                    field,
+                    format!("{cmd:?} is not a command Envoy proxies (nor one of customCommands), so this fault would never fire"),
+                );
+            } else if !listed.insert(lower) {
+                c.invalid(
+                    field,
+                    format!("{cmd:?} is listed twice (Envoy ignores case and would apply this fault twice to it, doubling its share): list each command once"),
                 );
             }
             // Passed as written: Envoy lower-cases both sides itself.
@@ -999,22 +1095,6 @@ fn listener(
 
     check_fault_budget(c, &faults);
 
-    let mut custom_commands = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, cmd) in l.custom_commands.iter().enumerate() {
-        let field = format!("spec.listener.customCommands[{i}]");
-        if !is_command_name(cmd) {
-            c.invalid(
-                field,
-                format!(
-                    "{cmd:?} is not a Redis command name (letters, digits, `.`, `_`, `-`, `|`)"
-                ),
-            );
-        } else if !seen.insert(cmd.to_ascii_lowercase()) {
-            c.invalid(field, format!("{cmd:?} is listed twice"));
-        }
-        custom_commands.push(cmd.clone());
-    }
     if l.connection_rate_limit == Some(0) {
         c.invalid(
             "spec.listener.connectionRateLimit",
@@ -1022,6 +1102,12 @@ fn listener(
         );
     }
     let enable_redirection = l.enable_redirection.unwrap_or(mode == Mode::Cluster);
+    if l.max_upstream_unknown_connections.is_some() && !enable_redirection {
+        c.invalid(
+            "spec.listener.maxUpstreamUnknownConnections",
+            "maxUpstreamUnknownConnections applies only with enableRedirection (Envoy opens connections to unknown servers only to follow MOVED/ASK): remove it, or set enableRedirection: true",
+        );
+    }
     let external_auth = l.external_auth.as_ref().map(|e| {
         if !is_host_port(&e.service) {
             c.invalid(
@@ -1051,7 +1137,10 @@ fn listener(
         enable_hashtagging: l.enable_hashtagging.unwrap_or(true),
         enable_redirection,
         enable_command_stats: l.enable_command_stats.unwrap_or(false),
-        buffer_flush_timeout: l.buffer_flush_timeout.as_ref().map(GoDuration::get),
+        buffer_flush_timeout: c.millis(
+            "spec.listener.bufferFlushTimeout",
+            l.buffer_flush_timeout.as_ref(),
+        ),
         max_buffer_size_before_flush: l.max_buffer_size_before_flush.unwrap_or(0),
         max_upstream_unknown_connections: l.max_upstream_unknown_connections,
         case_insensitive,
@@ -1340,7 +1429,7 @@ fn is_prime(n: u32) -> bool {
 /// TCP keepalive of upstream connections: 60s idle, then a probe every 10s, 3 probes.
 pub const DEFAULT_KEEPALIVE: (u32, u32, u32) = (60, 10, 3);
 /// Longest keepalive time or interval accepted, in seconds.
-const MAX_KEEPALIVE_SECONDS: u32 = 86_400;
+const MAX_KEEPALIVE_SECONDS: u32 = 32_767;
 
 /// Longest lifetime of an AWS IAM authentication token (Envoy's `AwsIam.expiration_time`).
 const MAX_AWS_IAM_EXPIRATION: Duration = Duration::from_secs(900);
@@ -1376,6 +1465,13 @@ fn key_formatter(c: &mut Checker<'_>, base: &str, value: Option<&str>) -> Option
         c.invalid(
             format!("{base}.keyFormatter"),
             format!("{f:?} has no %KEY%: Envoy would send every key as this same string; write e.g. \"tenant-a:%KEY%\""),
+        );
+    } else if f.replace("%KEY%", "").contains('%') {
+        // Envoy reads the rest with its access-log formatter when a command arrives, and a
+        // stray or unknown operator there aborts the whole sidecar.
+        c.invalid(
+            format!("{base}.keyFormatter"),
+            format!("{f:?} has a '%' outside %KEY%: Envoy reads '%' as the start of one of its own format operators and stops (the whole sidecar) on the first command this route matches; use '%' only in %KEY%"),
         );
     }
     Some(f.to_owned())

@@ -10,6 +10,7 @@
 mod common;
 mod external_auth;
 mod kubernetes;
+mod own_rules;
 mod redis;
 mod resp;
 mod scenarios;

@@ -74,6 +74,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         crate::kubernetes::kubernetes,
     ),
     (
+        "every_setting_redis_xds_refuses_is_one_real_envoy_mishandles",
+        crate::own_rules::own_rules,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),
