@@ -1693,3 +1693,55 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
         assert!(c.problems.is_empty(), "{spec}: {:?}", c.problems);
     }
 }
+
+#[test]
+fn a_sharded_listener_routing_to_a_redis_cluster_must_follow_redirections() {
+    let target = rc("x", "cl", &format!("{STATIC}"));
+    let owner = |extra: &str| {
+        rc(
+            "x",
+            "sh",
+            &format!(
+                "mode: Sharded\nendpoints: {{static: [\"127.0.0.1:7100\"]}}\nlistener: {{port: 1, routes: [{{prefix: \"c:\", cluster: cl}}]{extra}}}"
+            ),
+        )
+    };
+    let c = compiled(&format!("{target}{}", owner("")));
+    let p = c
+        .problems
+        .iter()
+        .find(|p| p.field == "spec.listener.routes[0].cluster")
+        .unwrap_or_else(|| panic!("{:?}", c.problems));
+    assert_eq!(p.reason, redis_xds::compile::Reason::RefIncompatible);
+    assert!(
+        p.message.contains("enableRedirection: true"),
+        "{}",
+        p.message
+    );
+    assert!(!accepted(&c, "x/sh") && accepted(&c, "x/cl"));
+    let c = compiled(&format!("{target}{}", owner(", enableRedirection: true")));
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    // Incremental compiles see it too: the target turning into a Redis Cluster.
+    let before_yaml = format!(
+        "{}{}",
+        rc(
+            "x",
+            "cl",
+            "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}"
+        ),
+        owner("")
+    );
+    let before_model = model(&before_yaml);
+    let before = redis_xds::compile::compile(&before_model);
+    assert!(before.problems.is_empty(), "{:?}", before.problems);
+    let after_model = model(&format!("{target}{}", owner("")));
+    let after = redis_xds::compile::recompile(&after_model, Some((&before_model, &before)));
+    assert!(
+        after
+            .problems
+            .iter()
+            .any(|p| p.reason == redis_xds::compile::Reason::RefIncompatible),
+        "{:?}",
+        after.problems
+    );
+}

@@ -440,9 +440,12 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
 fn same_relations(a: &Entry, b: &Entry) -> bool {
     match (&a.plan, &b.plan) {
         (Ok(a_plan), Ok(b_plan)) => match (&a_plan.listener, &b_plan.listener) {
-            (None, None) => true,
+            (None, None) => a_plan.mode == b_plan.mode,
             (Some(x), Some(y)) => {
-                x.refs == y.refs
+                // A target's mode decides whether this listener can serve it.
+                a_plan.mode == b_plan.mode
+                    && x.enable_redirection == y.enable_redirection
+                    && x.refs == y.refs
                     && x.port == y.port
                     && x.address == y.address
                     && x.clients == y.clients
@@ -459,7 +462,10 @@ fn same_relations(a: &Entry, b: &Entry) -> bool {
 fn relational(reason: Reason) -> bool {
     matches!(
         reason,
-        Reason::RefNotFound | Reason::RefNotAccepted | Reason::PortConflict
+        Reason::RefNotFound
+            | Reason::RefNotAccepted
+            | Reason::PortConflict
+            | Reason::RefIncompatible
     )
 }
 
@@ -599,6 +605,26 @@ fn reject_broken_references(
             let mut own = Vec::new();
             for (r, target) in l.refs.iter().zip(targets.iter()) {
                 let (reason, message) = match *target {
+                    // One pool serves every target of a listener with the listener's
+                    // settings: without redirection, a Redis Cluster's MOVED replies reach
+                    // the client.
+                    Some(t)
+                        if t != i
+                            && accepted[t]
+                            && !l.enable_redirection
+                            && plan.is_some_and(|p| p.mode == crate::api::Mode::Sharded)
+                            && judged[t]
+                                .0
+                                .is_some_and(|p| p.mode == crate::api::Mode::Cluster) =>
+                    {
+                        (
+                            Reason::RefIncompatible,
+                            format!(
+                                "RedisCluster {:?} is a Redis Cluster (mode Cluster), and this mode Sharded listener does not follow MOVED/ASK (enableRedirection is false, the default in mode Sharded): a resharding or failover would hand clients MOVED and ASK errors; set spec.listener.enableRedirection: true",
+                                display_ref(key, &r.target)
+                            ),
+                        )
+                    }
                     Some(t) if t == i || accepted[t] => continue,
                     None => (
                         Reason::RefNotFound,

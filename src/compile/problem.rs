@@ -17,6 +17,9 @@ pub enum Reason {
     SecretNotFound,
     /// Another, older listener wants the same address and port on the same proxies.
     PortConflict,
+    /// A route, read cluster or mirror names a RedisCluster that this listener's settings
+    /// cannot serve (a mode Cluster target without redirection).
+    RefIncompatible,
 }
 
 impl Reason {
@@ -28,6 +31,7 @@ impl Reason {
             Reason::RefNotAccepted => "RefNotAccepted",
             Reason::SecretNotFound => "SecretNotFound",
             Reason::PortConflict => "PortConflict",
+            Reason::RefIncompatible => "RefIncompatible",
         }
     }
 }
