@@ -1696,7 +1696,7 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
 
 #[test]
 fn a_sharded_listener_routing_to_a_redis_cluster_must_follow_redirections() {
-    let target = rc("x", "cl", &format!("{STATIC}"));
+    let target = rc("x", "cl", STATIC);
     let owner = |extra: &str| {
         rc(
             "x",
