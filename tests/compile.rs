@@ -1666,6 +1666,11 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
             "spec.awsIam.user",
             "turns IAM authentication off",
         ),
+        (
+            format!("{STATIC}\ntls: {{serverName: 10.0.0.5}}"),
+            "spec.tls.serverName",
+            "RFC 6066",
+        ),
     ] {
         let c = compiled(&rc("x", "a", &spec));
         let p = c

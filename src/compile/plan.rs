@@ -1217,6 +1217,13 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
         ))
     });
     if let Some(name) = &t.server_name
+        && name.parse::<IpAddr>().is_ok()
+    {
+        c.invalid(
+            "spec.tls.serverName",
+            format!("{name:?} is an IP address: SNI carries host names only (RFC 6066) and Envoy matches serverName against the certificate's DNS names, so it would never verify; use the DNS name the certificate carries, or leave serverName out"),
+        );
+    } else if let Some(name) = &t.server_name
         && !is_dns_subdomain(name)
     {
         c.invalid(
