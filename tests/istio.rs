@@ -1,0 +1,296 @@
+//! Istio mode against real istiod (pilot-discovery built from the istio.io/istio module by
+//! scripts/kube-tools), a real API server and real Envoy 1.40 standing in for istio-proxy
+//! (with Istio's metadata exchange, ALPN filter and auto-mTLS off, since upstream Envoy
+//! lacks Istio's own extensions).
+//!
+//! istiod's sidecar listeners bind 0.0.0.0 (15001, 15006), so each test runs in a private
+//! network namespace of its own (`unshare -n`, re-running this test binary inside it):
+//! every address there is loopback, and nothing is reachable from outside.
+
+mod common;
+
+use std::process::Command;
+
+use common::apiserver::ApiServer;
+use common::{Log, Proc, free_port, http_get, wait_until};
+use serde_json::{Value, json};
+
+/// Set inside the private network namespace.
+const IN_NETNS: &str = "REDIS_XDS_TEST_PRIVATE_NETNS";
+
+/// Inside the namespace: brings up its loopback and returns true. Outside: runs `test` of
+/// this binary inside a new one, asserts it passed, and returns false.
+fn in_private_network(test: &str) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip runs");
+        assert!(up.success(), "ip link set lo up");
+        return true;
+    }
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("unshare runs (the tests run as root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in a private network namespace:\n{stdout}\n{stderr}"
+    );
+    false
+}
+
+fn kubectl(api: &ApiServer, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&api.kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// istiod reading config from `api`, its plaintext xDS on the returned port.
+fn start_istiod(api: &ApiServer, dir: &std::path::Path) -> (Proc, u16) {
+    let (http, grpc, monitoring, ctrlz) = (free_port(), free_port(), free_port(), free_port());
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        format!("rootNamespace: istio-system\nenableAutoMtls: false\ndefaultConfig:\n  discoveryAddress: 127.0.0.1:{grpc}\n"),
+    )
+    .unwrap();
+    let log = dir.join("istiod.log");
+    let child = Command::new(std::env::var("PILOT_DISCOVERY_BIN").expect(
+        "PILOT_DISCOVERY_BIN is not set: run the tests through scripts/test, which builds istiod",
+    ))
+    .args(["discovery", "--kubeconfig"])
+    .arg(&api.kubeconfig)
+    .arg("--meshConfig")
+    .arg(&mesh)
+    .args(["--networksConfig", "/nonexistent"])
+    .args(["--httpAddr", &format!("127.0.0.1:{http}")])
+    .args(["--grpcAddr", &format!("127.0.0.1:{grpc}")])
+    .args(["--secureGRPCAddr", "", "--httpsAddr", ""])
+    .args(["--monitoringAddr", &format!("127.0.0.1:{monitoring}")])
+    .args(["--ctrlz_port", &ctrlz.to_string()])
+    .env("POD_NAMESPACE", "istio-system")
+    .env("POD_NAME", "istiod-test")
+    .env("REVISION", "default")
+    .env("PILOT_ENABLE_METADATA_EXCHANGE", "false")
+    .env("PILOT_ENABLE_ALPN_FILTER", "false")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .expect("istiod starts");
+    let proc = Proc {
+        child,
+        name: "istiod",
+        log: Some(Log::File(log)),
+    };
+    wait_until("istiod is ready", || {
+        http_get(&format!("127.0.0.1:{http}"), "/ready").map(|_| ())
+    });
+    (proc, grpc)
+}
+
+/// Envoy as the sidecar of pod `shop/checkout-0` (label app=checkout), taking its
+/// configuration from istiod as istio-proxy does.
+fn start_sidecar(dir: &std::path::Path, istiod: u16) -> (Proc, String) {
+    use std::os::unix::process::CommandExt;
+    let admin = free_port();
+    let bootstrap = json!({
+        "node": {
+            "id": "sidecar~10.244.0.5~checkout-0.shop~shop.svc.cluster.local",
+            "cluster": "checkout.shop",
+            "metadata": {
+                "NAMESPACE": "shop",
+                "NAME": "checkout-0",
+                "LABELS": {"app": "checkout"},
+                "ISTIO_VERSION": "1.31.0",
+                "CLUSTER_ID": "Kubernetes",
+                "INTERCEPTION_MODE": "REDIRECT",
+                "WORKLOAD_NAME": "checkout",
+            }
+        },
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin}}},
+        "dynamicResources": {
+            "adsConfig": {
+                "apiType": "GRPC",
+                "transportApiVersion": "V3",
+                "grpcServices": [{"envoyGrpc": {"clusterName": "xds-grpc"}}]
+            },
+            "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"},
+            "ldsConfig": {"ads": {}, "resourceApiVersion": "V3"}
+        },
+        "staticResources": {"clusters": [{
+            "name": "xds-grpc",
+            "type": "STATIC",
+            "connectTimeout": "1s",
+            "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicitHttpConfig": {"http2ProtocolOptions": {}}
+            }},
+            "loadAssignment": {"clusterName": "xds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {
+                "address": {"socketAddress": {"address": "127.0.0.1", "portValue": istiod}}
+            }}]}]}
+        }]}
+    });
+    let config = dir.join("sidecar.json");
+    std::fs::write(&config, bootstrap.to_string()).unwrap();
+    let log = dir.join("sidecar.log");
+    let child = Command::new(common::envoy_bin())
+        .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("envoy starts");
+    (
+        Proc {
+            child,
+            name: "envoy (Istio sidecar)",
+            log: Some(Log::File(log)),
+        },
+        format!("127.0.0.1:{admin}"),
+    )
+}
+
+/// The network filters of the sidecar's listener `name`, from its config dump.
+fn listener_filters(admin: &str, name: &str) -> Option<Vec<String>> {
+    let dump: Value =
+        serde_json::from_str(&http_get(admin, "/config_dump?resource=dynamic_listeners")?).ok()?;
+    let listener = dump["configs"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)?;
+    let chains = listener["active_state"]["listener"]["filter_chains"].as_array()?;
+    Some(
+        chains
+            .iter()
+            .flat_map(|c| c["filters"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[test]
+fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_redis_proxy() {
+    if !in_private_network(
+        "render_istio_output_applied_through_istiod_turns_the_services_listener_into_redis_proxy",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
+    // Too large for client-side apply's last-applied annotation.
+    kubectl(&api, &["create", "-f", &crds], None);
+    for ns in ["istio-system", "shop"] {
+        api.namespace(ns);
+    }
+    kubectl(
+        &api,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
+        ),
+    );
+    let service = api.create(
+        "/api/v1/namespaces/shop/services",
+        &json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "orders-redis"},
+                "spec": {"selector": {"app": "orders-redis"}, "ports": [{"name": "tcp-redis", "port": 6379}]}}),
+    );
+    let cluster_ip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let listener = format!("{cluster_ip}_6379");
+
+    let (_istiod, grpc) = start_istiod(&api, tmp.path());
+    let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
+    wait_until(
+        "istiod gives the sidecar the Service's listener, with tcp_proxy",
+        || {
+            listener_filters(&admin, &listener)
+                .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
+        },
+    );
+
+    // The GitOps path: `render --istio` on manifests that name the Service as the API
+    // server has it, applied with kubectl.
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("objects.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: orders-redis, namespace: shop}}\nspec: {{clusterIP: {cluster_ip}, ports: [{{name: tcp-redis, port: 6379}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: orders-redis-1, namespace: shop, labels: {{kubernetes.io/service-name: orders-redis}}}}\naddressType: IPv4\nports: [{{name: tcp-redis, port: 6379}}]\nendpoints: [{{addresses: [192.0.2.10], conditions: {{ready: true}}}}]\n---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: orders, namespace: shop}}\nspec:\n  endpoints: {{service: orders-redis}}\n  listener:\n    port: 6379\n    readPolicy: Replica\n    clients: {{namespaces: [shop], selector: {{matchLabels: {{app: checkout}}}}}}\n"
+        ),
+    )
+    .unwrap();
+    let out = common::redis_xds()
+        .args(["render", "--istio", "--manifests"])
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let filters = String::from_utf8(out.stdout).unwrap();
+    kubectl(&api, &["apply", "-f", "-"], Some(&filters));
+
+    wait_until(
+        "istiod replaces tcp_proxy with redis_proxy on the sidecar",
+        || {
+            listener_filters(&admin, &listener)
+                .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
+        },
+    );
+    // The added cluster (warming: 192.0.2.10 answers nobody).
+    let clusters = http_get(&admin, "/config_dump?resource=dynamic_warming_clusters")
+        .unwrap_or_default()
+        + &http_get(&admin, "/config_dump?resource=dynamic_active_clusters").unwrap_or_default();
+    assert!(clusters.contains("\"redis/shop/orders\""), "{clusters}");
+    let dump = http_get(&admin, "/config_dump?resource=dynamic_listeners").unwrap();
+    assert!(dump.contains("\"read_policy\": \"REPLICA\""), "{dump}");
+
+    // Deleting the filter gives the Service back to plain tcp_proxy.
+    kubectl(
+        &api,
+        &[
+            "delete",
+            "envoyfilters.networking.istio.io",
+            "-n",
+            "shop",
+            "--all",
+        ],
+        None,
+    );
+    wait_until("the Service's listener is plain tcp_proxy again", || {
+        listener_filters(&admin, &listener)
+            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
+    });
+}
