@@ -107,6 +107,15 @@ struct ServeArgs {
     /// overrides it per pod).
     #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
     proxy_image: String,
+    /// Istio mode: also give istio-proxy sidecars the RedisClusters whose endpoints come
+    /// from a Service, through istiod. `write`: as EnvoyFilter objects in the API server
+    /// (the status Lease holder writes them; docs/istio.md).
+    #[arg(long, value_enum)]
+    istio: Option<IstioDeliveryArg>,
+    /// The mesh's root namespace (meshConfig.rootNamespace): where filters for clients in
+    /// any namespace go.
+    #[arg(long, default_value = "istio-system")]
+    istio_root_namespace: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -144,6 +153,11 @@ struct ServeArgs {
     /// without a token.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     debug_trust_loopback: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum IstioDeliveryArg {
+    Write,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,6 +499,14 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             image: args.proxy_image,
         }),
         service_name: args.service_name,
+        istio: args.istio.map(|d| crate::serve::IstioSettings {
+            delivery: match d {
+                IstioDeliveryArg::Write => crate::istio::Delivery::Write,
+            },
+            options: crate::istio::IstioOptions {
+                root_namespace: args.istio_root_namespace.clone(),
+            },
+        }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

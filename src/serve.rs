@@ -87,6 +87,17 @@ pub struct ServeOptions {
     /// Name of redis-xds's Service: the serving certificate's DNS names and the injected
     /// xDS address derive from it.
     pub service_name: String,
+    /// Istio mode: deliver the RedisClusters to istio-proxy sidecars through istiod too.
+    pub istio: Option<IstioSettings>,
+}
+
+/// `--istio`: Istio mode (see [`crate::istio`]).
+#[derive(Clone, Debug)]
+pub struct IstioSettings {
+    /// How the EnvoyFilters reach istiod.
+    pub delivery: crate::istio::Delivery,
+    /// What they are made with.
+    pub options: crate::istio::IstioOptions,
 }
 
 /// `--debug-auth`: who may read `/debug/*` (see [`crate::debug_access`]).
@@ -231,6 +242,7 @@ async fn kube_client() -> anyhow::Result<kube::Client> {
 
 async fn kubernetes_source(
     opts: &KubeOptions,
+    services: bool,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SourceParts> {
@@ -257,6 +269,7 @@ async fn kubernetes_source(
     let tasks = crate::source::k8s::watch::spawn(
         &client,
         opts.namespace.as_deref(),
+        services,
         shared,
         shutdown.clone(),
     );
@@ -280,8 +293,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let source = match &opts.manifests {
         Some(dir) => manifests_source(dir, opts.poll_interval, &metrics, &shutdown).await?,
-        None => kubernetes_source(&opts.kube, &metrics, &shutdown).await?,
+        None => kubernetes_source(&opts.kube, opts.istio.is_some(), &metrics, &shutdown).await?,
     };
+    if opts.istio.is_some() && opts.manifests.is_some() {
+        bail!(
+            "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
+        );
+    }
     let SourceParts {
         models,
         state,
@@ -523,6 +541,20 @@ pub async fn run(
             leader_tx,
             shutdown.clone(),
         )));
+        if let Some(istio) = &opts.istio {
+            match istio.delivery {
+                crate::istio::Delivery::Write => {
+                    tasks.push(tokio::spawn(crate::istio::write_filters(
+                        client.clone(),
+                        snap_rx.clone(),
+                        istio.options.clone(),
+                        leader_rx.clone(),
+                        shutdown.clone(),
+                    )))
+                }
+            }
+            info!(delivery = ?istio.delivery, root_namespace = %istio.options.root_namespace, "Istio mode");
+        }
         tasks.push(tokio::spawn(crate::source::k8s::status::run(
             client,
             snap_rx.clone(),

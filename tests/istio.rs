@@ -294,3 +294,181 @@ fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_r
             .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
     });
 }
+
+/// The EnvoyFilters serve has written, as (namespace/name, owners, listener names patched).
+fn written_filters(api: &ApiServer) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let (_, body) = api
+        .get("/apis/networking.istio.io/v1alpha3/envoyfilters?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dredis-xds")
+        .unwrap();
+    let list: Value = serde_json::from_str(&body).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let owners = f["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let listeners = f["spec"]["configPatches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["match"]["listener"]["name"].as_str().map(str::to_owned))
+                .collect();
+            (
+                format!(
+                    "{}/{}",
+                    f["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    f["metadata"]["name"].as_str().unwrap_or_default()
+                ),
+                owners,
+                listeners,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
+    if !in_private_network(
+        "serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
+    kubectl(&api, &["create", "-f", &crds], None);
+    api.install_crd();
+    for ns in ["istio-system", "shop"] {
+        api.namespace(ns);
+    }
+    kubectl(
+        &api,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
+        ),
+    );
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "orders-redis"},
+        "spec": {"selector": {"app": "orders-redis"}, "ports": [{"name": "tcp-redis", "port": 6379}]}});
+    let first_ip = api.create("/api/v1/namespaces/shop/services", &service)["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The API server refuses loopback addresses in EndpointSlices; 192.0.2.10 is only data.
+    api.create(
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "orders-redis-1", "labels": {"kubernetes.io/service-name": "orders-redis"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "tcp-redis", "port": 6379}],
+                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": true}}]}),
+    );
+    let rdc = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
+    api.create(
+        rdc,
+        &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
+                "metadata": {"name": "orders"},
+                "spec": {"endpoints": {"service": "orders-redis"},
+                         "listener": {"port": 6379, "readPolicy": "Replica",
+                                      "clients": {"namespaces": ["shop"], "selector": {"matchLabels": {"app": "checkout"}}}}}}),
+    );
+
+    let _serve = common::apiserver::start_serve_kube(
+        &api,
+        &[
+            "--istio",
+            "write",
+            "--xds-auth",
+            "none",
+            "--debounce-quiet",
+            "20ms",
+        ],
+        "info",
+    );
+    let written = wait_until("serve writes the EnvoyFilter", || {
+        let w = written_filters(&api);
+        (!w.is_empty()).then_some(w)
+    });
+    assert_eq!(written.len(), 1, "{written:?}");
+    let (name, owners, listeners) = &written[0];
+    assert!(name.starts_with("shop/redis-xds-"), "{name}");
+    assert_eq!(owners, &["orders"], "owned by its RedisCluster");
+    assert_eq!(listeners, &[format!("{first_ip}_6379")]);
+
+    let (_istiod, grpc) = start_istiod(&api, tmp.path());
+    let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
+    let dump = |admin: &str| {
+        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
+    };
+    wait_until(
+        "the sidecar gets redis_proxy with readPolicy REPLICA",
+        || {
+            let d = dump(&admin);
+            (d.contains("envoy.filters.network.redis_proxy")
+                && d.contains("\"read_policy\": \"REPLICA\""))
+            .then_some(())
+        },
+    );
+
+    // An edit of the RedisCluster reaches the sidecar.
+    let (code, body) = api
+        .request(
+            "PATCH",
+            &format!("{rdc}/orders"),
+            Some(r#"{"spec": {"listener": {"readPolicy": "PreferReplica"}}}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("the sidecar gets readPolicy PREFER_REPLICA", || {
+        dump(&admin)
+            .contains("\"read_policy\": \"PREFER_REPLICA\"")
+            .then_some(())
+    });
+
+    // The Service re-created with another ClusterIP: the filter follows it.
+    let (code, body) = api
+        .request(
+            "DELETE",
+            "/api/v1/namespaces/shop/services/orders-redis",
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let second_ip = api.create("/api/v1/namespaces/shop/services", &service)["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first_ip, second_ip);
+    wait_until("the filter patches the new ClusterIP's listener", || {
+        written_filters(&api)
+            .iter()
+            .any(|(_, _, l)| l == &[format!("{second_ip}_6379")])
+            .then_some(())
+    });
+    wait_until(
+        "the sidecar's listener for the new ClusterIP is redis_proxy",
+        || {
+            listener_filters(&admin, &format!("{second_ip}_6379"))
+                .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
+        },
+    );
+
+    // The RedisCluster deleted: the filter goes, and the Service is plain tcp_proxy again.
+    let (code, body) = api
+        .request("DELETE", &format!("{rdc}/orders"), None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("serve deletes the filter", || {
+        written_filters(&api).is_empty().then_some(())
+    });
+    wait_until("the Service's listener is tcp_proxy again", || {
+        listener_filters(&admin, &format!("{second_ip}_6379"))
+            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
+    });
+}

@@ -36,6 +36,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
         ca: None,
         webhook: None,
         service_name: "redis-xds".into(),
+        istio: None,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -71,6 +71,18 @@ pub const API_CALLS: &[ApiCall] = &[
         why: "keeping the caBundle of the injector's webhook configuration (--ca-secret with --webhook-addr; that one object only)",
     },
     ApiCall {
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+        why: "ClusterIPs and ports, which name istio-proxy's outbound listeners (--istio only)",
+    },
+    ApiCall {
+        group: "networking.istio.io",
+        resource: "envoyfilters",
+        verbs: &["list", "create", "patch", "delete"],
+        why: "the EnvoyFilters of Istio mode: server-side apply of the wanted ones, deletion of those no longer wanted (--istio write, lease holder only)",
+    },
+    ApiCall {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],

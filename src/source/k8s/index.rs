@@ -26,6 +26,8 @@ pub enum Kind {
     EndpointSlice,
     /// Secret.
     Secret,
+    /// Service (Istio mode only: the ClusterIP names a sidecar's outbound listener).
+    Service,
 }
 
 /// Every kind, for readiness.
@@ -50,6 +52,8 @@ pub enum Object {
     EndpointSlice(Box<EndpointSlice>),
     /// A Secret.
     Secret(Box<Secret>),
+    /// A Service.
+    Service(Box<k8s_openapi::api::core::v1::Service>),
 }
 
 impl Object {
@@ -59,6 +63,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Secret(_) | Object::UnreferencedSecret(_) => Kind::Secret,
+            Object::Service(_) => Kind::Service,
         }
     }
 
@@ -69,6 +74,7 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
             Object::Secret(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
         };
         convert::key(metadata)
     }
@@ -81,6 +87,8 @@ pub struct Index {
     seen: u64,
     first_seen: BTreeMap<ObjectKey, u64>,
     synced: BTreeSet<Kind>,
+    /// The kinds followed: [`KINDS`], and Services in Istio mode.
+    kinds: BTreeSet<Kind>,
     models: watch::Sender<Arc<Model>>,
     ready: watch::Sender<bool>,
     /// Secrets referenced by each RedisCluster (its namespace, the names under any
@@ -104,6 +112,7 @@ impl Index {
             seen: 0,
             first_seen: BTreeMap::new(),
             synced: BTreeSet::new(),
+            kinds: KINDS.into_iter().collect(),
             models,
             ready,
             references: BTreeMap::new(),
@@ -111,6 +120,11 @@ impl Index {
             unloaded: BTreeSet::new(),
             fetch: None,
         }
+    }
+
+    /// Follows Services too (Istio mode): the model waits for their first list as well.
+    pub fn follow_services(&mut self) {
+        self.kinds.insert(Kind::Service);
     }
 
     /// Keeps only referenced Secrets' data from now on, asking `fetch` for the data of a
@@ -204,6 +218,9 @@ impl Index {
                     self.model.endpoint_slices.remove(&key);
                 }
             },
+            Object::Service(s) => {
+                self.model.services.insert(key, convert::service(s));
+            }
             Object::Secret(s) if self.wants_secret(&key) => {
                 self.unloaded.remove(&key);
                 self.model.secrets.insert(key, convert::secret(s));
@@ -239,6 +256,9 @@ impl Index {
                 self.model.secrets.remove(key);
                 self.unloaded.remove(key);
             }
+            Kind::Service => {
+                self.model.services.remove(key);
+            }
         }
     }
 
@@ -269,6 +289,7 @@ impl Index {
                 .chain(&self.unloaded)
                 .cloned()
                 .collect(),
+            Kind::Service => self.model.services.keys().cloned().collect(),
         };
         for key in stale.iter().filter(|k| !keep.contains(*k)) {
             self.remove(kind, key);
@@ -276,7 +297,7 @@ impl Index {
         for obj in &objects {
             self.insert(obj);
         }
-        if self.synced.insert(kind) && self.synced.len() == KINDS.len() {
+        if self.synced.insert(kind) && self.synced.is_superset(&self.kinds) {
             self.ready.send_replace(true);
         }
         self.publish();
@@ -285,7 +306,7 @@ impl Index {
     fn publish(&self) {
         // Only once every kind was listed: a model without its Secrets or Pods would make
         // every RedisCluster look broken and withdraw listeners from the proxies.
-        if self.synced.len() < KINDS.len() {
+        if !self.synced.is_superset(&self.kinds) {
             return;
         }
         // Nor while the data of a referenced Secret is being fetched: its RedisClusters would

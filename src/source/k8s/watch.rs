@@ -385,6 +385,7 @@ async fn fetch_secrets(
 pub fn spawn(
     client: &Client,
     namespace: Option<&str>,
+    services: bool,
     shared: Shared,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -395,7 +396,22 @@ pub fn spawn(
     let (fetch, wanted) = tokio::sync::mpsc::unbounded_channel();
     shared.with_index(|i| i.trim_secrets(fetch));
     let config = watcher::Config::default;
-    vec![
+    let mut tasks = Vec::new();
+    if services {
+        shared.with_index(crate::source::k8s::index::Index::follow_services);
+        tasks.push(tokio::spawn(
+            follow(
+                api::<k8s_openapi::api::core::v1::Service>(client, namespace),
+                Kind::Service,
+                config(),
+                shared.clone(),
+                |_, s| Some(Object::Service(Box::new(s))),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "Service")),
+        ));
+    }
+    tasks.extend([
         tokio::spawn(
             follow(
                 rc_api,
@@ -446,7 +462,8 @@ pub fn spawn(
             fetch_secrets(client.clone(), shared, wanted, shutdown)
                 .instrument(tracing::info_span!("fetch", kind = "Secret")),
         ),
-    ]
+    ]);
+    tasks
 }
 
 #[cfg(test)]
