@@ -108,10 +108,16 @@ struct ServeArgs {
     #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
     proxy_image: String,
     /// Istio mode: also give istio-proxy sidecars the RedisClusters whose endpoints come
-    /// from a Service, through istiod. `write`: as EnvoyFilter objects in the API server
-    /// (the status Lease holder writes them; docs/istio.md).
-    #[arg(long, value_enum)]
+    /// from a Service, through istiod. `xds` (the default): served to istiod as an xds://
+    /// config source on --istio-config-addr, nothing written to the API server. `write`:
+    /// as EnvoyFilter objects in the API server (the status Lease holder writes them).
+    /// docs/istio.md.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "xds")]
     istio: Option<IstioDeliveryArg>,
+    /// Address of the Istio config source (--istio xds); point meshConfig.configSources
+    /// at it as xds://ADDRESS.
+    #[arg(long, default_value = "0.0.0.0:18002")]
+    istio_config_addr: std::net::SocketAddr,
     /// The mesh's root namespace (meshConfig.rootNamespace): where filters for clients in
     /// any namespace go.
     #[arg(long, default_value = "istio-system")]
@@ -157,6 +163,7 @@ struct ServeArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum IstioDeliveryArg {
+    Xds,
     Write,
 }
 
@@ -501,6 +508,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         service_name: args.service_name,
         istio: args.istio.map(|d| crate::serve::IstioSettings {
             delivery: match d {
+                IstioDeliveryArg::Xds => crate::istio::Delivery::Xds(args.istio_config_addr),
                 IstioDeliveryArg::Write => crate::istio::Delivery::Write,
             },
             options: crate::istio::IstioOptions {

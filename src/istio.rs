@@ -455,6 +455,9 @@ mod tests {
 /// How `serve` delivers the filters (`--istio`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
+    /// Served to istiod as an `xds://` config source on this address
+    /// ([`crate::istio_xds`]): nothing is written to the API server.
+    Xds(std::net::SocketAddr),
     /// As EnvoyFilter objects in the API server, each owned by its RedisClusters where
     /// they share its namespace (garbage-collected with them); filters of the root
     /// namespace are removed by redis-xds itself when no longer wanted.

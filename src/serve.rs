@@ -543,6 +543,33 @@ pub async fn run(
         )));
         if let Some(istio) = &opts.istio {
             match istio.delivery {
+                crate::istio::Delivery::Xds(addr) => {
+                    let listener = TcpListener::bind(addr).await.with_context(|| {
+                        format!("binding the Istio config source address {addr}")
+                    })?;
+                    let bound = listener.local_addr()?;
+                    let (filters_tx, filters_rx) = watch::channel(None);
+                    tasks.push(tokio::spawn(crate::istio_xds::follow_snapshots(
+                        snap_rx.clone(),
+                        istio.options.clone(),
+                        filters_tx,
+                        shutdown.clone(),
+                    )));
+                    let service = crate::istio_xds::ConfigSource::new(filters_rx, shutdown.clone());
+                    let stop = shutdown.clone();
+                    info!(addr = %bound, "Istio config source listening");
+                    tasks.push(tokio::spawn(async move {
+                        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true));
+                        if let Err(e) = tonic::transport::Server::builder()
+                            .add_service(service)
+                            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                            .await
+                        {
+                            tracing::error!(error = %e, "Istio config source failed");
+                        }
+                    }));
+                }
                 crate::istio::Delivery::Write => {
                     tasks.push(tokio::spawn(crate::istio::write_filters(
                         client.clone(),

@@ -73,13 +73,21 @@ fn kubectl(api: &ApiServer, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// istiod reading config from `api`, its plaintext xDS on the returned port.
-fn start_istiod(api: &ApiServer, dir: &std::path::Path) -> (Proc, u16) {
+/// istiod reading config from `api` (and from redis-xds's config source on
+/// `config_source`), its plaintext xDS on the returned port.
+fn start_istiod(api: &ApiServer, dir: &std::path::Path, config_source: Option<u16>) -> (Proc, u16) {
     let (http, grpc, monitoring, ctrlz) = (free_port(), free_port(), free_port(), free_port());
     let mesh = dir.join("mesh.yaml");
     std::fs::write(
         &mesh,
-        format!("rootNamespace: istio-system\nenableAutoMtls: false\ndefaultConfig:\n  discoveryAddress: 127.0.0.1:{grpc}\n"),
+        format!(
+            "rootNamespace: istio-system\nenableAutoMtls: false\ndefaultConfig:\n  discoveryAddress: 127.0.0.1:{grpc}\n{}",
+            match config_source {
+                // Without k8s:// istiod would stop reading Istio config from the API server.
+                Some(port) => format!("configSources:\n  - address: k8s://\n  - address: xds://127.0.0.1:{port}\n"),
+                None => String::new(),
+            }
+        ),
     )
     .unwrap();
     let log = dir.join("istiod.log");
@@ -228,7 +236,7 @@ fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_r
     let cluster_ip = service["spec"]["clusterIP"].as_str().unwrap().to_owned();
     let listener = format!("{cluster_ip}_6379");
 
-    let (_istiod, grpc) = start_istiod(&api, tmp.path());
+    let (_istiod, grpc) = start_istiod(&api, tmp.path(), None);
     let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
     wait_until(
         "istiod gives the sidecar the Service's listener, with tcp_proxy",
@@ -401,7 +409,7 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
     assert_eq!(owners, &["orders"], "owned by its RedisCluster");
     assert_eq!(listeners, &[format!("{first_ip}_6379")]);
 
-    let (_istiod, grpc) = start_istiod(&api, tmp.path());
+    let (_istiod, grpc) = start_istiod(&api, tmp.path(), None);
     let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
     let dump = |admin: &str| {
         http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
@@ -469,6 +477,112 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
     });
     wait_until("the Service's listener is tcp_proxy again", || {
         listener_filters(&admin, &format!("{second_ip}_6379"))
+            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
+    });
+}
+
+#[test]
+fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
+    if !in_private_network("serve_is_istiods_config_source_and_writes_nothing_to_the_api_server") {
+        return;
+    }
+    let api = ApiServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
+    kubectl(&api, &["create", "-f", &crds], None);
+    api.install_crd();
+    for ns in ["istio-system", "shop"] {
+        api.namespace(ns);
+    }
+    kubectl(
+        &api,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
+        ),
+    );
+    let cluster_ip = api.create(
+        "/api/v1/namespaces/shop/services",
+        &json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "orders-redis"},
+                "spec": {"selector": {"app": "orders-redis"}, "ports": [{"name": "tcp-redis", "port": 6379}]}}),
+    )["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listener = format!("{cluster_ip}_6379");
+    api.create(
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "orders-redis-1", "labels": {"kubernetes.io/service-name": "orders-redis"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "tcp-redis", "port": 6379}],
+                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": true}}]}),
+    );
+    let rdc = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
+    api.create(
+        rdc,
+        &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
+                "metadata": {"name": "orders"},
+                "spec": {"endpoints": {"service": "orders-redis"},
+                         "listener": {"port": 6379, "readPolicy": "Replica",
+                                      "clients": {"namespaces": ["shop"], "selector": {"matchLabels": {"app": "checkout"}}}}}}),
+    );
+    let config_port = free_port();
+    let config_addr = format!("127.0.0.1:{config_port}");
+    let _serve = common::apiserver::start_serve_kube(
+        &api,
+        &[
+            "--istio",
+            "--istio-config-addr",
+            &config_addr,
+            "--xds-auth",
+            "none",
+            "--debounce-quiet",
+            "20ms",
+        ],
+        "info",
+    );
+    let (_istiod, grpc) = start_istiod(&api, tmp.path(), Some(config_port));
+    let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
+    wait_until(
+        "istiod hands the sidecar redis_proxy from the config source",
+        || {
+            listener_filters(&admin, &listener)
+                .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
+        },
+    );
+    let dump = |admin: &str| {
+        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
+    };
+    assert!(dump(&admin).contains("\"read_policy\": \"REPLICA\""));
+    // Nothing went through the API server.
+    let (_, body) = api
+        .get("/apis/networking.istio.io/v1alpha3/envoyfilters")
+        .unwrap();
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{body}");
+
+    // An edit reaches the sidecar; deleting the RedisCluster gives tcp_proxy back.
+    let (code, body) = api
+        .request(
+            "PATCH",
+            &format!("{rdc}/orders"),
+            Some(r#"{"spec": {"listener": {"readPolicy": "PreferReplica"}}}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("the sidecar gets readPolicy PREFER_REPLICA", || {
+        dump(&admin)
+            .contains("\"read_policy\": \"PREFER_REPLICA\"")
+            .then_some(())
+    });
+    let (code, body) = api
+        .request("DELETE", &format!("{rdc}/orders"), None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("the Service's listener is tcp_proxy again", || {
+        listener_filters(&admin, &listener)
             .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
     });
 }
