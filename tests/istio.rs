@@ -8,6 +8,12 @@
 //! every address there is loopback, and nothing is reachable from outside.
 
 mod common;
+#[path = "e2e/redis.rs"]
+#[allow(dead_code)]
+mod redis;
+#[path = "e2e/resp.rs"]
+#[allow(dead_code)]
+mod resp;
 
 use std::process::Command;
 
@@ -71,6 +77,24 @@ fn kubectl(api: &ApiServer, args: &[&str], stdin: Option<&str>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Istio's CRDs (from the istio.io/istio module), Established.
+fn install_istio(api: &ApiServer) {
+    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
+    // Too large for client-side apply's last-applied annotation.
+    kubectl(api, &["create", "-f", &crds], None);
+    kubectl(
+        api,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "--all",
+        ],
+        None,
+    );
 }
 
 /// istiod reading config from `api` (and from redis-xds's config source on
@@ -214,9 +238,7 @@ fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_r
     }
     let api = ApiServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
-    // Too large for client-side apply's last-applied annotation.
-    kubectl(&api, &["create", "-f", &crds], None);
+    install_istio(&api);
     for ns in ["istio-system", "shop"] {
         api.namespace(ns);
     }
@@ -303,6 +325,85 @@ fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_r
     });
 }
 
+/// Runs `ip` or `iptables` inside the test's network namespace.
+fn net(cmd: &str, args: &[&str]) {
+    // Both live in /usr/sbin, which a non-login PATH may lack.
+    let sbin = format!("/usr/sbin/{cmd}");
+    let program = if std::path::Path::new(&sbin).exists() {
+        sbin.as_str()
+    } else {
+        cmd
+    };
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .expect("ip and iptables run");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pods' addresses on the namespace's loopback: the API server refuses loopback addresses
+/// in EndpointSlices, so Redis listens on these instead.
+fn pod_addresses(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            let ip = format!("{prefix}.{i}");
+            net("ip", &["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+            ip
+        })
+        .collect()
+}
+
+/// What istio-init does for a Service's ClusterIP: connections to it go to Envoy's 15001,
+/// which hands them to the listener of their original destination.
+fn capture(cluster_ip: &str, port: u16) {
+    // A route to the ClusterIP, as a pod's default route gives it.
+    net(
+        "ip",
+        &["addr", "add", &format!("{cluster_ip}/32"), "dev", "lo"],
+    );
+    net(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            cluster_ip,
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+}
+
+fn endpoint_slice(api: &ApiServer, service: &str, addresses: &[String], port: u16) {
+    api.create(
+        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
+        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{service}-1"), "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4",
+                "ports": [{"name": "tcp-redis", "port": port}],
+                "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()}),
+    );
+}
+
+fn calls(servers: &[&redis::Server], command: &str) -> u64 {
+    servers
+        .iter()
+        .map(|s| redis::command_calls(&mut s.conn(), command))
+        .sum()
+}
+
 /// The EnvoyFilters serve has written, as (namespace/name, owners, listener names patched).
 fn written_filters(api: &ApiServer) -> Vec<(String, Vec<String>, Vec<String>)> {
     let (_, body) = api
@@ -348,8 +449,7 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
     }
     let api = ApiServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
-    kubectl(&api, &["create", "-f", &crds], None);
+    install_istio(&api);
     api.install_crd();
     for ns in ["istio-system", "shop"] {
         api.namespace(ns);
@@ -488,8 +588,7 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     }
     let api = ApiServer::start();
     let tmp = tempfile::tempdir().unwrap();
-    let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
-    kubectl(&api, &["create", "-f", &crds], None);
+    install_istio(&api);
     api.install_crd();
     for ns in ["istio-system", "shop"] {
         api.namespace(ns);
@@ -501,31 +600,52 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
         ),
     );
-    let cluster_ip = api.create(
-        "/api/v1/namespaces/shop/services",
-        &json!({"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "orders-redis"},
-                "spec": {"selector": {"app": "orders-redis"}, "ports": [{"name": "tcp-redis", "port": 6379}]}}),
-    )["spec"]["clusterIP"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let listener = format!("{cluster_ip}_6379");
-    api.create(
-        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
-        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "orders-redis-1", "labels": {"kubernetes.io/service-name": "orders-redis"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "tcp-redis", "port": 6379}],
-                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": true}}]}),
+    // Two Redis Clusters standing for Pods: orders (3 primaries, 3 replicas) and sessions
+    // (3 primaries), the mirror target.
+    let orders = redis::Cluster::start_on(
+        &tmp.path().join("orders"),
+        &pod_addresses("10.244.1", 6),
+        1,
+        None,
     );
+    let sessions = redis::Cluster::start_on(
+        &tmp.path().join("sessions"),
+        &pod_addresses("10.244.2", 3),
+        0,
+        None,
+    );
+    let mut cluster_ips = Vec::new();
+    for (service, cluster) in [("orders-redis", &orders), ("sessions-redis", &sessions)] {
+        let ip = api.create(
+            "/api/v1/namespaces/shop/services",
+            &json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": service},
+                    "spec": {"selector": {"app": service}, "ports": [{"name": "tcp-redis", "port": 6379, "targetPort": cluster.servers[0].port}]}}),
+        )["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let hosts: Vec<String> = cluster.servers.iter().map(|s| s.host.clone()).collect();
+        endpoint_slice(&api, service, &hosts, cluster.servers[0].port);
+        capture(&ip, 6379);
+        cluster_ips.push(ip);
+    }
+    let listener = format!("{}_6379", cluster_ips[0]);
     let rdc = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
     api.create(
         rdc,
         &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
+                "metadata": {"name": "sessions"},
+                "spec": {"endpoints": {"service": "sessions-redis"}, "port": sessions.servers[0].port}}),
+    );
+    api.create(
+        rdc,
+        &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
                 "metadata": {"name": "orders"},
-                "spec": {"endpoints": {"service": "orders-redis"},
+                "spec": {"endpoints": {"service": "orders-redis"}, "port": orders.servers[0].port,
+                         "topology": {"refreshInterval": "1s"},
                          "listener": {"port": 6379, "readPolicy": "Replica",
+                                      "catchAll": {"mirror": [{"cluster": "sessions", "excludeReadCommands": true}]},
                                       "clients": {"namespaces": ["shop"], "selector": {"matchLabels": {"app": "checkout"}}}}}}),
     );
     let config_port = free_port();
@@ -552,10 +672,6 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
                 .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
         },
     );
-    let dump = |admin: &str| {
-        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
-    };
-    assert!(dump(&admin).contains("\"read_policy\": \"REPLICA\""));
     // Nothing went through the API server.
     let (_, body) = api
         .get("/apis/networking.istio.io/v1alpha3/envoyfilters")
@@ -563,7 +679,52 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     let list: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{body}");
 
+    // The application talks to the Service's ClusterIP as to one Redis server; the capture
+    // hands the connection to the sidecar.
+    let service = format!("{}:6379", cluster_ips[0]);
+    let mut c = wait_until(
+        "the Service's ClusterIP answers through the sidecar",
+        || {
+            let mut c = resp::Conn::connect(&service).ok()?;
+            (c.cmd(&["SET", "mesh:probe", "1"]).ok()?.text() == "OK").then_some(c)
+        },
+    );
+    // Sharding: keys on every primary of orders.
+    for i in 0..60 {
+        c.ok(&["SET", &format!("mesh:{i}"), &i.to_string()]);
+    }
+    let primaries = orders.servers_with_role("master");
+    let replicas = orders.servers_with_role("slave");
+    assert_eq!((primaries.len(), replicas.len()), (3, 3));
+    for p in &primaries {
+        let keys: u64 = p.conn().ok(&["DBSIZE"]).parse().unwrap();
+        assert!(keys > 0, "primary {} holds no key", p.addr());
+    }
+    // Replica reads: GETs reach replicas only.
+    let (primary_gets, replica_gets) = (calls(&primaries, "get"), calls(&replicas, "get"));
+    for i in 0..60 {
+        assert_eq!(c.ok(&["GET", &format!("mesh:{i}")]), i.to_string());
+    }
+    assert_eq!(
+        calls(&primaries, "get"),
+        primary_gets,
+        "no GET on a primary"
+    );
+    assert_eq!(calls(&replicas, "get") - replica_gets, 60);
+    // The write mirror: every SET reached sessions too (mirroring is fire-and-forget).
+    wait_until("the writes are mirrored to sessions", || {
+        let keys: u64 = sessions
+            .servers
+            .iter()
+            .map(|s| s.conn().ok(&["DBSIZE"]).parse::<u64>().unwrap())
+            .sum();
+        (keys == 61).then_some(())
+    });
+
     // An edit reaches the sidecar; deleting the RedisCluster gives tcp_proxy back.
+    let dump = |admin: &str| {
+        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
+    };
     let (code, body) = api
         .request(
             "PATCH",

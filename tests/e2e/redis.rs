@@ -120,6 +120,11 @@ pub fn start_server_with(
             host,
         ]);
     }
+    // A server on an address outside 127.0.0.0/8 stands for a Pod in a private network
+    // namespace (tests/istio.rs); protected mode would refuse its clients there.
+    if !host.starts_with("127.") {
+        cmd.args(["--protected-mode", "no"]);
+    }
     if let Some(pw) = password {
         cmd.args(["--requirepass", pw, "--masterauth", pw]);
     }
