@@ -404,188 +404,76 @@ fn calls(servers: &[&redis::Server], command: &str) -> u64 {
         .sum()
 }
 
-/// The EnvoyFilters serve has written, as (namespace/name, owners, listener names patched).
-fn written_filters(api: &ApiServer) -> Vec<(String, Vec<String>, Vec<String>)> {
+/// One written EnvoyFilter: `namespace/name`, its owners, the listeners it patches.
+type WrittenFilter = (String, Vec<String>, Vec<String>);
+
+/// The EnvoyFilters serve has written, as (namespace/name, owners, listener names patched);
+/// `None` while the API server does not list them (just after the CRD is Established).
+fn written_filters(api: &ApiServer) -> Option<Vec<WrittenFilter>> {
     let (_, body) = api
         .get("/apis/networking.istio.io/v1alpha3/envoyfilters?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dredis-xds")
         .unwrap();
-    let list: Value = serde_json::from_str(&body).unwrap();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let owners = f["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            let listeners = f["spec"]["configPatches"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["match"]["listener"]["name"].as_str().map(str::to_owned))
-                .collect();
-            (
-                format!(
-                    "{}/{}",
-                    f["metadata"]["namespace"].as_str().unwrap_or_default(),
-                    f["metadata"]["name"].as_str().unwrap_or_default()
-                ),
-                owners,
-                listeners,
-            )
-        })
-        .collect()
-}
-
-#[test]
-fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
-    if !in_private_network(
-        "serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them",
-    ) {
-        return;
-    }
-    let api = ApiServer::start();
-    let tmp = tempfile::tempdir().unwrap();
-    install_istio(&api);
-    api.install_crd();
-    for ns in ["istio-system", "shop"] {
-        api.namespace(ns);
-    }
-    kubectl(
-        &api,
-        &["apply", "-f", "-"],
-        Some(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
-        ),
-    );
-    let service = json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "orders-redis"},
-        "spec": {"selector": {"app": "orders-redis"}, "ports": [{"name": "tcp-redis", "port": 6379}]}});
-    let first_ip = api.create("/api/v1/namespaces/shop/services", &service)["spec"]["clusterIP"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    // The API server refuses loopback addresses in EndpointSlices; 192.0.2.10 is only data.
-    api.create(
-        "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices",
-        &json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "orders-redis-1", "labels": {"kubernetes.io/service-name": "orders-redis"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "tcp-redis", "port": 6379}],
-                "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": true}}]}),
-    );
-    let rdc = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
-    api.create(
-        rdc,
-        &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
-                "metadata": {"name": "orders"},
-                "spec": {"endpoints": {"service": "orders-redis"},
-                         "listener": {"port": 6379, "readPolicy": "Replica",
-                                      "clients": {"namespaces": ["shop"], "selector": {"matchLabels": {"app": "checkout"}}}}}}),
-    );
-
-    let _serve = common::apiserver::start_serve_kube(
-        &api,
-        &[
-            "--istio",
-            "write",
-            "--xds-auth",
-            "none",
-            "--debounce-quiet",
-            "20ms",
-        ],
-        "info",
-    );
-    let written = wait_until("serve writes the EnvoyFilter", || {
-        let w = written_filters(&api);
-        (!w.is_empty()).then_some(w)
-    });
-    assert_eq!(written.len(), 1, "{written:?}");
-    let (name, owners, listeners) = &written[0];
-    assert!(name.starts_with("shop/redis-xds-"), "{name}");
-    assert_eq!(owners, &["orders"], "owned by its RedisCluster");
-    assert_eq!(listeners, &[format!("{first_ip}_6379")]);
-
-    let (_istiod, grpc) = start_istiod(&api, tmp.path(), None);
-    let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
-    let dump = |admin: &str| {
-        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
-    };
-    wait_until(
-        "the sidecar gets redis_proxy with readPolicy REPLICA",
-        || {
-            let d = dump(&admin);
-            (d.contains("envoy.filters.network.redis_proxy")
-                && d.contains("\"read_policy\": \"REPLICA\""))
-            .then_some(())
-        },
-    );
-
-    // An edit of the RedisCluster reaches the sidecar.
-    let (code, body) = api
-        .request(
-            "PATCH",
-            &format!("{rdc}/orders"),
-            Some(r#"{"spec": {"listener": {"readPolicy": "PreferReplica"}}}"#),
-        )
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    wait_until("the sidecar gets readPolicy PREFER_REPLICA", || {
-        dump(&admin)
-            .contains("\"read_policy\": \"PREFER_REPLICA\"")
-            .then_some(())
-    });
-
-    // The Service re-created with another ClusterIP: the filter follows it.
-    let (code, body) = api
-        .request(
-            "DELETE",
-            "/api/v1/namespaces/shop/services/orders-redis",
-            None,
-        )
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let second_ip = api.create("/api/v1/namespaces/shop/services", &service)["spec"]["clusterIP"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_ne!(first_ip, second_ip);
-    wait_until("the filter patches the new ClusterIP's listener", || {
-        written_filters(&api)
+    let list: Value = serde_json::from_str(&body).ok()?;
+    let items = list["items"].as_array()?;
+    Some(
+        items
             .iter()
-            .any(|(_, _, l)| l == &[format!("{second_ip}_6379")])
-            .then_some(())
-    });
-    wait_until(
-        "the sidecar's listener for the new ClusterIP is redis_proxy",
-        || {
-            listener_filters(&admin, &format!("{second_ip}_6379"))
-                .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
-        },
-    );
-
-    // The RedisCluster deleted: the filter goes, and the Service is plain tcp_proxy again.
-    let (code, body) = api
-        .request("DELETE", &format!("{rdc}/orders"), None)
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    wait_until("serve deletes the filter", || {
-        written_filters(&api).is_empty().then_some(())
-    });
-    wait_until("the Service's listener is tcp_proxy again", || {
-        listener_filters(&admin, &format!("{second_ip}_6379"))
-            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
-    });
+            .map(|f| {
+                let owners = f["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                let listeners = f["spec"]["configPatches"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["match"]["listener"]["name"].as_str().map(str::to_owned))
+                    .collect();
+                (
+                    format!(
+                        "{}/{}",
+                        f["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        f["metadata"]["name"].as_str().unwrap_or_default()
+                    ),
+                    owners,
+                    listeners,
+                )
+            })
+            .collect(),
+    )
 }
 
-#[test]
-fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
-    if !in_private_network("serve_is_istiods_config_source_and_writes_nothing_to_the_api_server") {
-        return;
-    }
+/// The mesh of the serve tests, in the test's private network namespace: a real API server
+/// with Istio's and redis-xds's CRDs, two Redis Clusters standing for Pods (orders: 3
+/// primaries and 3 replicas; sessions: 3 primaries), their Services (ClusterIP, port 6379)
+/// and EndpointSlices, the ClusterIP capture, and RedisClusters `sessions` and `orders`
+/// (reads from replicas, writes mirrored to sessions, for pods labelled app=checkout in shop).
+struct Mesh {
+    api: ApiServer,
+    tmp: tempfile::TempDir,
+    orders: redis::Cluster,
+    sessions: redis::Cluster,
+    /// ClusterIPs of orders-redis and sessions-redis.
+    cluster_ips: Vec<String>,
+}
+
+const RDC: &str = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
+
+fn redis_service(api: &ApiServer, name: &str, target_port: u16) -> String {
+    api.create(
+        "/api/v1/namespaces/shop/services",
+        &json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "tcp-redis", "port": 6379, "targetPort": target_port}]}}),
+    )["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn mesh() -> Mesh {
     let api = ApiServer::start();
     let tmp = tempfile::tempdir().unwrap();
     install_istio(&api);
@@ -600,8 +488,6 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
         ),
     );
-    // Two Redis Clusters standing for Pods: orders (3 primaries, 3 replicas) and sessions
-    // (3 primaries), the mirror target.
     let orders = redis::Cluster::start_on(
         &tmp.path().join("orders"),
         &pod_addresses("10.244.1", 6),
@@ -616,30 +502,21 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     );
     let mut cluster_ips = Vec::new();
     for (service, cluster) in [("orders-redis", &orders), ("sessions-redis", &sessions)] {
-        let ip = api.create(
-            "/api/v1/namespaces/shop/services",
-            &json!({"apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": service},
-                    "spec": {"selector": {"app": service}, "ports": [{"name": "tcp-redis", "port": 6379, "targetPort": cluster.servers[0].port}]}}),
-        )["spec"]["clusterIP"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let port = cluster.servers[0].port;
+        let ip = redis_service(&api, service, port);
         let hosts: Vec<String> = cluster.servers.iter().map(|s| s.host.clone()).collect();
-        endpoint_slice(&api, service, &hosts, cluster.servers[0].port);
+        endpoint_slice(&api, service, &hosts, port);
         capture(&ip, 6379);
         cluster_ips.push(ip);
     }
-    let listener = format!("{}_6379", cluster_ips[0]);
-    let rdc = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
     api.create(
-        rdc,
+        RDC,
         &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
                 "metadata": {"name": "sessions"},
                 "spec": {"endpoints": {"service": "sessions-redis"}, "port": sessions.servers[0].port}}),
     );
     api.create(
-        rdc,
+        RDC,
         &json!({"apiVersion": "redis-xds.dev/v1alpha1", "kind": "RedisCluster",
                 "metadata": {"name": "orders"},
                 "spec": {"endpoints": {"service": "orders-redis"}, "port": orders.servers[0].port,
@@ -648,10 +525,178 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
                                       "catchAll": {"mirror": [{"cluster": "sessions", "excludeReadCommands": true}]},
                                       "clients": {"namespaces": ["shop"], "selector": {"matchLabels": {"app": "checkout"}}}}}}),
     );
+    Mesh {
+        api,
+        tmp,
+        orders,
+        sessions,
+        cluster_ips,
+    }
+}
+
+fn keys(servers: &[redis::Server]) -> u64 {
+    servers
+        .iter()
+        .map(|s| s.conn().ok(&["DBSIZE"]).parse::<u64>().unwrap())
+        .sum()
+}
+
+/// An application on the Service's ClusterIP, as to one Redis server: sharding across the
+/// primaries, GETs from replicas only, and every SET mirrored to sessions.
+fn traffic(m: &Mesh, cluster_ip: &str) {
+    let service = format!("{cluster_ip}:6379");
+    let before = keys(&m.sessions.servers);
+    let mut c = wait_until(
+        "the Service's ClusterIP answers through the sidecar",
+        || {
+            let mut c = resp::Conn::connect(&service).ok()?;
+            (c.cmd(&["SET", "mesh:probe", "1"]).ok()?.text() == "OK").then_some(c)
+        },
+    );
+    for i in 0..60 {
+        c.ok(&["SET", &format!("mesh:{i}"), &i.to_string()]);
+    }
+    let primaries = m.orders.servers_with_role("master");
+    let replicas = m.orders.servers_with_role("slave");
+    assert_eq!((primaries.len(), replicas.len()), (3, 3));
+    for p in &primaries {
+        let n: u64 = p.conn().ok(&["DBSIZE"]).parse().unwrap();
+        assert!(n > 0, "primary {} holds no key", p.addr());
+    }
+    let (primary_gets, replica_gets) = (calls(&primaries, "get"), calls(&replicas, "get"));
+    for i in 0..60 {
+        assert_eq!(c.ok(&["GET", &format!("mesh:{i}")]), i.to_string());
+    }
+    assert_eq!(
+        calls(&primaries, "get"),
+        primary_gets,
+        "no GET on a primary"
+    );
+    assert_eq!(calls(&replicas, "get") - replica_gets, 60);
+    // Mirroring is fire-and-forget: wait for it. The keys are the same every time, so only
+    // a first run adds them.
+    wait_until("the writes are mirrored to sessions", || {
+        let n = keys(&m.sessions.servers);
+        (n >= 61 && n >= before).then_some(())
+    });
+}
+
+fn patch_read_policy(m: &Mesh, admin: &str) {
+    let (code, body) = m
+        .api
+        .request(
+            "PATCH",
+            &format!("{RDC}/orders"),
+            Some(r#"{"spec": {"listener": {"readPolicy": "PreferReplica"}}}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("the sidecar gets readPolicy PREFER_REPLICA", || {
+        http_get(admin, "/config_dump?resource=dynamic_listeners")
+            .filter(|d| d.contains("\"read_policy\": \"PREFER_REPLICA\""))
+    });
+}
+
+fn delete_orders_and_see_tcp_proxy(m: &Mesh, admin: &str, listener: &str) {
+    let (code, body) = m
+        .api
+        .request("DELETE", &format!("{RDC}/orders"), None)
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    wait_until("the Service's listener is tcp_proxy again", || {
+        listener_filters(admin, listener)
+            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
+    });
+}
+
+fn has_redis_proxy(admin: &str, listener: &str) -> Option<()> {
+    listener_filters(admin, listener)
+        .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
+        .map(drop)
+}
+
+#[test]
+fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
+    if !in_private_network(
+        "serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them",
+    ) {
+        return;
+    }
+    let m = mesh();
+    let _serve = common::apiserver::start_serve_kube(
+        &m.api,
+        &[
+            "--istio",
+            "write",
+            "--xds-auth",
+            "none",
+            "--debounce-quiet",
+            "20ms",
+        ],
+        "info",
+    );
+    let written = wait_until("serve writes the EnvoyFilter", || {
+        written_filters(&m.api).filter(|w| !w.is_empty())
+    });
+    assert_eq!(written.len(), 1, "{written:?}");
+    let (name, owners, listeners) = &written[0];
+    assert!(name.starts_with("shop/redis-xds-"), "{name}");
+    assert_eq!(owners, &["orders"], "owned by its RedisCluster");
+    let first = format!("{}_6379", m.cluster_ips[0]);
+    assert_eq!(listeners, std::slice::from_ref(&first));
+
+    let (_istiod, grpc) = start_istiod(&m.api, m.tmp.path(), None);
+    let (_sidecar, admin) = start_sidecar(m.tmp.path(), grpc);
+    wait_until(
+        "the sidecar gets redis_proxy from the written filter",
+        || has_redis_proxy(&admin, &first),
+    );
+    traffic(&m, &m.cluster_ips[0]);
+    patch_read_policy(&m, &admin);
+
+    // The Service re-created with another ClusterIP: the filter follows it.
+    let (code, body) = m
+        .api
+        .request(
+            "DELETE",
+            "/api/v1/namespaces/shop/services/orders-redis",
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let second_ip = redis_service(&m.api, "orders-redis", m.orders.servers[0].port);
+    assert_ne!(m.cluster_ips[0], second_ip);
+    capture(&second_ip, 6379);
+    let second = format!("{second_ip}_6379");
+    wait_until("the filter patches the new ClusterIP's listener", || {
+        written_filters(&m.api)?
+            .iter()
+            .any(|(_, _, l)| l == std::slice::from_ref(&second))
+            .then_some(())
+    });
+    wait_until(
+        "the sidecar's listener for the new ClusterIP is redis_proxy",
+        || has_redis_proxy(&admin, &second),
+    );
+    traffic(&m, &second_ip);
+
+    // The RedisCluster deleted: the filter goes, and the Service is plain tcp_proxy again.
+    delete_orders_and_see_tcp_proxy(&m, &admin, &second);
+    wait_until("the filter is gone", || {
+        written_filters(&m.api).filter(Vec::is_empty)
+    });
+}
+
+#[test]
+fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
+    if !in_private_network("serve_is_istiods_config_source_and_writes_nothing_to_the_api_server") {
+        return;
+    }
+    let m = mesh();
     let config_port = free_port();
     let config_addr = format!("127.0.0.1:{config_port}");
     let _serve = common::apiserver::start_serve_kube(
-        &api,
+        &m.api,
         &[
             "--istio",
             "--istio-config-addr",
@@ -663,87 +708,22 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
         ],
         "info",
     );
-    let (_istiod, grpc) = start_istiod(&api, tmp.path(), Some(config_port));
-    let (_sidecar, admin) = start_sidecar(tmp.path(), grpc);
+    let (_istiod, grpc) = start_istiod(&m.api, m.tmp.path(), Some(config_port));
+    let (_sidecar, admin) = start_sidecar(m.tmp.path(), grpc);
+    let listener = format!("{}_6379", m.cluster_ips[0]);
     wait_until(
         "istiod hands the sidecar redis_proxy from the config source",
-        || {
-            listener_filters(&admin, &listener)
-                .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
-        },
+        || has_redis_proxy(&admin, &listener),
     );
     // Nothing went through the API server.
-    let (_, body) = api
+    let (_, body) = m
+        .api
         .get("/apis/networking.istio.io/v1alpha3/envoyfilters")
         .unwrap();
     let list: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{body}");
 
-    // The application talks to the Service's ClusterIP as to one Redis server; the capture
-    // hands the connection to the sidecar.
-    let service = format!("{}:6379", cluster_ips[0]);
-    let mut c = wait_until(
-        "the Service's ClusterIP answers through the sidecar",
-        || {
-            let mut c = resp::Conn::connect(&service).ok()?;
-            (c.cmd(&["SET", "mesh:probe", "1"]).ok()?.text() == "OK").then_some(c)
-        },
-    );
-    // Sharding: keys on every primary of orders.
-    for i in 0..60 {
-        c.ok(&["SET", &format!("mesh:{i}"), &i.to_string()]);
-    }
-    let primaries = orders.servers_with_role("master");
-    let replicas = orders.servers_with_role("slave");
-    assert_eq!((primaries.len(), replicas.len()), (3, 3));
-    for p in &primaries {
-        let keys: u64 = p.conn().ok(&["DBSIZE"]).parse().unwrap();
-        assert!(keys > 0, "primary {} holds no key", p.addr());
-    }
-    // Replica reads: GETs reach replicas only.
-    let (primary_gets, replica_gets) = (calls(&primaries, "get"), calls(&replicas, "get"));
-    for i in 0..60 {
-        assert_eq!(c.ok(&["GET", &format!("mesh:{i}")]), i.to_string());
-    }
-    assert_eq!(
-        calls(&primaries, "get"),
-        primary_gets,
-        "no GET on a primary"
-    );
-    assert_eq!(calls(&replicas, "get") - replica_gets, 60);
-    // The write mirror: every SET reached sessions too (mirroring is fire-and-forget).
-    wait_until("the writes are mirrored to sessions", || {
-        let keys: u64 = sessions
-            .servers
-            .iter()
-            .map(|s| s.conn().ok(&["DBSIZE"]).parse::<u64>().unwrap())
-            .sum();
-        (keys == 61).then_some(())
-    });
-
-    // An edit reaches the sidecar; deleting the RedisCluster gives tcp_proxy back.
-    let dump = |admin: &str| {
-        http_get(admin, "/config_dump?resource=dynamic_listeners").unwrap_or_default()
-    };
-    let (code, body) = api
-        .request(
-            "PATCH",
-            &format!("{rdc}/orders"),
-            Some(r#"{"spec": {"listener": {"readPolicy": "PreferReplica"}}}"#),
-        )
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    wait_until("the sidecar gets readPolicy PREFER_REPLICA", || {
-        dump(&admin)
-            .contains("\"read_policy\": \"PREFER_REPLICA\"")
-            .then_some(())
-    });
-    let (code, body) = api
-        .request("DELETE", &format!("{rdc}/orders"), None)
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    wait_until("the Service's listener is tcp_proxy again", || {
-        listener_filters(&admin, &listener)
-            .filter(|f| f.iter().any(|n| n == "envoy.filters.network.tcp_proxy"))
-    });
+    traffic(&m, &m.cluster_ips[0]);
+    patch_read_policy(&m, &admin);
+    delete_orders_and_see_tcp_proxy(&m, &admin, &listener);
 }
