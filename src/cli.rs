@@ -364,6 +364,7 @@ fn render_istio(
         compiled,
         &crate::istio::IstioOptions {
             root_namespace: args.istio_root_namespace.clone(),
+            inline_secrets: false,
         },
     );
     let mut stdout = std::io::stdout().lock();
@@ -513,6 +514,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             options: crate::istio::IstioOptions {
                 root_namespace: args.istio_root_namespace.clone(),
+                inline_secrets: d == IstioDeliveryArg::Xds,
             },
         }),
     };

@@ -7,7 +7,7 @@
 //! - it sends `Authorization: Bearer <token>` that the TokenReview API authenticates (any
 //!   user: a person's token or a ServiceAccount's) and a SubjectAccessReview allows that
 //!   user `get` on `redisclusters/debug` in API group `redis-xds.dev`, cluster-wide (the
-//!   ClusterRole `redis-xds-debug` of `deploy/debug-access.yaml` grants it).
+//!   ClusterRole `redis-xds-debug` of `deploy/base/debug-access.yaml` grants it).
 //!
 //! Answers: 401 without a valid token, 403 when the user is not allowed, 503 when the API
 //! server cannot be asked. Tokens are never logged; a positive answer is remembered for
@@ -151,7 +151,7 @@ impl DebugAccess {
             return Err((
                 StatusCode::FORBIDDEN,
                 format!(
-                    "{username:?} may not get {DEBUG_RESOURCE}/{DEBUG_SUBRESOURCE} in API group {DEBUG_GROUP}; bind the ClusterRole redis-xds-debug (deploy/debug-access.yaml) to it\n"
+                    "{username:?} may not get {DEBUG_RESOURCE}/{DEBUG_SUBRESOURCE} in API group {DEBUG_GROUP}; bind the ClusterRole redis-xds-debug (deploy/base/debug-access.yaml) to it\n"
                 ),
             ));
         }

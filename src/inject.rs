@@ -2,7 +2,7 @@
 //!
 //! The API server sends it Pod CREATE requests from namespaces labelled
 //! `redis-xds.dev/inject=enabled`, and from any other namespace for Pods labelled so (the
-//! two webhooks of deploy/webhook.yaml; their selectors can only see labels). The answer is
+//! two webhooks of deploy/base/webhook.yaml; their selectors can only see labels). The answer is
 //! a JSON patch that adds Envoy as a native sidecar (Kubernetes 1.29 and later: an init
 //! container with `restartPolicy: Always`), whose startup probe holds the application's
 //! containers until Envoy has its first configuration from redis-xds.
@@ -63,7 +63,7 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/redis-xds";
 /// Label and annotation that opt a pod in (`enabled`) or out (`disabled`); on a namespace,
 /// the label opts its pods in.
 pub const INJECT: &str = "redis-xds.dev/inject";
-/// Label put on injected pods: what deploy/networkpolicy.yaml lets reach the xDS port.
+/// Label put on injected pods: what deploy/base/networkpolicy.yaml lets reach the xDS port.
 pub const PROXY_LABEL: &str = "redis-xds.dev/proxy";
 /// Annotation put on injected pods.
 pub const STATUS_ANNOTATION: &str = "redis-xds.dev/status";

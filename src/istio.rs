@@ -43,12 +43,18 @@ pub struct IstioOptions {
     /// The mesh's root namespace (`meshConfig.rootNamespace`, default `istio-system`): an
     /// EnvoyFilter there applies to workloads in every namespace.
     pub root_namespace: String,
+    /// Whether secrets may travel inline. Only where no EnvoyFilter object is written:
+    /// served to istiod as a config source, they stay in memory on their way to the
+    /// sidecar, as over redis-xds's own xDS; written objects (and `render` output) land
+    /// in etcd or in Git.
+    pub inline_secrets: bool,
 }
 
 impl Default for IstioOptions {
     fn default() -> Self {
         IstioOptions {
             root_namespace: "istio-system".into(),
+            inline_secrets: false,
         }
     }
 }
@@ -211,11 +217,13 @@ pub fn envoy_filters(model: &Model, compiled: &Compiled, opts: &IstioOptions) ->
         if failed {
             continue;
         }
-        if has_inline_secret(&filter) || clusters.iter().any(|(_, c)| has_inline_secret(c)) {
+        if !opts.inline_secrets
+            && (has_inline_secret(&filter) || clusters.iter().any(|(_, c)| has_inline_secret(c)))
+        {
             out.problems.push(problem(
                 owner,
                 "spec.auth.delivery",
-                "Istio mode writes the configuration into EnvoyFilter objects, which etcd stores and anyone allowed to read EnvoyFilters sees: deliver passwords and keys as files (auth.delivery: File, for this RedisCluster and every one its routes and mirrors use)".into(),
+                "EnvoyFilter objects are stored in etcd (or Git) and seen by anyone allowed to read them: deliver passwords and keys as files (auth.delivery: File, for this RedisCluster and every one its routes and mirrors use), or serve them to istiod as a config source (serve --istio xds), which writes no object".into(),
             ));
             continue;
         }
@@ -444,6 +452,18 @@ mod tests {
             );
             if refused {
                 assert_eq!(out.problems[0].field, "spec.auth.delivery");
+                // Served to istiod as a config source, nothing is stored: inline is fine.
+                let opts = IstioOptions {
+                    inline_secrets: true,
+                    ..IstioOptions::default()
+                };
+                let out = envoy_filters(&model, &compiled, &opts);
+                assert!(out.problems.is_empty(), "{:?}", out.problems);
+                assert!(
+                    serde_json::to_string(&out.filters)
+                        .unwrap()
+                        .contains("hunter2")
+                );
             } else {
                 // Any namespace: the root namespace.
                 assert_eq!(out.filters[0]["metadata"]["namespace"], "istio-system");

@@ -540,7 +540,7 @@ async fn should_admit_proxies_by_their_service_account_tokens() {
     );
 }
 
-/// Whether the API server would let redis-xds' ServiceAccount (deploy/rbac.yaml) do `verb`
+/// Whether the API server would let redis-xds' ServiceAccount (deploy/base/rbac.yaml) do `verb`
 /// on `group`/`resource` (with `/subresource`) in `namespace` (empty: all namespaces), by a
 /// SubjectAccessReview.
 fn allowed(api: &ApiServer, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
@@ -580,7 +580,7 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
     let api = ApiServer::start();
     api.install_crd();
     let root = common::root();
-    for file in ["deploy/namespace.yaml", "deploy/rbac.yaml"] {
+    for file in ["deploy/base/namespace.yaml", "deploy/base/rbac.yaml"] {
         let out = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&api.kubeconfig)
@@ -609,7 +609,7 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
             };
             assert!(
                 allowed_named(&api, verb, call.group, call.resource, namespace, name),
-                "deploy/rbac.yaml does not allow {verb} {}/{} ({})",
+                "deploy/base/rbac.yaml does not allow {verb} {}/{} ({})",
                 call.group,
                 call.resource,
                 call.why
@@ -630,7 +630,7 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
     ] {
         assert!(
             !allowed(&api, verb, group, resource, namespace),
-            "deploy/rbac.yaml allows {verb} {group}/{resource} in {namespace:?}, which redis-xds never does"
+            "deploy/base/rbac.yaml allows {verb} {group}/{resource} in {namespace:?}, which redis-xds never does"
         );
     }
     // Only its own webhook configuration, not another injector's.
@@ -644,7 +644,7 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
                 "",
                 name
             ),
-            "deploy/rbac.yaml lets redis-xds patch webhook configuration {name:?}"
+            "deploy/base/rbac.yaml lets redis-xds patch webhook configuration {name:?}"
         );
     }
 }
@@ -849,7 +849,8 @@ fn should_open_debug_only_to_callers_the_cluster_allows() {
         );
     }
     // The ClusterRole operators are bound to, exactly as deploy/ ships it.
-    let yaml = std::fs::read_to_string(common::root().join("deploy/debug-access.yaml")).unwrap();
+    let yaml =
+        std::fs::read_to_string(common::root().join("deploy/base/debug-access.yaml")).unwrap();
     let role: Value = serde_yaml_ng::from_str(&yaml).unwrap();
     api.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", &role);
     api.create(

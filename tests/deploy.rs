@@ -21,7 +21,14 @@ use serde_yaml_ng::Value;
 
 fn manifest_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in ["deploy", "deploy/examples", "deploy/cert-manager", "crds"] {
+    for dir in [
+        "deploy",
+        "deploy/base",
+        "deploy/examples",
+        "deploy/cert-manager",
+        "deploy/istio",
+        "crds",
+    ] {
         for e in std::fs::read_dir(common::root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             // Kustomize patches are partial objects: checked by the overlay's own test.
@@ -161,7 +168,7 @@ fn every_manifest_parses_into_its_type_with_unknown_fields_rejected() {
 
 #[test]
 fn a_misspelt_field_is_caught() {
-    let path = common::root().join("deploy/deployment.yaml");
+    let path = common::root().join("deploy/base/deployment.yaml");
     let text = std::fs::read_to_string(path)
         .unwrap()
         .replace("readinessProbe:", "readynessProbe:");
@@ -172,7 +179,14 @@ fn a_misspelt_field_is_caught() {
 
 #[test]
 fn kustomizations_list_files_that_exist_and_install_the_crd() {
-    for dir in ["deploy", "deploy/examples", "deploy/cert-manager", "crds"] {
+    for dir in [
+        "deploy",
+        "deploy/base",
+        "deploy/examples",
+        "deploy/cert-manager",
+        "deploy/istio",
+        "crds",
+    ] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
         let resources: Vec<&str> = k["resources"]
             .as_sequence()
@@ -186,12 +200,18 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
                 "{dir}/kustomization.yaml lists missing {r}"
             );
         }
-        if dir == "deploy" {
-            assert!(resources.contains(&"../crds"));
+        if dir == "deploy/base" {
+            assert!(resources.contains(&"../../crds"));
         }
     }
     // Every manifest in those directories is part of its kustomization.
-    for dir in ["deploy", "deploy/examples", "deploy/cert-manager"] {
+    for dir in [
+        "deploy",
+        "deploy/base",
+        "deploy/examples",
+        "deploy/cert-manager",
+        "deploy/istio",
+    ] {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
         let mut listed: BTreeSet<String> = k["resources"]
             .as_sequence()
@@ -223,7 +243,7 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
 #[test]
 fn rbac_grants_exactly_the_api_calls_the_code_makes() {
     let mut granted = BTreeSet::new();
-    for doc in documents(&common::root().join("deploy/rbac.yaml")) {
+    for doc in documents(&common::root().join("deploy/base/rbac.yaml")) {
         let rules = match doc["kind"].as_str() {
             Some("ClusterRole") => strict::<ClusterRole>(&doc)
                 .unwrap()
@@ -256,7 +276,7 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
 
 #[test]
 fn the_deployment_is_hardened_and_probed() {
-    let doc = documents(&common::root().join("deploy/deployment.yaml")).remove(0);
+    let doc = documents(&common::root().join("deploy/base/deployment.yaml")).remove(0);
     let d: Deployment = strict(&doc).unwrap();
     let spec = d.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
@@ -394,15 +414,15 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
 
 #[test]
 fn the_webhook_configuration_matches_the_injector() {
-    let doc = documents(&common::root().join("deploy/webhook.yaml")).remove(0);
+    let doc = documents(&common::root().join("deploy/base/webhook.yaml")).remove(0);
     let config: MutatingWebhookConfiguration = strict(&doc).unwrap();
     let webhooks = config.webhooks.unwrap();
     assert_eq!(webhooks.len(), 2);
     let service: Service =
-        strict(&documents(&common::root().join("deploy/service.yaml")).remove(0)).unwrap();
+        strict(&documents(&common::root().join("deploy/base/service.yaml")).remove(0)).unwrap();
     let ports = service.spec.unwrap().ports.unwrap();
     let deployment: Deployment =
-        strict(&documents(&common::root().join("deploy/deployment.yaml")).remove(0)).unwrap();
+        strict(&documents(&common::root().join("deploy/base/deployment.yaml")).remove(0)).unwrap();
     let container = deployment
         .spec
         .unwrap()
@@ -463,7 +483,8 @@ fn the_webhook_configuration_matches_the_injector() {
         }
     }
     // The injected pods' label is what the NetworkPolicy lets reach the xDS port.
-    let np = std::fs::read_to_string(common::root().join("deploy/networkpolicy.yaml")).unwrap();
+    let np =
+        std::fs::read_to_string(common::root().join("deploy/base/networkpolicy.yaml")).unwrap();
     assert!(np.contains(redis_xds::inject::PROXY_LABEL));
 }
 
@@ -547,5 +568,79 @@ fn the_cert_manager_overlay_hands_serve_the_certificate_it_issues() {
     assert_eq!(
         webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
         Some("redis-xds/redis-xds-serving")
+    );
+}
+
+/// `kubectl kustomize` of one directory, as documents.
+fn kustomize(dir: &str) -> Vec<Value> {
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", dir])
+        .current_dir(common::root())
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_overlay_builds_and_the_istio_one_runs_serve_as_istiods_config_source() {
+    for dir in [
+        "deploy",
+        "deploy/examples",
+        "deploy/cert-manager",
+        "deploy/istio",
+    ] {
+        for doc in kustomize(dir) {
+            check(&doc).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        }
+    }
+    let docs = kustomize("deploy/istio");
+    let deployment: Deployment = strict(
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some("Deployment"))
+            .unwrap(),
+    )
+    .unwrap();
+    let c = deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0);
+    let args = c.args.unwrap();
+    assert!(args.contains(&"--istio=xds".to_string()), "{args:?}");
+    let out = common::redis_xds()
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(c.ports.unwrap().iter().any(|p| p.container_port == 18002));
+    let service: Service = strict(
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some("Service"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .any(|p| p.port == 18002)
     );
 }
