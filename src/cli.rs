@@ -118,6 +118,10 @@ struct ServeArgs {
     /// at it as xds://ADDRESS.
     #[arg(long, default_value = "0.0.0.0:18002")]
     istio_config_addr: std::net::SocketAddr,
+    /// istiod's debug endpoints (`http://istiod.istio-system:8080`), for the
+    /// IstioProgrammed condition: which selected sidecars hold the patched listener.
+    #[arg(long, requires = "istio")]
+    istiod_debug_addr: Option<String>,
     /// The mesh's root namespace (meshConfig.rootNamespace): where filters for clients in
     /// any namespace go.
     #[arg(long, default_value = "istio-system")]
@@ -516,6 +520,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
                 root_namespace: args.istio_root_namespace.clone(),
                 inline_secrets: d == IstioDeliveryArg::Xds,
             },
+            istiod_debug: args.istiod_debug_addr.clone(),
         }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -17,6 +17,7 @@ pub mod debug_access;
 pub mod duration;
 pub mod inject;
 pub mod istio;
+pub mod istio_status;
 pub mod istio_xds;
 pub mod memory;
 pub mod metrics;

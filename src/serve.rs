@@ -98,6 +98,8 @@ pub struct IstioSettings {
     pub delivery: crate::istio::Delivery,
     /// What they are made with.
     pub options: crate::istio::IstioOptions,
+    /// `http://HOST:PORT` of istiod's debug endpoints, for status.
+    pub istiod_debug: Option<String>,
 }
 
 /// `--debug-auth`: who may read `/debug/*` (see [`crate::debug_access`]).
@@ -541,7 +543,17 @@ pub async fn run(
             leader_tx,
             shutdown.clone(),
         )));
+        let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
+            let shared = crate::istio_status::Shared::default();
+            tasks.push(tokio::spawn(crate::istio_status::run(
+                istio.istiod_debug.clone(),
+                snap_rx.clone(),
+                istio.options.clone(),
+                std::sync::Arc::clone(&shared),
+                shutdown.clone(),
+            )));
+            istio_facts = Some(shared);
             match istio.delivery {
                 crate::istio::Delivery::Xds(addr) => {
                     let listener = TcpListener::bind(addr).await.with_context(|| {
@@ -589,6 +601,7 @@ pub async fn run(
             Arc::clone(&registry),
             leader_rx,
             Duration::from_secs(5),
+            istio_facts,
             shutdown.clone(),
         )));
     }

@@ -100,7 +100,17 @@ fn install_istio(api: &ApiServer) {
 /// istiod reading config from `api` (and from redis-xds's config source on
 /// `config_source`), its plaintext xDS on the returned port.
 fn start_istiod(api: &ApiServer, dir: &std::path::Path, config_source: Option<u16>) -> (Proc, u16) {
-    let (http, grpc, monitoring, ctrlz) = (free_port(), free_port(), free_port(), free_port());
+    start_istiod_on(api, dir, config_source, free_port())
+}
+
+/// [`start_istiod`] with its HTTP (debug) endpoints on `http`.
+fn start_istiod_on(
+    api: &ApiServer,
+    dir: &std::path::Path,
+    config_source: Option<u16>,
+    http: u16,
+) -> (Proc, u16) {
+    let (grpc, monitoring, ctrlz) = (free_port(), free_port(), free_port());
     let mesh = dir.join("mesh.yaml");
     std::fs::write(
         &mesh,
@@ -695,12 +705,16 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     let m = mesh();
     let config_port = free_port();
     let config_addr = format!("127.0.0.1:{config_port}");
+    let istiod_http = free_port();
+    let istiod_debug = format!("http://127.0.0.1:{istiod_http}");
     let _serve = common::apiserver::start_serve_kube(
         &m.api,
         &[
             "--istio",
             "--istio-config-addr",
             &config_addr,
+            "--istiod-debug-addr",
+            &istiod_debug,
             "--xds-auth",
             "none",
             "--debounce-quiet",
@@ -708,7 +722,7 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
         ],
         "info",
     );
-    let (_istiod, grpc) = start_istiod(&m.api, m.tmp.path(), Some(config_port));
+    let (_istiod, grpc) = start_istiod_on(&m.api, m.tmp.path(), Some(config_port), istiod_http);
     let (_sidecar, admin) = start_sidecar(m.tmp.path(), grpc);
     let listener = format!("{}_6379", m.cluster_ips[0]);
     wait_until(
@@ -724,6 +738,22 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{body}");
 
     traffic(&m, &m.cluster_ips[0]);
+    // Status says what istiod reports: the one selected sidecar holds the patched listener.
+    wait_until("orders is IstioProgrammed", || {
+        let (_, body) = m.api.get(&format!("{RDC}/orders"))?;
+        let rc: Value = serde_json::from_str(&body).ok()?;
+        let c = rc["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "IstioProgrammed")?
+            .clone();
+        (c["status"] == "True" && c["reason"] == "Programmed").then_some(c)
+    });
+    let (_, body) = m.api.get(&format!("{RDC}/orders")).unwrap();
+    assert!(
+        body.contains(&format!("1 of 1 sidecars hold redis_proxy on {listener}")),
+        "{body}"
+    );
     patch_read_policy(&m, &admin);
     delete_orders_and_see_tcp_proxy(&m, &admin, &listener);
 }

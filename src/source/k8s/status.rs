@@ -256,7 +256,37 @@ pub fn undecodable_status(
 /// Objects that could not be read (shared with the watchers).
 pub type UndecodableObjects = Arc<std::sync::Mutex<BTreeMap<ObjectKey, Undecodable>>>;
 
-/// Writes statuses while `leader` is true, every `period` and after every snapshot.
+/// The `IstioProgrammed` condition of Istio mode ([`crate::istio_status`]); `Unknown`
+/// while istiod cannot be asked.
+fn istio_condition(
+    facts: &crate::istio_status::IstioFacts,
+    generation: Option<i64>,
+    previous: Option<&RedisClusterStatus>,
+    now: &Time,
+) -> Condition {
+    let (ok, reason, message) = crate::istio_status::condition(facts);
+    let mut c = condition(
+        "IstioProgrammed",
+        ok,
+        reason,
+        message,
+        generation,
+        previous,
+        now,
+    );
+    if reason == "Unknown" {
+        c.status = "Unknown".into();
+        c.last_transition_time = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == "IstioProgrammed"))
+            .filter(|c| c.status == "Unknown")
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    }
+    c
+}
+
+/// Writes statuses while `leader` is true, every `period` and after every snapshot; with
+/// `istio`, each also gets the `IstioProgrammed` condition.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -264,6 +294,7 @@ pub async fn run(
     registry: Arc<Registry>,
     mut leader: watch::Receiver<bool>,
     period: Duration,
+    istio: Option<crate::istio_status::Shared>,
     shutdown: CancellationToken,
 ) {
     let mut written: HashMap<ObjectKey, RedisClusterStatus> = HashMap::new();
@@ -284,11 +315,16 @@ pub async fn run(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        write_changed(
+        let istio_facts = istio
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default();
+        write_changed_with(
             &client,
             &snapshot,
             &undecodable,
             &registry.list(),
+            &istio_facts,
             &mut written,
         )
         .await;
@@ -303,6 +339,26 @@ pub async fn write_changed(
     snapshot: &Snapshot,
     undecodable: &BTreeMap<ObjectKey, Undecodable>,
     proxies: &[ProxyStatus],
+    written: &mut HashMap<ObjectKey, RedisClusterStatus>,
+) {
+    write_changed_with(
+        client,
+        snapshot,
+        undecodable,
+        proxies,
+        &BTreeMap::new(),
+        written,
+    )
+    .await;
+}
+
+/// [`write_changed`], with the Istio-mode facts of each object.
+pub async fn write_changed_with(
+    client: &kube::Client,
+    snapshot: &Snapshot,
+    undecodable: &BTreeMap<ObjectKey, Undecodable>,
+    proxies: &[ProxyStatus],
+    istio: &BTreeMap<ObjectKey, crate::istio_status::IstioFacts>,
     written: &mut HashMap<ObjectKey, RedisClusterStatus>,
 ) {
     let facts = proxy_facts(snapshot, proxies);
@@ -322,9 +378,17 @@ pub async fn write_changed(
             Some(problem) => Some(undecodable_status(problem, previous, &now)),
             None => status_for(key, snapshot, facts.get(key), previous, &now),
         };
-        let Some(status) = status else {
+        let Some(mut status) = status else {
             continue;
         };
+        if let Some(f) = istio.get(key) {
+            status.conditions.push(istio_condition(
+                f,
+                status.observed_generation,
+                previous,
+                &now,
+            ));
+        }
         if previous == Some(&status) {
             continue;
         }
