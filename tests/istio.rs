@@ -619,6 +619,25 @@ fn delete_orders_and_see_tcp_proxy(m: &Mesh, admin: &str, listener: &str) {
     });
 }
 
+/// Deletes and re-creates Service orders-redis, which gets another ClusterIP, and captures
+/// it; returns the new ClusterIP and its listener's name.
+fn recreate_orders_service(m: &Mesh) -> (String, String) {
+    let (code, body) = m
+        .api
+        .request(
+            "DELETE",
+            "/api/v1/namespaces/shop/services/orders-redis",
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let ip = redis_service(&m.api, "orders-redis", m.orders.servers[0].port);
+    assert_ne!(m.cluster_ips[0], ip);
+    capture(&ip, 6379);
+    let listener = format!("{ip}_6379");
+    (ip, listener)
+}
+
 fn has_redis_proxy(admin: &str, listener: &str) -> Option<()> {
     listener_filters(admin, listener)
         .filter(|f| f == &["envoy.filters.network.redis_proxy".to_string()])
@@ -665,19 +684,7 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
     patch_read_policy(&m, &admin);
 
     // The Service re-created with another ClusterIP: the filter follows it.
-    let (code, body) = m
-        .api
-        .request(
-            "DELETE",
-            "/api/v1/namespaces/shop/services/orders-redis",
-            None,
-        )
-        .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let second_ip = redis_service(&m.api, "orders-redis", m.orders.servers[0].port);
-    assert_ne!(m.cluster_ips[0], second_ip);
-    capture(&second_ip, 6379);
-    let second = format!("{second_ip}_6379");
+    let (second_ip, second) = recreate_orders_service(&m);
     wait_until("the filter patches the new ClusterIP's listener", || {
         written_filters(&m.api)?
             .iter()
@@ -755,5 +762,12 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
         "{body}"
     );
     patch_read_policy(&m, &admin);
-    delete_orders_and_see_tcp_proxy(&m, &admin, &listener);
+    // A new ClusterIP is followed.
+    let (second_ip, second) = recreate_orders_service(&m);
+    wait_until(
+        "the sidecar's listener for the new ClusterIP is redis_proxy",
+        || has_redis_proxy(&admin, &second),
+    );
+    traffic(&m, &second_ip);
+    delete_orders_and_see_tcp_proxy(&m, &admin, &second);
 }
