@@ -94,16 +94,7 @@ fn has_inline_secret(value: &Value) -> bool {
 
 /// The cluster as istiod must add it: endpoints inline rather than from EDS.
 fn cluster_json(c: &crate::compile::CompiledCluster) -> Result<Value, protojson::Error> {
-    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-        ClusterDiscoveryType, DiscoveryType,
-    };
-    let mut cluster = c.cluster.clone();
-    if let Some(cla) = &c.endpoints {
-        cluster.cluster_discovery_type =
-            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
-        cluster.eds_cluster_config = None;
-        cluster.load_assignment = Some(cla.clone());
-    }
+    let cluster = crate::render::with_inline_endpoints(c);
     let mut value = protojson::to_json(&cluster)?;
     if let Some(map) = value.as_object_mut() {
         map.remove("@type");

@@ -39,22 +39,29 @@ pub fn resources_json(view: &View<'_>) -> Result<Value, protojson::Error> {
     Ok(out)
 }
 
+/// The cluster with its endpoints inline: an EDS cluster (Sharded mode) becomes STATIC
+/// with the same endpoints, for where nothing serves EDS (a static bootstrap, an Istio
+/// EnvoyFilter).
+pub fn with_inline_endpoints(
+    c: &crate::compile::CompiledCluster,
+) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    let mut cluster = c.cluster.clone();
+    if let Some(cla) = &c.endpoints {
+        cluster.cluster_discovery_type =
+            Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+        cluster.eds_cluster_config = None;
+        cluster.load_assignment = Some(cla.clone());
+    }
+    cluster
+}
+
 /// A complete Envoy bootstrap with the view as static resources and an admin listener on
 /// 127.0.0.1:`admin_port`. Secrets are included: the result is a deployable config.
 pub fn static_bootstrap(view: &View<'_>, admin_port: u16) -> Bootstrap {
     let clusters = view
         .clusters
         .iter()
-        .map(|c| {
-            let mut cluster = c.cluster.clone();
-            if let Some(cla) = &c.endpoints {
-                cluster.cluster_discovery_type =
-                    Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
-                cluster.eds_cluster_config = None;
-                cluster.load_assignment = Some(cla.clone());
-            }
-            cluster
-        })
+        .map(|c| with_inline_endpoints(c))
         .collect();
     Bootstrap {
         node: Some(Node {

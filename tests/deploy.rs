@@ -19,16 +19,18 @@ use redis_xds::source::k8s::calls::API_CALLS;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
+/// The kustomization directories.
+const KUSTOMIZATIONS: [&str; 5] = [
+    "deploy",
+    "deploy/base",
+    "deploy/examples",
+    "deploy/cert-manager",
+    "deploy/istio",
+];
+
 fn manifest_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in [
-        "deploy",
-        "deploy/base",
-        "deploy/examples",
-        "deploy/cert-manager",
-        "deploy/istio",
-        "crds",
-    ] {
+    for dir in KUSTOMIZATIONS.iter().copied().chain(["crds"]) {
         for e in std::fs::read_dir(common::root().join(dir)).unwrap() {
             let p = e.unwrap().path();
             // Kustomize patches are partial objects: checked by the overlay's own test.
@@ -179,14 +181,7 @@ fn a_misspelt_field_is_caught() {
 
 #[test]
 fn kustomizations_list_files_that_exist_and_install_the_crd() {
-    for dir in [
-        "deploy",
-        "deploy/base",
-        "deploy/examples",
-        "deploy/cert-manager",
-        "deploy/istio",
-        "crds",
-    ] {
+    for dir in KUSTOMIZATIONS.iter().copied().chain(["crds"]) {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
         let resources: Vec<&str> = k["resources"]
             .as_sequence()
@@ -205,13 +200,7 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
         }
     }
     // Every manifest in those directories is part of its kustomization.
-    for dir in [
-        "deploy",
-        "deploy/base",
-        "deploy/examples",
-        "deploy/cert-manager",
-        "deploy/istio",
-    ] {
+    for dir in KUSTOMIZATIONS {
         let k = documents(&common::root().join(dir).join("kustomization.yaml")).remove(0);
         let mut listed: BTreeSet<String> = k["resources"]
             .as_sequence()
@@ -590,12 +579,7 @@ fn kustomize(dir: &str) -> Vec<Value> {
 
 #[test]
 fn every_overlay_builds_and_the_istio_one_runs_serve_as_istiods_config_source() {
-    for dir in [
-        "deploy",
-        "deploy/examples",
-        "deploy/cert-manager",
-        "deploy/istio",
-    ] {
+    for dir in KUSTOMIZATIONS {
         for doc in kustomize(dir) {
             check(&doc).unwrap_or_else(|e| panic!("{dir}: {e}"));
         }

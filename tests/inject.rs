@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::apiserver::ApiServer;
-use common::{Proc, free_port, http_get, wait_until};
+use common::{free_port, http_get, wait_until};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -330,21 +330,12 @@ fn should_install_with_one_command_and_inject_sidecars_that_reach_synced() {
                 )
         })
         .collect();
-    let log = tmp.path().join("envoy.log");
-    let _envoy = Proc {
-        child: {
-            use std::os::unix::process::CommandExt;
-            Command::new(common::envoy_bin())
-                .args(&args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .process_group(0)
-                .spawn()
-                .expect("envoy starts")
-        },
-        name: "envoy (injected sidecar)",
-        log: Some(common::Log::File(log)),
-    };
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let _envoy = common::spawn_envoy(
+        "envoy (injected sidecar)",
+        &args,
+        &tmp.path().join("envoy.log"),
+    );
     // The startup probe's target: the status listener answers /ready once Envoy has its
     // configuration.
     let status = format!("127.0.0.1:{status_port}");

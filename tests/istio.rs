@@ -79,7 +79,8 @@ fn kubectl(api: &ApiServer, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Istio's CRDs (from the istio.io/istio module), Established.
+/// Istio's CRDs (from the istio.io/istio module), Established; namespaces istio-system
+/// and shop; mutual TLS off mesh-wide (upstream Envoy has no SDS agent beside it).
 fn install_istio(api: &ApiServer) {
     let crds = std::env::var("ISTIO_CRDS").expect("ISTIO_CRDS is set by scripts/kube-tools");
     // Too large for client-side apply's last-applied annotation.
@@ -94,6 +95,16 @@ fn install_istio(api: &ApiServer) {
             "--all",
         ],
         None,
+    );
+    for ns in ["istio-system", "shop"] {
+        api.namespace(ns);
+    }
+    kubectl(
+        api,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
+        ),
     );
 }
 
@@ -161,7 +172,6 @@ fn start_istiod_on(
 /// Envoy as the sidecar of pod `shop/checkout-0` (label app=checkout), taking its
 /// configuration from istiod as istio-proxy does.
 fn start_sidecar(dir: &std::path::Path, istiod: u16) -> (Proc, String) {
-    use std::os::unix::process::CommandExt;
     let admin = free_port();
     let bootstrap = json!({
         "node": {
@@ -202,21 +212,12 @@ fn start_sidecar(dir: &std::path::Path, istiod: u16) -> (Proc, String) {
     });
     let config = dir.join("sidecar.json");
     std::fs::write(&config, bootstrap.to_string()).unwrap();
-    let log = dir.join("sidecar.log");
-    let child = Command::new(common::envoy_bin())
-        .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("envoy starts");
     (
-        Proc {
-            child,
-            name: "envoy (Istio sidecar)",
-            log: Some(Log::File(log)),
-        },
+        common::spawn_envoy(
+            "envoy (Istio sidecar)",
+            &["-c".as_ref(), config.as_os_str()],
+            &dir.join("sidecar.log"),
+        ),
         format!("127.0.0.1:{admin}"),
     )
 }
@@ -249,16 +250,6 @@ fn render_istio_output_applied_through_istiod_turns_the_services_listener_into_r
     let api = ApiServer::start();
     let tmp = tempfile::tempdir().unwrap();
     install_istio(&api);
-    for ns in ["istio-system", "shop"] {
-        api.namespace(ns);
-    }
-    kubectl(
-        &api,
-        &["apply", "-f", "-"],
-        Some(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
-        ),
-    );
     let service = api.create(
         "/api/v1/namespaces/shop/services",
         &json!({"apiVersion": "v1", "kind": "Service",
@@ -488,16 +479,6 @@ fn mesh() -> Mesh {
     let tmp = tempfile::tempdir().unwrap();
     install_istio(&api);
     api.install_crd();
-    for ns in ["istio-system", "shop"] {
-        api.namespace(ns);
-    }
-    kubectl(
-        &api,
-        &["apply", "-f", "-"],
-        Some(
-            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n",
-        ),
-    );
     let orders = redis::Cluster::start_on(
         &tmp.path().join("orders"),
         &pod_addresses("10.244.1", 6),

@@ -290,9 +290,34 @@ pub fn start_serve(manifests: &Path, extra: &[&str]) -> Serve {
     start_serve_logging(manifests, extra, "info")
 }
 
+/// Real Envoy 1.40 with `args` (and `--disable-hot-restart --log-level warn` unless they
+/// set those), its log in `log`, in a process group of its own: a signal to the test's
+/// group does not reach it, and the guard kills it whatever happens to the test.
+pub fn spawn_envoy(name: &'static str, args: &[&std::ffi::OsStr], log: &Path) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(envoy_bin());
+    if !args.iter().any(|a| *a == "--disable-hot-restart") {
+        cmd.arg("--disable-hot-restart");
+    }
+    if !args.iter().any(|a| *a == "--log-level") {
+        cmd.args(["--log-level", "warn"]);
+    }
+    let child = cmd
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("envoy starts");
+    Proc {
+        child,
+        name,
+        log: Some(Log::File(log.to_owned())),
+    }
+}
+
 /// Real Envoy started from `redis-xds bootstrap` output; returns it and its admin address.
 pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
-    use std::os::unix::process::CommandExt;
     let out = run(&[&["bootstrap", "--admin-port", "0"], bootstrap_args].concat());
     assert!(
         out.status.success(),
@@ -304,23 +329,16 @@ pub fn start_envoy(dir: &Path, bootstrap_args: &[&str]) -> (Proc, String) {
     let admin_path = dir.join("envoy-admin-address");
     let log = dir.join("envoy.log");
     let _ = std::fs::remove_file(&admin_path);
-    let child = Command::new(envoy_bin())
-        .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
-        .arg(&config)
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        // Its own process group: a signal to the test's group does not reach it, and the
-        // guard below kills it whatever happens to the test.
-        .process_group(0)
-        .spawn()
-        .expect("envoy starts");
-    let proc = Proc {
-        child,
-        name: "envoy",
-        log: Some(Log::File(log)),
-    };
+    let proc = spawn_envoy(
+        "envoy",
+        &[
+            "-c".as_ref(),
+            config.as_os_str(),
+            "--admin-address-path".as_ref(),
+            admin_path.as_os_str(),
+        ],
+        &log,
+    );
     let admin = wait_until("envoy writes its admin address", || {
         std::fs::read_to_string(&admin_path)
             .ok()

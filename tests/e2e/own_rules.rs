@@ -49,23 +49,13 @@ fn refused(dir: &Path, spec: &str, field: &str) {
 
 /// Real Envoy on `bootstrap`; returns it once its listener accepts connections.
 fn envoy(dir: &Path, bootstrap: &Value, port: u16) -> Proc {
-    use std::os::unix::process::CommandExt;
     let config = dir.join(format!("envoy-{port}.json"));
     std::fs::write(&config, bootstrap.to_string()).unwrap();
-    let log = dir.join(format!("envoy-{port}.log"));
-    let child = std::process::Command::new(crate::common::envoy_bin())
-        .args(["--disable-hot-restart", "--log-level", "warn", "-c"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("envoy starts");
-    let proc = Proc {
-        child,
-        name: "envoy (edited static bootstrap)",
-        log: Some(crate::common::Log::File(log)),
-    };
+    let proc = crate::common::spawn_envoy(
+        "envoy (edited static bootstrap)",
+        &["-c".as_ref(), config.as_os_str()],
+        &dir.join(format!("envoy-{port}.log")),
+    );
     wait_until(&format!("envoy listens on {port}"), || {
         Conn::connect(&format!("127.0.0.1:{port}")).ok()
     });
