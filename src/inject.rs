@@ -113,6 +113,21 @@ fn opted_out(value: Option<&String>) -> bool {
     matches!(value.map(String::as_str), Some("disabled" | "false"))
 }
 
+fn opted_in(value: Option<&String>) -> bool {
+    matches!(value.map(String::as_str), Some("enabled" | "true"))
+}
+
+/// Which pods a webhook path injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `/inject`: the namespace asked (label `redis-xds.dev/inject=enabled`); every pod
+    /// but those that opt out.
+    Namespace,
+    /// `/inject/opt-in`: only pods that ask themselves, by label or annotation
+    /// `redis-xds.dev/inject: enabled`.
+    OptIn,
+}
+
 fn already_injected(pod: &Pod) -> bool {
     let spec = pod.spec.as_ref();
     let named =
@@ -345,13 +360,22 @@ fn token_volume(audience: &str) -> Volume {
 
 /// The pod with the sidecar, or `None` when it is to be left alone (see the module docs);
 /// `Err` refuses the pod with that message.
-pub fn inject(pod: &Pod, namespace: &str, opts: &InjectOptions) -> Result<Option<Pod>, String> {
+pub fn inject(
+    pod: &Pod,
+    namespace: &str,
+    scope: Scope,
+    opts: &InjectOptions,
+) -> Result<Option<Pod>, String> {
     if SYSTEM_NAMESPACES.contains(&namespace) || namespace == opts.own_namespace {
         return Ok(None);
     }
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     if opted_out(labels.get(INJECT)) || opted_out(annotations.get(INJECT)) || already_injected(pod)
+    {
+        return Ok(None);
+    }
+    if scope == Scope::OptIn && !opted_in(labels.get(INJECT)) && !opted_in(annotations.get(INJECT))
     {
         return Ok(None);
     }
@@ -386,7 +410,11 @@ pub fn inject(pod: &Pod, namespace: &str, opts: &InjectOptions) -> Result<Option
 }
 
 /// The answer to one AdmissionReview request.
-pub fn review(req: &AdmissionRequest<Pod>, opts: &InjectOptions) -> AdmissionResponse {
+pub fn review(
+    req: &AdmissionRequest<Pod>,
+    scope: Scope,
+    opts: &InjectOptions,
+) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     if req.operation != Operation::Create {
         return response;
@@ -405,7 +433,7 @@ pub fn review(req: &AdmissionRequest<Pod>, opts: &InjectOptions) -> AdmissionRes
         .clone()
         .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
         .unwrap_or_default();
-    match inject(pod, &namespace, opts) {
+    match inject(pod, &namespace, scope, opts) {
         Ok(None) => response,
         Err(reason) => {
             tracing::warn!(pod = %format!("{namespace}/{name}"), %reason, "refused a pod");
@@ -430,25 +458,43 @@ pub fn review(req: &AdmissionRequest<Pod>, opts: &InjectOptions) -> AdmissionRes
     }
 }
 
-/// `POST /inject`: an `admission.k8s.io/v1` AdmissionReview in, the same kind out. A body
-/// that is not one is answered with 400 by axum's JSON extractor, which the API server
-/// treats as a webhook failure (and the failure policy applies).
-pub async fn handle(
-    State(opts): State<Arc<InjectOptions>>,
-    Json(review_in): Json<AdmissionReview<Pod>>,
+/// `POST /inject` and `POST /inject/opt-in` ([`Scope`]): an `admission.k8s.io/v1`
+/// AdmissionReview in, the same kind out. A body that is not one is answered with 400 by
+/// axum's JSON extractor, which the API server treats as a webhook failure (and the
+/// failure policy applies).
+fn handle(
+    scope: Scope,
+    opts: &InjectOptions,
+    review_in: AdmissionReview<Pod>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let request: Result<AdmissionRequest<Pod>, _> = review_in.try_into();
     let response = match request {
-        Ok(req) => review(&req, &opts),
+        Ok(req) => review(&req, scope, opts),
         Err(_) => AdmissionResponse::invalid("an AdmissionReview without a request"),
     };
     Json(response.into_review())
 }
 
-/// The webhook's routes: `POST /inject`.
+/// The webhook's routes: `POST /inject` ([`Scope::Namespace`]) and `POST /inject/opt-in`
+/// ([`Scope::OptIn`]).
 pub fn router(opts: Arc<InjectOptions>) -> axum::Router {
     axum::Router::new()
-        .route("/inject", axum::routing::post(handle))
+        .route(
+            "/inject",
+            axum::routing::post(
+                |State(o): State<Arc<InjectOptions>>, Json(r): Json<AdmissionReview<Pod>>| async move {
+                    handle(Scope::Namespace, &o, r)
+                },
+            ),
+        )
+        .route(
+            "/inject/opt-in",
+            axum::routing::post(
+                |State(o): State<Arc<InjectOptions>>, Json(r): Json<AdmissionReview<Pod>>| async move {
+                    handle(Scope::OptIn, &o, r)
+                },
+            ),
+        )
         .with_state(opts)
 }
 
@@ -481,9 +527,14 @@ mod tests {
 
     #[test]
     fn should_add_a_native_sidecar_with_the_pods_identity() {
-        let out = inject(&pod(&[("app", "checkout")], &[]), "shop", &opts())
-            .unwrap()
-            .unwrap();
+        let out = inject(
+            &pod(&[("app", "checkout")], &[]),
+            "shop",
+            Scope::Namespace,
+            &opts(),
+        )
+        .unwrap()
+        .unwrap();
         let spec = out.spec.as_ref().unwrap();
         let c = &spec.init_containers.as_ref().unwrap()[0];
         assert_eq!(c.name, SIDECAR);
@@ -505,26 +556,42 @@ mod tests {
         assert_eq!(spec.volumes.as_ref().unwrap()[0].name, TOKEN_VOLUME);
         assert_eq!(out.metadata.labels.as_ref().unwrap()[PROXY_LABEL], "true");
         // Idempotent: the injected pod is left alone.
-        assert!(inject(&out, "shop", &opts()).unwrap().is_none());
+        assert!(
+            inject(&out, "shop", Scope::Namespace, &opts())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn should_leave_system_namespaces_and_opted_out_pods_alone() {
         for ns in ["kube-system", "redis-xds", "kube-node-lease"] {
             assert!(
-                inject(&pod(&[], &[]), ns, &opts()).unwrap().is_none(),
+                inject(&pod(&[], &[]), ns, Scope::Namespace, &opts())
+                    .unwrap()
+                    .is_none(),
                 "{ns}"
             );
         }
         assert!(
-            inject(&pod(&[(INJECT, "disabled")], &[]), "shop", &opts())
-                .unwrap()
-                .is_none()
+            inject(
+                &pod(&[(INJECT, "disabled")], &[]),
+                "shop",
+                Scope::Namespace,
+                &opts()
+            )
+            .unwrap()
+            .is_none()
         );
         assert!(
-            inject(&pod(&[], &[(INJECT, "false")]), "shop", &opts())
-                .unwrap()
-                .is_none()
+            inject(
+                &pod(&[], &[(INJECT, "false")]),
+                "shop",
+                Scope::Namespace,
+                &opts()
+            )
+            .unwrap()
+            .is_none()
         );
     }
 
@@ -541,6 +608,7 @@ mod tests {
                 ],
             ),
             "shop",
+            Scope::Namespace,
             &opts(),
         )
         .unwrap()
@@ -563,12 +631,40 @@ mod tests {
             (ANNOTATION_IMAGE, "two words", "not an image reference"),
             (ANNOTATION_ADMIN_PORT, "15021", "give them different ports"),
         ] {
-            let err = inject(&pod(&[], &[(key, value)]), "shop", &opts()).unwrap_err();
+            let err = inject(
+                &pod(&[], &[(key, value)]),
+                "shop",
+                Scope::Namespace,
+                &opts(),
+            )
+            .unwrap_err();
             assert!(
                 err.contains(key) && err.contains(says),
                 "{key}={value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_opt_in_path_injects_only_pods_that_ask() {
+        let asked = [
+            pod(&[(INJECT, "enabled")], &[]),
+            pod(&[], &[(INJECT, "enabled")]),
+            pod(&[], &[(INJECT, "true")]),
+        ];
+        for p in &asked {
+            assert!(inject(p, "plain", Scope::OptIn, &opts()).unwrap().is_some());
+        }
+        assert!(
+            inject(&pod(&[], &[]), "plain", Scope::OptIn, &opts())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            inject(&pod(&[], &[]), "plain", Scope::Namespace, &opts())
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
@@ -601,13 +697,15 @@ mod tests {
         }))
         .unwrap();
         let req: AdmissionRequest<Pod> = review_in.try_into().unwrap();
-        let response = review(&req, &opts());
+        let response = review(&req, Scope::Namespace, &opts());
         assert!(response.allowed);
         let patch: json_patch::Patch =
             serde_json::from_slice(response.patch.as_ref().unwrap()).unwrap();
         let mut doc = serde_json::to_value(&before).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
-        let expected = inject(&before, "shop", &opts()).unwrap().unwrap();
+        let expected = inject(&before, "shop", Scope::Namespace, &opts())
+            .unwrap()
+            .unwrap();
         assert_eq!(doc, serde_json::to_value(&expected).unwrap());
     }
 }

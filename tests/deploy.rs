@@ -379,9 +379,10 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
         own_namespace: "redis-xds".into(),
         bundle: std::sync::Arc::new(std::sync::RwLock::new(ca.bundle().to_owned())),
     };
-    let injected = redis_xds::inject::inject(&pod, "shop", &opts)
-        .unwrap()
-        .unwrap();
+    let injected =
+        redis_xds::inject::inject(&pod, "shop", redis_xds::inject::Scope::Namespace, &opts)
+            .unwrap()
+            .unwrap();
     let sidecar = &injected.spec.unwrap().init_containers.unwrap()[0];
     let args = sidecar.args.as_ref().unwrap();
     assert_eq!(args[0], "--config-yaml");
@@ -406,7 +407,7 @@ fn the_webhook_configuration_matches_the_injector() {
     let doc = documents(&common::root().join("deploy/base/webhook.yaml")).remove(0);
     let config: MutatingWebhookConfiguration = strict(&doc).unwrap();
     let webhooks = config.webhooks.unwrap();
-    assert_eq!(webhooks.len(), 2);
+    assert_eq!(webhooks.len(), 3);
     let service: Service =
         strict(&documents(&common::root().join("deploy/base/service.yaml")).remove(0)).unwrap();
     let ports = service.spec.unwrap().ports.unwrap();
@@ -422,10 +423,18 @@ fn the_webhook_configuration_matches_the_injector() {
         .remove(0);
     let args = container.args.unwrap();
     for w in &webhooks {
-        assert_eq!(w.failure_policy.as_deref(), Some("Fail"), "{}", w.name);
+        // Fail where pods asked for the sidecar by label; Ignore where every other pod
+        // passes (an injector outage must not stop them).
+        let (policy, path) = match w.name.as_str() {
+            "namespace.inject.redis-xds.dev" => ("Fail", "/inject"),
+            "object.inject.redis-xds.dev" => ("Fail", "/inject/opt-in"),
+            "annotation.inject.redis-xds.dev" => ("Ignore", "/inject/opt-in"),
+            other => panic!("unexpected webhook {other}"),
+        };
+        assert_eq!(w.failure_policy.as_deref(), Some(policy), "{}", w.name);
         assert_eq!(w.side_effects, "None");
         let svc = w.client_config.service.as_ref().unwrap();
-        assert_eq!(svc.path.as_deref(), Some("/inject"));
+        assert_eq!(svc.path.as_deref(), Some(path), "{}", w.name);
         // The Service port it calls leads to the port serve's webhook listens on.
         let port = ports.iter().find(|p| Some(p.port) == svc.port).unwrap();
         let target = port.target_port.clone().unwrap();

@@ -161,8 +161,9 @@ fn should_install_with_one_command_and_inject_sidecars_that_reach_synced() {
     // deploy/ has them.
     for w in config["webhooks"].as_array_mut().unwrap() {
         let client = w["clientConfig"].as_object_mut().unwrap();
+        let path = client["service"]["path"].as_str().unwrap().to_owned();
         client.remove("service");
-        client.insert("url".into(), json!(format!("https://{webhook}/inject")));
+        client.insert("url".into(), json!(format!("https://{webhook}{path}")));
     }
     let (code, body) = api
         .request("PUT", config_path, Some(&config.to_string()))
@@ -256,6 +257,18 @@ fn should_install_with_one_command_and_inject_sidecars_that_reach_synced() {
     );
     assert_eq!(code, 201, "{asked}");
     assert_eq!(init_names(&asked), ["redis-xds-proxy"]);
+    // Or by annotation.
+    let (code, annotated) = create_pod(
+        &api,
+        "plain",
+        app_pod(
+            "annotated-0",
+            json!({}),
+            json!({"redis-xds.dev/inject": "enabled"}),
+        ),
+    );
+    assert_eq!(code, 201, "{annotated}");
+    assert_eq!(init_names(&annotated), ["redis-xds-proxy"]);
     // Opted out in a labelled namespace.
     let (code, out) = create_pod(
         &api,
