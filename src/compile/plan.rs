@@ -1051,8 +1051,16 @@ fn listener(
                 );
                 None
             }
-            // Envoy delays an Error fault's answer by its delay too.
-            (FaultType::Error, d) => c.millis(&format!("{base}.delay"), d.as_ref()),
+            // Envoy's proto allows it, but Envoy 1.40 was seen answering such a fault at once
+            // (tests/e2e/own_rules.rs history): refused rather than sometimes ignored.
+            (FaultType::Error, Some(_)) => {
+                c.invalid(
+                    format!("{base}.delay"),
+                    "an Error fault takes no delay (Envoy 1.40 does not reliably hold the error for it): remove it, or use type Delay",
+                );
+                None
+            }
+            (FaultType::Error, None) => None,
             (FaultType::Delay, Some(d)) => c.positive(&format!("{base}.delay"), Some(d)),
         };
         let mut commands = Vec::new();
