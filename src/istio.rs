@@ -463,6 +463,18 @@ mod tests {
     }
 }
 
+/// Logs the problems of `generated` when they differ from `reported` (the ones logged
+/// last), so that each change is said once, not on every snapshot.
+pub fn log_new_problems(generated: &Generated, reported: &mut Vec<String>) {
+    let problems: Vec<String> = generated.problems.iter().map(ToString::to_string).collect();
+    if problems != *reported {
+        for p in &problems {
+            tracing::warn!(problem = %p, "left out of Istio mode");
+        }
+        *reported = problems;
+    }
+}
+
 /// How `serve` delivers the filters (`--istio`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -516,13 +528,7 @@ pub async fn write_filters(
             continue;
         }
         let generated = envoy_filters(&snapshot.model, &snapshot.compiled, &opts);
-        let problems: Vec<String> = generated.problems.iter().map(ToString::to_string).collect();
-        if problems != reported {
-            for p in &problems {
-                tracing::warn!(problem = %p, "left out of Istio mode");
-            }
-            reported = problems;
-        }
+        log_new_problems(&generated, &mut reported);
         if written.as_ref() == Some(&generated.filters) {
             continue;
         }

@@ -100,14 +100,13 @@ pub fn sidecar_from_dump(adsz: &Value, dump: &Value, listeners_acked: bool) -> S
     s
 }
 
-/// The facts of every RedisCluster of `snapshot` in Istio mode, given the sidecars istiod
+/// The facts of every RedisCluster of the `generated` filters, given the sidecars istiod
 /// reported (`Err`: why it could not be asked).
 pub fn facts(
-    snapshot: &Snapshot,
+    generated: &crate::istio::Generated,
     opts: &IstioOptions,
     sidecars: &Result<Vec<Sidecar>, String>,
 ) -> BTreeMap<ObjectKey, IstioFacts> {
-    let generated = crate::istio::envoy_filters(&snapshot.model, &snapshot.compiled, opts);
     let mut out: BTreeMap<ObjectKey, IstioFacts> = BTreeMap::new();
     for p in &generated.problems {
         out.entry(p.object.clone()).or_default().problem =
@@ -219,16 +218,27 @@ pub async fn run(
     let client: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
+    // The filters of the snapshot last seen: generated again only when it changes, not on
+    // every probe.
+    let mut generated: Option<(Arc<Snapshot>, crate::istio::Generated)> = None;
     loop {
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
         if snapshot.ready {
+            if !generated
+                .as_ref()
+                .is_some_and(|(s, _)| Arc::ptr_eq(s, &snapshot))
+            {
+                let g = crate::istio::envoy_filters(&snapshot.model, &snapshot.compiled, &opts);
+                generated = Some((Arc::clone(&snapshot), g));
+            }
             let found = match &istiod {
                 Some(base) => sidecars(&client, base).await,
                 None => {
                     Err("istiod's debug endpoints are not configured (--istiod-debug-addr)".into())
                 }
             };
-            let facts = facts(&snapshot, &opts, &found);
+            let Some((_, g)) = &generated else { continue };
+            let facts = facts(g, &opts, &found);
             *shared.lock().unwrap_or_else(|e| e.into_inner()) = facts;
         }
         tokio::select! {

@@ -309,14 +309,7 @@ pub async fn follow_snapshots(
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
         if snapshot.ready {
             let generated = crate::istio::envoy_filters(&snapshot.model, &snapshot.compiled, &opts);
-            let problems: Vec<String> =
-                generated.problems.iter().map(ToString::to_string).collect();
-            if problems != reported {
-                for p in &problems {
-                    tracing::warn!(problem = %p, "left out of Istio mode");
-                }
-                reported = problems;
-            }
+            crate::istio::log_new_problems(&generated, &mut reported);
             let set = filter_set(&generated.filters);
             tx.send_if_modified(|current| {
                 if current.as_deref() == Some(&set) {

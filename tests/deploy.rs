@@ -311,16 +311,7 @@ fn the_deployment_is_hardened_and_probed() {
         .iter()
         .map(String::as_str)
         .collect();
-    let out = common::redis_xds()
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_serve_accepts(&args);
 }
 
 #[test]
@@ -551,8 +542,19 @@ fn the_cert_manager_overlay_hands_serve_the_certificate_it_issues() {
         );
     }
     assert!(!args.iter().any(|a| a.starts_with("--ca-secret")));
+    assert_serve_accepts(&args);
+
+    let webhook = documents(&dir.join("webhook-patch.yaml")).remove(0);
+    assert_eq!(
+        webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
+        Some("redis-xds/redis-xds-serving")
+    );
+}
+
+/// `args` (a container's, starting with `serve`) are ones `redis-xds` accepts.
+fn assert_serve_accepts<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
     let out = common::redis_xds()
-        .args(&args)
+        .args(args)
         .arg("--help")
         .output()
         .unwrap();
@@ -560,12 +562,6 @@ fn the_cert_manager_overlay_hands_serve_the_certificate_it_issues() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
-    );
-
-    let webhook = documents(&dir.join("webhook-patch.yaml")).remove(0);
-    assert_eq!(
-        webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str(),
-        Some("redis-xds/redis-xds-serving")
     );
 }
 
@@ -610,16 +606,7 @@ fn every_overlay_builds_and_the_istio_one_runs_serve_as_istiods_config_source() 
         .remove(0);
     let args = c.args.unwrap();
     assert!(args.contains(&"--istio=xds".to_string()), "{args:?}");
-    let out = common::redis_xds()
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_serve_accepts(&args);
     assert!(c.ports.unwrap().iter().any(|p| p.container_port == 18002));
     let service: Service = strict(
         docs.iter()
