@@ -48,6 +48,8 @@ pub const KIND: &str = "RedisCluster";
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.listener) || !has(self.listener.readPolicy)").message("spec.listener.readPolicy applies to mode Cluster only: Envoy ignores it for Sharded servers"))]
 #[x_kube(validation = Rule::new("has(self.mode) && self.mode == 'Sharded' || !has(self.sharding)").message("spec.sharding applies to mode Sharded only: a Redis Cluster places keys by slot"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.dnsLookupFamily)").message("spec.dnsLookupFamily applies to mode Cluster only: Sharded endpoints are IP addresses"))]
+#[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.endpointAuth) || size(self.endpointAuth) == 0").message("spec.endpointAuth applies to mode Cluster only: Envoy authenticates Sharded servers with auth alone"))]
+#[x_kube(validation = Rule::new("!has(self.awsIam) || !has(self.auth) && (!has(self.endpointAuth) || size(self.endpointAuth) == 0)").message("awsIam replaces auth and endpointAuth: with IAM Envoy sends only the IAM token, never these passwords"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisClusterSpec {
     /// How Envoy talks to the servers. `Cluster` (default): the Redis Cluster protocol, Envoy
@@ -71,13 +73,14 @@ pub struct RedisClusterSpec {
 
     /// AWS IAM authentication to ElastiCache or MemoryDB instead of a password: Envoy signs
     /// short-lived tokens with the sidecar's AWS credentials (`RedisProtocolOptions.aws_iam`).
-    /// Not together with `auth`, whose password Envoy would ignore.
+    /// Not together with `auth` or `endpointAuth`, whose passwords Envoy would ignore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws_iam: Option<AwsIam>,
 
     /// Credentials of single servers, e.g. an ACL user per node: a server at `address`
     /// authenticates with its own Secret instead of `auth`'s
-    /// (`RedisProtocolOptions.credentials`). Servers not listed use `auth`.
+    /// (`RedisProtocolOptions.credentials`). Servers not listed use `auth`. Mode Cluster
+    /// only: Envoy uses these for the servers it discovers, never for Sharded servers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub endpoint_auth: Vec<EndpointAuth>,

@@ -65,6 +65,23 @@ fn should_establish_the_crd_and_refuse_what_its_schema_and_cel_refuse() {
         ),
         "spec.topology applies to mode Cluster only",
     );
+    let node_auth = json!([{"address": "10.0.0.5:6379", "secretRef": {"name": "node"}}]);
+    expect_refused(
+        &api,
+        redis_cluster(
+            "sharded-node-auth",
+            json!({"mode": "Sharded", "endpoints": fixed, "endpointAuth": node_auth}),
+        ),
+        "spec.endpointAuth applies to mode Cluster only",
+    );
+    expect_refused(
+        &api,
+        redis_cluster(
+            "iam-and-node-auth",
+            json!({"endpoints": fixed, "endpointAuth": node_auth, "awsIam": {"cacheName": "c", "user": "u"}}),
+        ),
+        "awsIam replaces auth and endpointAuth",
+    );
     expect_refused(
         &api,
         redis_cluster(

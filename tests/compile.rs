@@ -1678,6 +1678,23 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
             "spec.tls.serverName",
             "RFC 6066",
         ),
+        (
+            format!(
+                "{STATIC}\nawsIam: {{cacheName: c, user: u}}\nendpointAuth: [{{address: \"127.0.0.1:7000\", secretRef: {{name: s}}}}]"
+            ),
+            "spec.endpointAuth",
+            "never sends these passwords",
+        ),
+        (
+            "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}\nendpointAuth: [{address: \"127.0.0.1:7000\", secretRef: {name: s}}]".to_owned(),
+            "spec.endpointAuth",
+            "mode Cluster only",
+        ),
+        (
+            "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\", \"127.0.0.1:7001\", \"127.0.0.1:7002\"]}\nsharding: {lbPolicy: Maglev, tableSize: 2}".to_owned(),
+            "spec.sharding.tableSize",
+            "give 1 of them no keys",
+        ),
     ] {
         let c = compiled(&rc("x", "a", &spec));
         let p = c
@@ -1697,6 +1714,7 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
         format!(
             "{STATIC}\nlistener: {{port: 1, customCommands: [json.get], faults: [{{type: Error, percent: 10, commands: [JSON.GET]}}]}}"
         ),
+        "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\", \"127.0.0.1:7001\", \"127.0.0.1:7002\"]}\nsharding: {lbPolicy: Maglev, tableSize: 3}".to_owned(),
     ] {
         let c = compiled(&rc("x", "a", &spec));
         assert!(c.problems.is_empty(), "{spec}: {:?}", c.problems);
@@ -1750,6 +1768,84 @@ fn a_sharded_listener_routing_to_a_redis_cluster_must_follow_redirections() {
             .problems
             .iter()
             .any(|p| p.reason == redis_xds::compile::Reason::RefIncompatible),
+        "{:?}",
+        after.problems
+    );
+}
+
+#[test]
+fn a_redirect_refresh_needs_a_listener_that_follows_redirections() {
+    let target = |topology: &str, listener: &str| {
+        rc(
+            "x",
+            "cl",
+            &format!("{STATIC}\ntopology: {{{topology}}}{listener}"),
+        )
+    };
+    let no_redirect = "\nlistener: {port: 1, enableRedirection: false}";
+    // Its own listener does not follow MOVED/ASK, and nothing else routes to it.
+    let c = compiled(&target("redirectRefreshThreshold: 3", no_redirect));
+    let p = c
+        .problems
+        .iter()
+        .find(|p| p.field == "spec.topology.redirectRefreshThreshold")
+        .unwrap_or_else(|| panic!("{:?}", c.problems));
+    assert_eq!(p.reason, redis_xds::compile::Reason::RefIncompatible);
+    assert!(
+        p.message.contains("enableRedirection: true"),
+        "{}",
+        p.message
+    );
+    assert!(!accepted(&c, "x/cl"));
+    // The interval alone too, unless a failure or degraded-host refresh uses it.
+    let c = compiled(&target("redirectRefreshInterval: 2s", no_redirect));
+    assert_eq!(
+        c.problems
+            .iter()
+            .map(|p| p.field.as_str())
+            .collect::<Vec<_>>(),
+        ["spec.topology.redirectRefreshInterval"]
+    );
+    // What does take effect stays accepted: an interval shared with the failure refresh,
+    // a threshold of 0 (off), no listener at all, or another listener that routes here
+    // and follows redirections.
+    let other = rc(
+        "x",
+        "front",
+        "endpoints: {static: [\"127.0.0.1:7100\"]}\nlistener: {port: 2, routes: [{prefix: \"c:\", cluster: cl}]}",
+    );
+    for yaml in [
+        target(
+            "redirectRefreshInterval: 2s, failureRefreshThreshold: 3",
+            no_redirect,
+        ),
+        target("redirectRefreshThreshold: 0", no_redirect),
+        target("redirectRefreshThreshold: 3", ""),
+        target("redirectRefreshThreshold: 3", no_redirect) + &other,
+    ] {
+        let c = compiled(&yaml);
+        assert!(c.problems.is_empty(), "{yaml}: {:?}", c.problems);
+    }
+    // Incremental compiles see it too: the other listener stops following redirections.
+    let before_model = model(&(target("redirectRefreshThreshold: 3", no_redirect) + &other));
+    let before = redis_xds::compile::compile(&before_model);
+    assert!(before.problems.is_empty(), "{:?}", before.problems);
+    let after_model = model(
+        &(target("redirectRefreshThreshold: 3", no_redirect)
+            + &other.replace("port: 2,", "port: 2, enableRedirection: false,")),
+    );
+    let after = redis_xds::compile::recompile(&after_model, Some((&before_model, &before)));
+    let fields: Vec<String> = after
+        .problems
+        .iter()
+        .map(|p| format!("{}:{}", p.object.name, p.field))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "cl:spec.topology.redirectRefreshThreshold",
+            "front:spec.listener.routes[0].cluster"
+        ],
         "{:?}",
         after.problems
     );

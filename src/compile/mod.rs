@@ -440,10 +440,11 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
 fn same_relations(a: &Entry, b: &Entry) -> bool {
     match (&a.plan, &b.plan) {
         (Ok(a_plan), Ok(b_plan)) => match (&a_plan.listener, &b_plan.listener) {
-            (None, None) => a_plan.mode == b_plan.mode,
+            (None, None) => a_plan.mode == b_plan.mode && same_redirect_only(a_plan, b_plan),
             (Some(x), Some(y)) => {
                 // A target's mode decides whether this listener can serve it.
                 a_plan.mode == b_plan.mode
+                    && same_redirect_only(a_plan, b_plan)
                     && x.enable_redirection == y.enable_redirection
                     && x.refs == y.refs
                     && x.port == y.port
@@ -456,6 +457,12 @@ fn same_relations(a: &Entry, b: &Entry) -> bool {
         (Err(_), Err(_)) => true,
         _ => false,
     }
+}
+
+/// Whether the two plans agree on the topology settings that need a listener following
+/// redirections (checked across objects).
+fn same_redirect_only(a: &Plan, b: &Plan) -> bool {
+    a.topology.redirect_only_field() == b.topology.redirect_only_field()
 }
 
 /// Problems that the reference and port checks find (the others an object has on its own).
@@ -579,12 +586,13 @@ fn differences<'a, T: PartialEq>(
     }
 }
 
-/// Drops plans whose listener refers to a RedisCluster that is missing or not accepted,
-/// until no more drop out.
 /// An object as the relation checks see it: its plan, when it has one on its own, and where
 /// its listener's references point.
 type Judged<'a> = (Option<&'a Plan>, &'a [Option<usize>]);
 
+/// Drops plans whose listener refers to a RedisCluster that is missing, not accepted or
+/// that the listener cannot serve, and objects whose redirect refresh no listener would
+/// trigger, until no more drop out.
 fn reject_broken_references(
     objects: &[(&ObjectKey, &Arc<RedisClusterObject>)],
     judged: &[Judged],
@@ -649,6 +657,9 @@ fn reject_broken_references(
                 rejected.push((i, own));
             }
         }
+        rejected.extend(reject_unfollowed_redirect_refresh(
+            objects, judged, accepted,
+        ));
         if rejected.is_empty() {
             return;
         }
@@ -657,6 +668,61 @@ fn reject_broken_references(
             problems.append(&mut own);
         }
     }
+}
+
+/// The accepted objects whose redirect-triggered topology refresh would never fire: a
+/// listener routes to them (their own, or another's route, catch-all or mirror), and none
+/// of those listeners follows MOVED/ASK. Envoy's cluster counts only the redirections a
+/// pool follows, so `redirectRefreshThreshold` (and an interval used by nothing else) would
+/// be silently ignored. An object no listener routes to is sent to no proxy and is left
+/// alone.
+fn reject_unfollowed_redirect_refresh(
+    objects: &[(&ObjectKey, &Arc<RedisClusterObject>)],
+    judged: &[Judged],
+    accepted: &[bool],
+) -> Vec<(usize, Vec<Problem>)> {
+    let wants: Vec<usize> = (0..judged.len())
+        .filter(|&i| {
+            accepted[i]
+                && judged[i]
+                    .0
+                    .is_some_and(|p| p.topology.redirect_only_field().is_some())
+        })
+        .collect();
+    if wants.is_empty() {
+        return Vec::new();
+    }
+    // For each object: (a listener routes to it, one of them follows redirections).
+    let mut routed = vec![(false, false); judged.len()];
+    for (i, (plan, targets)) in judged.iter().enumerate() {
+        if !accepted[i] {
+            continue;
+        }
+        let Some(l) = plan.and_then(|p| p.listener.as_ref()) else {
+            continue;
+        };
+        for t in targets.iter().flatten() {
+            let r = &mut routed[*t];
+            r.0 = true;
+            r.1 |= l.enable_redirection;
+        }
+    }
+    wants
+        .into_iter()
+        .filter(|&i| routed[i] == (true, false))
+        .filter_map(|i| {
+            let field = judged[i].0?.topology.redirect_only_field()?;
+            Some((
+                i,
+                vec![Problem {
+                    object: objects[i].0.clone(),
+                    field: field.to_owned(),
+                    reason: Reason::RefIncompatible,
+                    message: "no listener that routes to this RedisCluster follows MOVED/ASK (enableRedirection is false on each), and Envoy counts only the redirections a listener follows, so this would never trigger a refresh: remove it, or set enableRedirection: true on a listener that routes here".to_owned(),
+                }],
+            ))
+        })
+        .collect()
 }
 
 fn display_ref(from: &ObjectKey, to: &ObjectKey) -> String {

@@ -228,6 +228,25 @@ pub struct TopologyPlan {
     pub host_degraded_refresh_threshold: u32,
 }
 
+impl TopologyPlan {
+    /// The field of a setting that acts only on redirections a listener follows: a
+    /// `redirectRefreshThreshold` above 0, or a `redirectRefreshInterval` when it is not
+    /// also the interval of the failure or degraded-host refreshes. Envoy's cluster counts
+    /// a MOVED or ASK only when a pool follows it (`enable_redirection`).
+    pub fn redirect_only_field(&self) -> Option<&'static str> {
+        if self.redirect_refresh_threshold.is_some_and(|t| t > 0) {
+            Some("spec.topology.redirectRefreshThreshold")
+        } else if self.redirect_refresh_interval.is_some()
+            && self.failure_refresh_threshold == 0
+            && self.host_degraded_refresh_threshold == 0
+        {
+            Some("spec.topology.redirectRefreshInterval")
+        } else {
+            None
+        }
+    }
+}
+
 /// Mode Sharded: the load balancer over the servers and their health checks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardingPlan {
@@ -541,7 +560,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         }
     };
 
-    let sharding = sharding(&mut c, mode, spec.sharding.as_ref());
+    let sharding = sharding(&mut c, mode, spec.sharding.as_ref(), endpoints.len());
 
     let auth = spec
         .auth
@@ -554,6 +573,12 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             c.invalid(
                 "spec.awsIam",
                 "awsIam replaces auth (Envoy ignores the password when IAM tokens are used): remove spec.auth",
+            );
+        }
+        if !spec.endpoint_auth.is_empty() {
+            c.invalid(
+                "spec.endpointAuth",
+                "with awsIam Envoy authenticates to every server as awsIam.user with an IAM token and never sends these passwords (seen on Envoy 1.40): remove endpointAuth or awsIam",
             );
         }
         if iam.user.is_empty() {
@@ -572,6 +597,12 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         }
     }
 
+    if mode == Mode::Sharded && !spec.endpoint_auth.is_empty() {
+        c.invalid(
+            "spec.endpointAuth",
+            "endpointAuth applies to mode Cluster only: Envoy 1.40 authenticates Sharded servers with auth alone and never sends these passwords (seen on Envoy 1.40): use spec.auth",
+        );
+    }
     let mut endpoint_auth = Vec::new();
     let mut addresses = BTreeSet::new();
     for (i, e) in spec.endpoint_auth.iter().enumerate() {
@@ -1287,12 +1318,14 @@ fn pem_check(
     }
 }
 
-/// `spec.sharding`: mode Sharded only, ring sizes in order, a prime Maglev table, and
-/// settings of one load balancer only (Envoy ignores the other's).
+/// `spec.sharding`: mode Sharded only, ring sizes in order, a prime Maglev table with an
+/// entry for each of the `servers`, and settings of one load balancer only (Envoy ignores
+/// the other's).
 fn sharding(
     c: &mut Checker<'_>,
     mode: Mode,
     spec: Option<&crate::api::Sharding>,
+    servers: usize,
 ) -> Option<ShardingPlan> {
     let base = "spec.sharding";
     if mode == Mode::Cluster {
@@ -1350,6 +1383,18 @@ fn sharding(
         c.invalid(
             format!("{base}.tableSize"),
             format!("{t} is not a prime up to {MAX_MAGLEV_TABLE_SIZE}, which Envoy requires (e.g. 65537, 131071)"),
+        );
+    }
+    // Maglev gives the servers table entries in turn until the table is full, so with
+    // fewer entries than servers the last ones get none: Envoy accepts it, and those
+    // servers never see a key.
+    if let Some(t) = s.table_size
+        && policy == ShardingPolicy::Maglev
+        && usize::try_from(t).is_ok_and(|t| t < servers)
+    {
+        c.invalid(
+            format!("{base}.tableSize"),
+            format!("{t} entries for {servers} servers: Maglev would give {} of them no keys at all; use a prime well above the number of servers (Envoy's default 65537 keeps each server's share within about 1%)", servers - t as usize),
         );
     }
     let hc = s.health_check.unwrap_or_default();

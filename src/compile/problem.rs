@@ -18,7 +18,9 @@ pub enum Reason {
     /// Another, older listener wants the same address and port on the same proxies.
     PortConflict,
     /// A route, read cluster or mirror names a RedisCluster that this listener's settings
-    /// cannot serve (a mode Cluster target without redirection).
+    /// cannot serve (a mode Cluster target without redirection), or a RedisCluster's
+    /// settings need what no listener routing to it does (a redirect refresh without a
+    /// listener that follows redirections).
     RefIncompatible,
 }
 

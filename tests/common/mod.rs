@@ -294,8 +294,19 @@ pub fn start_serve(manifests: &Path, extra: &[&str]) -> Serve {
 /// set those), its log in `log`, in a process group of its own: a signal to the test's
 /// group does not reach it, and the guard kills it whatever happens to the test.
 pub fn spawn_envoy(name: &'static str, args: &[&std::ffi::OsStr], log: &Path) -> Proc {
+    spawn_envoy_with_env(name, args, log, &[])
+}
+
+/// [`spawn_envoy`] with extra environment variables (e.g. AWS credentials).
+pub fn spawn_envoy_with_env(
+    name: &'static str,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Proc {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(envoy_bin());
+    cmd.envs(env.iter().copied());
     if !args.iter().any(|a| *a == "--disable-hot-restart") {
         cmd.arg("--disable-hot-restart");
     }

@@ -3,11 +3,13 @@
 //! bootstrap rendered from the accepted spec and then edited), mishandles it as the
 //! problem message says.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::{Value, json};
 
 use crate::common::{Proc, free_port, redis_xds, wait_until};
+use crate::redis::Cluster;
 use crate::resp::Conn;
 use crate::{Fixture, rc};
 
@@ -47,18 +49,32 @@ fn refused(dir: &Path, spec: &str, field: &str) {
 
 /// Real Envoy on `bootstrap`; returns it once its listener accepts connections.
 fn envoy(dir: &Path, bootstrap: &Value, port: u16) -> Proc {
+    envoy_with_env(dir, bootstrap, port, &[])
+}
+
+/// [`envoy`] with extra environment variables.
+fn envoy_with_env(dir: &Path, bootstrap: &Value, port: u16, env: &[(&str, &str)]) -> Proc {
     let config = dir.join(format!("envoy-{port}.json"));
     std::fs::write(&config, bootstrap.to_string()).unwrap();
-    let proc = crate::common::spawn_envoy(
+    let proc = crate::common::spawn_envoy_with_env(
         "envoy (edited static bootstrap)",
         &["-c".as_ref(), config.as_os_str()],
         &dir.join(format!("envoy-{port}.log")),
+        env,
     );
     wait_until(&format!("envoy listens on {port}"), || {
         Conn::connect(&format!("127.0.0.1:{port}")).ok()
     });
     proc
 }
+
+/// AWS credentials for Envoy's IAM signer, from the environment only: the instance
+/// metadata provider is off, so nothing leaves loopback.
+const FAKE_AWS: [(&str, &str); 3] = [
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_ACCESS_KEY_ID", "AKIDREDISXDSTEST"),
+    ("AWS_SECRET_ACCESS_KEY", "redis-xds-test-secret-key"),
+];
 
 fn proxy(bootstrap: &mut Value) -> &mut Value {
     &mut bootstrap["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"]
@@ -188,4 +204,239 @@ pub fn own_rules(f: &Fixture) {
         assert!(r.is_error(), "{r:?}");
     }
     drop(e);
+
+    endpoint_auth_in_sharded_mode(dir);
+    aws_iam_with_endpoint_auth(f, dir);
+    maglev_table_smaller_than_the_servers(dir);
+}
+
+/// endpointAuth in mode Sharded: Envoy authenticates the servers with the cluster's
+/// password only, so a server that needs its own gets none. The same password as the
+/// cluster's works.
+fn endpoint_auth_in_sharded_mode(dir: &Path) {
+    const PASSWORD: &str = "own-rules-node-password";
+    let server = crate::redis::start_server(
+        &dir.join("sharded-auth"),
+        crate::redis::cluster_port(),
+        false,
+        Some(PASSWORD),
+    );
+    let port = free_port();
+    let sidecar = format!("127.0.0.1:{port}");
+    let base = format!(
+        "mode: Sharded\nendpoints: {{static: [\"{}\"]}}\nlistener: {{port: {port}}}",
+        server.addr()
+    );
+    refused(
+        dir,
+        &format!(
+            "{base}\nendpointAuth: [{{address: \"{}\", secretRef: {{name: node}}}}]",
+            server.addr()
+        ),
+        "spec.endpointAuth: endpointAuth applies to mode Cluster only",
+    );
+    let protocol_options = |b: &mut Value, options: Value| {
+        let cluster = b["staticResources"]["clusters"][0].as_object_mut().unwrap();
+        // The health checks would only log that they cannot authenticate either.
+        cluster.remove("healthChecks");
+        cluster.insert(
+            "typedExtensionProtocolOptions".into(),
+            json!({"envoy.filters.network.redis_proxy": options}),
+        );
+    };
+    let mut b = render(dir, &base).unwrap();
+    protocol_options(
+        &mut b,
+        json!({
+            "@type": PROTOCOL_OPTIONS,
+            "credentials": [{
+                "address": {"socketAddress": {"address": "127.0.0.1", "portValue": server.port}},
+                "authPassword": {"inlineString": PASSWORD},
+            }],
+        }),
+    );
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    for i in 0..3 {
+        let r = c.cmd(&["SET", &format!("sharded-auth:{i}"), "v"]).unwrap();
+        assert!(r.text().contains("NOAUTH"), "{r:?}");
+    }
+    drop(e);
+    // Control: the same password for the whole cluster (spec.auth).
+    let mut b = render(dir, &base).unwrap();
+    protocol_options(
+        &mut b,
+        json!({"@type": PROTOCOL_OPTIONS, "authPassword": {"inlineString": PASSWORD}}),
+    );
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    assert_eq!(c.ok(&["SET", "sharded-auth:control", "v"]), "OK");
+    drop(e);
+}
+
+const PROTOCOL_OPTIONS: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions";
+
+/// Removes the ACL users this file adds to the shared cluster, whatever happens.
+struct OwnAclUsers<'a>(&'a Cluster);
+
+impl Drop for OwnAclUsers<'_> {
+    fn drop(&mut self) {
+        for s in &self.0.servers {
+            let _ = self
+                .0
+                .conn(s.port)
+                .cmd(&["ACL", "DELUSER", &format!("own-rules-{}", s.port)]);
+        }
+    }
+}
+
+/// awsIam with endpointAuth (mode Cluster, an ACL user per node): Envoy sends only the IAM
+/// token and never a node's own credentials. Without awsIam the same credentials are used.
+fn aws_iam_with_endpoint_auth(f: &Fixture, dir: &Path) {
+    let main = &f.main;
+    let _cleanup = OwnAclUsers(main);
+    let mut credentials = Vec::new();
+    for s in &main.servers {
+        let (user, password) = (format!("own-rules-{}", s.port), format!("pw-{}", s.port));
+        main.conn(s.port).ok(&[
+            "ACL",
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]);
+        main.conn(s.port).ok(&["ACL", "LOG", "RESET"]);
+        credentials.push(json!({
+            "address": {"socketAddress": {"address": "127.0.0.1", "portValue": s.port}},
+            "authUsername": {"inlineString": user},
+            "authPassword": {"inlineString": password},
+        }));
+    }
+    let port = free_port();
+    let sidecar = format!("127.0.0.1:{port}");
+    let base = format!(
+        "endpoints: {{static: [{}]}}\nlistener: {{port: {port}}}",
+        main.static_entries()
+    );
+    let iam = "awsIam: {cacheName: own-rules, user: iam-user, region: us-east-1}";
+    refused(
+        dir,
+        &format!(
+            "{base}\n{iam}\nendpointAuth: [{{address: \"127.0.0.1:{}\", secretRef: {{name: node}}}}]",
+            main.servers[0].port
+        ),
+        "spec.endpointAuth: with awsIam",
+    );
+    // The users each server's connections from this sidecar are authenticated as.
+    let users = |c: &mut Conn| -> BTreeSet<String> {
+        for i in 0..30 {
+            assert_eq!(c.ok(&["SET", &format!("iam:{i}"), "v"]), "OK");
+        }
+        main.servers
+            .iter()
+            .flat_map(|s| {
+                main.conn(s.port)
+                    .ok(&["CLIENT", "LIST"])
+                    .lines()
+                    .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("user=")))
+                    .filter(|u| u.starts_with("own-rules-"))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut b = render(dir, &format!("{base}\n{iam}")).unwrap();
+    assert_eq!(options(&mut b)["authUsername"]["inlineString"], "iam-user");
+    options(&mut b)["credentials"] = json!(credentials);
+    let e = envoy_with_env(dir, &b, port, &FAKE_AWS);
+    let mut c = wait_until("the sidecar serves", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        (c.cmd(&["SET", "iam:probe", "1"]).ok()?.text() == "OK").then_some(c)
+    });
+    let seen = users(&mut c);
+    assert!(seen.is_empty(), "no node's own user: {seen:?}");
+    let log: String = main
+        .servers
+        .iter()
+        .map(|s| main.conn(s.port).ok(&["ACL", "LOG"]))
+        .collect();
+    assert!(
+        log.contains("iam-user"),
+        "the servers saw the IAM user: {log}"
+    );
+    drop(e);
+    // Control: the same credentials without awsIam.
+    let mut b = render(dir, &base).unwrap();
+    options(&mut b)["@type"] = json!(PROTOCOL_OPTIONS);
+    options(&mut b)["credentials"] = json!(credentials);
+    let e = envoy(dir, &b, port);
+    let mut c = wait_until("the sidecar serves", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        (c.cmd(&["SET", "iam:probe", "1"]).ok()?.text() == "OK").then_some(c)
+    });
+    let seen = users(&mut c);
+    assert!(!seen.is_empty(), "the nodes' own users");
+    drop(e);
+}
+
+/// The redis_proxy protocol options of the first cluster of a static bootstrap.
+fn options(b: &mut Value) -> &mut Value {
+    &mut b["staticResources"]["clusters"][0]["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"]
+}
+
+/// A Maglev table with fewer entries than servers: Envoy takes it, and a server gets no
+/// keys at all. With as many entries as servers, each gets some.
+fn maglev_table_smaller_than_the_servers(dir: &Path) {
+    let servers: Vec<_> = (0..3)
+        .map(|_| crate::standalone(&dir.join("maglev")))
+        .collect();
+    let port = free_port();
+    let sidecar = format!("127.0.0.1:{port}");
+    let spec = |table: u32| {
+        format!(
+            "mode: Sharded\nendpoints: {{static: [\"s0={}\", \"s1={}\", \"s2={}\"]}}\nsharding: {{lbPolicy: Maglev, tableSize: {table}}}\nlistener: {{port: {port}}}",
+            servers[0].addr(),
+            servers[1].addr(),
+            servers[2].addr()
+        )
+    };
+    refused(dir, &spec(2), "spec.sharding.tableSize");
+    let keys_per_server = |table: u32| -> Vec<u64> {
+        let mut b = render(dir, &spec(3)).unwrap();
+        let cluster = &mut b["staticResources"]["clusters"][0];
+        cluster["maglevLbConfig"]["tableSize"] = json!(table);
+        // Every server counts from the start: no health check decides which are in.
+        cluster.as_object_mut().unwrap().remove("healthChecks");
+        for s in &servers {
+            crate::redis::conn(s.port, None).ok(&["FLUSHALL"]);
+        }
+        let e = envoy(dir, &b, port);
+        let mut c = Conn::connect(&sidecar).unwrap();
+        for i in 0..90 {
+            assert_eq!(c.ok(&["SET", &format!("maglev:{i}"), "v"]), "OK");
+        }
+        drop(e);
+        servers
+            .iter()
+            .map(|s| {
+                crate::redis::conn(s.port, None)
+                    .ok(&["DBSIZE"])
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let full = keys_per_server(3);
+    assert!(full.iter().all(|&n| n > 0), "tableSize 3: {full:?}");
+    let short = keys_per_server(2);
+    assert_eq!(short.iter().sum::<u64>(), 90, "{short:?}");
+    assert_eq!(
+        short.iter().filter(|&&n| n == 0).count(),
+        1,
+        "tableSize 2 leaves one server without keys: {short:?}"
+    );
 }
