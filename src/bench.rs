@@ -86,6 +86,31 @@ pub struct Report {
     pub ratio_to_floor: f64,
     /// The default debounce that production adds on top (quiet period).
     pub debounce_quiet_ms: f64,
+    /// The live heap per connected, idle stream by jemalloc size class: `(size in bytes,
+    /// allocations per stream)`, the classes that grew by at least one allocation per 20
+    /// streams, largest share first. A heap profile by size: which buffer is which is read
+    /// from the libraries' sources (`BENCHMARKS.md`).
+    pub heap_classes_per_stream: Vec<(u64, f64)>,
+}
+
+/// Allocations per stream by size class between two readings of
+/// [`crate::memory::live_by_size_class`], the larger shares of bytes first.
+fn classes_per_stream(
+    before: &[(u64, u64)],
+    after: &[(u64, u64)],
+    streams: usize,
+) -> Vec<(u64, f64)> {
+    let before: std::collections::BTreeMap<u64, u64> = before.iter().copied().collect();
+    let mut out: Vec<(u64, f64)> = after
+        .iter()
+        .map(|(size, n)| {
+            let was = before.get(size).copied().unwrap_or(0);
+            (*size, (*n as f64 - was as f64) / streams.max(1) as f64)
+        })
+        .filter(|(_, per)| *per >= 0.05)
+        .collect();
+    out.sort_by(|a, b| (b.0 as f64 * b.1).total_cmp(&(a.0 as f64 * a.1)));
+    out
 }
 
 /// A model of `n` RedisClusters like the examples: Cluster mode, a listener each, a prefix
@@ -320,11 +345,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
 
     let rss_before = rss_kib();
     let heap_before = heap_kib();
+    let classes_before = crate::memory::live_by_size_class().unwrap_or_default();
     let mut clients = Clients::start(addr, &opts)?;
     clients.expect("ready")?;
     idle().await;
     let rss_connected = rss_kib();
     let heap_connected = heap_kib();
+    let heap_classes_per_stream = classes_per_stream(
+        &classes_before,
+        &crate::memory::live_by_size_class().unwrap_or_default(),
+        opts.streams,
+    );
 
     // The change arrives as a model (the sources' output); the clock starts before the
     // compile.
@@ -414,6 +445,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         floor_rss_per_stream_kib: floor.rss_per_stream_kib,
         ratio_to_floor: p99 / floor.p99_ms,
         debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
+        heap_classes_per_stream,
     })
 }
 
@@ -826,7 +858,8 @@ pub fn text(r: &Report) -> String {
          floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
          server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
          after every stream left: RSS {:.0}% of before, a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
-         compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms",
+         compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms\n\
+         live heap per idle stream by size class (bytes x allocations): {}",
         r.streams,
         r.sotw_share,
         r.clusters,
@@ -845,6 +878,11 @@ pub fn text(r: &Report) -> String {
         r.heap_retained_kib,
         r.clusters,
         r.compile_ms,
-        r.recompile_ms
+        r.recompile_ms,
+        r.heap_classes_per_stream
+            .iter()
+            .map(|(size, n)| format!("{size} x {n:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }

@@ -44,6 +44,38 @@ pub fn heap_resident() -> Option<usize> {
     tikv_jemalloc_ctl::stats::resident::read().ok()
 }
 
+/// Live allocations by jemalloc size class: `(size in bytes, how many)`, small classes
+/// (slab regions) and large ones (extents of their own) together, from jemalloc's merged
+/// arena statistics (`curregs`, `curlextents`). A heap profile by size: the difference of
+/// two readings shows what a change of load holds. `None` when jemalloc cannot tell.
+pub fn live_by_size_class() -> Option<Vec<(u64, u64)>> {
+    if !refresh() {
+        return None;
+    }
+    let mut text = Vec::new();
+    let mut options = tikv_jemalloc_ctl::stats_print::Options::default();
+    options.json_format = true;
+    options.skip_per_arena = true;
+    options.skip_mutex_statistics = true;
+    tikv_jemalloc_ctl::stats_print::stats_print(&mut text, options).ok()?;
+    let stats: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let j = &stats["jemalloc"];
+    let column = |v: &serde_json::Value, field: &str| -> Vec<u64> {
+        v.as_array()
+            .map(|a| a.iter().map(|c| c[field].as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default()
+    };
+    let merged = &j["stats.arenas"]["merged"];
+    let small = column(&j["arenas"]["bin"], "size")
+        .into_iter()
+        .zip(column(&merged["bins"], "curregs"));
+    let large = column(&j["arenas"]["lextent"], "size")
+        .into_iter()
+        .zip(column(&merged["lextents"], "curlextents"));
+    let out: Vec<(u64, u64)> = small.chain(large).filter(|(_, n)| *n > 0).collect();
+    (!out.is_empty()).then_some(out)
+}
+
 /// Whether jemalloc's background purging thread is on (it is, by the compiled-in options).
 pub fn background_purging() -> bool {
     tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)

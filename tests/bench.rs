@@ -54,6 +54,20 @@ fn bench_reports_every_figure_at_100_streams() {
     assert!(r["recompile_ms"].as_f64().unwrap() > 0.0, "{last}");
     // Streams hold memory while connected; the figure is measured, not assumed.
     assert!(r["heap_per_stream_kib"].as_f64().unwrap() > 0.0, "{last}");
+    // The heap profile by size class accounts for that heap: its bytes per stream add up to
+    // about the live heap per stream (the rest is smaller classes below the report's cut).
+    let classes = r["heap_classes_per_stream"]
+        .as_array()
+        .expect("size classes");
+    let profiled_kib: f64 = classes
+        .iter()
+        .map(|c| c[0].as_f64().unwrap() * c[1].as_f64().unwrap() / 1024.0)
+        .sum();
+    let heap_kib = r["heap_per_stream_kib"].as_f64().unwrap();
+    assert!(
+        profiled_kib > heap_kib * 0.5 && profiled_kib < heap_kib * 1.5,
+        "size classes {profiled_kib:.1} KiB per stream against a live heap of {heap_kib:.1} KiB: {last}"
+    );
     assert!(
         stdout.contains("production adds 100 ms"),
         "the default debounce is reported apart"

@@ -21,11 +21,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream as _;
 use futures_util::future::BoxFuture;
 use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tokio::sync::mpsc;
 use tonic::body::Body;
 use tonic::codec::{BufferSettings, DecodeBuf, Decoder, Streaming};
 use tonic::server::NamedService;
@@ -35,7 +35,7 @@ use super::AdsServer;
 use super::registry::Variant;
 use super::resource::Resource;
 use super::server::{DECODE_BUFFER, MAX_REQUEST, MAX_RESPONSE};
-use super::stream::{Outgoing, Request as AnyRequest, Response};
+use super::stream::{Request as AnyRequest, Response, ResponseReceiver};
 
 /// The gRPC service name (`envoy/service/discovery/v3/ads.proto`).
 pub const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -114,9 +114,11 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
             AnyRequest::Delta(Box::new(m))
         }),
     };
+    let (responses, gone) = responses;
     let mut response = http::Response::new(Body::new(ResponseBody {
         responses,
         done: false,
+        _gone: gone,
     }));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -133,7 +135,7 @@ fn open<Req: Message + Default + Send + 'static>(
     variant: Variant,
     body: Body,
     wrap: fn(Req) -> AnyRequest,
-) -> mpsc::Receiver<Outgoing> {
+) -> (ResponseReceiver, tokio_util::sync::DropGuard) {
     let requests = Streaming::new_request(Decode::<Req>::default(), body, None, Some(MAX_REQUEST));
     server.start(principal, peer, variant, requests, wrap)
 }
@@ -183,8 +185,10 @@ impl<T: Message + Default> Decoder for Decode<T> {
 
 /// The response stream: one gRPC message per response, then the status as trailers.
 struct ResponseBody {
-    responses: mpsc::Receiver<Outgoing>,
+    responses: ResponseReceiver,
     done: bool,
+    /// Stops the stream when the body is dropped (the client reset the stream or left).
+    _gone: tokio_util::sync::DropGuard,
 }
 
 impl ResponseBody {
@@ -211,7 +215,7 @@ impl http_body::Body for ResponseBody {
         if self.done {
             return Poll::Ready(None);
         }
-        let frame = match ready!(self.responses.poll_recv(cx)) {
+        let frame = match ready!(Pin::new(&mut self.responses).poll_next(cx)) {
             Some(Ok(response)) => match encode(&response) {
                 Ok(bytes) => Frame::data(bytes),
                 Err(status) => self.end(&status),

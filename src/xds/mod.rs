@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Status, Streaming};
 
 pub use self::registry::{ProxyStatus, Registry, TypeStatus, TypeStatuses, Variant};
@@ -29,7 +29,8 @@ pub use self::resource::{
 pub use self::stream::identity;
 use self::stream::{Request as AnyRequest, StreamContext};
 
-/// Responses buffered per stream before the handler waits for the client to read.
+/// Responses buffered per stream before the handler waits for the client to read (plus
+/// one: a `futures_channel` bounded channel gives each sender a slot of its own).
 const RESPONSE_BUFFER: usize = 4;
 
 /// The ADS service.
@@ -91,7 +92,9 @@ impl AdsServer {
         grpc::AdsService::new(self)
     }
 
-    /// Starts a stream over `incoming`; its responses arrive on the returned channel.
+    /// Starts a stream over `incoming`; its responses arrive on the returned channel. The
+    /// stream stops when the returned guard is dropped (the response body is gone: the
+    /// client reset the stream or closed the connection) or when the server shuts down.
     fn start<Req>(
         &self,
         principal: Option<auth::Principal>,
@@ -99,43 +102,33 @@ impl AdsServer {
         variant: Variant,
         incoming: Streaming<Req>,
         wrap: fn(Req) -> AnyRequest,
-    ) -> mpsc::Receiver<stream::Outgoing>
+    ) -> (stream::ResponseReceiver, DropGuard)
     where
         Req: Send + 'static,
     {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        // One token for "stop": the server's shutdown, or the response body dropped. A
+        // child token costs less per idle stream than watching the channel for closing.
+        let stop = self.shutdown.child_token();
+        let gone = stop.clone().drop_guard();
         let ctx = StreamContext {
-            principal,
+            principal: principal.map(Box::new),
             metrics: Arc::clone(&self.metrics),
             id,
+            peer,
             variant,
             source: self.source.clone(),
             registry: Arc::clone(&self.registry),
             shared: Arc::clone(&self.shared),
-            shutdown: self.shutdown.clone(),
+            shutdown: stop,
         };
-        let (resp_tx, resp_rx) = mpsc::channel(RESPONSE_BUFFER);
+        let (resp_tx, resp_rx) = futures_channel::mpsc::channel(RESPONSE_BUFFER);
         // Read by the stream itself (no task or channel in between: each costs memory for
         // every idle proxy).
-        let mut requests: stream::Requests = Box::pin(
+        let requests: stream::Requests = Box::pin(
             incoming.map(move |r| r.map(wrap).map_err(|s| Box::new(grpc::request_error(s)))),
         );
-        tokio::spawn(async move {
-            // The first request names the node; wait for it before anything else.
-            let first = match requests.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(status)) => {
-                    tracing::warn!(stream = id, peer = ?peer, code = ?status.code(), "stream ended: {}", status.message());
-                    stream::end_with(&resp_tx, *status, &ctx.shutdown).await;
-                    return;
-                }
-                None => {
-                    tracing::debug!(stream = id, peer = ?peer, "stream closed before its first request");
-                    return;
-                }
-            };
-            stream::run(ctx, first, requests, resp_tx).await;
-        });
-        resp_rx
+        tokio::spawn(stream::run(stream::Stream::new(ctx), requests, resp_tx));
+        (resp_rx, gone)
     }
 }

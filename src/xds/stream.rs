@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, warn};
@@ -56,6 +56,21 @@ pub(super) type Requests =
 /// holds 32 items whatever its bound, so the item's size is paid 32 times by every idle
 /// stream.
 pub(super) type Outgoing = Result<Box<Response>, Box<Status>>;
+/// The stream's side of its response channel. `futures_channel`'s bounded channel rather
+/// than tokio's: tokio's keeps a block of 32 slots and two cache-line-padded fields per
+/// channel (about 1.1 KiB for every idle stream), `futures_channel`'s a node per queued
+/// item and about 250 bytes.
+pub(super) type ResponseSender = futures_channel::mpsc::Sender<Outgoing>;
+/// The response body's side.
+pub(super) type ResponseReceiver = futures_channel::mpsc::Receiver<Outgoing>;
+
+/// Queues `item`, waiting for room; `Err` when the response body is gone.
+async fn send(responses: &mut ResponseSender, item: Outgoing) -> Result<(), ()> {
+    std::future::poll_fn(|cx| responses.poll_ready(cx))
+        .await
+        .map_err(drop)?;
+    responses.start_send(item).map_err(drop)
+}
 
 /// A response of either variant, as it goes on the wire: the resources are the snapshot's
 /// encoded bytes, shared with every other stream that sends them, and are copied once,
@@ -100,9 +115,13 @@ pub fn identity(node: &Node) -> NodeIdentity {
 }
 
 pub(super) struct StreamContext {
-    pub principal: Option<super::auth::Principal>,
+    /// Boxed: it is set only where streams authenticate, and inline it would make every
+    /// stream's state 40 bytes larger.
+    pub principal: Option<Box<super::auth::Principal>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub id: u64,
+    /// The client's address, for the logs.
+    pub peer: Option<std::net::SocketAddr>,
     pub variant: Variant,
     pub source: watch::Receiver<Arc<dyn ResourceSource>>,
     pub registry: Arc<Registry>,
@@ -110,7 +129,8 @@ pub(super) struct StreamContext {
     pub shutdown: CancellationToken,
 }
 
-struct Stream {
+/// One ADS stream's state, boxed (see [`run`]).
+pub(super) struct Stream {
     ctx: StreamContext,
     node_id: String,
     identity: NodeIdentity,
@@ -126,7 +146,7 @@ struct Stream {
     /// does not walk every resource of the proxy again.
     dirty: PerType<bool>,
     /// Per type, the version of the state the proxy should hold, as of the last planning.
-    desired_versions: PerType<Option<String>>,
+    desired_versions: PerType<Option<Box<str>>>,
     nonces: u64,
 }
 
@@ -168,76 +188,41 @@ impl Drop for Held {
 /// responses before it are still queued, unless the client goes away or the server shuts
 /// down; the status is never dropped in favour of OK.
 pub(super) async fn end_with(
-    responses: &mpsc::Sender<Outgoing>,
+    responses: &mut ResponseSender,
     status: Status,
     shutdown: &CancellationToken,
 ) {
     tokio::select! {
-        _ = responses.send(Err(Box::new(status))) => {}
+        _ = send(responses, Err(Box::new(status))) => {}
         () = shutdown.cancelled() => {}
     }
 }
 
-/// Runs one stream until the client goes away, the server shuts down, or the send side
-/// closes. `first` is the stream's first request.
-pub(super) async fn run(
-    mut ctx: StreamContext,
-    first: Request,
-    mut requests: Requests,
-    responses: mpsc::Sender<Outgoing>,
-) {
-    let Some(node) = first.node() else {
-        let status = Status::invalid_argument(
-            "the first request of an ADS stream must carry the node (id and metadata)",
-        );
-        warn!(stream = ctx.id, "stream ended: {}", status.message());
-        end_with(&responses, status, &ctx.shutdown).await;
+/// Runs one stream: waits for its first request, which names the node, then serves the
+/// proxy until it goes away, the server shuts down, or the send side closes.
+///
+/// The stream's state lives in one box, built before the task starts, and this future
+/// holds little else: its size is paid by every idle proxy's task, and state built in one
+/// nested future and moved into another would be held by both.
+pub(super) async fn run(mut s: Box<Stream>, mut requests: Requests, mut responses: ResponseSender) {
+    let first = match requests.next().await {
+        Some(Ok(m)) => m,
+        Some(Err(status)) => {
+            warn!(stream = s.ctx.id, peer = ?s.ctx.peer, code = ?status.code(), "stream ended: {}", status.message());
+            end_with(&mut responses, *status, &s.ctx.shutdown).await;
+            return;
+        }
+        None => {
+            debug!(stream = s.ctx.id, peer = ?s.ctx.peer, "stream closed before its first request");
+            return;
+        }
+    };
+    if !s.open(&first, &mut responses).await {
         return;
-    };
-    let node_id = node.id.clone();
-    let mut identity = identity(node);
-    if let Some(principal) = &ctx.principal {
-        match super::auth::authorize(principal, identity.namespace.as_deref()) {
-            Ok(ns) => identity.namespace = Some(ns),
-            Err(status) => {
-                warn!(stream = ctx.id, proxy = %node_id, principal = %principal, "refused: {}", status.message());
-                end_with(&responses, status, &ctx.shutdown).await;
-                return;
-            }
-        }
     }
-    // Hold the proxy (it keeps its current configuration) until the source is complete,
-    // or until it goes away (its stream reset or its connection gone).
-    if !ctx.source.borrow_and_update().is_ready() {
-        let _held = Held::new(&ctx.metrics.held);
-        while !ctx.source.borrow_and_update().is_ready() {
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return,
-                () = responses.closed() => return,
-                changed = ctx.source.changed() => if changed.is_err() { return },
-            }
-        }
-    }
-    let (view, observed_at) = {
-        let source = ctx.source.borrow_and_update();
-        (source.resources_for(&identity), source.observed_at())
-    };
-    let span = tracing::info_span!("xds_stream", stream = ctx.id, proxy = %node_id, variant = ctx.variant.as_str());
+    let span = tracing::info_span!("xds_stream", stream = s.ctx.id, proxy = %s.node_id, variant = s.ctx.variant.as_str());
     async move {
-        info!(namespace = ?identity.namespace, "proxy connected");
-        let mut s = Stream {
-            ctx,
-            node_id,
-            identity,
-            connected_at: SystemTime::now(),
-            view,
-            observed_at,
-            in_flight_since: PerType::default(),
-            trackers: PerType::from_fn(TypeTracker::new),
-            dirty: PerType::from_fn(|_| true),
-            desired_versions: PerType::default(),
-            nonces: 0,
-        };
+        info!(namespace = ?s.identity.namespace, "proxy connected");
         let connected = s
             .ctx
             .metrics
@@ -253,14 +238,14 @@ pub(super) async fn run(
             stream: s.ctx.id,
             connected,
         };
-        let result = s.serve(first, &mut requests, &responses).await;
+        let result = s.serve(first, &mut requests, &mut responses).await;
         match result {
             Ok(()) => info!("proxy disconnected"),
             // The client is gone: there is nobody to tell.
             Err(e) if responses.is_closed() => debug!(error = %e, "stream ended"),
             Err(status) => {
                 warn!(code = ?status.code(), "stream ended: {}", status.message());
-                end_with(&responses, status, &s.ctx.shutdown).await;
+                end_with(&mut responses, status, &s.ctx.shutdown).await;
             }
         }
     }
@@ -269,11 +254,77 @@ pub(super) async fn run(
 }
 
 impl Stream {
+    /// A stream whose node is not known yet (see [`Stream::open`]).
+    pub(super) fn new(ctx: StreamContext) -> Box<Stream> {
+        Box::new(Stream {
+            ctx,
+            node_id: String::new(),
+            identity: NodeIdentity::default(),
+            connected_at: SystemTime::now(),
+            view: Arc::default(),
+            observed_at: Instant::now(),
+            in_flight_since: PerType::default(),
+            trackers: PerType::from_fn(TypeTracker::new),
+            dirty: PerType::from_fn(|_| true),
+            desired_versions: PerType::default(),
+            nonces: 0,
+        })
+    }
+
+    /// Takes the proxy that `first` names: checks that it names one and that the caller may
+    /// speak for it, and holds it (it keeps its current configuration) until the source is
+    /// complete. `false` when the stream ended instead, with its status sent.
+    async fn open(&mut self, first: &Request, responses: &mut ResponseSender) -> bool {
+        let ctx = &mut self.ctx;
+        let Some(node) = first.node() else {
+            let status = Status::invalid_argument(
+                "the first request of an ADS stream must carry the node (id and metadata)",
+            );
+            warn!(stream = ctx.id, "stream ended: {}", status.message());
+            end_with(responses, status, &ctx.shutdown).await;
+            return false;
+        };
+        let node_id = node.id.clone();
+        let mut identity = identity(node);
+        if let Some(principal) = &ctx.principal {
+            match super::auth::authorize(principal, identity.namespace.as_deref()) {
+                Ok(ns) => identity.namespace = Some(ns),
+                Err(status) => {
+                    warn!(stream = ctx.id, proxy = %node_id, principal = %principal, "refused: {}", status.message());
+                    end_with(responses, status, &ctx.shutdown).await;
+                    return false;
+                }
+            }
+        }
+        // Until it goes away (its stream reset or its connection gone) or the server stops.
+        if !ctx.source.borrow_and_update().is_ready() {
+            let _held = Held::new(&ctx.metrics.held);
+            while !ctx.source.borrow_and_update().is_ready() {
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return false,
+                    changed = ctx.source.changed() => if changed.is_err() { return false },
+                }
+            }
+        }
+        let (view, observed_at) = {
+            let source = ctx.source.borrow_and_update();
+            (source.resources_for(&identity), source.observed_at())
+        };
+        self.node_id = node_id;
+        self.identity = identity;
+        self.connected_at = SystemTime::now();
+        self.view = view;
+        self.observed_at = observed_at;
+        true
+    }
+}
+
+impl Stream {
     async fn serve(
         &mut self,
         first: Request,
         requests: &mut Requests,
-        responses: &mpsc::Sender<Outgoing>,
+        responses: &mut ResponseSender,
     ) -> Result<(), Status> {
         self.on_request(first);
         // `sync` is boxed each time it runs: inline, its state would make every idle
@@ -282,9 +333,8 @@ impl Stream {
         loop {
             tokio::select! {
                 biased;
+                // Shutdown, or nobody reads the responses any more: the stream is gone.
                 () = self.ctx.shutdown.cancelled() => return Ok(()),
-                // Nobody reads the responses any more: the stream is gone.
-                () = responses.closed() => return Ok(()),
                 req = requests.next() => match req {
                     Some(Ok(req)) => {
                         self.on_request(req);
@@ -421,7 +471,7 @@ impl Stream {
     }
 
     /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
-    async fn sync(&mut self, responses: &mpsc::Sender<Outgoing>) -> Result<(), Status> {
+    async fn sync(&mut self, responses: &mut ResponseSender) -> Result<(), Status> {
         for kind in TYPES {
             if !self.dirty[kind] {
                 continue;
@@ -444,7 +494,7 @@ impl Stream {
             } else {
                 tracker.desired_version(available)
             };
-            self.desired_versions[kind] = Some(desired);
+            self.desired_versions[kind] = Some(desired.into_boxed_str());
             if kind == ResourceType::Listener && !self.listeners_ready(&view) {
                 debug!("listeners wait for their clusters");
                 continue;
@@ -455,7 +505,7 @@ impl Stream {
                 // A client that stopped reading fills the queue; shutdown must not wait
                 // for it.
                 tokio::select! {
-                    sent = responses.send(Ok(Box::new(response))) => if sent.is_err() {
+                    sent = send(responses, Ok(Box::new(response))) => if sent.is_err() {
                         return Err(Status::cancelled("client went away"));
                     },
                     () = self.ctx.shutdown.cancelled() => return Ok(()),
@@ -589,7 +639,7 @@ impl Stream {
             .iter()
             .filter(|(_, t)| t.is_initialized())
             .map(|(kind, t)| {
-                let desired_version = self.desired_versions[kind].clone();
+                let desired_version = self.desired_versions[kind].as_deref().map(str::to_owned);
                 (
                     kind,
                     TypeStatus {

@@ -65,11 +65,15 @@ pub struct TypeTracker {
     // ACKed these are one allocation, not three copies per stream.
     sent: Arc<State>,
     acked: Arc<State>,
-    pending: Option<Pending>,
-    sent_version: Option<String>,
-    acked_version: Option<String>,
-    last_nonce: Option<String>,
-    nack: Option<Nack>,
+    // Boxed, like `nack`: each is set only part of the time, and inline they would make
+    // every idle stream's three trackers larger.
+    pending: Option<Box<Pending>>,
+    // `Box<str>`, not `String`: 8 bytes less each, three times per tracker, in every idle
+    // stream.
+    sent_version: Option<Box<str>>,
+    acked_version: Option<Box<str>>,
+    last_nonce: Option<Box<str>>,
+    nack: Option<Box<Nack>>,
     reported_missing: BTreeSet<String>,
     /// Set when a request changed what the client subscribes to; the stream takes it to
     /// know the type must be reconsidered even when the request was only an ACK.
@@ -149,7 +153,7 @@ impl TypeTracker {
 
     /// The last NACK, until a later response is ACKed.
     pub fn nack(&self) -> Option<&Nack> {
-        self.nack.as_ref()
+        self.nack.as_deref()
     }
 
     /// Whether the last requests changed the subscription; resets the flag.
@@ -206,16 +210,16 @@ impl TypeTracker {
             // client keeps its previous state; the rejected version is not sent again (the
             // server's `sent` still holds it, so only a new version differs from it).
             Some(message) => {
-                self.nack = Some(Nack {
+                self.nack = Some(Box::new(Nack {
                     version: pending.version,
                     message,
                     at,
-                });
+                }));
                 Received::Nack
             }
             None => {
                 self.acked = pending.state;
-                self.acked_version = Some(pending.version);
+                self.acked_version = Some(pending.version.into_boxed_str());
                 self.nack = None;
                 Received::Ack
             }
@@ -425,13 +429,13 @@ impl TypeTracker {
 
     fn record(&mut self, nonce: String, state: Arc<State>, version: String) {
         self.sent = Arc::clone(&state);
-        self.sent_version = Some(version.clone());
-        self.last_nonce = Some(nonce.clone());
-        self.pending = Some(Pending {
+        self.sent_version = Some(version.as_str().into());
+        self.last_nonce = Some(nonce.as_str().into());
+        self.pending = Some(Box::new(Pending {
             nonce,
             state,
             version,
-        });
+        }));
     }
 }
 
