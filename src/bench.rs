@@ -69,6 +69,12 @@ pub struct Report {
     /// Server RSS after the last of two more fleets connected, synced, took a change and
     /// left, relative to after the one before: 1.0 means a cycle keeps nothing.
     pub rss_second_cycle_ratio: f64,
+    /// Server RSS after every stream of the first fleet disconnected minus before they
+    /// connected, KiB (what `rss_after_disconnect_ratio` is made of).
+    pub rss_kept_kib: f64,
+    /// Of that, jemalloc's own metadata, KiB: kept for the fleet's peak and reused by the
+    /// next fleet ([`crate::memory::allocator_metadata`]).
+    pub allocator_metadata_kept_kib: f64,
     /// Server live heap after the last fleet left minus before the first connected, KiB:
     /// what the server kept (the new snapshot, the registry's table) — a leak grows it
     /// with every fleet.
@@ -346,6 +352,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let rss_before = rss_kib();
     let heap_before = heap_kib();
     let classes_before = crate::memory::live_by_size_class().unwrap_or_default();
+    let metadata_kib =
+        || crate::memory::allocator_metadata().map_or(f64::NAN, |b| b as f64 / 1024.0);
+    let metadata_before = metadata_kib();
     let mut clients = Clients::start(addr, &opts)?;
     clients.expect("ready")?;
     idle().await;
@@ -378,6 +387,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     clients.stop();
     departed().await?;
     let rss_after = rss_kib();
+    let metadata_after = metadata_kib();
 
     // Two more fleets connect, sync, take a change and leave: without a leak the last
     // ends where the one before left the server.
@@ -437,6 +447,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         heap_per_stream_kib: (heap_connected - heap_before) / opts.streams as f64,
         rss_after_disconnect_ratio: rss_after / rss_before,
+        rss_kept_kib: rss_after - rss_before,
+        allocator_metadata_kept_kib: metadata_after - metadata_before,
         rss_second_cycle_ratio: rss_after_cycle / previous,
         heap_retained_kib: heap_retained,
         compile_ms,
@@ -857,7 +869,7 @@ pub fn text(r: &Report) -> String {
          change to ACK: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms)\n\
          floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
          server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
-         after every stream left: RSS {:.0}% of before, a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
+         after every stream left: RSS {:.0}% of before ({:.0} KiB more, of which jemalloc's metadata {:.0} KiB), a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
          compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms\n\
          live heap per idle stream by size class (bytes x allocations): {}",
         r.streams,
@@ -874,6 +886,8 @@ pub fn text(r: &Report) -> String {
         r.floor_rss_per_stream_kib,
         r.heap_per_stream_kib,
         r.rss_after_disconnect_ratio * 100.0,
+        r.rss_kept_kib,
+        r.allocator_metadata_kept_kib,
         r.rss_second_cycle_ratio * 100.0,
         r.heap_retained_kib,
         r.clusters,

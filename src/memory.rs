@@ -44,6 +44,17 @@ pub fn heap_resident() -> Option<usize> {
     tikv_jemalloc_ctl::stats::resident::read().ok()
 }
 
+/// Bytes of jemalloc's own metadata (`stats.metadata`: its extent records, radix tree and
+/// arena structures). jemalloc keeps it for the most extents it ever had and reuses it,
+/// so it grows with the peak of the heap, not with what is live. `None` when jemalloc
+/// cannot tell.
+pub fn allocator_metadata() -> Option<usize> {
+    if !refresh() {
+        return None;
+    }
+    tikv_jemalloc_ctl::stats::metadata::read().ok()
+}
+
 /// Live allocations by jemalloc size class: `(size in bytes, how many)`, small classes
 /// (slab regions) and large ones (extents of their own) together, from jemalloc's merged
 /// arena statistics (`curregs`, `curlextents`). A heap profile by size: the difference of

@@ -35,6 +35,8 @@ fn bench_reports_every_figure_at_100_streams() {
         "ratio_to_floor",
         "heap_per_stream_kib",
         "rss_after_disconnect_ratio",
+        "rss_kept_kib",
+        "allocator_metadata_kept_kib",
         "heap_retained_kib",
         "compile_ms",
         "recompile_ms",
@@ -64,6 +66,11 @@ fn bench_reports_every_figure_at_100_streams() {
         .map(|c| c[0].as_f64().unwrap() * c[1].as_f64().unwrap() / 1024.0)
         .sum();
     let heap_kib = r["heap_per_stream_kib"].as_f64().unwrap();
+    // jemalloc reports its metadata (a number, not NaN: the statistics are compiled in).
+    assert!(
+        r["allocator_metadata_kept_kib"].as_f64().is_some(),
+        "{last}"
+    );
     assert!(
         profiled_kib > heap_kib * 0.5 && profiled_kib < heap_kib * 1.5,
         "size classes {profiled_kib:.1} KiB per stream against a live heap of {heap_kib:.1} KiB: {last}"
