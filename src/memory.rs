@@ -18,6 +18,13 @@
 //!   only as that thread allocates, so after a fleet left, the idle worker threads kept
 //!   what it freed: RSS stayed at 124-140% of its start with caches (35% less with small
 //!   objects only cached), 107% without, for pushes within noise (`BENCHMARKS.md`).
+//! - `lg_extent_max_active_fit:0`: a freed extent is reused only for a request of its own
+//!   size class, not split for a smaller one. A push frees buffers of tens to hundreds of
+//!   kilobytes whose pages it wrote; split up, they became the 16 KiB write buffers and
+//!   small slabs of the connections that came next, which then held those written pages
+//!   for the life of the connection, though they use a fraction of them. With it, an idle
+//!   stream's RSS no longer depends on the size of its first pushes: 33-40 KiB at 100 and
+//!   1,000 RedisClusters, now 26-27 KiB as at 10; pushes within noise (`BENCHMARKS.md`).
 //!
 //! jemalloc was chosen over mimalloc by measurement (`BENCHMARKS.md`, "Allocator").
 

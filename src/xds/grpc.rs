@@ -328,7 +328,7 @@ fn put_message(r: &Response, buf: &mut BytesMut) {
     match r.variant {
         Variant::Sotw => {
             put_scalar(SOTW_VERSION_INFO, r.version.as_bytes(), buf);
-            for x in &r.resources {
+            for x in r.resources.iter() {
                 put_header(SOTW_RESOURCES, any_len(r.type_url, x), buf);
                 put_any(r.type_url, x, buf);
             }
@@ -337,7 +337,7 @@ fn put_message(r: &Response, buf: &mut BytesMut) {
         }
         Variant::Delta => {
             put_scalar(DELTA_SYSTEM_VERSION_INFO, r.version.as_bytes(), buf);
-            for x in &r.resources {
+            for x in r.resources.iter() {
                 put_header(DELTA_RESOURCES, delta_resource_len(r.type_url, x), buf);
                 put_delta_resource(r.type_url, x, buf);
             }
@@ -448,7 +448,7 @@ mod tests {
             type_url,
             version: "v-1".into(),
             nonce: "n-1".into(),
-            resources: vec![resource("a", "1", b"\x0a\x01x"), resource("b", "", &big)],
+            resources: [resource("a", "1", b"\x0a\x01x"), resource("b", "", &big)].into(),
             removed: vec!["gone".into(), String::new()],
         };
         let bytes = encode(&response).unwrap();
@@ -491,7 +491,7 @@ mod tests {
             type_url,
             version: "v-2".into(),
             nonce: "n-2".into(),
-            resources: vec![resource("c", "9", b"\x0a\x01c"), resource("e", "0", b"")],
+            resources: [resource("c", "9", b"\x0a\x01c"), resource("e", "0", b"")].into(),
             removed: Vec::new(),
         };
         let bytes = encode(&response).unwrap();

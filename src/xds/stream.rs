@@ -83,7 +83,7 @@ pub(super) struct Response {
     pub version: String,
     pub nonce: String,
     /// SotW: the complete set; Delta: the new and changed resources.
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: super::tracker::Resources,
     /// Delta only: `removed_resources`.
     pub removed: Vec<String>,
 }

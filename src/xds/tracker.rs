@@ -80,13 +80,19 @@ pub struct TypeTracker {
     subscription_changed: bool,
 }
 
+/// The resources of a response, shared: a plan is made once for every stream in the same
+/// state (`super::shared`), and each stream's response takes the list with one reference
+/// count instead of a copy (at 1,000 RedisClusters a copy is 8 KB per stream and push,
+/// and as many reference counts on resources every stream shares).
+pub type Resources = Arc<[Arc<Resource>]>;
+
 /// What to put in a State-of-the-World response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SotwPlan {
     /// `version_info`.
     pub version: String,
     /// The complete set.
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Resources,
     state: Arc<State>,
 }
 
@@ -96,7 +102,7 @@ pub struct DeltaPlan {
     /// `system_version_info`: the hash of the client's state once applied.
     pub version: String,
     /// New and changed resources.
-    pub resources: Vec<Arc<Resource>>,
+    pub resources: Resources,
     /// `removed_resources`: deleted, and subscribed names that do not exist.
     pub removed: Vec<String>,
     state: Arc<State>,
@@ -358,7 +364,12 @@ impl TypeTracker {
         if self.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
-        let resources = state.values().filter(|r| !r.declared).cloned().collect();
+        let resources = state
+            .values()
+            .filter(|r| !r.declared)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
         Some(SotwPlan {
             version,
             resources,
@@ -409,7 +420,7 @@ impl TypeTracker {
         }
         Some(DeltaPlan {
             version: version_of(&state),
-            resources,
+            resources: resources.into(),
             removed,
             state: Arc::new(state),
             missing,
