@@ -29,6 +29,31 @@ fn problem_lines(c: &Compiled) -> Vec<String> {
     c.problems.iter().map(ToString::to_string).collect()
 }
 
+/// The problem at `field`, which must be `RefIncompatible` and tell the user to turn
+/// redirection on.
+fn needs_redirection<'a>(c: &'a Compiled, field: &str) -> &'a redis_xds::compile::Problem {
+    let p = c
+        .problems
+        .iter()
+        .find(|p| p.field == field)
+        .unwrap_or_else(|| panic!("{field}: {:?}", c.problems));
+    assert_eq!(p.reason, redis_xds::compile::Reason::RefIncompatible);
+    assert!(
+        p.message.contains("enableRedirection: true"),
+        "{}",
+        p.message
+    );
+    p
+}
+
+/// `object:field` of every problem, in order.
+fn problem_fields(c: &Compiled) -> Vec<String> {
+    c.problems
+        .iter()
+        .map(|p| format!("{}:{}", p.object.name, p.field))
+        .collect()
+}
+
 fn accepted(c: &Compiled, ns_name: &str) -> bool {
     let (ns, name) = ns_name.split_once('/').unwrap();
     c.objects[&redis_xds::model::ObjectKey::new(ns, name)].accepted
@@ -1300,13 +1325,8 @@ fn should_map_sharding_and_refuse_what_the_chosen_balancer_ignores() {
             &format!("{STATIC}\nsharding: {{lbPolicy: Maglev}}"),
         )),
     );
-    let fields: Vec<String> = c
-        .problems
-        .iter()
-        .map(|p| format!("{}:{}", p.object.name, p.field))
-        .collect();
     assert_eq!(
-        fields,
+        problem_fields(&c),
         [
             "bad:spec.sharding.minimumRingSize",
             "bad:spec.sharding.tableSize",
@@ -1734,17 +1754,7 @@ fn a_sharded_listener_routing_to_a_redis_cluster_must_follow_redirections() {
         )
     };
     let c = compiled(&format!("{target}{}", owner("")));
-    let p = c
-        .problems
-        .iter()
-        .find(|p| p.field == "spec.listener.routes[0].cluster")
-        .unwrap_or_else(|| panic!("{:?}", c.problems));
-    assert_eq!(p.reason, redis_xds::compile::Reason::RefIncompatible);
-    assert!(
-        p.message.contains("enableRedirection: true"),
-        "{}",
-        p.message
-    );
+    needs_redirection(&c, "spec.listener.routes[0].cluster");
     assert!(!accepted(&c, "x/sh") && accepted(&c, "x/cl"));
     let c = compiled(&format!("{target}{}", owner(", enableRedirection: true")));
     assert!(c.problems.is_empty(), "{:?}", c.problems);
@@ -1785,17 +1795,7 @@ fn a_redirect_refresh_needs_a_listener_that_follows_redirections() {
     let no_redirect = "\nlistener: {port: 1, enableRedirection: false}";
     // Its own listener does not follow MOVED/ASK, and nothing else routes to it.
     let c = compiled(&target("redirectRefreshThreshold: 3", no_redirect));
-    let p = c
-        .problems
-        .iter()
-        .find(|p| p.field == "spec.topology.redirectRefreshThreshold")
-        .unwrap_or_else(|| panic!("{:?}", c.problems));
-    assert_eq!(p.reason, redis_xds::compile::Reason::RefIncompatible);
-    assert!(
-        p.message.contains("enableRedirection: true"),
-        "{}",
-        p.message
-    );
+    needs_redirection(&c, "spec.topology.redirectRefreshThreshold");
     assert!(!accepted(&c, "x/cl"));
     // The interval alone too, unless a failure or degraded-host refresh uses it.
     let c = compiled(&target("redirectRefreshInterval: 2s", no_redirect));
@@ -1835,13 +1835,8 @@ fn a_redirect_refresh_needs_a_listener_that_follows_redirections() {
             + &other.replace("port: 2,", "port: 2, enableRedirection: false,")),
     );
     let after = redis_xds::compile::recompile(&after_model, Some((&before_model, &before)));
-    let fields: Vec<String> = after
-        .problems
-        .iter()
-        .map(|p| format!("{}:{}", p.object.name, p.field))
-        .collect();
     assert_eq!(
-        fields,
+        problem_fields(&after),
         [
             "cl:spec.topology.redirectRefreshThreshold",
             "front:spec.listener.routes[0].cluster"

@@ -9,7 +9,6 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::common::{Proc, free_port, redis_xds, wait_until};
-use crate::redis::Cluster;
 use crate::resp::Conn;
 use crate::{Fixture, rc};
 
@@ -277,38 +276,14 @@ fn endpoint_auth_in_sharded_mode(dir: &Path) {
 const PROTOCOL_OPTIONS: &str =
     "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions";
 
-/// Removes the ACL users this file adds to the shared cluster, whatever happens.
-struct OwnAclUsers<'a>(&'a Cluster);
-
-impl Drop for OwnAclUsers<'_> {
-    fn drop(&mut self) {
-        for s in &self.0.servers {
-            let _ = self
-                .0
-                .conn(s.port)
-                .cmd(&["ACL", "DELUSER", &format!("own-rules-{}", s.port)]);
-        }
-    }
-}
-
 /// awsIam with endpointAuth (mode Cluster, an ACL user per node): Envoy sends only the IAM
 /// token and never a node's own credentials. Without awsIam the same credentials are used.
 fn aws_iam_with_endpoint_auth(f: &Fixture, dir: &Path) {
     let main = &f.main;
-    let _cleanup = OwnAclUsers(main);
+    let users = crate::scenarios::AclUsers::create(main, "own-rules-");
     let mut credentials = Vec::new();
     for s in &main.servers {
-        let (user, password) = (format!("own-rules-{}", s.port), format!("pw-{}", s.port));
-        main.conn(s.port).ok(&[
-            "ACL",
-            "SETUSER",
-            &user,
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ]);
+        let (user, password) = users.credentials(s.port);
         main.conn(s.port).ok(&["ACL", "LOG", "RESET"]);
         credentials.push(json!({
             "address": {"socketAddress": {"address": "127.0.0.1", "portValue": s.port}},

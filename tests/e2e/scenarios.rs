@@ -847,8 +847,34 @@ fn resilience(f: &Fixture) {
     assert!(!f.main.primaries().contains(&victim));
 }
 
-/// Removes the per-node ACL users from the shared cluster, whatever the scenario did.
-struct AclUsers<'a>(&'a Cluster);
+/// An ACL user per node of the shared cluster, `<prefix><port>` with password
+/// `pw-<port>` and every permission; removed on drop, whatever the scenario did.
+pub struct AclUsers<'a>(&'a Cluster, &'static str);
+
+impl<'a> AclUsers<'a> {
+    pub fn create(cluster: &'a Cluster, prefix: &'static str) -> Self {
+        let users = AclUsers(cluster, prefix);
+        for s in &cluster.servers {
+            let (user, password) = users.credentials(s.port);
+            cluster.conn(s.port).ok(&[
+                "ACL",
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+            ]);
+        }
+        users
+    }
+
+    /// The user name and password of the server on `port`.
+    pub fn credentials(&self, port: u16) -> (String, String) {
+        (format!("{}{port}", self.1), format!("pw-{port}"))
+    }
+}
 
 impl Drop for AclUsers<'_> {
     fn drop(&mut self) {
@@ -856,7 +882,7 @@ impl Drop for AclUsers<'_> {
             let _ = self
                 .0
                 .conn(s.port)
-                .cmd(&["ACL", "DELUSER", &format!("envoy-{}", s.port)]);
+                .cmd(&["ACL", "DELUSER", &format!("{}{}", self.1, s.port)]);
         }
     }
 }
@@ -865,21 +891,11 @@ impl Drop for AclUsers<'_> {
 /// replicas included, as that server's own user.
 fn acl_user_per_node(f: &Fixture) {
     f.main.flush();
-    let _cleanup = AclUsers(&f.main);
+    let users = AclUsers::create(&f.main, "envoy-");
     let mut secrets = String::new();
     let mut entries = String::new();
     for s in &f.main.servers {
-        let (user, password) = (format!("envoy-{}", s.port), format!("pw-{}", s.port));
-        f.main.conn(s.port).ok(&[
-            "ACL",
-            "SETUSER",
-            &user,
-            "on",
-            &format!(">{password}"),
-            "~*",
-            "&*",
-            "+@all",
-        ]);
+        let (user, password) = users.credentials(s.port);
         secrets.push_str(&format!(
             "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: node-{}, namespace: e2e}}\nstringData: {{username: {user}, password: {password}}}\n",
             s.port
