@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -207,6 +208,7 @@ pub fn own_rules(f: &Fixture) {
     endpoint_auth_in_sharded_mode(dir);
     aws_iam_with_endpoint_auth(f, dir);
     maglev_table_smaller_than_the_servers(dir);
+    redirect_refresh_without_redirection(dir);
 }
 
 /// endpointAuth in mode Sharded: Envoy authenticates the servers with the cluster's
@@ -414,4 +416,94 @@ fn maglev_table_smaller_than_the_servers(dir: &Path) {
         1,
         "tableSize 2 leaves one server without keys: {short:?}"
     );
+}
+
+/// redirectRefreshThreshold when no listener follows redirections: Envoy hands every
+/// `MOVED` to the client and counts none of them, so the slot map stays stale and the
+/// client is redirected for as long as it asks. The same bootstrap with the listener
+/// following redirections refreshes the map after the first one.
+fn redirect_refresh_without_redirection(dir: &Path) {
+    let cluster = crate::redis::Cluster::start(&dir.join("slots"), 3, 0, None);
+    let port = free_port();
+    let sidecar = format!("127.0.0.1:{port}");
+    let base = format!(
+        "endpoints: {{static: [{}]}}\nlistener: {{port: {port}, enableRedirection: false}}",
+        cluster.static_entries()
+    );
+    refused(
+        dir,
+        &format!("{base}\ntopology: {{refreshInterval: 1h, redirectRefreshThreshold: 1}}"),
+        "spec.topology.redirectRefreshThreshold",
+    );
+    // Rendered without the threshold, then given it: the hourly refresh leaves the
+    // threshold the only thing that can make Envoy ask for the slots again.
+    let bootstrap = |follow: bool| {
+        let mut b = render(dir, &format!("{base}\ntopology: {{refreshInterval: 1h}}")).unwrap();
+        b["staticResources"]["clusters"][0]["clusterType"]["typedConfig"]["redirectRefreshThreshold"] =
+            json!(1);
+        proxy(&mut b)["settings"]["enableRedirection"] = json!(follow);
+        b
+    };
+    let slots_asked = || -> u64 {
+        cluster
+            .servers
+            .iter()
+            .map(|s| cluster.calls(s.port, "cluster|slots"))
+            .sum()
+    };
+    let key = "stale:key";
+    let slot = cluster.servers[0].conn().ok(&["CLUSTER", "KEYSLOT", key]);
+    // Moves the key's (empty) slot to the next primary on every server; returns the new
+    // owner's port.
+    let move_slot = || -> u16 {
+        let owner = cluster
+            .servers
+            .iter()
+            .position(|s| !s.conn().cmd(&["GET", key]).unwrap().is_error())
+            .expect("an owner of the slot");
+        let target = &cluster.servers[(owner + 1) % cluster.servers.len()];
+        let id = target.conn().ok(&["CLUSTER", "MYID"]);
+        for s in &cluster.servers {
+            s.conn().ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &id]);
+        }
+        target.port
+    };
+    let serving = || {
+        wait_until("the sidecar serves", || {
+            let mut c = Conn::connect(&sidecar).ok()?;
+            let r = c.cmd(&["GET", key]).ok()?;
+            // Envoy's first slot map is complete once the key's owner answers.
+            (!r.is_error()).then_some(c)
+        })
+    };
+
+    let e = envoy(dir, &bootstrap(false), port);
+    let mut c = serving();
+    let asked = slots_asked();
+    let new_owner = move_slot();
+    let moved = format!("MOVED {slot} 127.0.0.1:{new_owner}");
+    // A refresh takes Envoy milliseconds after the first redirection it counts (the control
+    // below); a whole second of redirections gets none. A slow machine can only make this
+    // part miss a refresh, never report one that did not happen.
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut replies = 0;
+    while Instant::now() < until {
+        let r = c.cmd(&["GET", key]).unwrap();
+        assert!(r.text().starts_with(&moved), "reply {replies}: {r:?}");
+        replies += 1;
+    }
+    assert_eq!(slots_asked(), asked, "Envoy asked for the slots again");
+    drop(e);
+
+    // Control: the listener follows the redirection, Envoy counts it and refreshes.
+    let e = envoy(dir, &bootstrap(true), port);
+    let mut c = serving();
+    let asked = slots_asked();
+    move_slot();
+    let r = c.cmd(&["GET", key]).unwrap();
+    assert!(!r.is_error(), "the redirection was followed: {r:?}");
+    wait_until("Envoy asks for the slots after one redirection", || {
+        (slots_asked() > asked).then_some(())
+    });
+    drop(e);
 }
