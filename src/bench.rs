@@ -39,6 +39,10 @@ pub struct BenchOptions {
     pub clusters: usize,
     /// Share of streams speaking State of the World (the rest Delta).
     pub sotw_share: f64,
+    /// Changes pushed to the synced fleet one after another (at least 1); the server's
+    /// figures are those of the round with the median p99, the floor's p99 is the median
+    /// of as many rounds of its own.
+    pub rounds: usize,
 }
 
 /// The results.
@@ -50,13 +54,19 @@ pub struct Report {
     pub clusters: usize,
     /// SotW share.
     pub sotw_share: f64,
-    /// Change to ACK, median.
+    /// Changes measured ([`BenchOptions::rounds`]).
+    pub rounds: usize,
+    /// Change to ACK, 99th percentile, of each round in order, ms.
+    pub p99_rounds_ms: Vec<f64>,
+    /// The floor's p99 of each of its rounds in order, ms.
+    pub floor_p99_rounds_ms: Vec<f64>,
+    /// Change to ACK, median (the round with the median p99, as the next three).
     pub p50_ms: f64,
     /// Change to ACK, 99th percentile.
     pub p99_ms: f64,
     /// Change to the last ACK.
     pub max_ms: f64,
-    /// Server CPU time from the change to the last ACK.
+    /// Server CPU time from the change to the last ACK (the same round).
     pub cpu_s: f64,
     /// Server RSS growth per connected, idle stream.
     pub rss_per_stream_kib: f64,
@@ -84,11 +94,11 @@ pub struct Report {
     /// Compile of the changed model, reusing the compile of the one before (what a change
     /// costs): one RedisCluster changed.
     pub recompile_ms: f64,
-    /// The floor's change-to-ACK p99.
+    /// The floor's change-to-ACK p99, the median of its rounds.
     pub floor_p99_ms: f64,
     /// The floor's RSS growth per stream.
     pub floor_rss_per_stream_kib: f64,
-    /// p99_ms / floor_p99_ms.
+    /// p99_ms / floor_p99_ms: two medians.
     pub ratio_to_floor: f64,
     /// The default debounce that production adds on top (quiet period).
     pub debounce_quiet_ms: f64,
@@ -287,6 +297,41 @@ async fn settle() {
     }
 }
 
+/// One change pushed to the synced fleet: its latencies from the change to each stream's
+/// ACK, ms, and the server's CPU time until the last ACK, s.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_s: f64,
+}
+
+/// The round with the median p99 (the lower middle one of an even count).
+fn median_round(rounds: &[Round]) -> Round {
+    let mut sorted = rounds.to_vec();
+    sorted.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    sorted
+        .get((sorted.len().max(1) - 1) / 2)
+        .copied()
+        .unwrap_or(Round {
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            max_ms: f64::NAN,
+            cpu_s: f64::NAN,
+        })
+}
+
+/// The median of `values` (the lower middle one of an even count; NaN for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get((sorted.len().max(1) - 1) / 2)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let base = model(opts.clusters, 0);
@@ -366,23 +411,39 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         opts.streams,
     );
 
-    // The change arrives as a model (the sources' output); the clock starts before the
-    // compile.
-    let mut next = model(opts.clusters, 1);
-    next.share_unchanged(&first.model);
-    let cpu0 = cpu_s();
-    let t0 = SystemTime::now();
-    let changed = Arc::new(snapshot(next, Some(&first)));
-    tx.send_replace(changed.clone());
-    // Only the server holds snapshots from here on, and it retires the replaced one as in
-    // production.
-    crate::publish::retire(first);
-    let lines = clients.expect("done")?;
-    let cpu = cpu_s() - cpu0;
-    let lat = latencies(&lines, t0);
-    drop(lines);
-    if lat.len() != opts.streams {
-        bail!("{} of {} streams ACKed the change", lat.len(), opts.streams);
+    // Each change arrives as a model (the sources' output); the clock starts before the
+    // compile. Every round starts from an idle fleet, as the first one does.
+    let mut current = first;
+    let mut rounds: Vec<Round> = Vec::with_capacity(opts.rounds.max(1));
+    for variant in 1..=opts.rounds.max(1) {
+        if variant > 1 {
+            idle().await;
+        }
+        let mut next = model(opts.clusters, variant);
+        next.share_unchanged(&current.model);
+        let cpu0 = cpu_s();
+        let t0 = SystemTime::now();
+        let changed = Arc::new(snapshot(next, Some(&current)));
+        tx.send_replace(changed.clone());
+        // Only the server holds snapshots from here on, and it retires the replaced one as
+        // in production.
+        crate::publish::retire(std::mem::replace(&mut current, changed));
+        let lines = clients.expect("done")?;
+        let cpu = cpu_s() - cpu0;
+        let lat = latencies(&lines, t0);
+        if lat.len() != opts.streams {
+            bail!(
+                "{} of {} streams ACKed change {variant}",
+                lat.len(),
+                opts.streams
+            );
+        }
+        rounds.push(Round {
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            max_ms: lat.last().copied().unwrap_or(f64::NAN),
+            cpu_s: cpu,
+        });
     }
     clients.stop();
     departed().await?;
@@ -393,8 +454,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     // ends where the one before left the server.
     let mut previous = rss_after;
     let mut rss_after_cycle = rss_after;
-    let mut current = changed;
-    for cycle in 2..4 {
+    for cycle in rounds.len() + 1..rounds.len() + 3 {
         let mut again = Clients::start(addr, &opts)?;
         again.expect("ready")?;
         let mut changed = model(opts.clusters, cycle);
@@ -421,6 +481,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             &opts.streams.to_string(),
             "--clusters",
             &opts.clusters.to_string(),
+            "--rounds",
+            &opts.rounds.max(1).to_string(),
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -430,20 +492,28 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let floor: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+    let floor_p99_rounds_ms: Vec<f64> = floor["p99_rounds_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
     let floor = floor::Floor {
-        p99_ms: floor["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        p99_ms: median(&floor_p99_rounds_ms),
         rss_per_stream_kib: floor["rss_per_stream_kib"].as_f64().unwrap_or(f64::NAN),
     };
 
-    let p99 = percentile(&lat, 0.99);
+    let p99_rounds_ms: Vec<f64> = rounds.iter().map(|r| r.p99_ms).collect();
+    let typical = median_round(&rounds);
     Ok(Report {
         streams: opts.streams,
         clusters: opts.clusters,
         sotw_share: opts.sotw_share,
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: p99,
-        max_ms: lat.last().copied().unwrap_or(f64::NAN),
-        cpu_s: cpu,
+        rounds: rounds.len(),
+        p99_rounds_ms,
+        floor_p99_rounds_ms,
+        p50_ms: typical.p50_ms,
+        p99_ms: typical.p99_ms,
+        max_ms: typical.max_ms,
+        cpu_s: typical.cpu_s,
         rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         heap_per_stream_kib: (heap_connected - heap_before) / opts.streams as f64,
         rss_after_disconnect_ratio: rss_after / rss_before,
@@ -455,7 +525,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         recompile_ms,
         floor_p99_ms: floor.p99_ms,
         floor_rss_per_stream_kib: floor.rss_per_stream_kib,
-        ratio_to_floor: p99 / floor.p99_ms,
+        ratio_to_floor: typical.p99_ms / floor.p99_ms,
         debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
         heap_classes_per_stream,
     })
@@ -474,7 +544,15 @@ mod floor {
     use tonic::{Request, Response, Status, Streaming};
 
     pub struct Floor {
+        /// The median p99 of the rounds, ms (in the floor's own process: each round's).
         pub p99_ms: f64,
+        pub rss_per_stream_kib: f64,
+    }
+
+    /// What the floor's process reports: the p99 of each round, ms, and the RSS growth per
+    /// stream, KiB.
+    pub struct Rounds {
+        pub p99_ms: Vec<f64>,
         pub rss_per_stream_kib: f64,
     }
 
@@ -508,7 +586,6 @@ mod floor {
             let me = self.clone();
             tokio::spawn(async move {
                 let mut change = me.change.clone();
-                let mut sent_change = false;
                 loop {
                     tokio::select! {
                         m = incoming.message() => match m {
@@ -519,12 +596,13 @@ mod floor {
                             Ok(Some(_)) => {}
                             _ => return,
                         },
-                        c = change.changed(), if !sent_change => {
+                        c = change.changed() => {
                             if c.is_err() { return }
                             let next = change.borrow_and_update().clone();
-                            if let Some(resp) = next {
-                                sent_change = true;
-                                if tx.send(Ok((*resp).clone())).await.is_err() { return }
+                            if let Some(resp) = next
+                                && tx.send(Ok((*resp).clone())).await.is_err()
+                            {
+                                return;
                             }
                         }
                     }
@@ -562,7 +640,7 @@ mod floor {
         opts: &BenchOptions,
         initial: &crate::xds::ProxyResources,
         changed: &crate::xds::ProxyResources,
-    ) -> anyhow::Result<Floor> {
+    ) -> anyhow::Result<Rounds> {
         // The change: exactly the listeners whose bytes differ, as the real server sends.
         let diff: crate::xds::ResourceMap = changed
             .listeners
@@ -606,21 +684,29 @@ mod floor {
         let mut clients = Clients::start(addr, &delta_only)?;
         clients.expect("ready")?;
         let rss_connected = rss_kib();
-        let t0 = SystemTime::now();
-        change_tx.send_replace(Some(Arc::new(response(LDS, &diff, "f-3"))));
-        let lines = clients.expect("done")?;
-        let lat = latencies(&lines, t0);
+        // The same change again in every round, under a new nonce: the floor does not look
+        // at what it sends.
+        let mut p99_ms = Vec::with_capacity(opts.rounds.max(1));
+        for round in 0..opts.rounds.max(1) {
+            // Each change reaches an idle fleet and server, as the server's rounds do.
+            settle().await;
+            let t0 = SystemTime::now();
+            let nonce = format!("f-{}", round + 3);
+            change_tx.send_replace(Some(Arc::new(response(LDS, &diff, &nonce))));
+            let lines = clients.expect("done")?;
+            p99_ms.push(percentile(&latencies(&lines, t0), 0.99));
+        }
         clients.stop();
         shutdown.cancel();
         let _ = task.await;
-        Ok(Floor {
-            p99_ms: percentile(&lat, 0.99),
+        Ok(Rounds {
+            p99_ms,
             rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         })
     }
 }
 
-/// The floor alone (`bench-floor`), printing `{"p99_ms", "rss_per_stream_kib"}`.
+/// The floor alone (`bench-floor`), printing `{"p99_rounds_ms": [..], "rss_per_stream_kib"}`.
 pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
     let first = snapshot(model(opts.clusters, 0), None);
     let changed = snapshot(model(opts.clusters, 1), Some(&first));
@@ -636,17 +722,17 @@ pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
     .await?;
     println!(
         "{}",
-        json!({"p99_ms": f.p99_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
+        json!({"p99_rounds_ms": f.p99_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
     );
     Ok(())
 }
 
-/// The simulated Envoys (`bench-client`): opens the streams, syncs, prints `ready`, ACKs
-/// the next push on every stream, prints `ack <unix micros>` per stream and `done`, then
-/// keeps the streams open until stdin closes.
+/// The simulated Envoys (`bench-client`): opens the streams, syncs, prints `ready`, then
+/// for each round ACKs the next push on every stream and prints `ack <unix micros>` per
+/// stream and `done`, until stdin closes.
 pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow::Result<()> {
-    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(streams.max(1));
-    let (ack_tx, mut ack_rx) = mpsc::channel::<u128>(streams.max(1));
+    let (ready_tx, ready_rx) = mpsc::channel::<()>(streams.max(1));
+    let (ack_tx, ack_rx) = mpsc::channel::<u128>(streams.max(1));
     let sotw = (streams as f64 * sotw_share).round() as usize;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -677,28 +763,7 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
         let mut s = String::new();
         let _ = std::io::stdin().read_line(&mut s);
     });
-    let report = async move {
-        let mut stdout = std::io::stdout();
-        for _ in 0..streams {
-            ready_rx
-                .recv()
-                .await
-                .context("a stream failed before it synced")?;
-        }
-        writeln!(stdout, "ready")?;
-        stdout.flush()?;
-        for _ in 0..streams {
-            let at = ack_rx
-                .recv()
-                .await
-                .context("a stream failed before it ACKed the change")?;
-            writeln!(stdout, "ack {at}")?;
-        }
-        writeln!(stdout, "done")?;
-        stdout.flush()?;
-        // Keep the connections until told to go.
-        std::future::pending::<anyhow::Result<()>>().await
-    };
+    let report = report_rounds(streams, ready_rx, ack_rx);
     tokio::select! {
         result = report => result?,
         // One failed stream fails the run, with its reason, instead of leaving the others
@@ -710,6 +775,35 @@ pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow
         t.abort();
     }
     Ok(())
+}
+
+/// Prints `ready` once every stream has synced, then each round's `ack <unix micros>` lines
+/// and `done`; returns only when a stream failed.
+async fn report_rounds(
+    streams: usize,
+    mut ready_rx: mpsc::Receiver<()>,
+    mut ack_rx: mpsc::Receiver<u128>,
+) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout();
+    for _ in 0..streams {
+        ready_rx
+            .recv()
+            .await
+            .context("a stream failed before it synced")?;
+    }
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    loop {
+        for _ in 0..streams {
+            let at = ack_rx
+                .recv()
+                .await
+                .context("a stream failed before it ACKed the change")?;
+            writeln!(stdout, "ack {at}")?;
+        }
+        writeln!(stdout, "done")?;
+        stdout.flush()?;
+    }
 }
 
 fn node(i: usize) -> Option<Node> {
@@ -800,14 +894,13 @@ async fn delta_stream(
     tx.send(req(LDS, &lds.nonce, None)).await?;
     drop(permit);
     ready.send(()).await?;
-    let change = next(&mut responses, CHANGE_WAIT, "the push of the change").await?;
-    tx.send(req(&change.type_url, &change.nonce, None)).await?;
-    ack.send(now_micros()).await?;
-    // Hold the stream open (and keep answering) until the process ends.
-    while let Some(r) = responses.message().await? {
-        tx.send(req(&r.type_url, &r.nonce, None)).await?;
+    // Each push after the sync is a change of the measurement: ACK it and report when, until
+    // the process ends.
+    loop {
+        let change = next(&mut responses, CHANGE_WAIT, "the push of a change").await?;
+        tx.send(req(&change.type_url, &change.nonce, None)).await?;
+        ack.send(now_micros()).await?;
     }
-    Ok(())
 }
 
 async fn sotw_stream(
@@ -846,28 +939,33 @@ async fn sotw_stream(
         .await?;
     drop(permit);
     ready.send(()).await?;
-    let change = next(&mut responses, CHANGE_WAIT, "the push of the change").await?;
-    tx.send(req(
-        &change.type_url,
-        &change.version_info,
-        &change.nonce,
-        None,
-    ))
-    .await?;
-    ack.send(now_micros()).await?;
-    while let Some(r) = responses.message().await? {
-        tx.send(req(&r.type_url, &r.version_info, &r.nonce, None))
-            .await?;
+    loop {
+        let change = next(&mut responses, CHANGE_WAIT, "the push of a change").await?;
+        tx.send(req(
+            &change.type_url,
+            &change.version_info,
+            &change.nonce,
+            None,
+        ))
+        .await?;
+        ack.send(now_micros()).await?;
     }
-    Ok(())
+}
+
+fn ms_list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The report as text lines.
 pub fn text(r: &Report) -> String {
     format!(
         "streams {} (SotW share {}), RedisClusters {}\n\
-         change to ACK: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms)\n\
-         floor (same bytes, minimal server): p99 {:.1} ms; ratio to floor {:.2}\n\
+         change to ACK, the round with the median p99 of {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms); p99 by round: {}\n\
+         floor (same bytes, minimal server): p99 {:.1} ms (median; by round: {}); ratio to floor {:.2}\n\
          server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
          after every stream left: RSS {:.0}% of before ({:.0} KiB more, of which jemalloc's metadata {:.0} KiB), a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
          compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms\n\
@@ -875,11 +973,14 @@ pub fn text(r: &Report) -> String {
         r.streams,
         r.sotw_share,
         r.clusters,
+        r.rounds,
         r.p50_ms,
         r.p99_ms,
         r.max_ms,
         r.debounce_quiet_ms,
+        ms_list(&r.p99_rounds_ms),
         r.floor_p99_ms,
+        ms_list(&r.floor_p99_rounds_ms),
         r.ratio_to_floor,
         r.cpu_s,
         r.rss_per_stream_kib,

@@ -241,6 +241,11 @@ struct BenchArgs {
     /// Share of streams speaking State of the World instead of Delta.
     #[arg(long, default_value_t = 0.0)]
     sotw_share: f64,
+    /// Changes pushed to the synced fleet, one after another; the latency figures are the
+    /// round with the median p99 (and the floor's p99 is its median over as many rounds),
+    /// so that one unlucky scheduling of a shared machine does not decide a figure.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// End with one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -329,6 +334,7 @@ pub fn main() -> ExitCode {
                     streams: args.streams,
                     clusters: args.clusters.max(3),
                     sotw_share: 0.0,
+                    rounds: args.rounds as usize,
                 }))
             })
             .map(|()| ExitCode::SUCCESS),
@@ -612,6 +618,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         streams: args.streams,
         clusters: args.clusters.max(3),
         sotw_share: args.sotw_share,
+        rounds: args.rounds as usize,
     };
     let report = runtime()?.block_on(crate::bench::run(opts))?;
     println!("{}", crate::bench::text(&report));

@@ -13,6 +13,8 @@ fn bench_reports_every_figure_at_100_streams() {
         "10",
         "--sotw-share",
         "0.2",
+        "--rounds",
+        "3",
         "--json",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -74,6 +76,26 @@ fn bench_reports_every_figure_at_100_streams() {
     assert!(
         profiled_kib > heap_kib * 0.5 && profiled_kib < heap_kib * 1.5,
         "size classes {profiled_kib:.1} KiB per stream against a live heap of {heap_kib:.1} KiB: {last}"
+    );
+    // Three changes were measured on the server and three on the floor; the figures are the
+    // medians.
+    let median = |key: &str| {
+        let mut v: Vec<f64> = r[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} missing in {last}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(v.len(), 3, "{key}: {last}");
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    assert_eq!(r["rounds"], 3);
+    assert_eq!(p99, median("p99_rounds_ms"), "{last}");
+    assert_eq!(
+        r["floor_p99_ms"].as_f64().unwrap(),
+        median("floor_p99_rounds_ms"),
+        "{last}"
     );
     assert!(
         stdout.contains("production adds 100 ms"),
