@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
 use envoy_types::pb::google::protobuf::{Struct, value::Kind};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -63,14 +63,6 @@ pub(super) type Outgoing = Result<Box<Response>, Box<Status>>;
 pub(super) type ResponseSender = futures_channel::mpsc::Sender<Outgoing>;
 /// The response body's side.
 pub(super) type ResponseReceiver = futures_channel::mpsc::Receiver<Outgoing>;
-
-/// Queues `item`, waiting for room; `Err` when the response body is gone.
-async fn send(responses: &mut ResponseSender, item: Outgoing) -> Result<(), ()> {
-    std::future::poll_fn(|cx| responses.poll_ready(cx))
-        .await
-        .map_err(drop)?;
-    responses.start_send(item).map_err(drop)
-}
 
 /// A response of either variant, as it goes on the wire: the resources are the snapshot's
 /// encoded bytes, shared with every other stream that sends them, and are copied once,
@@ -193,7 +185,8 @@ pub(super) async fn end_with(
     shutdown: &CancellationToken,
 ) {
     tokio::select! {
-        _ = send(responses, Err(Box::new(status))) => {}
+        // `feed`, not `send`: queued is enough; `send` would also wait for room for a next.
+        _ = responses.feed(Err(Box::new(status))) => {}
         () = shutdown.cancelled() => {}
     }
 }
@@ -505,7 +498,7 @@ impl Stream {
                 // A client that stopped reading fills the queue; shutdown must not wait
                 // for it.
                 tokio::select! {
-                    sent = send(responses, Ok(Box::new(response))) => if sent.is_err() {
+                    sent = responses.feed(Ok(Box::new(response))) => if sent.is_err() {
                         return Err(Status::cancelled("client went away"));
                     },
                     () = self.ctx.shutdown.cancelled() => return Ok(()),
