@@ -452,21 +452,9 @@ fn redirect_refresh_without_redirection(dir: &Path) {
             .sum()
     };
     let key = "stale:key";
-    let slot = cluster.servers[0].conn().ok(&["CLUSTER", "KEYSLOT", key]);
-    // Moves the key's (empty) slot to the next primary on every server; returns the new
-    // owner's port.
-    let move_slot = || -> u16 {
-        let owner = cluster
-            .servers
-            .iter()
-            .position(|s| !s.conn().cmd(&["GET", key]).unwrap().is_error())
-            .expect("an owner of the slot");
-        let target = &cluster.servers[(owner + 1) % cluster.servers.len()];
-        let id = target.conn().ok(&["CLUSTER", "MYID"]);
-        for s in &cluster.servers {
-            s.conn().ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &id]);
-        }
-        target.port
+    let move_slot = || {
+        let (slot, _, target) = cluster.move_slot_of(key);
+        (slot, cluster.servers[target].port)
     };
     let serving = || {
         wait_until("the sidecar serves", || {
@@ -480,7 +468,7 @@ fn redirect_refresh_without_redirection(dir: &Path) {
     let e = envoy(dir, &bootstrap(false), port);
     let mut c = serving();
     let asked = slots_asked();
-    let new_owner = move_slot();
+    let (slot, new_owner) = move_slot();
     let moved = format!("MOVED {slot} 127.0.0.1:{new_owner}");
     // A refresh takes Envoy milliseconds after the first redirection it counts (the control
     // below); a whole second of redirections gets none. A slow machine can only make this

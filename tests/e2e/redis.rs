@@ -277,6 +277,25 @@ impl Cluster {
         conn(port, self.password.as_deref())
     }
 
+    /// Moves the hash slot of `key`, which must hold no keys, from its owner to the next
+    /// server, on every server (`CLUSTER SETSLOT <slot> NODE`), as a finished migration
+    /// leaves it: the old owner answers `MOVED` for it from then on. For clusters of
+    /// primaries only. Returns the slot and the indexes of the old and the new owner.
+    pub fn move_slot_of(&self, key: &str) -> (String, usize, usize) {
+        let slot = self.servers[0].conn().ok(&["CLUSTER", "KEYSLOT", key]);
+        let owner = self
+            .servers
+            .iter()
+            .position(|s| !s.conn().cmd(&["EXISTS", key]).unwrap().is_error())
+            .expect("an owner of the slot");
+        let target = (owner + 1) % self.servers.len();
+        let id = self.servers[target].conn().ok(&["CLUSTER", "MYID"]);
+        for s in &self.servers {
+            s.conn().ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &id]);
+        }
+        (slot, owner, target)
+    }
+
     pub fn static_entries(&self) -> String {
         self.servers
             .iter()

@@ -458,20 +458,10 @@ fn moved_to_host_names(f: &Fixture) {
         ),
     )]);
     let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
-    // The owner of the key's slot is the server that answers it instead of redirecting.
+    // The key's slot moves away from the server that owned it.
     let key = "moved:key";
-    let slot = cluster.servers[0].conn().ok(&["CLUSTER", "KEYSLOT", key]);
-    let owner = cluster
-        .servers
-        .iter()
-        .position(|s| !s.conn().cmd(&["EXISTS", key]).unwrap().is_error())
-        .expect("an owner of the slot");
-    let target = &cluster.servers[(owner + 1) % cluster.servers.len()];
-    let target_id = target.conn().ok(&["CLUSTER", "MYID"]);
-    for s in &cluster.servers {
-        s.conn()
-            .ok(&["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]);
-    }
+    let (slot, owner, target) = cluster.move_slot_of(key);
+    let target = &cluster.servers[target];
     let moved = cluster.servers[owner]
         .conn()
         .cmd(&["SET", key, "x"])
