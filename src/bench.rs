@@ -307,29 +307,12 @@ struct Round {
     cpu_s: f64,
 }
 
-/// The round with the median p99 (the lower middle one of an even count).
-fn median_round(rounds: &[Round]) -> Round {
-    let mut sorted = rounds.to_vec();
-    sorted.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
-    sorted
-        .get((sorted.len().max(1) - 1) / 2)
-        .copied()
-        .unwrap_or(Round {
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            max_ms: f64::NAN,
-            cpu_s: f64::NAN,
-        })
-}
-
-/// The median of `values` (the lower middle one of an even count; NaN for none).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted
-        .get((sorted.len().max(1) - 1) / 2)
-        .copied()
-        .unwrap_or(f64::NAN)
+/// The item with the median `key` (the lower middle one of an even count); `None` for
+/// none.
+fn median_by<T: Copy>(items: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted = items.to_vec();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted.get(sorted.len().checked_sub(1)? / 2).copied()
 }
 
 /// Runs the benchmark.
@@ -414,8 +397,12 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     // Each change arrives as a model (the sources' output); the clock starts before the
     // compile. Every round starts from an idle fleet, as the first one does.
     let mut current = first;
-    let mut rounds: Vec<Round> = Vec::with_capacity(opts.rounds.max(1));
-    for variant in 1..=opts.rounds.max(1) {
+    let opts = BenchOptions {
+        rounds: opts.rounds.max(1),
+        ..opts
+    };
+    let mut rounds: Vec<Round> = Vec::with_capacity(opts.rounds);
+    for variant in 1..=opts.rounds {
         if variant > 1 {
             idle().await;
         }
@@ -482,7 +469,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
             "--clusters",
             &opts.clusters.to_string(),
             "--rounds",
-            &opts.rounds.max(1).to_string(),
+            &opts.rounds.to_string(),
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -496,13 +483,11 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .as_array()
         .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
         .unwrap_or_default();
-    let floor = floor::Floor {
-        p99_ms: median(&floor_p99_rounds_ms),
-        rss_per_stream_kib: floor["rss_per_stream_kib"].as_f64().unwrap_or(f64::NAN),
-    };
+    let floor_p99_ms = median_by(&floor_p99_rounds_ms, |v| *v).unwrap_or(f64::NAN);
+    let floor_rss_per_stream_kib = floor["rss_per_stream_kib"].as_f64().unwrap_or(f64::NAN);
 
     let p99_rounds_ms: Vec<f64> = rounds.iter().map(|r| r.p99_ms).collect();
-    let typical = median_round(&rounds);
+    let typical = median_by(&rounds, |r| r.p99_ms).expect("at least one round");
     Ok(Report {
         streams: opts.streams,
         clusters: opts.clusters,
@@ -523,9 +508,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         heap_retained_kib: heap_retained,
         compile_ms,
         recompile_ms,
-        floor_p99_ms: floor.p99_ms,
-        floor_rss_per_stream_kib: floor.rss_per_stream_kib,
-        ratio_to_floor: typical.p99_ms / floor.p99_ms,
+        floor_p99_ms,
+        floor_rss_per_stream_kib,
+        ratio_to_floor: typical.p99_ms / floor_p99_ms,
         debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
         heap_classes_per_stream,
     })
@@ -543,16 +528,10 @@ mod floor {
     use std::pin::Pin;
     use tonic::{Request, Response, Status, Streaming};
 
-    pub struct Floor {
-        /// The median p99 of the rounds, ms (in the floor's own process: each round's).
-        pub p99_ms: f64,
-        pub rss_per_stream_kib: f64,
-    }
-
     /// What the floor's process reports: the p99 of each round, ms, and the RSS growth per
     /// stream, KiB.
-    pub struct Rounds {
-        pub p99_ms: Vec<f64>,
+    pub struct Floor {
+        pub p99_rounds_ms: Vec<f64>,
         pub rss_per_stream_kib: f64,
     }
 
@@ -640,7 +619,7 @@ mod floor {
         opts: &BenchOptions,
         initial: &crate::xds::ProxyResources,
         changed: &crate::xds::ProxyResources,
-    ) -> anyhow::Result<Rounds> {
+    ) -> anyhow::Result<Floor> {
         // The change: exactly the listeners whose bytes differ, as the real server sends.
         let diff: crate::xds::ResourceMap = changed
             .listeners
@@ -686,7 +665,7 @@ mod floor {
         let rss_connected = rss_kib();
         // The same change again in every round, under a new nonce: the floor does not look
         // at what it sends.
-        let mut p99_ms = Vec::with_capacity(opts.rounds.max(1));
+        let mut p99_rounds_ms = Vec::with_capacity(opts.rounds);
         for round in 0..opts.rounds.max(1) {
             // Each change reaches an idle fleet and server, as the server's rounds do.
             settle().await;
@@ -694,13 +673,13 @@ mod floor {
             let nonce = format!("f-{}", round + 3);
             change_tx.send_replace(Some(Arc::new(response(LDS, &diff, &nonce))));
             let lines = clients.expect("done")?;
-            p99_ms.push(percentile(&latencies(&lines, t0), 0.99));
+            p99_rounds_ms.push(percentile(&latencies(&lines, t0), 0.99));
         }
         clients.stop();
         shutdown.cancel();
         let _ = task.await;
-        Ok(Rounds {
-            p99_ms,
+        Ok(Floor {
+            p99_rounds_ms,
             rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         })
     }
@@ -722,7 +701,7 @@ pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
     .await?;
     println!(
         "{}",
-        json!({"p99_rounds_ms": f.p99_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
+        json!({"p99_rounds_ms": f.p99_rounds_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
     );
     Ok(())
 }
