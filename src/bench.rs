@@ -96,6 +96,9 @@ pub struct Report {
     pub recompile_ms: f64,
     /// The floor's change-to-ACK p99, the median of its rounds.
     pub floor_p99_ms: f64,
+    /// The floor's CPU time from the change to the last ACK, s, in its round with the
+    /// median p99 (as [`Report::cpu_s`] for the server).
+    pub floor_cpu_s: f64,
     /// The floor's RSS growth per stream.
     pub floor_rss_per_stream_kib: f64,
     /// p99_ms / floor_p99_ms: two medians.
@@ -483,7 +486,17 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .as_array()
         .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
         .unwrap_or_default();
-    let floor_p99_ms = median_by(&floor_p99_rounds_ms, |v| *v).unwrap_or(f64::NAN);
+    let floor_cpu_rounds_s: Vec<f64> = floor["cpu_rounds_s"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    let floor_rounds: Vec<(f64, f64)> = floor_p99_rounds_ms
+        .iter()
+        .copied()
+        .zip(floor_cpu_rounds_s.iter().copied())
+        .collect();
+    let (floor_p99_ms, floor_cpu_s) =
+        median_by(&floor_rounds, |r| r.0).unwrap_or((f64::NAN, f64::NAN));
     let floor_rss_per_stream_kib = floor["rss_per_stream_kib"].as_f64().unwrap_or(f64::NAN);
 
     let p99_rounds_ms: Vec<f64> = rounds.iter().map(|r| r.p99_ms).collect();
@@ -509,6 +522,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         compile_ms,
         recompile_ms,
         floor_p99_ms,
+        floor_cpu_s,
         floor_rss_per_stream_kib,
         ratio_to_floor: typical.p99_ms / floor_p99_ms,
         debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
@@ -532,6 +546,7 @@ mod floor {
     /// stream, KiB.
     pub struct Floor {
         pub p99_rounds_ms: Vec<f64>,
+        pub cpu_rounds_s: Vec<f64>,
         pub rss_per_stream_kib: f64,
     }
 
@@ -666,13 +681,16 @@ mod floor {
         // The same change again in every round, under a new nonce: the floor does not look
         // at what it sends.
         let mut p99_rounds_ms = Vec::with_capacity(opts.rounds);
+        let mut cpu_rounds_s = Vec::with_capacity(opts.rounds);
         for round in 0..opts.rounds.max(1) {
             // Each change reaches an idle fleet and server, as the server's rounds do.
             settle().await;
+            let cpu0 = cpu_s();
             let t0 = SystemTime::now();
             let nonce = format!("f-{}", round + 3);
             change_tx.send_replace(Some(Arc::new(response(LDS, &diff, &nonce))));
             let lines = clients.expect("done")?;
+            cpu_rounds_s.push(cpu_s() - cpu0);
             p99_rounds_ms.push(percentile(&latencies(&lines, t0), 0.99));
         }
         clients.stop();
@@ -680,6 +698,7 @@ mod floor {
         let _ = task.await;
         Ok(Floor {
             p99_rounds_ms,
+            cpu_rounds_s,
             rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
         })
     }
@@ -701,7 +720,11 @@ pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
     .await?;
     println!(
         "{}",
-        json!({"p99_rounds_ms": f.p99_rounds_ms, "rss_per_stream_kib": f.rss_per_stream_kib})
+        json!({
+            "p99_rounds_ms": f.p99_rounds_ms,
+            "cpu_rounds_s": f.cpu_rounds_s,
+            "rss_per_stream_kib": f.rss_per_stream_kib,
+        })
     );
     Ok(())
 }
@@ -945,7 +968,7 @@ pub fn text(r: &Report) -> String {
         "streams {} (SotW share {}), RedisClusters {}\n\
          change to ACK, the round with the median p99 of {}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (debounce quiet period 0; production adds {:.0} ms); p99 by round: {}\n\
          floor (same bytes, minimal server): p99 {:.1} ms (median; by round: {}); ratio to floor {:.2}\n\
-         server CPU {:.2} s; RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
+         server CPU {:.2} s (floor {:.2} s); RSS per idle stream {:.1} KiB (floor {:.1} KiB), live heap per stream {:.1} KiB\n\
          after every stream left: RSS {:.0}% of before ({:.0} KiB more, of which jemalloc's metadata {:.0} KiB), a further fleet {:.0}% of the one before; heap kept {:.0} KiB\n\
          compile of {} RedisClusters: {:.1} ms; of the change: {:.1} ms\n\
          live heap per idle stream by size class (bytes x allocations): {}",
@@ -962,6 +985,7 @@ pub fn text(r: &Report) -> String {
         ms_list(&r.floor_p99_rounds_ms),
         r.ratio_to_floor,
         r.cpu_s,
+        r.floor_cpu_s,
         r.rss_per_stream_kib,
         r.floor_rss_per_stream_kib,
         r.heap_per_stream_kib,
