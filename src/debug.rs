@@ -162,10 +162,10 @@ fn proxy_json(p: &ProxyStatus) -> Value {
                 kind.short().to_owned(),
                 json!({
                     "state": sync_state(t),
-                    "desired_version": t.desired_version,
-                    "sent_version": t.sent_version,
-                    "acked_version": t.acked_version,
-                    "nonce": t.nonce,
+                    "desired_version": t.desired_version.as_deref(),
+                    "sent_version": t.sent_version.as_deref(),
+                    "acked_version": t.acked_version.as_deref(),
+                    "nonce": t.nonce.as_deref(),
                     "resources": t.sent.len(),
                     "last_nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at": time(n.at)})),
                 }),
@@ -210,7 +210,10 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let eds = p.types.get(&ResourceType::Endpoint);
     let lds = p.types.get(&ResourceType::Listener);
     let clusters = admin::ClustersConfigDump {
-        version_info: cds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
+        version_info: cds
+            .and_then(|t| t.sent_version.as_deref())
+            .unwrap_or_default()
+            .to_owned(),
         dynamic_active_clusters: resources(cds)
             .map(|(_, r)| admin::clusters_config_dump::DynamicCluster {
                 version_info: r.version.clone(),
@@ -233,7 +236,10 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
         ..Default::default()
     };
     let listeners = admin::ListenersConfigDump {
-        version_info: lds.and_then(|t| t.sent_version.clone()).unwrap_or_default(),
+        version_info: lds
+            .and_then(|t| t.sent_version.as_deref())
+            .unwrap_or_default()
+            .to_owned(),
         dynamic_listeners: resources(lds)
             .map(|(name, r)| admin::listeners_config_dump::DynamicListener {
                 name: name.clone(),
@@ -365,10 +371,12 @@ mod tests {
             sent_version: sent.map(Into::into),
             acked_version: acked.map(Into::into),
             pending,
-            nack: nack.then(|| crate::xds::tracker::Nack {
-                version: "v2".into(),
-                message: "bad".into(),
-                at: SystemTime::UNIX_EPOCH,
+            nack: nack.then(|| {
+                std::sync::Arc::new(crate::xds::tracker::Nack {
+                    version: "v2".into(),
+                    message: "bad".into(),
+                    at: SystemTime::UNIX_EPOCH,
+                })
             }),
             ..Default::default()
         }

@@ -2,7 +2,7 @@
 //! Written by the stream handlers, read by the debug view and status.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::resource::{NodeIdentity, ResourceType};
@@ -27,24 +27,26 @@ impl Variant {
     }
 }
 
-/// One type's state on one stream.
+/// One type's state on one stream. The versions, the nonce and the NACK are the stream
+/// tracker's own, shared: a stream publishes its status after every request and response,
+/// and that costs reference counts, not copies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeStatus {
     /// Version of the state this proxy should hold now.
-    pub desired_version: Option<String>,
+    pub desired_version: Option<Arc<str>>,
     /// Version of the last response sent.
-    pub sent_version: Option<String>,
+    pub sent_version: Option<Arc<str>>,
     /// Nonce of the last response sent.
-    pub nonce: Option<String>,
+    pub nonce: Option<Arc<str>>,
     /// Version the proxy last ACKed.
-    pub acked_version: Option<String>,
+    pub acked_version: Option<Arc<str>>,
     /// A response awaits its ACK or NACK.
     pub pending: bool,
     /// The last NACK, until a later ACK.
-    pub nack: Option<Nack>,
+    pub nack: Option<Arc<Nack>>,
     /// The resources of the last response, as the proxy holds them once applied (for the
     /// config dump). Shared with the snapshot, not copied.
-    pub sent: std::sync::Arc<State>,
+    pub sent: Arc<State>,
 }
 
 /// One connected stream.
@@ -104,21 +106,44 @@ impl FromIterator<(ResourceType, TypeStatus)> for TypeStatuses {
     }
 }
 
+/// One stream's place in the [`Registry`]: the stream updates its own status here, under
+/// a lock of its own, so that its updates neither take the registry's lock nor wait for
+/// other streams'.
+#[derive(Debug)]
+pub struct Entry(Mutex<ProxyStatus>);
+
+impl Entry {
+    /// Replaces the stream's per-type status.
+    pub fn set_types(&self, types: TypeStatuses) {
+        // Swapped under the lock, dropped after it.
+        let old = std::mem::replace(&mut lock(&self.0).types, types);
+        drop(old);
+    }
+
+    fn get(&self) -> ProxyStatus {
+        lock(&self.0).clone()
+    }
+}
+
 /// All connected streams.
 #[derive(Debug, Default)]
 pub struct Registry {
-    streams: Mutex<HashMap<u64, ProxyStatus>>,
+    streams: Mutex<HashMap<u64, Arc<Entry>>>,
 }
 
 impl Registry {
-    /// Adds or replaces a stream's status.
-    pub fn put(&self, status: ProxyStatus) {
-        self.lock().insert(status.stream, status);
+    /// Adds a stream (or replaces the one with its id) and returns its entry, through which
+    /// the stream updates its status from then on.
+    pub fn put(&self, status: ProxyStatus) -> Arc<Entry> {
+        let entry = Arc::new(Entry(Mutex::new(status)));
+        let stream = lock(&entry.0).stream;
+        lock(&self.streams).insert(stream, Arc::clone(&entry));
+        entry
     }
 
     /// Forgets a stream; returns how many are still connected.
     pub fn remove(&self, stream: u64) -> usize {
-        let mut streams = self.lock();
+        let mut streams = lock(&self.streams);
         streams.remove(&stream);
         // A table sized for a fleet that has left would be kept for good otherwise.
         if streams.capacity() > 64 && streams.len() * 4 < streams.capacity() {
@@ -130,34 +155,38 @@ impl Registry {
 
     /// Number of connected streams.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.streams).len()
     }
 
     /// Whether no stream is connected.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        lock(&self.streams).is_empty()
     }
 
     /// Every stream, ordered by node id then stream id.
     pub fn list(&self) -> Vec<ProxyStatus> {
-        let mut out: Vec<ProxyStatus> = self.lock().values().cloned().collect();
+        // The entries are taken out of the registry's lock first: a stream updating its
+        // status never waits for this copy of every other stream's.
+        let entries: Vec<Arc<Entry>> = lock(&self.streams).values().cloned().collect();
+        let mut out: Vec<ProxyStatus> = entries.iter().map(|e| e.get()).collect();
         out.sort_by(|a, b| (&a.node_id, a.stream).cmp(&(&b.node_id, b.stream)));
         out
     }
 
     /// Number of connected streams per variant.
     pub fn count(&self, variant: Variant) -> usize {
-        self.lock()
-            .values()
-            .filter(|s| s.variant == variant)
+        let entries: Vec<Arc<Entry>> = lock(&self.streams).values().cloned().collect();
+        entries
+            .iter()
+            .filter(|e| lock(&e.0).variant == variant)
             .count()
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ProxyStatus>> {
-        // A panic while holding the lock cannot leave the map half-updated (every update is
-        // one insert or remove), so a poisoned lock is still usable.
-        self.streams.lock().unwrap_or_else(|e| e.into_inner())
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the value half-updated (every
+    // update is one insert, remove or swap), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -203,22 +232,47 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_should_update_its_status_through_its_entry() {
+        let r = Registry::default();
+        let entry = r.put(status(7));
+        r.put(status(8));
+        let synced = TypeStatus {
+            acked_version: Some("v1".into()),
+            ..Default::default()
+        };
+        entry.set_types(
+            [(ResourceType::Cluster, synced.clone())]
+                .into_iter()
+                .collect(),
+        );
+        let all = r.list();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].stream, 7);
+        assert_eq!(all[0].types.get(&ResourceType::Cluster), Some(&synced));
+        assert_eq!(all[1].types.iter().count(), 0, "stream 8 is untouched");
+        assert_eq!(r.count(Variant::Delta), 2);
+        assert_eq!(r.count(Variant::Sotw), 0);
+        // Once removed, a late update through the entry does not bring the stream back.
+        assert_eq!(r.remove(7), 1);
+        entry.set_types(TypeStatuses::default());
+        let left: Vec<u64> = r.list().iter().map(|s| s.stream).collect();
+        assert_eq!(left, [8]);
+    }
+
+    #[test]
     fn should_give_back_the_table_of_a_fleet_that_left() {
         let r = Registry::default();
         for i in 0..5000 {
             r.put(status(i));
         }
-        let full = r.lock().capacity();
+        let full = lock(&r.streams).capacity();
         assert!(full >= 5000);
         for i in 0..4990 {
             r.remove(i);
         }
         assert_eq!(r.len(), 10);
-        assert!(
-            r.lock().capacity() < full / 10,
-            "kept {}",
-            r.lock().capacity()
-        );
+        let kept = lock(&r.streams).capacity();
+        assert!(kept < full / 10, "kept {kept}");
         // The streams still connected are all there.
         let left: Vec<u64> = r.list().iter().map(|s| s.stream).collect();
         assert_eq!(left, (4990..5000).collect::<Vec<_>>());

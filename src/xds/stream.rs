@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, warn};
 
-use super::registry::{ProxyStatus, Registry, TypeStatus, Variant};
+use super::registry::{Entry, ProxyStatus, Registry, TypeStatuses, Variant};
 use super::resource::{
     NodeIdentity, PerType, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType,
     TYPES,
@@ -138,7 +138,9 @@ pub(super) struct Stream {
     /// does not walk every resource of the proxy again.
     dirty: PerType<bool>,
     /// Per type, the version of the state the proxy should hold, as of the last planning.
-    desired_versions: PerType<Option<Box<str>>>,
+    desired_versions: PerType<Option<Arc<str>>>,
+    /// Where this stream's status is in the registry, from its first publication.
+    entry: Option<Arc<Entry>>,
     nonces: u64,
 }
 
@@ -260,6 +262,7 @@ impl Stream {
             trackers: PerType::from_fn(TypeTracker::new),
             dirty: PerType::from_fn(|_| true),
             desired_versions: PerType::default(),
+            entry: None,
             nonces: 0,
         })
     }
@@ -487,7 +490,9 @@ impl Stream {
             } else {
                 tracker.desired_version(available)
             };
-            self.desired_versions[kind] = Some(desired.into_boxed_str());
+            if self.desired_versions[kind].as_deref() != Some(desired.as_str()) {
+                self.desired_versions[kind] = Some(desired.into());
+            }
             if kind == ResourceType::Listener && !self.listeners_ready(&view) {
                 debug!("listeners wait for their clusters");
                 continue;
@@ -626,35 +631,28 @@ impl Stream {
         self.ctx.shared.available.get_or(key, alive, compute)
     }
 
-    fn publish_status(&self) {
-        let types = self
-            .trackers
-            .iter()
-            .filter(|(_, t)| t.is_initialized())
-            .map(|(kind, t)| {
-                let desired_version = self.desired_versions[kind].as_deref().map(str::to_owned);
-                (
-                    kind,
-                    TypeStatus {
-                        desired_version,
-                        sent_version: t.sent_version().map(str::to_owned),
-                        nonce: t.last_nonce().map(str::to_owned),
-                        acked_version: t.acked_version().map(str::to_owned),
-                        pending: t.is_pending(),
-                        nack: t.nack().cloned(),
-                        sent: t.sent_shared(),
-                    },
-                )
-            })
-            .collect();
-        self.ctx.registry.put(ProxyStatus {
-            stream: self.ctx.id,
-            node_id: self.node_id.clone(),
-            identity: self.identity.clone(),
-            variant: self.ctx.variant,
-            connected_at: self.connected_at,
-            types,
-        });
+    /// Publishes the stream's status, after every request and response: reference counts
+    /// on what the trackers hold and one small allocation, under the stream's own lock.
+    fn publish_status(&mut self) {
+        // Sized exactly, so that boxing it does not reallocate.
+        let asked = || self.trackers.iter().filter(|(_, t)| t.is_initialized());
+        let mut types = Vec::with_capacity(asked().count());
+        types
+            .extend(asked().map(|(kind, t)| (kind, t.status(self.desired_versions[kind].clone()))));
+        let types: TypeStatuses = types.into_iter().collect();
+        match &self.entry {
+            Some(entry) => entry.set_types(types),
+            None => {
+                self.entry = Some(self.ctx.registry.put(ProxyStatus {
+                    stream: self.ctx.id,
+                    node_id: self.node_id.clone(),
+                    identity: self.identity.clone(),
+                    variant: self.ctx.variant,
+                    connected_at: self.connected_at,
+                    types,
+                }));
+            }
+        }
     }
 }
 

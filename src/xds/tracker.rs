@@ -49,9 +49,9 @@ pub enum Received {
 
 #[derive(Clone, Debug)]
 struct Pending {
-    nonce: String,
+    nonce: Arc<str>,
     state: Arc<State>,
-    version: String,
+    version: Arc<str>,
 }
 
 /// Protocol state of one resource type on one stream.
@@ -68,12 +68,12 @@ pub struct TypeTracker {
     // Boxed, like `nack`: each is set only part of the time, and inline they would make
     // every idle stream's three trackers larger.
     pending: Option<Box<Pending>>,
-    // `Box<str>`, not `String`: 8 bytes less each, three times per tracker, in every idle
-    // stream.
-    sent_version: Option<Box<str>>,
-    acked_version: Option<Box<str>>,
-    last_nonce: Option<Box<str>>,
-    nack: Option<Box<Nack>>,
+    // `Arc<str>`, not `String`: 8 bytes less each, three times per tracker, in every idle
+    // stream; `pending`, the ACKed version and the registry share one allocation.
+    sent_version: Option<Arc<str>>,
+    acked_version: Option<Arc<str>>,
+    last_nonce: Option<Arc<str>>,
+    nack: Option<Arc<Nack>>,
     reported_missing: BTreeSet<String>,
     /// Set when a request changed what the client subscribes to; the stream takes it to
     /// know the type must be reconsidered even when the request was only an ACK.
@@ -182,6 +182,20 @@ impl TypeTracker {
         &self.names
     }
 
+    /// This type's state for the registry, sharing the tracker's versions, nonce and NACK;
+    /// `desired_version` is the stream's, as of its last planning.
+    pub fn status(&self, desired_version: Option<Arc<str>>) -> super::registry::TypeStatus {
+        super::registry::TypeStatus {
+            desired_version,
+            sent_version: self.sent_version.clone(),
+            nonce: self.last_nonce.clone(),
+            acked_version: self.acked_version.clone(),
+            pending: self.pending.is_some(),
+            nack: self.nack.clone(),
+            sent: Arc::clone(&self.sent),
+        }
+    }
+
     /// Resources of the last response sent, as the client will hold them once applied.
     pub fn sent_shared(&self) -> Arc<State> {
         Arc::clone(&self.sent)
@@ -210,14 +224,14 @@ impl TypeTracker {
     }
 
     fn settle(&mut self, nonce: &str, error: Option<String>, at: SystemTime) -> Option<Received> {
-        let pending = self.pending.take_if(|p| p.nonce == nonce)?;
+        let pending = self.pending.take_if(|p| &*p.nonce == nonce)?;
         Some(match error {
             // "The client ... will send a NACK ... with the error_detail populated." The
             // client keeps its previous state; the rejected version is not sent again (the
             // server's `sent` still holds it, so only a new version differs from it).
             Some(message) => {
-                self.nack = Some(Box::new(Nack {
-                    version: pending.version,
+                self.nack = Some(Arc::new(Nack {
+                    version: pending.version.to_string(),
                     message,
                     at,
                 }));
@@ -225,7 +239,7 @@ impl TypeTracker {
             }
             None => {
                 self.acked = pending.state;
-                self.acked_version = Some(pending.version.into_boxed_str());
+                self.acked_version = Some(pending.version);
                 self.nack = None;
                 Received::Ack
             }
@@ -439,9 +453,11 @@ impl TypeTracker {
     }
 
     fn record(&mut self, nonce: String, state: Arc<State>, version: String) {
+        let nonce: Arc<str> = nonce.into();
+        let version: Arc<str> = version.into();
         self.sent = Arc::clone(&state);
-        self.sent_version = Some(version.as_str().into());
-        self.last_nonce = Some(nonce.as_str().into());
+        self.sent_version = Some(Arc::clone(&version));
+        self.last_nonce = Some(Arc::clone(&nonce));
         self.pending = Some(Box::new(Pending {
             nonce,
             state,
@@ -530,6 +546,39 @@ mod tests {
             Received::Stale,
             "settled nonce"
         );
+    }
+
+    #[test]
+    fn status_should_share_the_trackers_versions_not_copy_them() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        t.on_sotw_request(&[], "", None, NOW);
+        let plan = t.plan_sotw(&map(&[("a", "1")])).unwrap();
+        let version = plan.version.clone();
+        t.sent_sotw("n1".into(), plan);
+        let desired: Arc<str> = version.as_str().into();
+        let sent = t.status(Some(Arc::clone(&desired)));
+        assert!(sent.pending);
+        assert_eq!(sent.sent_version.as_deref(), Some(version.as_str()));
+        assert_eq!(sent.nonce.as_deref(), Some("n1"));
+        assert_eq!(sent.acked_version, None);
+        assert!(Arc::ptr_eq(
+            sent.desired_version.as_ref().unwrap(),
+            &desired
+        ));
+        t.on_sotw_request(&[], "n1", None, NOW);
+        let acked = t.status(None);
+        assert!(!acked.pending);
+        // Once ACKed, the sent and the ACKed version are one allocation, and the status
+        // published before holds that same one.
+        let acked_version = acked.acked_version.as_ref().unwrap();
+        assert!(Arc::ptr_eq(
+            acked_version,
+            acked.sent_version.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            acked_version,
+            sent.sent_version.as_ref().unwrap()
+        ));
     }
 
     #[test]

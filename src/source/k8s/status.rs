@@ -427,11 +427,11 @@ mod tests {
         let nacked = TypeStatus {
             desired_version: Some("v1".into()),
             sent_version: Some("v1".into()),
-            nack: Some(Nack {
+            nack: Some(std::sync::Arc::new(Nack {
                 version: "v1".into(),
                 message: "port in use".into(),
                 at: SystemTime::UNIX_EPOCH,
-            }),
+            })),
             sent: Arc::new([(listener, resource)].into_iter().collect()),
             ..Default::default()
         };
