@@ -34,6 +34,7 @@ fn bench_reports_every_figure_at_100_streams() {
         "cpu_s",
         "rss_per_stream_kib",
         "floor_p99_ms",
+        "floor_cpu_s",
         "ratio_to_floor",
         "heap_per_stream_kib",
         "rss_after_disconnect_ratio",
@@ -54,6 +55,11 @@ fn bench_reports_every_figure_at_100_streams() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{last}");
     assert!(r["floor_p99_ms"].as_f64().unwrap() > 0.0);
+    // A number (NaN, from rounds that did not pair up, would be null).
+    assert!(
+        r["floor_cpu_s"].as_f64().is_some_and(|s| s >= 0.0),
+        "{last}"
+    );
     assert!(r["compile_ms"].as_f64().unwrap() > 0.0, "{last}");
     assert!(r["recompile_ms"].as_f64().unwrap() > 0.0, "{last}");
     // Streams hold memory while connected; the figure is measured, not assumed.
