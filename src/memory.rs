@@ -25,6 +25,14 @@
 //!   for the life of the connection, though they use a fraction of them. With it, an idle
 //!   stream's RSS no longer depends on the size of its first pushes: 33-40 KiB at 100 and
 //!   1,000 RedisClusters, now 26-27 KiB as at 10; pushes within noise (`BENCHMARKS.md`).
+//! - `slab_sizes:1-14336:16`: every small size class (up to 14 KiB) is carved from slabs
+//!   of 16 pages (64 KiB; jemalloc caps the smallest classes lower) instead of the fewest
+//!   pages that fit a whole number of regions (one page for 4 KiB regions, two for 8 KiB).
+//!   jemalloc keeps a record (`edata`) for every extent it ever had at once, in metadata it
+//!   never unmaps, and one page per extent in its page map; each connection's h2 buffers
+//!   had been an extent or two of their own. After a fleet of 10,000 left, RSS stayed at
+//!   114-115% of its start, 7.4-7.8 MB of it those records; with larger slabs 109%, of which
+//!   3.3-4.6 MB records. RSS per idle stream and pushes within noise (`BENCHMARKS.md`).
 //!
 //! jemalloc was chosen over mimalloc by measurement (`BENCHMARKS.md`, "Allocator").
 
@@ -105,6 +113,20 @@ pub fn thread_caches() -> bool {
     tikv_jemalloc_ctl::opt::tcache::read().unwrap_or(true)
 }
 
+/// The slab size, in bytes, from which jemalloc carves regions of `size` bytes; `None` when
+/// `size` is not one of its small size classes (`arenas.bin.<i>.size`, `.slab_size`).
+pub fn slab_size(size: usize) -> Option<usize> {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    let bins: u32 = b"arenas.nbins\0".name().read().ok()?;
+    (0..bins).find_map(|i| {
+        let key = |field: &str| format!("arenas.bin.{i}.{field}\0").into_bytes();
+        let bin_size: usize = key("size").name().read().ok()?;
+        (bin_size == size)
+            .then(|| key("slab_size").name().read().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +141,12 @@ mod tests {
             !thread_caches(),
             "jemalloc's thread caches are on: the options in .cargo/config.toml did not reach the build"
         );
+        assert_eq!(
+            slab_size(8192),
+            Some(64 << 10),
+            "jemalloc's slab sizes are its defaults: the options in .cargo/config.toml did not reach the build"
+        );
+        assert_eq!(slab_size(8200), None, "not a size class");
         let before = heap_in_use().expect("jemalloc statistics");
         let block = vec![7u8; 8 << 20];
         let during = heap_in_use().expect("jemalloc statistics");
