@@ -148,8 +148,8 @@ pub fn own_rules(f: &Fixture) {
     assert_eq!(c.ok(&["PING"]), "PONG");
     drop(e);
 
-    // A timeout under a millisecond: Envoy counts milliseconds, uses 0, and every command
-    // fails.
+    // A timeout under a millisecond: Envoy counts milliseconds, uses 0, and commands that
+    // take a tenth of it fail.
     refused(
         dir,
         &format!("{base}\n  opTimeout: 500us"),
@@ -159,11 +159,24 @@ pub fn own_rules(f: &Fixture) {
     proxy(&mut b)["settings"]["opTimeout"] = json!("0.0005s");
     let e = envoy(dir, &b, port);
     let mut c = Conn::connect(&sidecar).unwrap();
-    let failed = wait_until(
+    let first = wait_until(
         "a command through the sub-millisecond timeout is answered",
         || c.cmd(&["SET", "k", "v"]).ok(),
     );
-    assert!(failed.is_error(), "{failed:?}");
+    // Envoy arms a timer of 0 ms with each request, and a reply read in the same turn of
+    // its event loop still wins some of the time (about half the SETs here), so some
+    // commands fail, not all. A loopback SET takes a tenth of the 0.5 ms asked for: with
+    // the timeout honoured, none of these would.
+    let replies: Vec<_> = std::iter::once(first)
+        .chain((0..19).map(|_| c.cmd(&["SET", "k", "v"]).unwrap()))
+        .collect();
+    let failed: Vec<_> = replies.iter().filter(|r| r.is_error()).collect();
+    println!(
+        "  sub-millisecond opTimeout: {} of 20 SETs failed, first {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(!failed.is_empty(), "{replies:?}");
     drop(e);
 
     // enableHashtagging: false in mode Cluster: Envoy hashes the {...} part anyway. With
