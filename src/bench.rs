@@ -482,14 +482,14 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     }
     let floor: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
-    let floor_p99_rounds_ms: Vec<f64> = floor["p99_rounds_ms"]
-        .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-        .unwrap_or_default();
-    let floor_cpu_rounds_s: Vec<f64> = floor["cpu_rounds_s"]
-        .as_array()
-        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-        .unwrap_or_default();
+    let numbers = |field: &str| -> Vec<f64> {
+        floor[field]
+            .as_array()
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let floor_p99_rounds_ms = numbers("p99_rounds_ms");
+    let floor_cpu_rounds_s = numbers("cpu_rounds_s");
     let floor_rounds: Vec<(f64, f64)> = floor_p99_rounds_ms
         .iter()
         .copied()
