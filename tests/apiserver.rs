@@ -170,13 +170,13 @@ fn should_say_that_the_crd_is_missing_until_it_is_installed() {
         let readyz = common::http_get(&serve.debug, "/readyz")?;
         (readyz.trim() == "ready").then_some(())
     });
-    assert!(
-        serve
-            .log
-            .lock()
-            .unwrap()
-            .contains("the RedisCluster CRD is installed")
-    );
+    // The log is read from serve's stderr by another thread, so the line may reach it a
+    // moment after /readyz already answers.
+    common::wait_until("serve logs that the CRD is installed", || {
+        let log = serve.log.lock().unwrap();
+        log.contains("the RedisCluster CRD is installed")
+            .then_some(())
+    });
 }
 
 fn condition(object: &Value, kind: &str) -> Option<Value> {
