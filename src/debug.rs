@@ -321,7 +321,7 @@ pub fn model_json(snapshot: &Snapshot, dir: Option<&DirState>) -> Value {
     let pods: Vec<Value> = m
         .pods
         .values()
-        .map(|p| json!({"name": p.key.to_string(), "ip": p.ip, "ready": p.ready, "labels": p.labels}))
+        .map(|p| json!({"name": p.key.to_string(), "ip": p.ip, "ready": p.ready, "labels": &*p.labels}))
         .collect();
     let slices: Vec<Value> = m
         .endpoint_slices

@@ -99,8 +99,11 @@ impl RedisClusterObject {
 pub struct Pod {
     /// Identity; the name is the stable endpoint name.
     pub key: ObjectKey,
-    /// Labels matched by `spec.endpoints.selector`.
-    pub labels: Labels,
+    /// Labels matched by `spec.endpoints.selector`. Shared by the Pods that carry the same
+    /// set: the Kubernetes index keeps one copy of each (the replicas of a Deployment carry
+    /// identical labels, and a cluster holds tens of thousands of Pods no RedisCluster
+    /// selects).
+    pub labels: Arc<Labels>,
     /// `status.podIP`, when assigned.
     pub ip: Option<String>,
     /// The `Ready` condition is True.

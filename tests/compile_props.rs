@@ -708,9 +708,11 @@ fn endpoints_from(mut spec: RedisClusterSpec, source: u8) -> RedisClusterSpec {
 fn pod(ns: &str, name: &str, ready: bool) -> Pod {
     Pod {
         key: ObjectKey::new(ns, name),
-        labels: [("app".to_string(), "redis".to_string())]
-            .into_iter()
-            .collect(),
+        labels: Arc::new(
+            [("app".to_string(), "redis".to_string())]
+                .into_iter()
+                .collect(),
+        ),
         ip: Some(format!("10.0.0.{}", name.len())),
         ready,
     }

@@ -1,5 +1,7 @@
 //! Kubernetes objects -> model values. Shared by every source.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -45,7 +47,7 @@ pub fn pod(p: &corev1::Pod) -> model::Pod {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     model::Pod {
         key: key(&p.metadata),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: Arc::new(p.metadata.labels.clone().unwrap_or_default()),
         ip: status
             .and_then(|s| s.pod_ip.clone())
             .filter(|ip| !ip.is_empty()),

@@ -4,14 +4,14 @@
 //! per kind, it keeps the model current and publishes it on a `watch` channel. It talks to
 //! no API server, so its tests feed it objects by hand.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::watch;
 
-use crate::api::RedisCluster;
+use crate::api::{Labels, RedisCluster};
 use crate::model::{Model, ObjectKey, Origin};
 use crate::source::convert;
 
@@ -80,6 +80,34 @@ impl Object {
     }
 }
 
+/// One copy of each label set the Pods carry, handed to every Pod that carries it. A
+/// Deployment's replicas carry identical labels, and a cluster has tens of thousands of
+/// Pods that no RedisCluster selects but that the index keeps (a RedisCluster created
+/// later may select them), and each label map is hundreds of bytes on the heap.
+#[derive(Debug, Default)]
+struct LabelSets {
+    sets: HashSet<Arc<Labels>>,
+    /// How many sets were left by the last sweep of unused ones.
+    swept_at: usize,
+}
+
+impl LabelSets {
+    /// The shared copy of `labels`, which becomes the shared copy if there is none.
+    /// Sets no Pod uses any more are dropped whenever the table has doubled since the
+    /// last sweep, so it holds at most about twice the sets in use.
+    fn intern(&mut self, labels: Arc<Labels>) -> Arc<Labels> {
+        if let Some(shared) = self.sets.get(&*labels) {
+            return Arc::clone(shared);
+        }
+        if self.sets.len() >= 2 * self.swept_at.max(512) {
+            self.sets.retain(|s| Arc::strong_count(s) > 1);
+            self.swept_at = self.sets.len();
+        }
+        self.sets.insert(Arc::clone(&labels));
+        labels
+    }
+}
+
 /// The model built from watch events.
 #[derive(Debug)]
 pub struct Index {
@@ -101,6 +129,8 @@ pub struct Index {
     /// Where to ask for the data of a Secret that became referenced; without it (tests)
     /// every Secret's data is kept.
     fetch: Option<tokio::sync::mpsc::UnboundedSender<ObjectKey>>,
+    /// The Pods' label sets, one copy each.
+    label_sets: LabelSets,
 }
 
 impl Index {
@@ -119,6 +149,7 @@ impl Index {
             referenced: BTreeSet::new(),
             unloaded: BTreeSet::new(),
             fetch: None,
+            label_sets: LabelSets::default(),
         }
     }
 
@@ -208,7 +239,9 @@ impl Index {
                 self.update_references(&key);
             }
             Object::Pod(p) => {
-                self.model.pods.insert(key, convert::pod(p));
+                let mut pod = convert::pod(p);
+                pod.labels = self.label_sets.intern(pod.labels);
+                self.model.pods.insert(key, pod);
             }
             Object::EndpointSlice(s) => match convert::endpoint_slice(s) {
                 Some(slice) => {
@@ -484,6 +517,43 @@ mod tests {
         let model = rx.borrow_and_update().clone();
         assert_eq!(model.redis_clusters.len(), 1);
         assert_eq!(model.pods.len(), 1);
+    }
+
+    #[test]
+    fn pods_with_the_same_labels_should_share_one_copy_of_them() {
+        let (mut idx, mut rx, _) = index();
+        sync_all(&mut idx);
+        idx.apply(mk_pod("shop", "web-0", "web", "10.0.0.1", true));
+        idx.apply(mk_pod("shop", "web-1", "web", "10.0.0.2", true));
+        idx.apply(mk_pod("shop", "redis-0", "redis", "10.0.0.3", true));
+        let model = rx.borrow_and_update().clone();
+        let labels = |name: &str| {
+            let pod = model
+                .pods
+                .get(&ObjectKey::new("shop", name))
+                .expect("the Pod");
+            Arc::clone(&pod.labels)
+        };
+        assert!(Arc::ptr_eq(&labels("web-0"), &labels("web-1")));
+        assert!(!Arc::ptr_eq(&labels("web-0"), &labels("redis-0")));
+        assert_eq!(labels("web-1")["app"], "web");
+        assert_eq!(labels("redis-0")["app"], "redis");
+    }
+
+    #[test]
+    fn label_sets_no_pod_uses_should_be_dropped() {
+        let set =
+            |k: &str, v: &str| Arc::new([(k.to_string(), v.to_string())].into_iter().collect());
+        let mut sets = LabelSets::default();
+        let kept = sets.intern(set("app", "web"));
+        for i in 0..5000 {
+            drop(sets.intern(set(
+                "statefulset.kubernetes.io/pod-name",
+                &format!("redis-{i}"),
+            )));
+        }
+        assert!(sets.sets.len() <= 1025, "{} sets kept", sets.sets.len());
+        assert!(Arc::ptr_eq(&kept, &sets.intern(set("app", "web"))));
     }
 
     #[test]
