@@ -33,15 +33,21 @@
 //!   had been an extent or two of their own. After a fleet of 10,000 left, RSS stayed at
 //!   114-115% of its start, 7.4-7.8 MB of it those records; with larger slabs 109%, of which
 //!   3.3-4.6 MB records. RSS per idle stream and pushes within noise (`BENCHMARKS.md`).
-//!
-//! Measured and not taken: one arena (`narenas:1`) instead of jemalloc's four per CPU.
-//! Every arena that threads allocate from holds first slabs of every size class of its
-//! own, so a fleet of 100 idle streams costs 21.7-26.1 KiB RSS per stream with one arena
-//! against 28.6-35.0 with the default; but after a Kubernetes list of 20,000 Pods and
-//! 5,000 Secrets `serve` kept 64.7-65.2 MiB more than on an empty cluster instead of 57.3
-//! (`scripts/bench-watch`), over issue 17's 64 MB. An operator can still choose it at run
-//! time: jemalloc reads `_RJEM_MALLOC_CONF` (for example `narenas:1`) after the
-//! compiled-in options.
+//! - `narenas:1`: one arena for every thread instead of jemalloc's default of four per CPU.
+//!   Each arena a thread allocates from holds its own partly used slabs of every size class
+//!   and its own free extents, a cost paid once per arena in use; with an arena per thread,
+//!   a fleet of 100 idle streams measured 28.6-35.0 KiB RSS per stream, with one 21.7-26.1
+//!   (one arena per CPU, `percpu_arena`, measured 23.3-24.0, but jemalloc turns it off
+//!   for a process pinned to some of the machine's CPUs, as a pod with a cpuset is, and
+//!   otherwise makes an arena for each of the host's CPUs, however low the pod's limit).
+//!   Without thread caches every allocation takes its size class's lock, so one arena
+//!   serializes the worker threads' allocations: on 2 cores pushes measured within 10% of
+//!   before. The Kubernetes watch after a list of 20,000 Pods: with one arena 64.7-65.2
+//!   MiB more than on an empty cluster against 57.3 while every Pod had its own label
+//!   map; since the Pods share their label sets, 16.8 against 17.1 (`scripts/bench-watch`).
+//!   On a machine with many cores, where that lock shows in a profile, more arenas
+//!   can be given at run time: jemalloc reads `_RJEM_MALLOC_CONF` (for example
+//!   `narenas:4`) after the compiled-in options.
 //!
 //! jemalloc was chosen over mimalloc by measurement (`BENCHMARKS.md`, "Allocator").
 
@@ -122,6 +128,12 @@ pub fn thread_caches() -> bool {
     tikv_jemalloc_ctl::opt::tcache::read().unwrap_or(true)
 }
 
+/// How many automatic arenas jemalloc was configured with (`opt.narenas`; 1 by the
+/// compiled-in options). jemalloc adds a dedicated arena for huge allocations on top.
+pub fn arenas() -> Option<u32> {
+    tikv_jemalloc_ctl::opt::narenas::read().ok()
+}
+
 /// The slab size, in bytes, from which jemalloc carves regions of `size` bytes; `None` when
 /// `size` is not one of its small size classes (`arenas.bin.<i>.size`, `.slab_size`).
 pub fn slab_size(size: usize) -> Option<usize> {
@@ -156,6 +168,11 @@ mod tests {
             "jemalloc's slab sizes are its defaults: the options in .cargo/config.toml did not reach the build"
         );
         assert_eq!(slab_size(8200), None, "not a size class");
+        assert_eq!(
+            arenas(),
+            Some(1),
+            "jemalloc has an arena per thread: the options in .cargo/config.toml did not reach the build"
+        );
         let before = heap_in_use().expect("jemalloc statistics");
         let block = vec![7u8; 8 << 20];
         let during = heap_in_use().expect("jemalloc statistics");
