@@ -39,15 +39,16 @@ pub fn redis_cluster(rc: &RedisCluster, seen: u64, origin: Origin) -> model::Red
     }
 }
 
-/// A Pod: labels, IP and readiness.
-pub fn pod(p: &corev1::Pod) -> model::Pod {
+/// A Pod: IP and readiness, with `labels`, the Pod's labels as the caller shares them
+/// (the Kubernetes index hands Pods with the same labels one copy).
+pub fn pod(p: &corev1::Pod, labels: Arc<crate::api::Labels>) -> model::Pod {
     let status = p.status.as_ref();
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     model::Pod {
         key: key(&p.metadata),
-        labels: Arc::new(p.metadata.labels.clone().unwrap_or_default()),
+        labels,
         ip: status
             .and_then(|s| s.pod_ip.clone())
             .filter(|ip| !ip.is_empty()),

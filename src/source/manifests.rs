@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
@@ -378,7 +379,8 @@ pub fn assemble(
                     model.secrets.insert(key, convert::secret(s));
                 }
                 Object::Pod(p) => {
-                    model.pods.insert(key, convert::pod(p));
+                    let labels = Arc::new(p.metadata.labels.clone().unwrap_or_default());
+                    model.pods.insert(key, convert::pod(p, labels));
                 }
                 Object::EndpointSlice(s) => match convert::endpoint_slice(s) {
                     Some(slice) => {

@@ -92,19 +92,20 @@ struct LabelSets {
 }
 
 impl LabelSets {
-    /// The shared copy of `labels`, which becomes the shared copy if there is none.
-    /// Sets no Pod uses any more are dropped whenever the table has doubled since the
-    /// last sweep, so it holds at most about twice the sets in use.
-    fn intern(&mut self, labels: Arc<Labels>) -> Arc<Labels> {
-        if let Some(shared) = self.sets.get(&*labels) {
+    /// The shared copy of `labels`, made (one clone) if there is none yet. Sets no Pod
+    /// uses any more are dropped whenever the table has doubled since the last sweep, so
+    /// it holds at most about twice the sets in use.
+    fn intern(&mut self, labels: &Labels) -> Arc<Labels> {
+        if let Some(shared) = self.sets.get(labels) {
             return Arc::clone(shared);
         }
         if self.sets.len() >= 2 * self.swept_at.max(512) {
             self.sets.retain(|s| Arc::strong_count(s) > 1);
             self.swept_at = self.sets.len();
         }
-        self.sets.insert(Arc::clone(&labels));
-        labels
+        let shared = Arc::new(labels.clone());
+        self.sets.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -239,9 +240,10 @@ impl Index {
                 self.update_references(&key);
             }
             Object::Pod(p) => {
-                let mut pod = convert::pod(p);
-                pod.labels = self.label_sets.intern(pod.labels);
-                self.model.pods.insert(key, pod);
+                let labels = self
+                    .label_sets
+                    .intern(p.metadata.labels.as_ref().unwrap_or(&Labels::new()));
+                self.model.pods.insert(key, convert::pod(p, labels));
             }
             Object::EndpointSlice(s) => match convert::endpoint_slice(s) {
                 Some(slice) => {
@@ -543,17 +545,17 @@ mod tests {
     #[test]
     fn label_sets_no_pod_uses_should_be_dropped() {
         let set =
-            |k: &str, v: &str| Arc::new([(k.to_string(), v.to_string())].into_iter().collect());
+            |k: &str, v: &str| -> Labels { [(k.to_string(), v.to_string())].into_iter().collect() };
         let mut sets = LabelSets::default();
-        let kept = sets.intern(set("app", "web"));
+        let kept = sets.intern(&set("app", "web"));
         for i in 0..5000 {
-            drop(sets.intern(set(
+            drop(sets.intern(&set(
                 "statefulset.kubernetes.io/pod-name",
                 &format!("redis-{i}"),
             )));
         }
         assert!(sets.sets.len() <= 1025, "{} sets kept", sets.sets.len());
-        assert!(Arc::ptr_eq(&kept, &sets.intern(set("app", "web"))));
+        assert!(Arc::ptr_eq(&kept, &sets.intern(&set("app", "web"))));
     }
 
     #[test]
