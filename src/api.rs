@@ -271,11 +271,14 @@ pub enum DnsLookupFamily {
 #[x_kube(validation = Rule::new("[has(self.selector), has(self.service), has(self.static)].filter(x, x).size() == 1").message("set exactly one of endpoints.selector, endpoints.service or endpoints.static"))]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
-    /// Ready Pods in this namespace whose labels match; the pod name is the stable endpoint
-    /// name (StatefulSet pods keep it across restarts).
+    /// Pods in this namespace whose labels match; the pod name is the stable endpoint
+    /// name (StatefulSet pods keep it across restarts). Mode Sharded uses the Ready ones.
+    /// Mode Cluster seeds with every one that has an IP, Ready or not: Envoy only asks seeds
+    /// for CLUSTER SLOTS and rebuilds its cluster whenever they change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
-    /// A Service in this namespace: its ready EndpointSlice endpoints.
+    /// A Service in this namespace: its EndpointSlice endpoints (Ready ones in mode
+    /// Sharded, all of them in mode Cluster, as for `selector`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub service: Option<String>,

@@ -544,7 +544,7 @@ fn should_report_a_bad_duration_or_enum_with_its_field_path() {
 }
 
 #[test]
-fn should_resolve_ready_pods_matching_the_selector_in_the_same_namespace() {
+fn should_seed_cluster_mode_with_every_selected_pod_that_has_an_address_ready_or_not() {
     let pod = |ns: &str, name: &str, app: &str, ip: Option<&str>, ready: &str| {
         let ip = ip.map(|i| format!("podIP: {i}, ")).unwrap_or_default();
         format!(
@@ -577,10 +577,56 @@ fn should_resolve_ready_pods_matching_the_selector_in_the_same_namespace() {
             format!("{}:{}", sa["address"].as_str().unwrap(), sa["portValue"])
         })
         .collect();
-    assert_eq!(addrs, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    // r-2 is not Ready but has an address: it still answers CLUSTER SLOTS, and dropping
+    // it would make Envoy rebuild the cluster.
+    assert_eq!(addrs, ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]);
     assert_eq!(
         c.objects[&redis_xds::model::ObjectKey::new("x", "a")].endpoints,
-        2
+        3
+    );
+
+    // Mode Sharded hashes over what is sent: only Ready pods.
+    let sharded = yaml.replace("  port: 7000", "  port: 7000\n  mode: Sharded");
+    let c = compiled(&sharded);
+    let json =
+        redis_xds::protojson::to_json(c.clusters["redis/x/a"].endpoints.as_ref().unwrap()).unwrap();
+    let addrs: Vec<&str> = json["endpoints"][0]["lbEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["endpoint"]["address"]["socketAddress"]["address"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(addrs, ["10.0.0.1", "10.0.0.2"]);
+}
+
+#[test]
+fn should_keep_cluster_mode_seeds_when_every_pod_turns_not_ready() {
+    let pod = |name: &str, ip: &str, ready: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: r}}}}\nstatus: {{podIP: {ip}, conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
+        )
+    };
+    let spec = "endpoints: {selector: {matchLabels: {app: r}}}\nport: 7000";
+    let ready = compiled(
+        &(rc("x", "a", spec) + &pod("r-0", "10.0.0.1", "True") + &pod("r-1", "10.0.0.2", "True")),
+    );
+    let not_ready = compiled(
+        &(rc("x", "a", spec) + &pod("r-0", "10.0.0.1", "False") + &pod("r-1", "10.0.0.2", "False")),
+    );
+    // The very same cluster, so Envoy has nothing to rebuild.
+    assert_eq!(
+        ready.clusters["redis/x/a"].cluster,
+        not_ready.clusters["redis/x/a"].cluster
+    );
+    assert!(
+        ready.clusters["redis/x/a"]
+            .cluster
+            .load_assignment
+            .is_some()
     );
 }
 
@@ -719,7 +765,11 @@ fn should_carry_every_field_of_the_kitchen_sink_fixture_to_envoy() {
     let seeds = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"]
         .as_array()
         .unwrap();
-    assert_eq!(seeds.len(), 2, "the pod that is not Ready is left out");
+    assert_eq!(
+        seeds.len(),
+        3,
+        "mode Cluster seeds with the pod that is not Ready too"
+    );
     assert_eq!(
         seeds[0]["endpoint"]["address"]["socketAddress"]["portValue"],
         6380
@@ -728,9 +778,10 @@ fn should_carry_every_field_of_the_kitchen_sink_fixture_to_envoy() {
     let l = &c.listeners["redis/shop/orders@127.0.0.1:6379"];
     let ns: Vec<&String> = l.clients.namespaces.as_ref().unwrap().iter().collect();
     assert_eq!(ns, ["checkout", "shop"]);
+    // Mode Cluster: every endpoint of the slice is a seed, the one not ready too.
     assert_eq!(
         c.objects[&redis_xds::model::ObjectKey::new("shop", "sessions")].endpoints,
-        2
+        3
     );
 }
 

@@ -717,6 +717,14 @@ fn endpoints(
         return Vec::new();
     }
     let ns = &obj.key.namespace;
+    // Mode Cluster sends seeds: Envoy asks them for CLUSTER SLOTS and follows the topology
+    // Redis itself reports, readiness included. A server that is not Ready (its node lost
+    // the API server for a while, a probe timed out) still answers that question, and Envoy
+    // rebuilds its Redis cluster, connections and all, whenever the seeds change. So
+    // readiness neither adds nor removes a seed: seeds change only when a server gets or
+    // loses an address, and a cluster whose pods all turn not Ready keeps its seeds. Mode
+    // Sharded hashes keys over exactly the endpoints sent, so there only Ready ones count.
+    let with_not_ready = obj.spec.mode == Mode::Cluster;
     let mut out = Vec::new();
     if let Some(sel) = &e.selector {
         if let Err((field, msg)) = selector::validate(sel) {
@@ -727,7 +735,11 @@ fn endpoints(
             model
                 .pods
                 .values()
-                .filter(|p| &p.key.namespace == ns && p.ready && selector::matches(sel, &p.labels))
+                .filter(|p| {
+                    &p.key.namespace == ns
+                        && (p.ready || with_not_ready)
+                        && selector::matches(sel, &p.labels)
+                })
                 .filter_map(|p| {
                     Some(Endpoint {
                         name: p.key.name.clone(),
@@ -750,7 +762,11 @@ fn endpoints(
             .values()
             .filter(|s| &s.key.namespace == ns && &s.service == service)
         {
-            for ep in slice.endpoints.iter().filter(|ep| ep.ready) {
+            for ep in slice
+                .endpoints
+                .iter()
+                .filter(|ep| ep.ready || with_not_ready)
+            {
                 if seen.insert(ep.ip.clone()) {
                     out.push(Endpoint {
                         name: ep.name.clone(),

@@ -390,7 +390,12 @@ mod tests {
     }
 
     fn mk_rc(ns: &str, name: &str, app: &str) -> Object {
+        mk_rc_in_mode(ns, name, app, "Cluster")
+    }
+
+    fn mk_rc_in_mode(ns: &str, name: &str, app: &str, mode: &str) -> Object {
         let spec: crate::api::RedisClusterSpec = serde_json::from_value(serde_json::json!({
+            "mode": mode,
             "endpoints": {"selector": {"matchLabels": {"app": app}}},
             "listener": {"port": 6379}
         }))
@@ -562,12 +567,19 @@ mod tests {
     fn should_follow_pods_becoming_ready_and_going_away() {
         let (mut idx, mut rx, _) = index();
         sync_all(&mut idx);
-        idx.apply(mk_rc("shop", "orders", "redis"));
+        // Mode Sharded hashes over Ready pods only; mode Cluster seeds with every pod that
+        // has an address.
+        idx.apply(mk_rc_in_mode("shop", "orders", "redis", "Sharded"));
+        idx.apply(mk_rc("shop", "seeds", "redis"));
         idx.apply(mk_pod("shop", "redis-0", "redis", "10.0.0.1", false));
         let compiled = crate::compile::compile(&rx.borrow_and_update());
         assert_eq!(
             compiled.objects[&ObjectKey::new("shop", "orders")].endpoints,
             0
+        );
+        assert_eq!(
+            compiled.objects[&ObjectKey::new("shop", "seeds")].endpoints,
+            1
         );
         idx.apply(mk_pod("shop", "redis-0", "redis", "10.0.0.1", true));
         let compiled = crate::compile::compile(&rx.borrow_and_update());
@@ -579,6 +591,10 @@ mod tests {
         let compiled = crate::compile::compile(&rx.borrow_and_update());
         assert_eq!(
             compiled.objects[&ObjectKey::new("shop", "orders")].endpoints,
+            0
+        );
+        assert_eq!(
+            compiled.objects[&ObjectKey::new("shop", "seeds")].endpoints,
             0
         );
     }
