@@ -6,6 +6,11 @@ mod common;
 use common::{envoy_dynamic, redis_command, start_envoy, start_serve, wait_until};
 
 fn manifests(listener_port: u16) -> String {
+    manifests_with(listener_port, "")
+}
+
+/// `cache_extra`: more spec fields of the Sharded `cache` object.
+fn manifests_with(listener_port: u16, cache_extra: &str) -> String {
     format!(
         r#"apiVersion: redis-xds.dev/v1alpha1
 kind: RedisCluster
@@ -23,8 +28,31 @@ metadata: {{name: cache, namespace: shop}}
 spec:
   mode: Sharded
   endpoints: {{static: ["a=127.0.0.1:7100", "b=127.0.0.1:7101"]}}
-"#
+{cache_extra}"#
     )
+}
+
+/// The `connectTimeout` of Envoy's active cluster `name`, and how many clusters warm.
+fn active_timeout_and_warming(admin: &str, name: &str) -> Option<(String, usize)> {
+    let body = common::http_get(admin, "/config_dump")?;
+    let dump: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut timeout = None;
+    let mut warming = 0;
+    for config in dump["configs"].as_array()? {
+        for c in config["dynamic_active_clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if c["cluster"]["name"] == name {
+                timeout = c["cluster"]["connect_timeout"].as_str().map(str::to_owned);
+            }
+        }
+        warming += config["dynamic_warming_clusters"]
+            .as_array()
+            .map_or(0, Vec::len);
+    }
+    Some((timeout?, warming))
 }
 
 fn extra(port: u16) -> String {
@@ -79,6 +107,31 @@ fn envoy_follows_serve(sotw: bool) {
         redis_command(&format!("127.0.0.1:{port}"), &["PING"])
     });
     assert_eq!(reply, "+PONG\r\n");
+
+    // A cluster-level edit of the EDS-fed Sharded cluster, its endpoints unchanged: Envoy
+    // warms the new cluster until its ClusterLoadAssignment arrives, which redis-xds sends
+    // with it rather than leaving Envoy to its 15 s initial fetch timeout.
+    std::fs::write(
+        dir.join("orders.yaml"),
+        manifests_with(port, "  connectTimeout: 3s\n"),
+    )
+    .unwrap();
+    wait_until("Envoy's cache cluster active with the new timeout", || {
+        let (timeout, warming) = active_timeout_and_warming(&admin, "redis/shop/cache")?;
+        (timeout == "3s" && warming == 0).then_some(())
+    });
+    let stats = common::http_get(&admin, "/stats?filter=init_fetch_timeout").unwrap();
+    assert!(
+        stats.contains("init_fetch_timeout"),
+        "Envoy reports its fetch timeouts: {stats}"
+    );
+    assert!(
+        stats
+            .lines()
+            .filter(|l| l.contains("init_fetch_timeout"))
+            .all(|l| l.ends_with(": 0")),
+        "a cluster waited for its endpoints until the initial fetch timed out:\n{stats}"
+    );
 
     // A change: a new RedisCluster with a listener appears on the proxy, without restart.
     let port2 = common::free_port();

@@ -498,7 +498,20 @@ impl Stream {
                 continue;
             }
             self.dirty[kind] = false;
+            let before = (kind == ResourceType::Cluster).then(|| tracker.sent_shared());
             let response = self.plan(kind, &view, retained.as_ref());
+            if let (Some(before), Some(response)) = (before, &response) {
+                // An EDS cluster sent again warms until its endpoints arrive (see
+                // TypeTracker::resend): they follow in this same pass, unchanged or not.
+                let again = response.resources.iter().filter(|r| {
+                    before
+                        .get(&r.name)
+                        .is_some_and(|was| was.version != r.version)
+                });
+                if self.trackers[ResourceType::Endpoint].resend(again.map(|r| r.name.as_str())) {
+                    self.dirty[ResourceType::Endpoint] = true;
+                }
+            }
             if let Some(response) = response {
                 // A client that stopped reading fills the queue; shutdown must not wait
                 // for it.

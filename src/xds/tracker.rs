@@ -441,6 +441,32 @@ impl TypeTracker {
         })
     }
 
+    /// Forgets that the client holds `names`, so that the next plan sends them again even
+    /// though they did not change; returns whether any was held.
+    ///
+    /// For endpoints whose cluster was just sent again: "Clusters go through warming before
+    /// they can serve requests. This process happens both during Envoy initialization and
+    /// when the Cluster is updated", and warming completes only when a ClusterLoadAssignment
+    /// for it arrives (xDS protocol, "Resource warming"). Without one, Envoy waits for its
+    /// initial fetch timeout (15 s) with the cluster warming.
+    pub fn resend<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) -> bool {
+        let held: Vec<&str> = names
+            .into_iter()
+            .filter(|n| self.sent.contains_key(*n))
+            .collect();
+        if held.is_empty() {
+            return false;
+        }
+        let sent = Arc::make_mut(&mut self.sent);
+        for name in held {
+            sent.remove(name);
+        }
+        // A SotW plan compares versions only: a state equal to the one last sent would not
+        // go out again.
+        self.sent_version = None;
+        true
+    }
+
     /// Records a SotW response as sent.
     pub fn sent_sotw(&mut self, nonce: String, plan: SotwPlan) {
         self.record(nonce, plan.state, plan.version);
@@ -752,5 +778,44 @@ mod tests {
         assert_ne!(v1, v2, "an unsubscribed tracker wants nothing");
         assert_eq!(v2, version_of(&t2.desired(&map(&[("b", "2"), ("a", "1")]))));
         assert_ne!(v2, version_of(&t2.desired(&map(&[("a", "1"), ("b", "3")]))));
+    }
+
+    #[test]
+    fn delta_should_resend_endpoints_of_a_cluster_sent_again_though_unchanged() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_delta_request(
+            &["a".into(), "b".into()],
+            &[],
+            &BTreeMap::new(),
+            "",
+            None,
+            NOW,
+        );
+        let avail = map(&[("a", "1"), ("b", "1")]);
+        let plan = t.plan_delta(&avail).unwrap();
+        t.sent_delta("n1".into(), plan);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "n1", None, NOW);
+        assert!(t.plan_delta(&avail).is_none(), "nothing changed");
+        assert!(!t.resend(["c"]), "a name the client does not hold");
+        assert!(t.resend(["a"]));
+        let plan = t.plan_delta(&avail).expect("a goes out again");
+        assert_eq!(names(&plan.resources), ["a"]);
+        assert!(plan.removed.is_empty());
+    }
+
+    #[test]
+    fn sotw_should_resend_endpoints_of_a_cluster_sent_again_though_unchanged() {
+        let mut t = TypeTracker::new(ResourceType::Endpoint);
+        t.on_sotw_request(&["a".into(), "b".into()], "", None, NOW);
+        let avail = map(&[("a", "1"), ("b", "1")]);
+        let plan = t.plan_sotw(&avail).unwrap();
+        let version = plan.version.clone();
+        t.sent_sotw("n1".into(), plan);
+        t.on_sotw_request(&["a".into(), "b".into()], "n1", None, NOW);
+        assert!(t.plan_sotw(&avail).is_none(), "nothing changed");
+        assert!(t.resend(["b"]));
+        let plan = t.plan_sotw(&avail).expect("the set goes out again");
+        assert_eq!(names(&plan.resources), ["a", "b"]);
+        assert_eq!(plan.version, version, "same content, same version");
     }
 }
