@@ -7,10 +7,9 @@
 # their images) goes into the same runtime stage without a Rust toolchain: put it at
 # target/release/redis-xds in a build context of its own and pick the `prebuilt` stage:
 #
-#   docker build --build-arg BINARY=prebuilt -f Dockerfile -t redis-xds:latest CONTEXT
+#   docker build --target prebuilt -f Dockerfile -t redis-xds:latest CONTEXT
 #
 # docs/operations.md ("Building the image") has both, and how to push it.
-ARG BINARY=build
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -29,20 +28,22 @@ COPY crds ./crds
 COPY benches ./benches
 RUN cargo build --release --locked --bin redis-xds
 
-# The binary from the context instead of the build stage above.
-FROM scratch AS prebuilt
-COPY target/release/redis-xds /src/target/release/redis-xds
-
-FROM ${BINARY} AS binary
-
-FROM debian:bookworm-slim
+# What both ways to the image share: Debian, CA certificates, the non-root user.
+FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 65532 redis-xds \
     && useradd --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin redis-xds
-COPY --from=binary /src/target/release/redis-xds /usr/local/bin/redis-xds
 USER 65532:65532
 EXPOSE 18000 18001
 ENTRYPOINT ["/usr/local/bin/redis-xds"]
 CMD ["serve"]
+
+# `--target prebuilt`: the binary from the build context, built elsewhere.
+FROM runtime AS prebuilt
+COPY target/release/redis-xds /usr/local/bin/redis-xds
+
+# The default (last) stage: the binary from the build stage above.
+FROM runtime AS release
+COPY --from=build /src/target/release/redis-xds /usr/local/bin/redis-xds
