@@ -303,6 +303,26 @@ pub struct Auth {
     pub delivery: Option<Delivery>,
 }
 
+/// Client AUTH (`downstream_auth_passwords`, `downstream_auth_username`): the Secret of
+/// `secretRef`, and during a password rotation the Secrets of `additionalSecretRefs` too.
+/// Envoy accepts every password in its list and has one username, so every Secret must
+/// carry the same `username` (or none).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DownstreamAuth {
+    /// The Secret holding `password` (required) and `username` (optional): the current one.
+    pub secret_ref: SecretRef,
+    /// More Secrets whose `password` is accepted as well: the rotation window. Put the new
+    /// Secret here, roll the clients onto it, then make it `secretRef` and drop the old one
+    /// (docs/operations.md, "Rotating client passwords").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub additional_secret_refs: Vec<SecretRef>,
+    /// As for `auth`: `Inline` (default) or `File`, for every Secret named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
 /// AWS IAM authentication (Envoy `AwsIam`, with the IAM-enabled user as `auth_username`).
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -523,9 +543,10 @@ pub struct Listener {
     /// Keys no route matches. Default: this RedisCluster, no mirror.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_all: Option<CatchAll>,
-    /// Clients must AUTH with this Secret's `password` (and `username`, when present).
+    /// Clients must AUTH with this Secret's `password` (and `username`, when present), or
+    /// with a password of `additionalSecretRefs` during a rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub downstream_auth: Option<Auth>,
+    pub downstream_auth: Option<DownstreamAuth>,
     /// Clients' AUTH is decided by an external gRPC service
     /// (`envoy.service.redis_auth.v3.RedisProxyExternalAuth`, `external_auth_provider`), e.g.
     /// one that checks one-time tokens. It overrides `downstreamAuth`'s passwords.
@@ -719,7 +740,8 @@ pub type Labels = BTreeMap<String, String>;
 
 /// The names of the Secrets a spec references: every `name` under a field called
 /// `secretRef` or ending in `SecretRef` (`auth`, `listener.downstreamAuth`, `endpointAuth`,
-/// `tls`), in the RedisCluster's own namespace. Sorted, without repeats. The Kubernetes
+/// `tls`), and in each item of a list ending in `SecretRefs`
+/// (`listener.downstreamAuth.additionalSecretRefs`), in the RedisCluster's own namespace. Sorted, without repeats. The Kubernetes
 /// source keeps the data of these Secrets only.
 pub fn secret_names(spec: &RedisClusterSpec) -> Vec<String> {
     fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
@@ -730,6 +752,16 @@ pub fn secret_names(spec: &RedisClusterSpec) -> Vec<String> {
                         && let Some(name) = v.get("name").and_then(|n| n.as_str())
                     {
                         out.insert(name.to_owned());
+                    }
+                    if field.ends_with("SecretRefs")
+                        && let Some(items) = v.as_array()
+                    {
+                        out.extend(
+                            items
+                                .iter()
+                                .filter_map(|i| i.get("name")?.as_str())
+                                .map(str::to_owned),
+                        );
                     }
                     walk(v, out);
                 }

@@ -346,6 +346,62 @@ fn should_require_exactly_one_endpoint_source() {
 }
 
 #[test]
+fn should_accept_every_client_password_of_a_rotation_window_under_one_username() {
+    let secret = |name: &str, user: &str, password: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: x}}\nstringData: {{username: {user}, password: {password}}}\n"
+        )
+    };
+    let listener = |additional: &str| {
+        format!(
+            "{STATIC}\nlistener: {{port: 1, downstreamAuth: {{secretRef: {{name: new}}, additionalSecretRefs: [{additional}]}}}}"
+        )
+    };
+    let secrets =
+        secret("new", "app", "n3w") + &secret("old", "app", "0ld") + &secret("other", "ops", "x");
+    let c = compiled(&(rc("x", "a", &listener("{name: old}")) + &secrets));
+    assert!(c.problems.is_empty(), "{:?}", problem_lines(&c));
+    let proxy = listener_json(&c, "redis/x/a@127.0.0.1:1");
+    let passwords: Vec<&str> = proxy["downstreamAuthPasswords"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["inlineString"].as_str().unwrap())
+        .collect();
+    assert_eq!(passwords, ["n3w", "0ld"], "the current password first");
+    assert_eq!(proxy["downstreamAuthUsername"]["inlineString"], "app");
+
+    // Envoy has one username for every password; a Secret named twice is a slip.
+    let c = compiled(&(rc("x", "a", &listener("{name: other}, {name: new}")) + &secrets));
+    assert_eq!(
+        problem_fields(&c),
+        [
+            "a:spec.listener.downstreamAuth.additionalSecretRefs[0].name",
+            "a:spec.listener.downstreamAuth.additionalSecretRefs[1].name",
+        ]
+    );
+    assert!(
+        c.problems[0].message.contains("one username"),
+        "{}",
+        c.problems[0]
+    );
+    assert!(
+        c.problems[1].message.contains("named twice"),
+        "{}",
+        c.problems[1]
+    );
+    assert!(!accepted(&c, "x/a"));
+
+    // The Kubernetes source keeps the data of the additional Secrets too.
+    let spec: redis_xds::api::RedisClusterSpec = serde_json::from_value(serde_json::json!({
+        "endpoints": {"static": ["127.0.0.1:7000"]},
+        "listener": {"port": 1, "downstreamAuth": {"secretRef": {"name": "new"}, "additionalSecretRefs": [{"name": "old"}]}}
+    }))
+    .unwrap();
+    assert_eq!(redis_xds::api::secret_names(&spec), ["new", "old"]);
+}
+
+#[test]
 fn should_report_missing_secrets_and_missing_password_keys() {
     let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: nopass, namespace: x}\nstringData: {username: u}\n";
     let yaml = rc(

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use redis_xds::api::{
-    Auth, CatchAll, Clients, DnsLookupFamily, Endpoints, Fault, FaultType, Listener, Mirror, Mode,
-    ProtocolVersion, ReadPolicy, RedisClusterSpec, Route, SecretRef, Topology,
+    Auth, CatchAll, Clients, DnsLookupFamily, DownstreamAuth, Endpoints, Fault, FaultType,
+    Listener, Mirror, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec, Route, SecretRef,
+    Topology,
 };
 use redis_xds::compile::{ProxyIdentity, compile, recompile};
 use redis_xds::duration::GoDuration;
@@ -159,8 +160,9 @@ fn listener() -> impl Strategy<Value = Listener> {
                         mirror,
                         key_formatter: None,
                     }),
-                    downstream_auth: auth.map(|name| Auth {
+                    downstream_auth: auth.map(|name| DownstreamAuth {
                         secret_ref: SecretRef { name },
+                        additional_secret_refs: Vec::new(),
                         delivery: None,
                     }),
                     faults,
@@ -300,10 +302,11 @@ fn sane_spec() -> impl Strategy<Value = RedisClusterSpec> {
                 case_insensitive,
                 routes,
                 faults,
-                downstream_auth: auth.then(|| Auth {
+                downstream_auth: auth.then(|| DownstreamAuth {
                     secret_ref: SecretRef {
                         name: "secret".into(),
                     },
+                    additional_secret_refs: Vec::new(),
                     delivery: None,
                 }),
                 ..Default::default()

@@ -174,3 +174,81 @@ fn envoy_over_delta_gets_listener_and_clusters_and_follows_changes() {
 fn envoy_over_sotw_gets_listener_and_clusters_and_follows_changes() {
     envoy_follows_serve(true);
 }
+
+/// A client password rotation on real Envoy: while `additionalSecretRefs` names the old
+/// Secret, a client still on the old password and one already on the new one both get in;
+/// once it is dropped, only the new one does.
+#[test]
+fn envoy_should_accept_old_and_new_client_passwords_during_a_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let port = common::free_port();
+    let objects = |additional: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Secret
+metadata: {{name: clients-2026-11, namespace: shop}}
+stringData: {{username: app, password: old-secret}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: clients-2026-12, namespace: shop}}
+stringData: {{username: app, password: new-secret}}
+---
+apiVersion: redis-xds.dev/v1alpha1
+kind: RedisCluster
+metadata: {{name: orders, namespace: shop}}
+spec:
+  endpoints: {{static: ["127.0.0.1:7000"]}}
+  listener:
+    port: {port}
+    downstreamAuth:
+      secretRef: {{name: clients-2026-12}}
+{additional}"#
+        )
+    };
+    let window = "      additionalSecretRefs: [{name: clients-2026-11}]\n";
+    std::fs::write(dir.join("orders.yaml"), objects(window)).unwrap();
+    let common::Serve {
+        proc: _serve, xds, ..
+    } = start_serve(&dir, &[]);
+    let xds = xds.to_string();
+    let (_envoy, admin) = start_envoy(
+        tmp.path(),
+        &[
+            "--xds-address",
+            &xds,
+            "--node-id",
+            "rotation",
+            "--namespace",
+            "shop",
+        ],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let auth = |password: &str| redis_command(&addr, &["AUTH", "app", password]);
+    wait_until("the listener answers AUTH", || auth("new-secret"));
+    assert_eq!(
+        auth("new-secret").unwrap(),
+        "+OK\r\n",
+        "a client on the new password"
+    );
+    assert_eq!(
+        auth("old-secret").unwrap(),
+        "+OK\r\n",
+        "a client still on the old one"
+    );
+    assert!(
+        auth("guess").unwrap().starts_with('-'),
+        "any other password is refused"
+    );
+
+    // The window closes: the old password stops working, the new one goes on.
+    std::fs::write(dir.join("orders.yaml"), objects("")).unwrap();
+    wait_until("Envoy refuses the old password", || {
+        auth("old-secret")?.starts_with('-').then_some(())
+    });
+    assert_eq!(auth("new-secret").unwrap(), "+OK\r\n");
+    let (_, listeners) = envoy_dynamic(&admin).unwrap();
+    assert_eq!(listeners, [format!("redis/shop/orders@127.0.0.1:{port}")]);
+}

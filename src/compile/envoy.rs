@@ -509,8 +509,16 @@ fn fault(f: &FaultPlan) -> redis::redis_proxy::RedisFault {
     }
 }
 
-fn downstream_auth(proxy: &mut redis::RedisProxy, creds: &Credentials) {
-    proxy.downstream_auth_passwords = vec![credential(creds, "password", &creds.password)];
+fn downstream_auth(
+    proxy: &mut redis::RedisProxy,
+    (creds, others): &(Credentials, Vec<(String, SecretValue)>),
+) {
+    proxy.downstream_auth_passwords =
+        std::iter::once(credential(creds, "password", &creds.password))
+            .chain(others.iter().map(|(secret, password)| {
+                secret_data(creds.delivery, secret, "password", password)
+            }))
+            .collect();
     proxy.downstream_auth_username = creds
         .username
         .as_ref()

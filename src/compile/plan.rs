@@ -201,8 +201,9 @@ pub struct ListenerPlan {
     pub routes: Vec<RoutePlan>,
     /// The catch-all route.
     pub catch_all: RoutePlan,
-    /// Client AUTH.
-    pub downstream_auth: Option<Credentials>,
+    /// Client AUTH: the current Secret's credentials, then the other passwords accepted
+    /// during a rotation, each with its Secret's name.
+    pub downstream_auth: Option<(Credentials, Vec<(String, SecretValue)>)>,
     /// External AUTH service: `host:port`, timeout, whether expirations apply.
     pub external_auth: Option<(String, Duration, bool)>,
     /// Faults.
@@ -1051,7 +1052,7 @@ fn listener(
     let downstream_auth = l
         .downstream_auth
         .as_ref()
-        .and_then(|a| c.credentials("spec.listener.downstreamAuth.secretRef.name", model, a));
+        .and_then(|a| downstream_auth(c, model, a));
 
     let mut custom_commands = Vec::new();
     let mut seen = BTreeSet::new();
@@ -1211,6 +1212,57 @@ fn listener(
         faults,
         refs,
     }
+}
+
+/// `spec.listener.downstreamAuth`: the current Secret, then the passwords of the others.
+fn downstream_auth(
+    c: &mut Checker<'_>,
+    model: &Model,
+    a: &crate::api::DownstreamAuth,
+) -> Option<(Credentials, Vec<(String, SecretValue)>)> {
+    let current = crate::api::Auth {
+        secret_ref: a.secret_ref.clone(),
+        delivery: a.delivery,
+    };
+    let creds = c.credentials(
+        "spec.listener.downstreamAuth.secretRef.name",
+        model,
+        &current,
+    );
+    let mut others = Vec::new();
+    let mut names = BTreeSet::from([a.secret_ref.name.as_str()]);
+    for (i, r) in a.additional_secret_refs.iter().enumerate() {
+        let field = format!("spec.listener.downstreamAuth.additionalSecretRefs[{i}].name");
+        if !names.insert(r.name.as_str()) {
+            c.invalid(
+                &field,
+                format!("Secret {:?} is named twice; name each Secret once", r.name),
+            );
+            continue;
+        }
+        let auth = crate::api::Auth {
+            secret_ref: r.clone(),
+            delivery: a.delivery,
+        };
+        let Some(other) = c.credentials(&field, model, &auth) else {
+            continue;
+        };
+        if let Some(creds) = &creds
+            && other.username != creds.username
+        {
+            // Envoy has one downstream_auth_username for every password in the list.
+            c.invalid(
+                &field,
+                format!(
+                    "Secret {:?} has another \"username\" than {:?}: Envoy checks every password against one username; give both Secrets the same username (or none)",
+                    r.name, a.secret_ref.name
+                ),
+            );
+            continue;
+        }
+        others.push((r.name.clone(), other.password));
+    }
+    Some((creds?, others))
 }
 
 /// `spec.tls`: the referenced Secrets and their keys, and a DNS name to verify.
