@@ -272,13 +272,14 @@ pub enum DnsLookupFamily {
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     /// Pods in this namespace whose labels match; the pod name is the stable endpoint
-    /// name (StatefulSet pods keep it across restarts). Mode Sharded uses the Ready ones.
-    /// Mode Cluster seeds with every one that has an IP, Ready or not: Envoy only asks seeds
-    /// for CLUSTER SLOTS and rebuilds its cluster whenever they change.
+    /// name (StatefulSet pods keep it across restarts). Mode Cluster seeds with every one
+    /// that has an IP, Ready or not: Envoy only asks seeds for CLUSTER SLOTS and rebuilds its
+    /// cluster whenever they change. Mode Sharded sends one that is not Ready as DRAINING:
+    /// out of the hash ring, its commands in flight completing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
-    /// A Service in this namespace: its EndpointSlice endpoints (Ready ones in mode
-    /// Sharded, all of them in mode Cluster, as for `selector`).
+    /// A Service in this namespace: its EndpointSlice endpoints, ready or not, as for
+    /// `selector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub service: Option<String>,

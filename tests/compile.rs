@@ -641,22 +641,37 @@ fn should_seed_cluster_mode_with_every_selected_pod_that_has_an_address_ready_or
         3
     );
 
-    // Mode Sharded hashes over what is sent: only Ready pods.
+    // Mode Sharded hashes over Ready pods: one that is not Ready goes as DRAINING, out of
+    // the ring but with its connections kept, and is not counted.
     let sharded = yaml.replace("  port: 7000", "  port: 7000\n  mode: Sharded");
     let c = compiled(&sharded);
     let json =
         redis_xds::protojson::to_json(c.clusters["redis/x/a"].endpoints.as_ref().unwrap()).unwrap();
-    let addrs: Vec<&str> = json["endpoints"][0]["lbEndpoints"]
+    let addrs: Vec<(&str, &str)> = json["endpoints"][0]["lbEndpoints"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| {
-            e["endpoint"]["address"]["socketAddress"]["address"]
-                .as_str()
-                .unwrap()
+            (
+                e["endpoint"]["address"]["socketAddress"]["address"]
+                    .as_str()
+                    .unwrap(),
+                e["healthStatus"].as_str().unwrap_or("UNKNOWN"),
+            )
         })
         .collect();
-    assert_eq!(addrs, ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(
+        addrs,
+        [
+            ("10.0.0.1", "UNKNOWN"),
+            ("10.0.0.2", "UNKNOWN"),
+            ("10.0.0.3", "DRAINING")
+        ]
+    );
+    assert_eq!(
+        c.objects[&redis_xds::model::ObjectKey::new("x", "a")].endpoints,
+        2
+    );
 }
 
 #[test]
@@ -711,9 +726,28 @@ fn should_hash_sharded_endpoints_on_their_stable_names() {
             )
         })
         .collect();
-    assert_eq!(keys, [("shard-a", "10.1.0.2"), ("shard-b", "10.1.0.1")]);
+    assert_eq!(
+        keys,
+        [
+            ("shard-a", "10.1.0.2"),
+            ("shard-b", "10.1.0.1"),
+            ("shard-c", "10.1.0.3")
+        ]
+    );
+    let health: Vec<&str> = json["endpoints"][0]["lbEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["healthStatus"].as_str().unwrap_or("UNKNOWN"))
+        .collect();
+    assert_eq!(
+        health,
+        ["UNKNOWN", "UNKNOWN", "DRAINING"],
+        "the endpoint that is not ready drains"
+    );
     let cluster = redis_xds::protojson::to_json(&cc.cluster).unwrap();
     assert_eq!(cluster["lbPolicy"], "RING_HASH");
+    assert_eq!(cluster["ignoreHealthOnHostRemoval"], true);
     assert_eq!(
         cluster["healthChecks"][0]["customHealthCheck"]["name"],
         "envoy.health_checkers.redis"

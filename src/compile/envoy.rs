@@ -225,6 +225,11 @@ pub fn load_assignment(
                     },
                 )),
                 metadata,
+                health_status: if ep.draining {
+                    core::HealthStatus::Draining as i32
+                } else {
+                    core::HealthStatus::Unknown as i32
+                },
                 ..Default::default()
             }
         })
@@ -338,6 +343,10 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
             c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
                 cluster::cluster::DiscoveryType::Eds as i32,
             ));
+            // A server that leaves the endpoints (taken out, or no longer Ready) leaves the
+            // hash ring at once. By default Envoy keeps a removed host for as long as it
+            // passes active health checks, so it would go on getting new keys.
+            c.ignore_health_on_host_removal = true;
             c.eds_cluster_config = Some(cluster::cluster::EdsClusterConfig {
                 eds_config: Some(ads_config_source()),
                 service_name: String::new(),

@@ -147,7 +147,7 @@ impl Eq for CompiledListener {}
 pub struct Outcome {
     /// Compiled and served.
     pub accepted: bool,
-    /// Resolved endpoints, also for objects that are not accepted.
+    /// Resolved endpoints (draining ones aside), also for objects that are not accepted.
     pub endpoints: usize,
     /// `metadata.generation` it was compiled from.
     pub generation: Option<i64>,
@@ -411,7 +411,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         let outcome = Outcome {
             accepted,
             endpoints: match &entry.plan {
-                Ok(p) => p.endpoints.len(),
+                Ok(p) => p.endpoints.iter().filter(|e| !e.draining).count(),
                 Err(_) => plan::endpoint_count(obj, model),
             },
             generation: obj.generation,

@@ -38,6 +38,11 @@ pub struct Endpoint {
     pub host: String,
     /// Port.
     pub port: u16,
+    /// Mode Sharded, a server that is not Ready: sent with `health_status: DRAINING`, so
+    /// that it leaves the hash ring at once (no new keys) while Envoy keeps its connections
+    /// and what is in flight on them completes. Removing it from the endpoints instead
+    /// would make Envoy close them.
+    pub draining: bool,
 }
 
 /// AUTH material from a Secret.
@@ -493,9 +498,9 @@ impl Checker<'_> {
     }
 }
 
-/// How many endpoints `obj` resolves to, whatever else is wrong with it: the status shows
-/// them for objects that are not accepted too, so that the count never hides a problem
-/// elsewhere (or suggests one where there is none).
+/// How many endpoints `obj` resolves to (draining ones aside), whatever else is wrong with
+/// it: the status shows them for objects that are not accepted too, so that the count never
+/// hides a problem elsewhere (or suggests one where there is none).
 pub fn endpoint_count(obj: &RedisClusterObject, model: &Model) -> usize {
     let mut c = Checker {
         key: &obj.key,
@@ -505,7 +510,10 @@ pub fn endpoint_count(obj: &RedisClusterObject, model: &Model) -> usize {
         Some(p) => c.port("spec.port", p),
         None => DEFAULT_REDIS_PORT,
     };
-    endpoints(&mut c, obj, model, port).len()
+    endpoints(&mut c, obj, model, port)
+        .iter()
+        .filter(|e| !e.draining)
+        .count()
 }
 
 /// Validates one object and resolves its inputs.
@@ -724,8 +732,8 @@ fn endpoints(
     // rebuilds its Redis cluster, connections and all, whenever the seeds change. So
     // readiness neither adds nor removes a seed: seeds change only when a server gets or
     // loses an address, and a cluster whose pods all turn not Ready keeps its seeds. Mode
-    // Sharded hashes keys over exactly the endpoints sent, so there only Ready ones count.
-    let with_not_ready = obj.spec.mode == Mode::Cluster;
+    // Sharded hashes keys over the endpoints sent: one that is not Ready goes as draining.
+    let drains = |ready: bool| !ready && obj.spec.mode == Mode::Sharded;
     let mut out = Vec::new();
     if let Some(sel) = &e.selector {
         if let Err((field, msg)) = selector::validate(sel) {
@@ -736,16 +744,13 @@ fn endpoints(
             model
                 .pods
                 .values()
-                .filter(|p| {
-                    &p.key.namespace == ns
-                        && (p.ready || with_not_ready)
-                        && selector::matches(sel, &p.labels)
-                })
+                .filter(|p| &p.key.namespace == ns && selector::matches(sel, &p.labels))
                 .filter_map(|p| {
                     Some(Endpoint {
                         name: p.key.name.clone(),
                         host: p.ip.clone()?,
                         port,
+                        draining: drains(p.ready),
                     })
                 }),
         );
@@ -763,16 +768,13 @@ fn endpoints(
             .values()
             .filter(|s| &s.key.namespace == ns && &s.service == service)
         {
-            for ep in slice
-                .endpoints
-                .iter()
-                .filter(|ep| ep.ready || with_not_ready)
-            {
+            for ep in &slice.endpoints {
                 if seen.insert(ep.ip.clone()) {
                     out.push(Endpoint {
                         name: ep.name.clone(),
                         host: ep.ip.clone(),
                         port,
+                        draining: drains(ep.ready),
                     });
                 }
             }
@@ -842,6 +844,7 @@ fn parse_static(entry: &str) -> Result<Endpoint, String> {
         name: name.map_or_else(|| addr.to_owned(), str::to_owned),
         host,
         port,
+        draining: false,
     })
 }
 

@@ -30,6 +30,10 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("auth_uses_the_secret_and_follows_its_rotation", auth),
     ("sharded_mode_keeps_keys_when_a_server_moves", sharded),
     (
+        "a_sharded_server_not_ready_gets_no_new_keys_and_finishes_what_is_in_flight",
+        sharded_removal,
+    ),
+    (
         "a_dead_shard_is_ejected_by_outlier_detection_and_its_keys_move",
         outlier_ejection,
     ),
@@ -617,6 +621,109 @@ fn sharded(f: &Fixture) {
         c.ok(&["SET", k, "x"]);
     }
     assert!(keys_on(moved.port).len() >= 20.min(before[2].len()));
+}
+
+/// Mode Sharded: a server taken out of the endpoints (its Pod no longer Ready) gets no new
+/// key at once, though it still answers Envoy's health checks; a command already in flight
+/// on it still completes there.
+fn sharded_removal(f: &Fixture) {
+    let dir = f._dir.path().join("sharded-removal");
+    let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"].map(String::from);
+    let redis_port = crate::redis::port_on_every(&hosts);
+    let servers = hosts
+        .clone()
+        .map(|h| crate::redis::start_server_on(&dir, &h, redis_port, false, None));
+    let port = free_port();
+    let objects = |s2_ready: bool| {
+        let mut yaml = rc(
+            "drain",
+            &format!(
+                "mode: Sharded\nendpoints: {{selector: {{matchLabels: {{app: drain}}}}}}\nport: {redis_port}\nlistener: {{port: {port}, opTimeout: 20s}}"
+            ),
+        );
+        for (i, host) in hosts.iter().enumerate() {
+            let ready = if i < 2 || s2_ready { "True" } else { "False" };
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: s{i}, namespace: e2e, labels: {{app: drain}}}}\nstatus: {{podIP: {host}, conditions: [{{type: Ready, status: \"{ready}\"}}]}}\n"
+            ));
+        }
+        yaml
+    };
+    let sc = Sidecar::start(&[("drain.yaml", objects(true))]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    let dbsize = |s: &crate::redis::Server| -> u64 { s.conn().ok(&["DBSIZE"]).parse().unwrap() };
+    wait_until("every shard is healthy and receives keys", || {
+        for i in 0..50 {
+            c.cmd(&["SET", &format!("warm:{i}"), "1"]).ok()?;
+        }
+        servers.iter().all(|s| dbsize(s) > 0).then_some(())
+    });
+    // A key that lives on s2.
+    let key = (0..)
+        .map(|i| format!("q:{i}"))
+        .find(|k| {
+            c.ok(&["SET", k, "x"]);
+            let on_s2 = servers[2].conn().ok(&["EXISTS", k]) == "1";
+            c.ok(&["DEL", k]);
+            on_s2
+        })
+        .unwrap();
+    // A write to it in flight while s2 leaves: s2 holds writes for 4 s (Envoy's Redis proxy
+    // has no blocking commands; opTimeout is longer), and the SET through Envoy waits there.
+    servers[2].conn().ok(&["CLIENT", "PAUSE", "4000", "WRITE"]);
+    let mut in_flight = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let written = key.clone();
+    let waiter =
+        std::thread::spawn(move || in_flight.cmd(&["SET", &written, "done"]).map(|r| r.text()));
+    wait_until("the SET waits on s2", || {
+        servers[2]
+            .conn()
+            .ok(&["INFO", "clients"])
+            .contains("blocked_clients:1")
+            .then_some(())
+    });
+
+    let eds_acked = || -> Option<String> {
+        let syncz: serde_json::Value =
+            serde_json::from_str(&http_get(&sc.serve.debug, "/debug/syncz")?).ok()?;
+        let eds = &syncz["proxies"][0]["types"]["EDS"];
+        (eds["state"] == "SYNCED").then(|| eds["acked_version"].as_str().unwrap_or("").to_owned())
+    };
+    let before = wait_until("EDS in sync", eds_acked);
+    sc.write("drain.yaml", &objects(false));
+    wait_until("Envoy ACKed the endpoints without a Ready s2", || {
+        eds_acked().filter(|v| *v != before)
+    });
+    assert!(
+        servers[2]
+            .conn()
+            .ok(&["INFO", "clients"])
+            .contains("blocked_clients:1"),
+        "the SET is still in flight on s2 when it leaves the ring"
+    );
+    // New keys: none on s2 (which still answers health checks), all on the two others.
+    for i in 0..300 {
+        c.ok(&["SET", &format!("after:{i}"), "1"]);
+    }
+    let after = |s: &crate::redis::Server| {
+        s.conn()
+            .ok(&["KEYS", "after:*"])
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .count()
+    };
+    let sizes: Vec<usize> = servers.iter().map(after).collect();
+    println!("  300 keys after s2 turned not Ready: {sizes:?}");
+    assert_eq!(sizes[2], 0, "a key went to the server taken out");
+    assert_eq!(sizes[0] + sizes[1], 300);
+
+    // The write that was in flight on s2 completes there once s2 takes writes again.
+    let reply = waiter
+        .join()
+        .unwrap()
+        .expect("the in-flight client's connection");
+    assert_eq!(reply, "OK", "the write in flight on s2");
+    assert_eq!(servers[2].conn().ok(&["GET", &key]), "done");
 }
 
 fn live_change(f: &Fixture) {
