@@ -149,8 +149,17 @@ impl Drop for Proc {
 }
 
 /// Polls `f` until it returns `Some`, failing after a generous bound with `what`.
-pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+pub fn wait_until<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_for(what, std::time::Duration::from_secs(30), f)
+}
+
+/// [`wait_until`] with a bound of its own, for what goes through several periodic steps.
+pub fn wait_until_for<T>(
+    what: &str,
+    bound: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + bound;
     loop {
         if let Some(v) = f() {
             return v;
