@@ -1744,6 +1744,58 @@ fn should_keep_upstream_connections_alive_by_default_and_take_whole_seconds() {
 /// Settings Envoy would ignore, change or choke on are refused where they are written, each
 /// with the reason (tests/e2e/own_rules.rs shows real Envoy doing what the messages say).
 #[test]
+fn should_judge_key_formatter_operators_as_envoy_1_40_does() {
+    let with = |f: &str| {
+        compiled(&rc(
+            "x",
+            "a",
+            &format!(
+                "{STATIC}\nlistener: {{port: 1, catchAll: {{keyFormatter: {}}}}}",
+                serde_json::to_string(f).unwrap()
+            ),
+        ))
+    };
+    // What Envoy fills in (or, for %%, writes as '%').
+    for ok in [
+        "tenant-a:%KEY%",
+        "%HOSTNAME%/%KEY%",
+        "%ENVIRONMENT(POD_NAMESPACE)%:%KEY%",
+        "%START_TIME(%Y)%:%KEY%",
+        "%START_TIME%:%KEY%",
+        "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%DOWNSTREAM_REMOTE_ADDRESS%|%KEY%",
+        "100%%:%KEY%",
+    ] {
+        let c = with(ok);
+        assert!(c.problems.is_empty(), "{ok}: {:?}", problem_lines(&c));
+    }
+    // What makes Envoy abort on the first command, or format as nothing.
+    for (bad, says) in [
+        ("100%:%KEY%", "a '%' that starts no operator"),
+        ("%KEY%:%", "a '%' that starts no operator"),
+        ("%KEY%:%KEY", "is not closed"),
+        ("%HOSTNAME:4%:%KEY%", "is not closed"),
+        ("%NOPE%:%KEY%", "does not fill in %NOPE%"),
+        ("%DOWNSTREAM_LOCAL_PORT%:%KEY%", "does not fill in"),
+        ("%HOSTNAME(x)%:%KEY%", "takes no argument"),
+        ("%KEY%%KEY(x)%", "takes no argument"),
+        ("%ENVIRONMENT%:%KEY%", "needs an argument"),
+        ("%START_TIME(%Y:%KEY%", "no closing ')'"),
+    ] {
+        let c = with(bad);
+        assert_eq!(
+            problem_fields(&c),
+            ["a:spec.listener.catchAll.keyFormatter"],
+            "{bad}"
+        );
+        assert!(
+            c.problems[0].message.contains(says),
+            "{bad}: {}",
+            c.problems[0]
+        );
+    }
+}
+
+#[test]
 fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
     let sharded = "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}";
     for (spec, field, says) in [
@@ -1752,7 +1804,7 @@ fn should_refuse_settings_envoy_would_ignore_change_or_choke_on() {
                 "{STATIC}\nlistener: {{port: 1, routes: [{{prefix: \"t:\", cluster: a, keyFormatter: \"100%:%KEY%\"}}]}}"
             ),
             "spec.listener.routes[0].keyFormatter",
-            "'%' outside %KEY%",
+            "a '%' that starts no operator",
         ),
         (
             format!("{STATIC}\nlistener: {{port: 1, customCommands: [JSON.GET]}}"),

@@ -1590,22 +1590,108 @@ fn is_command_name(cmd: &str) -> bool {
 }
 
 /// A route's `keyFormatter`: `%KEY%` must appear, or every key would become the same one.
+///
+/// Envoy reads the rest with its substitution formatter, lazily: when the first command the
+/// route matches arrives. Checked against Envoy 1.40 (tests/e2e/own_rules.rs): `%%` is a
+/// literal `%`; the operators of [`KEY_FORMATTER_OPERATORS`] are filled in; an operator
+/// Envoy does not know, an argument or length on one that takes none, an unterminated
+/// operator or a `%` that starts none make Envoy abort, the whole sidecar, on that command.
 fn key_formatter(c: &mut Checker<'_>, base: &str, value: Option<&str>) -> Option<String> {
     let f = value?;
+    let field = format!("{base}.keyFormatter");
     if !f.contains("%KEY%") {
         c.invalid(
-            format!("{base}.keyFormatter"),
+            field,
             format!("{f:?} has no %KEY%: Envoy would send every key as this same string; write e.g. \"tenant-a:%KEY%\""),
         );
-    } else if f.replace("%KEY%", "").contains('%') {
-        // Envoy reads the rest with its access-log formatter when a command arrives, and a
-        // stray or unknown operator there aborts the whole sidecar.
-        c.invalid(
-            format!("{base}.keyFormatter"),
-            format!("{f:?} has a '%' outside %KEY%: Envoy reads '%' as the start of one of its own format operators and stops (the whole sidecar) on the first command this route matches; use '%' only in %KEY%"),
-        );
+    } else if let Err(msg) = check_format_operators(f) {
+        c.invalid(field, format!("{f:?}: {msg}"));
     }
     Some(f.to_owned())
+}
+
+/// The substitution-format operators a `keyFormatter` may use besides `%KEY%`, and whether
+/// each takes an argument in parentheses: those Envoy 1.40 fills in when it formats a Redis
+/// key. Others it knows (ports, `FILTER_STATE`, `DYNAMIC_METADATA`, upstream fields) format as
+/// nothing there, and ones it does not know abort it.
+pub const KEY_FORMATTER_OPERATORS: &[(&str, Argument)] = &[
+    ("KEY", Argument::None),
+    ("HOSTNAME", Argument::None),
+    ("ENVIRONMENT", Argument::Required),
+    ("START_TIME", Argument::Optional),
+    ("START_TIME_LOCAL", Argument::Optional),
+    ("DOWNSTREAM_REMOTE_ADDRESS", Argument::None),
+    ("DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", Argument::None),
+    ("DOWNSTREAM_LOCAL_ADDRESS", Argument::None),
+    ("DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", Argument::None),
+];
+
+/// Whether a format operator takes `(argument)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Argument {
+    /// Never: Envoy aborts on one.
+    None,
+    /// Either way (`START_TIME`'s strftime format).
+    Optional,
+    /// Always (`ENVIRONMENT(NAME)`).
+    Required,
+}
+
+/// Checks every `%` of a key formatter against what Envoy 1.40 does with it.
+fn check_format_operators(f: &str) -> Result<(), String> {
+    const ABORTS: &str = "Envoy aborts, the whole sidecar, on the first command this route matches";
+    let mut rest = f;
+    while let Some(at) = rest.find('%') {
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('%') {
+            rest = after;
+            continue;
+        }
+        let name_len = rest
+            .find(|ch: char| !(ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        rest = &rest[name_len..];
+        let has_argument = rest.starts_with('(');
+        if has_argument {
+            let Some(close) = rest.find(')') else {
+                return Err(format!("%{name}( has no closing ')': {ABORTS}"));
+            };
+            rest = &rest[close + 1..];
+        }
+        let Some(after) = rest.strip_prefix('%') else {
+            return Err(if name.is_empty() {
+                format!("a '%' that starts no operator: {ABORTS}; write %% for a literal '%'")
+            } else {
+                format!(
+                    "%{name} is not closed by '%' (a length limit such as %{name}:4% included): {ABORTS}"
+                )
+            });
+        };
+        rest = after;
+        let Some((_, arg)) = KEY_FORMATTER_OPERATORS.iter().find(|(n, _)| *n == name) else {
+            return Err(format!(
+                "Envoy does not fill in %{name}% for a Redis key ({ABORTS} when it does not know the operator, and formats the ones it knows but cannot fill here as nothing); use %KEY% with {}",
+                KEY_FORMATTER_OPERATORS[1..]
+                    .iter()
+                    .map(|(n, _)| format!("%{n}%"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        match (arg, has_argument) {
+            (Argument::None, true) => {
+                return Err(format!("%{name}% takes no argument: {ABORTS}"));
+            }
+            (Argument::Required, false) => {
+                return Err(format!(
+                    "%{name}% needs an argument, e.g. %{name}(POD_NAMESPACE)%: {ABORTS}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Envoy draws one random number per command and walks the faults that apply to it, so

@@ -114,6 +114,47 @@ pub fn own_rules(f: &Fixture) {
     assert!(!exited.success(), "{exited:?}");
     drop(e);
 
+    // An operator Envoy does not know: the same abort.
+    refused(
+        dir,
+        &format!(
+            "{base}\n  routes: [{{prefix: \"t:\", cluster: main, keyFormatter: \"%NOPE%:%KEY%\"}}]"
+        ),
+        "spec.listener.routes[0].keyFormatter",
+    );
+    proxy(&mut b)["prefixRoutes"]["routes"][0]["keyFormatter"] = json!("%NOPE%:%KEY%");
+    let mut e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    let _ = c.cmd(&["SET", "t:x", "1"]);
+    let exited = wait_until("Envoy exits on an operator it does not know", || {
+        e.child.try_wait().unwrap()
+    });
+    assert!(!exited.success(), "{exited:?}");
+    drop(e);
+
+    // And the other direction: operators Envoy fills in are accepted, and the key Redis
+    // stores is what they say.
+    let b = render(
+        dir,
+        &format!(
+            "{base}\n  routes: [{{prefix: \"t:\", cluster: main, keyFormatter: \"%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|100%%|%START_TIME(%Y)%|%KEY%\"}}]"
+        ),
+    )
+    .expect("redis-xds accepts the operators Envoy fills in");
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    assert_eq!(c.ok(&["SET", "t:formatted", "1"]), "OK");
+    let year = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .year();
+    let key = format!("127.0.0.1|100%|{year}|t:formatted");
+    let stored =
+        f.main.primaries().iter().any(|p| {
+            f.main.conn(*p).cmd(&["EXISTS", &key]).ok() == Some(crate::resp::Reply::Int(1))
+        });
+    assert!(stored, "Redis holds {key}");
+    drop(e);
+
     // customCommands with upper-case letters never match: Envoy answers the command itself
     // as unknown, and Redis never sees it.
     refused(
