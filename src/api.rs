@@ -248,6 +248,13 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub healthy_threshold: Option<u32>,
+    /// A maintenance key (the Redis health checker's `key`): Envoy checks with `EXISTS key`
+    /// instead of PING, and a server that holds the key fails, so setting it on a server
+    /// drains it out of the hash ring (after `unhealthyThreshold` checks) while it keeps
+    /// running; deleting it brings the server back. Default: PING.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: Option<String>,
 }
 
 /// Envoy `Cluster.DnsLookupFamily`: which addresses of a host name Envoy uses.

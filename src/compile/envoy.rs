@@ -370,7 +370,10 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                         name: REDIS_HEALTH_CHECKER.to_owned(),
                         config_type: Some(
                             core::health_check::custom_health_check::ConfigType::TypedConfig(any(
-                                &RedisHealthCheck::default(),
+                                &RedisHealthCheck {
+                                    key: s.health_check_key.clone().unwrap_or_default(),
+                                    ..Default::default()
+                                },
                             )),
                         ),
                     },

@@ -274,6 +274,8 @@ pub struct ShardingPlan {
     pub unhealthy_threshold: u32,
     /// Successes before it is up.
     pub healthy_threshold: u32,
+    /// The health checker's maintenance key (`EXISTS key` instead of PING), when set.
+    pub health_check_key: Option<String>,
     /// Outlier detection, unless turned off.
     pub outlier_detection: Option<OutlierPlan>,
 }
@@ -1542,6 +1544,7 @@ fn sharding(
         timeout,
         unhealthy_threshold,
         healthy_threshold,
+        health_check_key: hc.key,
     })
 }
 

@@ -34,6 +34,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         sharded_removal,
     ),
     (
+        "a_sharded_server_holding_the_maintenance_key_drains_and_comes_back",
+        maintenance_key,
+    ),
+    (
         "a_dead_shard_is_ejected_by_outlier_detection_and_its_keys_move",
         outlier_ejection,
     ),
@@ -724,6 +728,68 @@ fn sharded_removal(f: &Fixture) {
         .expect("the in-flight client's connection");
     assert_eq!(reply, "OK", "the write in flight on s2");
     assert_eq!(servers[2].conn().ok(&["GET", &key]), "done");
+}
+
+/// Mode Sharded with `healthCheck.key`: Envoy checks with EXISTS, so an operator who sets
+/// the key on a running server drains it out of the ring, and deleting it brings it back.
+fn maintenance_key(f: &Fixture) {
+    let dir = f._dir.path().join("maintenance");
+    let servers = [standalone(&dir), standalone(&dir), standalone(&dir)];
+    let port = free_port();
+    let spec = rc(
+        "maint",
+        &format!(
+            "mode: Sharded\nendpoints: {{static: [\"s0={}\", \"s1={}\", \"s2={}\"]}}\nsharding:\n  healthCheck: {{interval: 200ms, unhealthyThreshold: 2, key: redis-xds:maintenance}}\nlistener: {{port: {port}}}",
+            servers[0].addr(),
+            servers[1].addr(),
+            servers[2].addr()
+        ),
+    );
+    let sc = Sidecar::start(&[("maint.yaml", spec)]);
+    let mut c = sc.wait_serving(port, &["SET", "probe", "1"]);
+    let count = |s: &crate::redis::Server, pattern: &str| {
+        s.conn()
+            .ok(&["KEYS", pattern])
+            .split(',')
+            .filter(|k| !k.is_empty())
+            .count()
+    };
+    let s2 = format!("{}::health_flags::", servers[2].addr());
+    let s2_flags = || -> Option<String> {
+        let clusters = http_get(&sc.admin, "/clusters")?;
+        clusters
+            .lines()
+            .find(|l| l.contains(&s2))
+            .map(str::to_owned)
+    };
+    wait_until("every shard healthy", || {
+        s2_flags().filter(|l| l.ends_with("healthy"))
+    });
+
+    servers[2].conn().ok(&["SET", "redis-xds:maintenance", "1"]);
+    wait_until("Envoy fails s2's health check", || {
+        s2_flags().filter(|l| l.contains("failed_active_hc"))
+    });
+    for i in 0..300 {
+        c.ok(&["SET", &format!("during:{i}"), "1"]);
+    }
+    let during: Vec<usize> = servers.iter().map(|s| count(s, "during:*")).collect();
+    println!("  300 keys while s2 holds the maintenance key: {during:?}");
+    assert_eq!(during[2], 0, "a key went to the server in maintenance");
+
+    servers[2].conn().ok(&["DEL", "redis-xds:maintenance"]);
+    let t = Instant::now();
+    wait_until("s2 back in the ring", || {
+        for i in 0..100 {
+            c.cmd(&["SET", &format!("after:{i}"), "1"]).ok()?;
+        }
+        (count(&servers[2], "after:*") > 0).then_some(())
+    });
+    println!(
+        "  s2 gets keys again {:.1}s after the key was deleted ({:?})",
+        t.elapsed().as_secs_f64(),
+        s2_flags()
+    );
 }
 
 fn live_change(f: &Fixture) {
