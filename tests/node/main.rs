@@ -10,6 +10,7 @@
 //! (`scripts/node kubectl get pods -A`), and needs `scripts/node clean` afterwards.
 
 mod cluster;
+mod scenarios;
 mod traffic;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -33,8 +34,6 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         scenarios::faults,
     ),
 ];
-
-mod scenarios;
 
 fn main() {
     println!("\nrunning {} node scenarios", SCENARIOS.len());
