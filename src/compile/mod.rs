@@ -411,7 +411,7 @@ pub fn recompile(model: &Model, previous: Option<(&Model, &Compiled)>) -> Compil
         let outcome = Outcome {
             accepted,
             endpoints: match &entry.plan {
-                Ok(p) => p.endpoints.iter().filter(|e| !e.draining).count(),
+                Ok(p) => plan::serving(&p.endpoints),
                 Err(_) => plan::endpoint_count(obj, model),
             },
             generation: obj.generation,

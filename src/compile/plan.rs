@@ -512,10 +512,12 @@ pub fn endpoint_count(obj: &RedisClusterObject, model: &Model) -> usize {
         Some(p) => c.port("spec.port", p),
         None => DEFAULT_REDIS_PORT,
     };
-    endpoints(&mut c, obj, model, port)
-        .iter()
-        .filter(|e| !e.draining)
-        .count()
+    serving(&endpoints(&mut c, obj, model, port))
+}
+
+/// How many of `endpoints` serve: the ones not draining. What status shows as `endpoints`.
+pub fn serving(endpoints: &[Endpoint]) -> usize {
+    endpoints.iter().filter(|e| !e.draining).count()
 }
 
 /// Validates one object and resolves its inputs.
