@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::protojson;
 use crate::snapshot::Snapshot;
 use crate::source::watch::DirState;
+use crate::xds::tracker::Rejected;
 use crate::xds::{ProxyStatus, Registry, ResourceType, TypeStatus};
 
 /// What the debug server reads.
@@ -168,6 +169,7 @@ fn proxy_json(p: &ProxyStatus) -> Value {
                     "nonce": t.nonce.as_deref(),
                     "resources": t.sent.len(),
                     "last_nack": t.nack.as_ref().map(|n| json!({"version": n.version, "message": n.message, "at": time(n.at)})),
+                    "rejected": t.rejected.iter().flat_map(|m| m.iter()).map(|(name, r)| json!({"name": name, "version": r.resource.version, "message": r.nack.message, "at": time(r.nack.at)})).collect::<Vec<_>>(),
                 }),
             )
         })
@@ -188,13 +190,40 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
     Json(json!({ "proxies": proxies }))
 }
 
-/// The resources a proxy was sent, leaving out those it only declared holding.
-fn resources(
-    t: Option<&TypeStatus>,
-) -> impl Iterator<Item = (&String, &Arc<crate::xds::Resource>)> {
-    t.into_iter()
-        .flat_map(|t| t.sent.iter())
-        .filter(|(_, r)| !r.declared)
+/// One resource of a proxy's config dump: the version it holds, and the version it
+/// refused, if any.
+struct Entry<'a> {
+    name: &'a str,
+    held: Option<&'a Arc<crate::xds::Resource>>,
+    rejected: Option<&'a Rejected>,
+}
+
+/// The resources a proxy holds (leaving out those it only declared holding) and those it
+/// refused, by name.
+fn entries(t: Option<&TypeStatus>) -> Vec<Entry<'_>> {
+    let mut out: std::collections::BTreeMap<&str, Entry<'_>> = Default::default();
+    for t in t.into_iter() {
+        for (name, r) in t.sent.iter().filter(|(_, r)| !r.declared) {
+            out.insert(
+                name,
+                Entry {
+                    name,
+                    held: Some(r),
+                    rejected: None,
+                },
+            );
+        }
+        for (name, r) in t.rejected.iter().flat_map(|m| m.iter()) {
+            out.entry(name)
+                .or_insert(Entry {
+                    name,
+                    held: None,
+                    rejected: None,
+                })
+                .rejected = Some(r);
+        }
+    }
+    out.into_values().collect()
 }
 
 fn packed(type_url: &str, r: &crate::xds::Resource) -> Option<Any> {
@@ -204,7 +233,29 @@ fn packed(type_url: &str, r: &crate::xds::Resource) -> Option<Any> {
     })
 }
 
-/// Envoy's config_dump of what the proxy was sent.
+/// Envoy's `UpdateFailureState` of a refused resource: the configuration refused, when,
+/// and Envoy's message.
+fn error_state(kind: ResourceType, r: Option<&Rejected>) -> Option<admin::UpdateFailureState> {
+    let r = r?;
+    let at = r
+        .nack
+        .at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(admin::UpdateFailureState {
+        failed_configuration: packed(kind.type_url(), &r.resource),
+        last_update_attempt: Some(envoy_types::pb::google::protobuf::Timestamp {
+            seconds: i64::try_from(at.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(at.subsec_nanos()).unwrap_or_default(),
+        }),
+        details: r.nack.message.clone(),
+        version_info: r.resource.version.clone(),
+    })
+}
+
+/// Envoy's config_dump of what the proxy holds: what it was sent, less what it refused.
+/// A refused resource carries `error_state`, as in Envoy's own dump, next to the version
+/// the proxy kept, if any.
 pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let cds = p.types.get(&ResourceType::Cluster);
     let eds = p.types.get(&ResourceType::Endpoint);
@@ -214,24 +265,30 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
             .and_then(|t| t.sent_version.as_deref())
             .unwrap_or_default()
             .to_owned(),
-        dynamic_active_clusters: resources(cds)
-            .map(|(_, r)| admin::clusters_config_dump::DynamicCluster {
-                version_info: r.version.clone(),
-                cluster: packed(ResourceType::Cluster.type_url(), r),
+        dynamic_active_clusters: entries(cds)
+            .into_iter()
+            .map(|e| admin::clusters_config_dump::DynamicCluster {
+                version_info: e.held.map(|r| r.version.clone()).unwrap_or_default(),
+                cluster: e
+                    .held
+                    .and_then(|r| packed(ResourceType::Cluster.type_url(), r)),
+                error_state: error_state(ResourceType::Cluster, e.rejected),
                 ..Default::default()
             })
             .collect(),
         ..Default::default()
     };
     let endpoints = admin::EndpointsConfigDump {
-        dynamic_endpoint_configs: resources(eds)
-            .map(
-                |(_, r)| admin::endpoints_config_dump::DynamicEndpointConfig {
-                    version_info: r.version.clone(),
-                    endpoint_config: packed(ResourceType::Endpoint.type_url(), r),
-                    ..Default::default()
-                },
-            )
+        dynamic_endpoint_configs: entries(eds)
+            .into_iter()
+            .map(|e| admin::endpoints_config_dump::DynamicEndpointConfig {
+                version_info: e.held.map(|r| r.version.clone()).unwrap_or_default(),
+                endpoint_config: e
+                    .held
+                    .and_then(|r| packed(ResourceType::Endpoint.type_url(), r)),
+                error_state: error_state(ResourceType::Endpoint, e.rejected),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     };
@@ -240,14 +297,18 @@ pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
             .and_then(|t| t.sent_version.as_deref())
             .unwrap_or_default()
             .to_owned(),
-        dynamic_listeners: resources(lds)
-            .map(|(name, r)| admin::listeners_config_dump::DynamicListener {
-                name: name.clone(),
-                active_state: Some(admin::listeners_config_dump::DynamicListenerState {
-                    version_info: r.version.clone(),
-                    listener: packed(ResourceType::Listener.type_url(), r),
-                    ..Default::default()
-                }),
+        dynamic_listeners: entries(lds)
+            .into_iter()
+            .map(|e| admin::listeners_config_dump::DynamicListener {
+                name: e.name.to_owned(),
+                active_state: e
+                    .held
+                    .map(|r| admin::listeners_config_dump::DynamicListenerState {
+                        version_info: r.version.clone(),
+                        listener: packed(ResourceType::Listener.type_url(), r),
+                        ..Default::default()
+                    }),
+                error_state: error_state(ResourceType::Listener, e.rejected),
                 ..Default::default()
             })
             .collect(),

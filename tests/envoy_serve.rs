@@ -252,3 +252,127 @@ spec:
     let (_, listeners) = envoy_dynamic(&admin).unwrap();
     assert_eq!(listeners, [format!("redis/shop/orders@127.0.0.1:{port}")]);
 }
+
+/// The LDS state `/debug/syncz` gives the proxy `node`, and the names it lists as refused.
+fn lds_state(debug: &str, node: &str) -> Option<(String, Vec<String>)> {
+    let syncz: serde_json::Value =
+        serde_json::from_str(&common::http_get(debug, "/debug/syncz")?).ok()?;
+    let p = syncz["proxies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["proxy"] == node)?;
+    let lds = &p["types"]["LDS"];
+    let rejected = lds["rejected"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| Some(r["name"].as_str()?.to_owned()))
+        .collect();
+    Some((lds["state"].as_str()?.to_owned(), rejected))
+}
+
+/// The listener `name` in redis-xds's config dump of the proxy `node`.
+fn dumped_listener(debug: &str, node: &str, name: &str) -> Option<serde_json::Value> {
+    let path = format!("/debug/config_dump?proxy={node}");
+    let dump: serde_json::Value = serde_json::from_str(&common::http_get(debug, &path)?).ok()?;
+    dump["configs"][2]["dynamicListeners"]
+        .as_array()?
+        .iter()
+        .find(|l| l["name"] == name)
+        .cloned()
+}
+
+/// A listener Envoy refuses because another process holds its port: redis-xds says the
+/// proxy does not hold it (NACKED, not in its config dump but for the error), and offers it
+/// again on its own once a retry is due, so that Envoy takes it when the port is free,
+/// though nothing about the listener changed.
+fn refused_listener_is_offered_again(sotw: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("manifests");
+    std::fs::create_dir(&dir).unwrap();
+    let port = common::free_port();
+    let busy = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    std::fs::write(dir.join("orders.yaml"), manifests(port)).unwrap();
+    let common::Serve {
+        proc: mut serve,
+        xds,
+        debug,
+        log,
+    } = start_serve(&dir, &[]);
+    let xds = xds.to_string();
+    let node = if sotw {
+        "refused-sotw"
+    } else {
+        "refused-delta"
+    };
+    let mut args = vec!["--xds-address", &xds, "--node-id", node];
+    args.extend(["--namespace", "shop"]);
+    if sotw {
+        args.push("--sotw");
+    }
+    let (_envoy, admin) = start_envoy(tmp.path(), &args);
+    let listener = format!("redis/shop/orders@127.0.0.1:{port}");
+
+    let (state, rejected) = wait_until("the proxy refused the listener", || {
+        lds_state(&debug, node).filter(|(_, r)| !r.is_empty())
+    });
+    assert_eq!(state, "NACKED");
+    assert_eq!(rejected, std::slice::from_ref(&listener));
+    let (clusters, listeners) = envoy_dynamic(&admin).unwrap();
+    assert_eq!(clusters, ["redis/shop/cache", "redis/shop/orders"]);
+    assert!(listeners.is_empty(), "Envoy holds {listeners:?}");
+    let dumped = dumped_listener(&debug, node, &listener).expect("the refused listener");
+    assert!(
+        dumped.get("activeState").is_none(),
+        "a refused listener is not held: {dumped}"
+    );
+    let details = dumped["errorState"]["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains(&listener) && details.contains("Address already in use"),
+        "Envoy's own message: {dumped}"
+    );
+    assert!(
+        common::http_get(&debug, "/metrics")
+            .unwrap()
+            .lines()
+            .any(
+                |l| l.starts_with("redis_xds_xds_nacks_total{type=\"LDS\"} ") && !l.ends_with(" 0")
+            ),
+        "the NACK is counted"
+    );
+
+    // The port is freed outside redis-xds: the retry brings the listener to Envoy.
+    drop(busy);
+    common::wait_until_for(
+        "Envoy holds the listener once its port is free",
+        std::time::Duration::from_secs(60),
+        || {
+            let (_, listeners) = envoy_dynamic(&admin)?;
+            (listeners == [listener.clone()]).then_some(())
+        },
+    );
+    wait_until("the proxy is SYNCED", || {
+        lds_state(&debug, node).filter(|(state, r)| state == "SYNCED" && r.is_empty())
+    });
+    let dumped = dumped_listener(&debug, node, &listener).unwrap();
+    assert!(
+        dumped.get("activeState").is_some() && dumped.get("errorState").is_none(),
+        "{dumped}"
+    );
+    let reply = wait_until("the listener answers PING", || {
+        redis_command(&format!("127.0.0.1:{port}"), &["PING"])
+    });
+    assert_eq!(reply, "+PONG\r\n");
+    serve.terminate();
+    let log = log.lock().unwrap();
+    assert!(log.contains("offering refused resources again"), "{log}");
+}
+
+#[test]
+fn a_listener_refused_over_delta_is_offered_again_once_its_port_is_free() {
+    refused_listener_is_offered_again(false);
+}
+
+#[test]
+fn a_listener_refused_over_sotw_is_offered_again_once_its_port_is_free() {
+    refused_listener_is_offered_again(true);
+}

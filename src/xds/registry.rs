@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::resource::{NodeIdentity, ResourceType};
-use super::tracker::{Nack, State};
+use super::tracker::{Nack, RejectedMap, State};
 
 /// The xDS variant a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,8 +42,10 @@ pub struct TypeStatus {
     pub acked_version: Option<Arc<str>>,
     /// A response awaits its ACK or NACK.
     pub pending: bool,
-    /// The last NACK, until a later ACK.
+    /// The last NACK, until a later ACK leaves nothing refused.
     pub nack: Option<Arc<Nack>>,
+    /// The resources the proxy refused and does not hold, by name.
+    pub rejected: Option<Arc<RejectedMap>>,
     /// The resources of the last response, as the proxy holds them once applied (for the
     /// config dump). Shared with the snapshot, not copied.
     pub sent: Arc<State>,
@@ -213,6 +215,7 @@ mod tests {
             acked_version: None,
             pending: false,
             nack: None,
+            rejected: None,
             sent: std::sync::Arc::default(),
         };
         let types: TypeStatuses = [

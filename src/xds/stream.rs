@@ -80,6 +80,17 @@ pub(super) struct Response {
     pub removed: Vec<String>,
 }
 
+/// Completes at `at`, or never.
+async fn until(at: Option<SystemTime>) {
+    match at {
+        Some(at) => {
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads namespace and labels from node metadata; anything else there is ignored.
 pub fn identity(node: &Node) -> NodeIdentity {
     let fields = node.metadata.as_ref().map(|m: &Struct| &m.fields);
@@ -327,6 +338,7 @@ impl Stream {
         // stream's task larger for as long as it lives.
         Box::pin(self.sync(responses)).await?;
         loop {
+            let retry = self.next_retry();
             tokio::select! {
                 biased;
                 // Shutdown, or nobody reads the responses any more: the stream is gone.
@@ -352,8 +364,23 @@ impl Stream {
                     self.dirty = PerType::from_fn(|_| true);
                     Box::pin(self.sync(responses)).await?;
                 }
+                () = until(retry) => {
+                    let now = SystemTime::now();
+                    for kind in TYPES {
+                        if self.trackers[kind].retry_if_due(now) {
+                            info!(type_url = %kind, "offering refused resources again");
+                            self.dirty[kind] = true;
+                        }
+                    }
+                    Box::pin(self.sync(responses)).await?;
+                }
             }
         }
+    }
+
+    /// When the first retry of refused resources is due, if any type has one.
+    fn next_retry(&self) -> Option<SystemTime> {
+        self.trackers.iter().filter_map(|(_, t)| t.retry_at()).min()
     }
 
     fn on_request(&mut self, req: Request) {
@@ -484,6 +511,7 @@ impl Stream {
             let view = Arc::clone(&self.view);
             let retained = self.retained(&view, kind);
             let available = retained.as_deref().unwrap_or(view.of(kind));
+            self.trackers[kind].forget_withdrawn(available);
             let tracker = &self.trackers[kind];
             let desired = if retained.is_none() && tracker.plans_like_others().is_some() {
                 view.whole_version(kind).to_owned()

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use imbl::ordmap::DiffItem;
 
@@ -34,6 +34,37 @@ pub struct Nack {
     pub at: SystemTime,
 }
 
+/// A resource the client refused in this version: it does not hold it (it keeps the
+/// version it had before, if any). Kept until the resource changes or the client accepts it
+/// on a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The refused resource, as it was offered.
+    pub resource: Arc<Resource>,
+    /// The NACK that refused it.
+    pub nack: Arc<Nack>,
+}
+
+/// Refused resources by name.
+pub type RejectedMap = BTreeMap<String, Rejected>;
+
+/// The first retry of a refused resource that did not change comes this long after its
+/// NACK; each further NACK doubles the wait, up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// The longest wait between retries of a refused resource.
+pub const RETRY_MAX: Duration = Duration::from_secs(160);
+
+/// When refused resources that did not change are offered again.
+#[derive(Clone, Debug)]
+struct Retry {
+    /// NACKs in a row (without an ACK that left nothing refused).
+    nacks: u32,
+    /// When the next retry is due.
+    due: SystemTime,
+    /// The retry is due: the next plan offers the refused resources again.
+    now: bool,
+}
+
 /// What a request meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Received {
@@ -52,6 +83,8 @@ struct Pending {
     nonce: Arc<str>,
     state: Arc<State>,
     version: Arc<str>,
+    /// Refused resources this response left out (see [`TypeTracker::offer`]).
+    withheld: Vec<String>,
 }
 
 /// Protocol state of one resource type on one stream.
@@ -74,6 +107,9 @@ pub struct TypeTracker {
     acked_version: Option<Arc<str>>,
     last_nonce: Option<Arc<str>>,
     nack: Option<Arc<Nack>>,
+    // Both `None` almost always: a refusal is rare, and every idle stream pays for these.
+    rejected: Option<Arc<RejectedMap>>,
+    retry: Option<Box<Retry>>,
     reported_missing: BTreeSet<String>,
     /// Set when a request changed what the client subscribes to; the stream takes it to
     /// know the type must be reconsidered even when the request was only an ACK.
@@ -94,6 +130,7 @@ pub struct SotwPlan {
     /// The complete set.
     pub resources: Resources,
     state: Arc<State>,
+    withheld: Vec<String>,
 }
 
 /// What to put in a Delta response.
@@ -107,6 +144,7 @@ pub struct DeltaPlan {
     pub removed: Vec<String>,
     state: Arc<State>,
     missing: Vec<String>,
+    withheld: Vec<String>,
 }
 
 /// The empty state every tracker starts from: one allocation, so that streams that receive
@@ -132,6 +170,8 @@ impl TypeTracker {
             acked_version: None,
             last_nonce: None,
             nack: None,
+            rejected: None,
+            retry: None,
             reported_missing: BTreeSet::new(),
             subscription_changed: false,
         }
@@ -157,9 +197,35 @@ impl TypeTracker {
         self.last_nonce.as_deref()
     }
 
-    /// The last NACK, until a later response is ACKed.
+    /// The last NACK, until a later response is ACKed and nothing is refused any more.
     pub fn nack(&self) -> Option<&Nack> {
         self.nack.as_deref()
+    }
+
+    /// Resources the client refused and does not hold, by name.
+    pub fn rejected(&self) -> Option<&RejectedMap> {
+        self.rejected.as_deref()
+    }
+
+    /// When refused resources that did not change will be offered again, if any are
+    /// refused.
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        self.retry
+            .as_ref()
+            .filter(|r| !r.now && self.rejected.is_some())
+            .map(|r| r.due)
+    }
+
+    /// If the retry is due at `now`, marks it so that the next plan offers the refused
+    /// resources again; returns whether it did.
+    pub fn retry_if_due(&mut self, now: SystemTime) -> bool {
+        match &mut self.retry {
+            Some(r) if !r.now && r.due <= now && self.rejected.is_some() => {
+                r.now = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether the last requests changed the subscription; resets the flag.
@@ -192,6 +258,7 @@ impl TypeTracker {
             acked_version: self.acked_version.clone(),
             pending: self.pending.is_some(),
             nack: self.nack.clone(),
+            rejected: self.rejected.clone(),
             sent: Arc::clone(&self.sent),
         }
     }
@@ -219,31 +286,107 @@ impl TypeTracker {
             && self.pending.is_none()
             && self.wildcard
             && self.names.is_empty()
-            && self.reported_missing.is_empty())
+            && self.reported_missing.is_empty()
+            && self.rejected.is_none())
         .then_some(self.sent_version.is_none())
     }
 
     fn settle(&mut self, nonce: &str, error: Option<String>, at: SystemTime) -> Option<Received> {
         let pending = self.pending.take_if(|p| &*p.nonce == nonce)?;
         Some(match error {
-            // "The client ... will send a NACK ... with the error_detail populated." The
-            // client keeps its previous state; the rejected version is not sent again (the
-            // server's `sent` still holds it, so only a new version differs from it).
             Some(message) => {
-                self.nack = Some(Arc::new(Nack {
-                    version: pending.version.to_string(),
-                    message,
-                    at,
-                }));
+                self.refuse(*pending, message, at);
                 Received::Nack
             }
             None => {
+                // "The client ... will send an ACK" once it applied the response: it holds
+                // every resource of it. What was withheld from it is still refused.
+                self.rejected = self
+                    .rejected
+                    .take()
+                    .and_then(|rejected| still_refused(rejected, &pending.withheld));
                 self.acked = pending.state;
                 self.acked_version = Some(pending.version);
-                self.nack = None;
+                if self.rejected.is_none() {
+                    self.nack = None;
+                    self.retry = None;
+                }
                 Received::Ack
             }
         })
+    }
+
+    /// A NACK of `pending`: records which resources the client refused, and what it holds.
+    ///
+    /// "The client ... will send a NACK ... with the error_detail populated" (xDS protocol,
+    /// "ACK/NACK and resource type instance version"); the protocol leaves open which
+    /// resources of the response the client applied. Envoy applies each listener and
+    /// cluster of a response on its own, keeps the others, and names the ones it could
+    /// not apply as `NAME: reason` ("Error adding/updating listener(s) NAME: ..."). So the
+    /// resources this response offered that the message names are refused, and the
+    /// others are held; when it names none of them, every resource it offered is taken as
+    /// refused, which errs toward offering again, never toward saying held. A refused
+    /// resource keeps the version the client held before, or none.
+    fn refuse(&mut self, pending: Pending, message: String, at: SystemTime) {
+        let nack = Arc::new(Nack {
+            version: pending.version.to_string(),
+            message,
+            at,
+        });
+        let offered: Vec<Arc<Resource>> = self
+            .acked
+            .diff(&pending.state)
+            .filter_map(|item| match item {
+                DiffItem::Add(_, r) => Some(r),
+                DiffItem::Update {
+                    old: (_, was),
+                    new: (_, r),
+                } if was.version != r.version => Some(r),
+                _ => None,
+            })
+            .filter(|r| !r.declared)
+            .cloned()
+            .collect();
+        let named: Vec<Arc<Resource>> = offered
+            .iter()
+            .filter(|r| names_as_failed(&nack.message, &r.name))
+            .cloned()
+            .collect();
+        let refused = if named.is_empty() { offered } else { named };
+        let mut rejected = self
+            .rejected
+            .take()
+            .and_then(|r| still_refused(r, &pending.withheld))
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
+        let mut held = Arc::unwrap_or_clone(pending.state);
+        for r in refused {
+            match self.acked.get(&r.name) {
+                Some(before) => held.insert(r.name.clone(), Arc::clone(before)),
+                None => held.remove(&r.name),
+            };
+            rejected.insert(
+                r.name.clone(),
+                Rejected {
+                    resource: r,
+                    nack: Arc::clone(&nack),
+                },
+            );
+        }
+        let held = Arc::new(held);
+        let version: Arc<str> = version_of(&held).into();
+        self.sent = Arc::clone(&held);
+        self.sent_version = Some(Arc::clone(&version));
+        self.acked = held;
+        self.acked_version = Some(version);
+        let nacks = self.retry.as_ref().map_or(0, |r| r.nacks) + 1;
+        self.retry = Some(Box::new(Retry {
+            nacks,
+            due: at + retry_delay(nacks),
+            now: false,
+        }));
+        self.rejected = (!rejected.is_empty()).then(|| Arc::new(rejected));
+        self.nack = Some(nack);
     }
 
     /// A State-of-the-World request.
@@ -354,6 +497,58 @@ impl TypeTracker {
             .collect()
     }
 
+    /// The state to offer: `desired`, except that a refused resource that did not change
+    /// is withheld (the client keeps what it holds of it) until its retry is due. Offering
+    /// it again unchanged would be refused again: Envoy applies a listener or a cluster
+    /// as it is given, so only a change, or a change around it (a port freed, say), can
+    /// make it pass, and the retry is there for the latter.
+    fn offer(&self, desired: State) -> (State, Vec<String>) {
+        let Some(rejected) = &self.rejected else {
+            return (desired, Vec::new());
+        };
+        if self.retry.as_ref().is_some_and(|r| r.now) {
+            return (desired, Vec::new());
+        }
+        let mut state = desired;
+        let mut withheld = Vec::new();
+        for (name, r) in rejected.iter() {
+            if state.get(name).map(|d| &d.version) != Some(&r.resource.version) {
+                continue;
+            }
+            match self.sent.get(name) {
+                Some(held) => state.insert(name.clone(), Arc::clone(held)),
+                None => state.remove(name),
+            };
+            withheld.push(name.clone());
+        }
+        (state, withheld)
+    }
+
+    /// Forgets refusals of resources the client should no longer hold: nothing will be
+    /// offered for them, so no response would settle them. Returns whether any was.
+    pub fn forget_withdrawn(&mut self, available: &ResourceMap) -> bool {
+        let Some(rejected) = &self.rejected else {
+            return false;
+        };
+        let wanted = |name: &str| {
+            available.contains_key(name) && (self.wildcard || self.names.contains(name))
+        };
+        if rejected.keys().all(|n| wanted(n)) {
+            return false;
+        }
+        let still: RejectedMap = rejected
+            .iter()
+            .filter(|(n, _)| wanted(n))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        self.rejected = (!still.is_empty()).then(|| Arc::new(still));
+        if self.rejected.is_none() && self.pending.is_none() {
+            self.nack = None;
+            self.retry = None;
+        }
+        true
+    }
+
     /// Version of [`TypeTracker::desired`], without building it.
     pub fn desired_version(&self, available: &ResourceMap) -> String {
         if self.wildcard {
@@ -371,7 +566,7 @@ impl TypeTracker {
         if !self.initialized || self.pending.is_some() {
             return None;
         }
-        let state = self.desired(available);
+        let (state, withheld) = self.offer(self.desired(available));
         let version = version_of(&state);
         // The first request is always answered, even with nothing: Envoy waits for it
         // before finishing initialization. Afterwards only a changed state is sent.
@@ -388,6 +583,7 @@ impl TypeTracker {
             version,
             resources,
             state: Arc::new(state),
+            withheld,
         })
     }
 
@@ -396,7 +592,7 @@ impl TypeTracker {
         if !self.initialized || self.pending.is_some() {
             return None;
         }
-        let state = self.desired(available);
+        let (state, withheld) = self.offer(self.desired(available));
         // What differs between what the client holds and what it should: a walk over the
         // nodes the two maps do not share.
         let mut resources: Vec<Arc<Resource>> = Vec::new();
@@ -438,6 +634,7 @@ impl TypeTracker {
             removed,
             state: Arc::new(state),
             missing,
+            withheld,
         })
     }
 
@@ -469,16 +666,19 @@ impl TypeTracker {
 
     /// Records a SotW response as sent.
     pub fn sent_sotw(&mut self, nonce: String, plan: SotwPlan) {
-        self.record(nonce, plan.state, plan.version);
+        self.record(nonce, plan.state, plan.version, plan.withheld);
     }
 
     /// Records a Delta response as sent.
     pub fn sent_delta(&mut self, nonce: String, plan: DeltaPlan) {
         self.reported_missing.extend(plan.missing);
-        self.record(nonce, plan.state, plan.version);
+        self.record(nonce, plan.state, plan.version, plan.withheld);
     }
 
-    fn record(&mut self, nonce: String, state: Arc<State>, version: String) {
+    fn record(&mut self, nonce: String, state: Arc<State>, version: String, withheld: Vec<String>) {
+        if let Some(retry) = &mut self.retry {
+            retry.now = false;
+        }
         let nonce: Arc<str> = nonce.into();
         let version: Arc<str> = version.into();
         self.sent = Arc::clone(&state);
@@ -488,8 +688,40 @@ impl TypeTracker {
             nonce,
             state,
             version,
+            withheld,
         }));
     }
+}
+
+/// What stays refused once a response settled: what it withheld. The others were offered
+/// again, or left the desired state; either way their refusal is over.
+fn still_refused(rejected: Arc<RejectedMap>, withheld: &[String]) -> Option<Arc<RejectedMap>> {
+    if withheld.len() == rejected.len() {
+        return Some(rejected);
+    }
+    let still: RejectedMap = withheld
+        .iter()
+        .filter_map(|n| Some((n.clone(), rejected.get(n)?.clone())))
+        .collect();
+    (!still.is_empty()).then(|| Arc::new(still))
+}
+
+/// The wait before the retry that follows the `nacks`-th NACK in a row.
+fn retry_delay(nacks: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << nacks.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
+
+/// Whether Envoy's error message names `name` as a resource it failed to apply: `name`
+/// followed by `:`, at the start or after a space, a comma or a new line.
+fn names_as_failed(message: &str, name: &str) -> bool {
+    !name.is_empty()
+        && message.match_indices(name).any(|(i, _)| {
+            let before = message[..i].chars().next_back();
+            let after = message[i + name.len()..].chars().next();
+            matches!(before, None | Some(' ' | ',' | '\n')) && after == Some(':')
+        })
 }
 
 #[cfg(test)]
@@ -817,5 +1049,208 @@ mod tests {
         let plan = t.plan_sotw(&avail).expect("the set goes out again");
         assert_eq!(names(&plan.resources), ["a", "b"]);
         assert_eq!(plan.version, version, "same content, same version");
+    }
+
+    fn delta_nack(t: &mut TypeTracker, nonce: &str, message: &str, at: SystemTime) -> Received {
+        t.on_delta_request(&[], &[], &BTreeMap::new(), nonce, Some(message.into()), at)
+    }
+
+    fn delta_ack(t: &mut TypeTracker, nonce: &str) -> Received {
+        t.on_delta_request(&[], &[], &BTreeMap::new(), nonce, None, NOW)
+    }
+
+    fn versions(state: &State) -> Vec<(&str, &str)> {
+        state
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.version.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn should_find_the_resources_envoys_message_names_as_failed() {
+        let lds = "Error adding/updating listener(s) redis_6379: cannot bind '127.0.0.1:6379': Address already in use, x/y@1: bad";
+        assert!(names_as_failed(lds, "redis_6379"));
+        assert!(names_as_failed(lds, "x/y@1"));
+        assert!(!names_as_failed(lds, "6379"), "part of a name");
+        assert!(!names_as_failed(lds, "redis_637"), "a prefix of a name");
+        assert!(!names_as_failed(lds, "y@1"), "a suffix of a name");
+        assert!(names_as_failed("a: first\nb: second", "b"));
+        assert!(!names_as_failed(lds, ""));
+    }
+
+    #[test]
+    fn delta_should_hold_what_a_nack_did_not_name_and_withhold_what_it_did() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        let plan = t.plan_delta(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        t.sent_delta("n1".into(), plan);
+        delta_ack(&mut t, "n1");
+        let next = map(&[("a", "2"), ("b", "2"), ("c", "1")]);
+        let plan = t.plan_delta(&next).unwrap();
+        assert_eq!(names(&plan.resources), ["a", "b", "c"]);
+        t.sent_delta("n2".into(), plan);
+        let message = "Error adding/updating listener(s) b: cannot bind, c: no such cluster";
+        assert_eq!(delta_nack(&mut t, "n2", message, NOW), Received::Nack);
+        // Envoy applied a@2 and kept b@1; it holds no c.
+        let (held, pending) = t.held_shared();
+        assert!(pending.is_none());
+        assert_eq!(versions(&held), [("a", "2"), ("b", "1")]);
+        assert_eq!(versions(&t.sent_shared()), [("a", "2"), ("b", "1")]);
+        let rejected = t.rejected().expect("b and c are refused");
+        assert_eq!(rejected.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(rejected["b"].resource.version, "2");
+        assert_eq!(rejected["c"].nack.message, message);
+        assert_ne!(
+            t.acked_version(),
+            Some(t.desired_version(&next).as_str()),
+            "what the proxy holds is not what it should"
+        );
+        assert!(
+            t.plan_delta(&next).is_none(),
+            "refused resources that did not change are not offered again at once"
+        );
+        // c changes: it is offered again, b is still withheld.
+        let fixed = map(&[("a", "2"), ("b", "2"), ("c", "2")]);
+        let plan = t.plan_delta(&fixed).unwrap();
+        assert_eq!(names(&plan.resources), ["c"]);
+        assert!(plan.removed.is_empty(), "b is kept at its old version");
+        t.sent_delta("n3".into(), plan);
+        assert_eq!(delta_ack(&mut t, "n3"), Received::Ack);
+        let rejected = t.rejected().expect("b is still refused");
+        assert_eq!(rejected.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(t.nack().is_some(), "the NACK stands while b is refused");
+        assert_eq!(
+            versions(&t.held_shared().0),
+            [("a", "2"), ("b", "1"), ("c", "2")]
+        );
+    }
+
+    #[test]
+    fn delta_should_offer_refused_resources_again_when_the_retry_is_due() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        let want = map(&[("l", "1")]);
+        let plan = t.plan_delta(&want).unwrap();
+        t.sent_delta("n1".into(), plan);
+        delta_nack(
+            &mut t,
+            "n1",
+            "Error adding/updating listener(s) l: cannot bind",
+            NOW,
+        );
+        assert!(t.held_shared().0.is_empty(), "the proxy holds no l");
+        let due = t.retry_at().expect("a retry is planned");
+        assert_eq!(due, NOW + RETRY_FIRST);
+        assert!(!t.retry_if_due(due - Duration::from_millis(1)));
+        assert!(t.plan_delta(&want).is_none());
+        assert!(t.retry_if_due(due));
+        assert_eq!(t.retry_at(), None, "the retry is under way");
+        let plan = t.plan_delta(&want).expect("l is offered again, unchanged");
+        assert_eq!(names(&plan.resources), ["l"]);
+        t.sent_delta("n2".into(), plan);
+        // Refused again: the next retry waits twice as long.
+        let later = NOW + Duration::from_secs(30);
+        delta_nack(
+            &mut t,
+            "n2",
+            "Error adding/updating listener(s) l: cannot bind",
+            later,
+        );
+        assert_eq!(t.retry_at(), Some(later + RETRY_FIRST * 2));
+        assert!(t.retry_if_due(later + RETRY_FIRST * 2));
+        let plan = t.plan_delta(&want).unwrap();
+        t.sent_delta("n3".into(), plan);
+        assert_eq!(delta_ack(&mut t, "n3"), Received::Ack);
+        assert!(t.rejected().is_none());
+        assert!(t.nack().is_none());
+        assert_eq!(t.retry_at(), None);
+        assert_eq!(t.acked_version(), Some(t.desired_version(&want).as_str()));
+    }
+
+    #[test]
+    fn a_nack_naming_nothing_offered_should_refuse_everything_offered() {
+        let mut t = TypeTracker::new(ResourceType::Cluster);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        let plan = t.plan_delta(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        t.sent_delta("n1".into(), plan);
+        delta_ack(&mut t, "n1");
+        let plan = t.plan_delta(&map(&[("a", "2"), ("b", "1")])).unwrap();
+        t.sent_delta("n2".into(), plan);
+        delta_nack(&mut t, "n2", "Proto constraint validation failed", NOW);
+        assert_eq!(
+            t.rejected().unwrap().keys().collect::<Vec<_>>(),
+            ["a"],
+            "only what the response changed"
+        );
+        assert_eq!(versions(&t.held_shared().0), [("a", "1"), ("b", "1")]);
+    }
+
+    #[test]
+    fn a_refused_resource_that_goes_away_should_stop_being_refused() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_delta_request(&[], &[], &BTreeMap::new(), "", None, NOW);
+        let plan = t.plan_delta(&map(&[("a", "1"), ("l", "1")])).unwrap();
+        t.sent_delta("n1".into(), plan);
+        delta_nack(
+            &mut t,
+            "n1",
+            "Error adding/updating listener(s) l: bad",
+            NOW,
+        );
+        assert!(t.rejected().is_some());
+        let gone = map(&[("a", "1")]);
+        // Nothing to send: the proxy never held l. Nothing will settle its refusal.
+        assert!(t.plan_delta(&gone).is_none());
+        assert!(!t.forget_withdrawn(&map(&[("a", "1"), ("l", "1")])));
+        assert!(t.forget_withdrawn(&gone));
+        assert!(t.rejected().is_none());
+        assert!(t.nack().is_none());
+        assert_eq!(t.retry_at(), None);
+    }
+
+    #[test]
+    fn sotw_should_keep_the_old_version_of_a_refused_resource_in_later_responses() {
+        let mut t = TypeTracker::new(ResourceType::Listener);
+        t.on_sotw_request(&[], "", None, NOW);
+        let plan = t.plan_sotw(&map(&[("a", "1"), ("b", "1")])).unwrap();
+        t.sent_sotw("n1".into(), plan);
+        t.on_sotw_request(&[], "n1", None, NOW);
+        let plan = t.plan_sotw(&map(&[("a", "1"), ("b", "2")])).unwrap();
+        t.sent_sotw("n2".into(), plan);
+        t.on_sotw_request(
+            &[],
+            "n2",
+            Some("Error adding/updating listener(s) b: bad".into()),
+            NOW,
+        );
+        assert_eq!(versions(&t.held_shared().0), [("a", "1"), ("b", "1")]);
+        // a changes: the full set goes out with b at the version the proxy kept.
+        let next = map(&[("a", "2"), ("b", "2")]);
+        let plan = t.plan_sotw(&next).unwrap();
+        let sent: Vec<(&str, &str)> = plan
+            .resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.version.as_str()))
+            .collect();
+        assert_eq!(sent, [("a", "2"), ("b", "1")]);
+        assert_ne!(plan.version, t.desired_version(&next));
+        t.sent_sotw("n3".into(), plan);
+        t.on_sotw_request(&[], "n3", None, NOW);
+        assert!(t.nack().is_some(), "b is still refused");
+        assert!(t.retry_if_due(NOW + RETRY_FIRST));
+        let plan = t.plan_sotw(&next).expect("the retry offers b@2");
+        assert_eq!(plan.version, t.desired_version(&next));
+        t.sent_sotw("n4".into(), plan);
+        t.on_sotw_request(&[], "n4", None, NOW);
+        assert!(t.nack().is_none() && t.rejected().is_none());
+    }
+
+    #[test]
+    fn retries_should_double_up_to_a_bound() {
+        assert_eq!(retry_delay(1), RETRY_FIRST);
+        assert_eq!(retry_delay(2), RETRY_FIRST * 2);
+        assert_eq!(retry_delay(3), RETRY_FIRST * 4);
+        assert_eq!(retry_delay(30), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 }

@@ -64,12 +64,20 @@ pub fn proxy_facts(snapshot: &Snapshot, proxies: &[ProxyStatus]) -> BTreeMap<Obj
             if synced {
                 facts.counts.synced += 1;
             }
-            let rejected = p.types.iter().find_map(|(kind, t)| {
-                let nack = t.nack.as_ref()?;
-                t.sent
-                    .keys()
-                    .any(|n| owner(*kind, n) == Some(key))
-                    .then(|| nack.message.clone())
+            // What the proxy refused, by the resources it refused; a NACK that named none
+            // of what it was offered counts against every object it was sent.
+            let rejected = p.types.iter().find_map(|(kind, t)| match &t.rejected {
+                Some(rejected) => rejected
+                    .iter()
+                    .find(|(n, _)| owner(*kind, n) == Some(key))
+                    .map(|(_, r)| r.nack.message.clone()),
+                None => {
+                    let nack = t.nack.as_ref()?;
+                    t.sent
+                        .keys()
+                        .any(|n| owner(*kind, n) == Some(key))
+                        .then(|| nack.message.clone())
+                }
             });
             if let Some(message) = rejected {
                 facts.counts.rejected += 1;
@@ -480,6 +488,80 @@ mod tests {
         assert_eq!(
             programmed.message,
             "1 of 2 proxies rejected it: port in use"
+        );
+    }
+
+    #[test]
+    fn should_count_a_refusal_against_the_object_whose_resource_was_refused_only() {
+        let yaml = "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {name: orders, namespace: shop}\nspec:\n  endpoints: {static: [\"10.0.0.1:6379\"]}\n  listener: {port: 6379}\n---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {name: cache, namespace: shop}\nspec:\n  endpoints: {static: [\"10.0.0.2:6379\"]}\n  listener: {port: 6380}\n";
+        let path = std::path::PathBuf::from("t.yaml");
+        let parsed = crate::source::manifests::parse_file(&path, yaml);
+        let (model, _, _) = crate::source::manifests::assemble(&[(path, parsed)], &mut |_| None);
+        let compiled = crate::compile::compile(&model);
+        let snap = Snapshot::build(Arc::new(model), Arc::new(compiled), None, Instant::now());
+        let view = snap.resources_for(&NodeIdentity::default());
+        let orders = "redis/shop/orders@127.0.0.1:6379".to_string();
+        let cache = "redis/shop/cache@127.0.0.1:6380".to_string();
+        let nack = std::sync::Arc::new(Nack {
+            version: "v2".into(),
+            message: format!("Error adding/updating listener(s) {cache}: cannot bind"),
+            at: SystemTime::UNIX_EPOCH,
+        });
+        let rejected: crate::xds::tracker::RejectedMap = [(
+            cache.clone(),
+            crate::xds::tracker::Rejected {
+                resource: view.listeners[&cache].clone(),
+                nack: Arc::clone(&nack),
+            },
+        )]
+        .into_iter()
+        .collect();
+        // The proxy holds orders' listener, and refused cache's.
+        let lds = TypeStatus {
+            desired_version: Some("v2".into()),
+            sent_version: Some("v1".into()),
+            acked_version: Some("v1".into()),
+            nack: Some(nack),
+            rejected: Some(Arc::new(rejected)),
+            sent: Arc::new(
+                [(orders.clone(), view.listeners[&orders].clone())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let proxy = ProxyStatus {
+            stream: 1,
+            node_id: "p".into(),
+            identity: NodeIdentity::default(),
+            variant: Variant::Delta,
+            connected_at: SystemTime::UNIX_EPOCH,
+            types: [(ResourceType::Listener, lds)].into_iter().collect(),
+        };
+        let facts = proxy_facts(&snap, &[proxy]);
+        let counts = |name: &str| facts[&ObjectKey::new("shop", name)].counts.clone();
+        assert_eq!(
+            counts("cache"),
+            ProxyCounts {
+                connected: 1,
+                synced: 0,
+                rejected: 1
+            }
+        );
+        assert_eq!(
+            counts("orders"),
+            ProxyCounts {
+                connected: 1,
+                synced: 0,
+                rejected: 0
+            },
+            "the proxy accepted orders' listener"
+        );
+        assert!(
+            facts[&ObjectKey::new("shop", "cache")]
+                .nack
+                .as_deref()
+                .is_some_and(|m| m.contains("cannot bind"))
         );
     }
 }
