@@ -594,6 +594,20 @@ pub async fn run(
             }
             info!(delivery = ?istio.delivery, root_namespace = %istio.options.root_namespace, "Istio mode");
         }
+        let fleet = crate::source::k8s::fleet::Fleet {
+            api: kube::Api::namespaced(client.clone(), &opts.kube.lease_namespace),
+            config: crate::source::k8s::fleet::FleetConfig {
+                status_lease: opts.kube.lease_name.clone(),
+                identity: opts.kube.identity.clone(),
+            },
+        };
+        tasks.push(tokio::spawn(crate::source::k8s::fleet::publish(
+            fleet.api.clone(),
+            fleet.config.clone(),
+            snap_rx.clone(),
+            Arc::clone(&registry),
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(crate::source::k8s::status::run(
             client,
             snap_rx.clone(),
@@ -602,6 +616,7 @@ pub async fn run(
             leader_rx,
             Duration::from_secs(5),
             istio_facts,
+            fleet,
             shutdown.clone(),
         )));
     }

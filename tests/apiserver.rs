@@ -363,10 +363,36 @@ fn should_follow_changes_soon_after_the_api_server_comes_back() {
     );
 }
 
+/// The names of the proxy counts Leases in `default`.
+fn counts_leases(api: &ApiServer) -> Option<Vec<String>> {
+    let (code, body) = api.get(
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases?labelSelector=redis-xds.dev%2Fproxy-counts%3Dredis-xds-status",
+    )?;
+    let list: Value = (code == 200).then(|| serde_json::from_str(&body).ok())??;
+    let mut names: Vec<String> = list["items"]
+        .as_array()?
+        .iter()
+        .filter_map(|l| l["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// Two replicas, a real Envoy on each: whichever holds the status Lease counts both
+/// proxies in `.status.proxies` (each replica publishes its own counts in a Lease). When
+/// the holder stops, the other takes the Lease over and counts what is left.
 #[test]
-fn should_move_the_status_lease_to_another_replica_when_its_holder_stops() {
-    let api = ApiServer::start();
-    api.install_crd();
+fn should_count_the_proxies_of_every_replica_and_move_the_status_lease_when_its_holder_stops() {
+    let api = with_shop();
+    let port = common::free_port();
+    let path = format!("{RDC}/namespaces/shop/redisclusters");
+    api.create(
+        &path,
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["127.0.0.1:7000"]}, "listener": {"port": port}}),
+        ),
+    );
     let mut a = start_serve_kube(
         &api,
         &["--xds-auth", "none", "--identity", "replica-a"],
@@ -384,6 +410,45 @@ fn should_move_the_status_lease_to_another_replica_when_its_holder_stops() {
         lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
     };
     let first = common::wait_until("a replica holds the status Lease", holder);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut envoys = Vec::new();
+    for (replica, node) in [(&a, "envoy-a"), (&b, "envoy-b")] {
+        let dir = tmp.path().join(node);
+        std::fs::create_dir(&dir).unwrap();
+        let xds = replica.xds.to_string();
+        envoys.push(common::start_envoy(
+            &dir,
+            &[
+                "--xds-address",
+                &xds,
+                "--node-id",
+                node,
+                "--namespace",
+                "shop",
+            ],
+        ));
+    }
+    let orders = format!("{path}/orders");
+    let (api_ref, orders_ref) = (&api, &orders);
+    let proxies = |want: Value| {
+        move || -> Option<Value> {
+            let (code, body) = api_ref.get(orders_ref)?;
+            let o: Value = (code == 200).then(|| serde_json::from_str(&body).ok())??;
+            (o["status"]["proxies"] == want).then_some(o)
+        }
+    };
+    let both = common::wait_until(
+        "orders counts the proxies of both replicas",
+        proxies(json!({"connected": 2, "synced": 2, "rejected": 0})),
+    );
+    let programmed = condition(&both, "Programmed").unwrap();
+    assert_eq!(programmed["status"], "True", "{both}");
+    assert_eq!(programmed["message"], "all 2 proxies in sync", "{both}");
+    assert_eq!(
+        counts_leases(&api).unwrap(),
+        ["redis-xds-status-replica-a", "redis-xds-status-replica-b"]
+    );
+
     let (stopping, other) = match first.as_str() {
         "replica-a" => (&mut a, "replica-b"),
         "replica-b" => (&mut b, "replica-a"),
@@ -393,19 +458,22 @@ fn should_move_the_status_lease_to_another_replica_when_its_holder_stops() {
         stopping.proc.terminate().success(),
         "serve did not stop cleanly"
     );
-    // The Lease lasts 15 s; the other replica takes it over once it has expired.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    loop {
-        if holder().as_deref() == Some(other) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the Lease did not move to {other} within 12 s of the holder stopping (holder {:?})",
-            holder()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    // Its counts go with it.
+    assert_eq!(
+        counts_leases(&api).unwrap(),
+        [format!("redis-xds-status-{other}")]
+    );
+    // The Lease lasts 15 s; the other replica takes it over once it has expired, and
+    // counts the one proxy left connected.
+    common::wait_until_for(
+        &format!("{other} holds the status Lease"),
+        std::time::Duration::from_secs(40),
+        || (holder().as_deref() == Some(other)).then_some(()),
+    );
+    common::wait_until(
+        "orders counts the one proxy left",
+        proxies(json!({"connected": 1, "synced": 1, "rejected": 0})),
+    );
 }
 
 /// A token for ServiceAccount `shop/app` from the TokenRequest API, for `audience`.

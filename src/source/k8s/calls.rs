@@ -88,4 +88,10 @@ pub const API_CALLS: &[ApiCall] = &[
         verbs: &["get", "create", "update"],
         why: "electing the one replica that writes status",
     },
+    ApiCall {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["list", "patch", "delete"],
+        why: "each replica's proxy counts: server-side apply of its own counts Lease, deletion when it stops, and the list the status writer sums",
+    },
 ];

@@ -2,6 +2,7 @@
 //! (elected by a Lease). [`calls::API_CALLS`] lists every API call made.
 
 pub mod calls;
+pub mod fleet;
 pub mod index;
 pub mod lease;
 pub mod status;

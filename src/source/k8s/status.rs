@@ -303,9 +303,13 @@ pub async fn run(
     mut leader: watch::Receiver<bool>,
     period: Duration,
     istio: Option<crate::istio_status::Shared>,
+    fleet: super::fleet::Fleet,
     shutdown: CancellationToken,
 ) {
     let mut written: HashMap<ObjectKey, RedisClusterStatus> = HashMap::new();
+    // The other replicas' counts as last read: kept when a read fails, so that a failed
+    // list does not make the fleet look smaller (their Leases expire on their own).
+    let mut others = BTreeMap::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -327,11 +331,19 @@ pub async fn run(
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .unwrap_or_default();
+        match super::fleet::read_others(&fleet.api, &fleet.config).await {
+            Ok(read) => others = read,
+            Err(e) => {
+                warn!(error = %e, "cannot read the other replicas' proxy counts; using the last read")
+            }
+        }
+        let mut facts = proxy_facts(&snapshot, &registry.list());
+        super::fleet::add(&mut facts, others.clone());
         write_changed_with(
             &client,
             &snapshot,
             &undecodable,
-            &registry.list(),
+            &facts,
             &istio_facts,
             &mut written,
         )
@@ -353,23 +365,23 @@ pub async fn write_changed(
         client,
         snapshot,
         undecodable,
-        proxies,
+        &proxy_facts(snapshot, proxies),
         &BTreeMap::new(),
         written,
     )
     .await;
 }
 
-/// [`write_changed`], with the Istio-mode facts of each object.
+/// [`write_changed`] with the proxy facts of the whole fleet, and the Istio-mode facts of
+/// each object.
 pub async fn write_changed_with(
     client: &kube::Client,
     snapshot: &Snapshot,
     undecodable: &BTreeMap<ObjectKey, Undecodable>,
-    proxies: &[ProxyStatus],
+    facts: &BTreeMap<ObjectKey, Facts>,
     istio: &BTreeMap<ObjectKey, crate::istio_status::IstioFacts>,
     written: &mut HashMap<ObjectKey, RedisClusterStatus>,
 ) {
-    let facts = proxy_facts(snapshot, proxies);
     let now = Time(jiff::Timestamp::now());
     written.retain(|k, _| {
         snapshot.model.redis_clusters.contains_key(k) || undecodable.contains_key(k)
