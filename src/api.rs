@@ -351,6 +351,62 @@ pub struct AwsIam {
     /// Lifetime of each token (`expiration_time`), at most 15m. Envoy default 60s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_time: Option<GoDuration>,
+    /// Where the sidecar gets the AWS credentials that sign the tokens
+    /// (`credential_provider`). Default: Envoy's default chain (environment, credentials
+    /// file, web identity from `AWS_WEB_IDENTITY_TOKEN_FILE`, container and instance
+    /// metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_provider: Option<AwsCredentialProvider>,
+}
+
+/// Envoy `AwsCredentialProvider`: files on the sidecar only, so that no AWS secret passes
+/// through redis-xds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.webIdentity) || has(self.credentialsFile)").message("name webIdentity, credentialsFile or both"))]
+pub struct AwsCredentialProvider {
+    /// `AssumeRoleWithWebIdentity` with a token file (`assume_role_with_web_identity_provider`):
+    /// EKS IAM roles for service accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<AwsWebIdentity>,
+    /// A file in the AWS credentials format (`credentials_file_provider`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<AwsCredentialsFile>,
+    /// Use only the providers named here, not Envoy's default chain with these settings
+    /// (`custom_credential_provider_chain`). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only_these: Option<bool>,
+}
+
+/// Web identity federation (`AssumeRoleWithWebIdentityCredentialProvider`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsWebIdentity {
+    /// The role to assume (`role_arn`), e.g. `arn:aws:iam::123456789012:role/redis`.
+    #[schemars(length(min = 20, max = 2048))]
+    pub role_arn: String,
+    /// Path of the web identity token on the sidecar (`web_identity_token_data_source`;
+    /// Envoy re-reads it when it is rotated), e.g.
+    /// `/var/run/secrets/eks.amazonaws.com/serviceaccount/token`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub token_file: String,
+    /// `role_session_name`. Default: Envoy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64))]
+    pub role_session_name: Option<String>,
+}
+
+/// An AWS credentials file (`CredentialsFileCredentialProvider`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentialsFile {
+    /// Path of the file on the sidecar (`credentials_data_source`).
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+    /// The profile to read (`profile`). Default: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub profile: Option<String>,
 }
 
 /// Which AWS service signs the IAM tokens.
@@ -479,6 +535,12 @@ pub struct Topology {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = u32::MAX))]
     pub host_degraded_refresh_threshold: Option<u32>,
+    /// Ask every server its zone with INFO at each topology refresh
+    /// (`enable_zone_discovery`), for the zone-aware read policies. Only servers that
+    /// report `availability_zone` (Valkey 8.1 and later, its `availability-zone` setting)
+    /// have one; Redis does not. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_discovery: Option<bool>,
 }
 
 /// A `redis_proxy` listener on the sidecars that `clients` selects.
@@ -620,6 +682,16 @@ pub enum ReadPolicy {
     PreferReplica,
     /// Any node.
     Any,
+    /// Replicas in the proxy's zone, then any replica, then the primary
+    /// (`LOCAL_ZONE_AFFINITY`). Needs `topology.zoneDiscovery` (servers that report
+    /// `availability_zone` in INFO: Valkey 8.1 and later, not Redis) and a proxy that
+    /// knows its zone (`node.locality.zone`: `bootstrap --zone`; injected sidecars take the
+    /// pod's `topology.kubernetes.io/zone` label).
+    LocalZoneAffinity,
+    /// Replicas in the proxy's zone, then the primary if it is in that zone, then any
+    /// replica, then the primary (`LOCAL_ZONE_AFFINITY_REPLICAS_AND_PRIMARY`). Needs what
+    /// `LocalZoneAffinity` needs.
+    LocalZoneAffinityReplicasAndPrimary,
 }
 
 /// A prefix route.

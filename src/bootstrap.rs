@@ -63,6 +63,9 @@ pub struct BootstrapOptions {
     pub namespace: Option<String>,
     /// `node.metadata.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `node.locality.zone`: the zone the zone-aware read policies prefer. Left out when
+    /// empty (Envoy's own default: no zone).
+    pub zone: Option<String>,
     /// Admin port on 127.0.0.1.
     pub admin_port: u16,
     /// State-of-the-World instead of Delta.
@@ -244,8 +247,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<Value, Error> {
             }]}]
         }));
     }
+    let mut node =
+        json!({"id": opts.node_id, "cluster": "redis-xds-sidecar", "metadata": metadata});
+    if let Some(zone) = opts.zone.as_deref().filter(|z| !z.is_empty()) {
+        node["locality"] = json!({"zone": zone});
+    }
     let doc = json!({
-        "node": {"id": opts.node_id, "cluster": "redis-xds-sidecar", "metadata": metadata},
+        "node": node,
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": opts.admin_port}}},
         "dynamicResources": {
             "adsConfig": {
@@ -281,6 +289,7 @@ mod tests {
 
     fn opts() -> BootstrapOptions {
         BootstrapOptions {
+            zone: None,
             xds_address: "redis-xds.system.svc:18000".into(),
             node_id: "app-1".into(),
             namespace: Some("shop".into()),

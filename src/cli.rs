@@ -198,6 +198,10 @@ struct BootstrapArgs {
     /// A label of the proxy (node metadata, repeatable), matched by `clients.selector`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// The proxy's zone (`node.locality.zone`), which the read policies
+    /// LocalZoneAffinity and LocalZoneAffinityReplicasAndPrimary prefer.
+    #[arg(long)]
+    zone: Option<String>,
     /// Envoy admin port (listening on 127.0.0.1).
     #[arg(long, default_value_t = 9901)]
     admin_port: u16,
@@ -554,6 +558,7 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
         node_id: args.node_id,
         namespace: args.namespace,
         labels: args.labels.into_iter().collect(),
+        zone: args.zone,
         admin_port: args.admin_port,
         sotw: args.sotw,
         token_path: (args.xds_auth == AuthMode::Token).then(|| args.token_path.clone()),

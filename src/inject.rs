@@ -265,6 +265,10 @@ fn sidecar(
         node_id: "$(POD_NAME)".into(),
         namespace: Some(namespace.into()),
         labels: labels.clone(),
+        // Expanded by the kubelet when the sidecar starts, after scheduling: where the
+        // cluster labels pods with their node's zone (Kubernetes' PodTopologyLabels
+        // admission), the sidecar knows it; elsewhere it is empty and left out.
+        zone: Some("$(ZONE)".into()),
         admin_port: o.admin_port,
         sotw: false,
         tls: Some(ClientTls {
@@ -296,6 +300,7 @@ fn sidecar(
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_IP", "status.podIP"),
+            field_env("ZONE", "metadata.labels['topology.kubernetes.io/zone']"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("redis-xds-stat".into()),
@@ -544,6 +549,16 @@ mod tests {
         assert_eq!(bootstrap["node"]["id"], "$(POD_NAME)");
         assert_eq!(bootstrap["node"]["metadata"]["namespace"], "shop");
         assert_eq!(bootstrap["node"]["metadata"]["labels"]["app"], "checkout");
+        // The zone, from the pod's zone label once it is scheduled.
+        assert_eq!(bootstrap["node"]["locality"]["zone"], "$(ZONE)");
+        let zone = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ZONE")
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(zone, Some("metadata.labels['topology.kubernetes.io/zone']"));
         let listener = &bootstrap["staticResources"]["listeners"][0];
         assert_eq!(listener["address"]["socketAddress"]["address"], "$(POD_IP)");
         assert_eq!(listener["address"]["socketAddress"]["portValue"], 15021);

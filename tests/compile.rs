@@ -2038,3 +2038,61 @@ fn a_redirect_refresh_needs_a_listener_that_follows_redirections() {
         after.problems
     );
 }
+
+#[test]
+fn zone_aware_read_policies_need_zone_discovery() {
+    for policy in ["LocalZoneAffinity", "LocalZoneAffinityReplicasAndPrimary"] {
+        let without = compiled(&rc(
+            "x",
+            "z",
+            &format!("{STATIC}\nlistener: {{port: 7000, readPolicy: {policy}}}"),
+        ));
+        assert_eq!(problem_fields(&without), ["z:spec.listener.readPolicy"]);
+        let message = &without.problems[0].message;
+        assert!(
+            message.contains("zoneDiscovery") && message.contains("PreferReplica"),
+            "{message}"
+        );
+        let with = compiled(&rc(
+            "x",
+            "z",
+            &format!(
+                "{STATIC}\ntopology: {{zoneDiscovery: true}}\nlistener: {{port: 7000, readPolicy: {policy}}}"
+            ),
+        ));
+        assert!(with.problems.is_empty(), "{:?}", problem_lines(&with));
+        let cluster = redis_xds::protojson::to_json(&with.clusters["redis/x/z"].cluster).unwrap();
+        assert_eq!(
+            cluster["clusterType"]["typedConfig"]["enableZoneDiscovery"],
+            true
+        );
+    }
+}
+
+#[test]
+fn aws_iam_signs_the_health_checks_too_with_the_credentials_named() {
+    let spec = "mode: Sharded\nendpoints: {static: [\"127.0.0.1:7000\"]}\nawsIam:\n  cacheName: c\n  user: u\n  credentialProvider:\n    webIdentity: {roleArn: \"arn:aws:iam::123456789012:role/r\", tokenFile: /var/run/token}\n    credentialsFile: {path: /etc/aws/credentials, profile: redis}\n    onlyThese: true";
+    let c = compiled(&rc("x", "iam", spec));
+    assert!(c.problems.is_empty(), "{:?}", problem_lines(&c));
+    let cluster = redis_xds::protojson::to_json(&c.clusters["redis/x/iam"].cluster).unwrap();
+    let options = &cluster["typedExtensionProtocolOptions"]["envoy.filters.network.redis_proxy"];
+    let health = &cluster["healthChecks"][0]["customHealthCheck"]["typedConfig"];
+    assert_eq!(health["awsIam"], options["awsIam"], "{cluster}");
+    let provider = &health["awsIam"]["credentialProvider"];
+    assert_eq!(
+        provider["assumeRoleWithWebIdentityProvider"]["webIdentityTokenDataSource"]["filename"],
+        "/var/run/token"
+    );
+    assert_eq!(
+        provider["credentialsFileProvider"]["credentialsDataSource"]["filename"],
+        "/etc/aws/credentials"
+    );
+    assert_eq!(provider["credentialsFileProvider"]["profile"], "redis");
+    assert_eq!(provider["customCredentialProviderChain"], true);
+
+    let relative = compiled(&rc("x", "iam", &spec.replace("/var/run/token", "token")));
+    assert_eq!(
+        problem_fields(&relative),
+        ["iam:spec.awsIam.credentialProvider.webIdentity.tokenFile"]
+    );
+}

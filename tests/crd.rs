@@ -56,7 +56,15 @@ fn crd_has_the_validation_the_api_server_enforces() {
     let listener = &props["listener"]["properties"];
     assert_eq!(
         listener["readPolicy"]["enum"],
-        serde_json::json!(["Master", "PreferMaster", "Replica", "PreferReplica", "Any"])
+        serde_json::json!([
+            "Master",
+            "PreferMaster",
+            "Replica",
+            "PreferReplica",
+            "Any",
+            "LocalZoneAffinity",
+            "LocalZoneAffinityReplicasAndPrimary"
+        ])
     );
     let mirror = &listener["routes"]["items"]["properties"]["mirror"]["items"]["properties"];
     assert_eq!(mirror["percent"]["maximum"], 100.0);

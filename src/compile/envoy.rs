@@ -285,17 +285,7 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
             ..Default::default()
         };
         if let Some(iam) = &plan.aws_iam {
-            options.aws_iam = Some(redis::AwsIam {
-                cache_name: iam.cache_name.clone(),
-                service_name: match iam.service.unwrap_or_default() {
-                    crate::api::AwsIamService::ElastiCache => "elasticache",
-                    crate::api::AwsIamService::MemoryDb => "memorydb",
-                }
-                .to_owned(),
-                region: iam.region.clone().unwrap_or_default(),
-                expiration_time: iam.expiration_time.as_ref().map(|d| duration(d.get())),
-                ..Default::default()
-            });
+            options.aws_iam = Some(aws_iam(iam));
             options.auth_username = Some(core::DataSource {
                 specifier: Some(core::data_source::Specifier::InlineString(iam.user.clone())),
                 ..Default::default()
@@ -323,7 +313,7 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                     .map(|value| pbw::UInt32Value { value }),
                 failure_refresh_threshold: t.failure_refresh_threshold,
                 host_degraded_refresh_threshold: t.host_degraded_refresh_threshold,
-                ..Default::default()
+                enable_zone_discovery: t.zone_discovery.then_some(pbw::BoolValue { value: true }),
             };
             c.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::ClusterType(
                 cluster::cluster::CustomClusterType {
@@ -372,7 +362,9 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
                             core::health_check::custom_health_check::ConfigType::TypedConfig(any(
                                 &RedisHealthCheck {
                                     key: s.health_check_key.clone().unwrap_or_default(),
-                                    ..Default::default()
+                                    // The health checker authenticates on its own
+                                    // connections: with IAM, with its own tokens too.
+                                    aws_iam: plan.aws_iam.as_ref().map(aws_iam),
                                 },
                             )),
                         ),
@@ -383,6 +375,47 @@ pub fn cluster(plan: &Plan) -> (cluster::Cluster, Option<endpoint::ClusterLoadAs
             let cla = load_assignment(&name, plan.mode, &plan.endpoints);
             (c, Some(cla))
         }
+    }
+}
+
+/// Envoy's `AwsIam` of `awsIam`: the tokens' cache, service, region and lifetime, and where
+/// the sidecar finds the credentials that sign them.
+fn aws_iam(iam: &crate::api::AwsIam) -> redis::AwsIam {
+    use envoy_types::pb::envoy::extensions::common::aws::v3 as aws;
+    let file = |path: &str| core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    };
+    let credential_provider =
+        iam.credential_provider
+            .as_ref()
+            .map(|p| aws::AwsCredentialProvider {
+                assume_role_with_web_identity_provider: p.web_identity.as_ref().map(|w| {
+                    aws::AssumeRoleWithWebIdentityCredentialProvider {
+                        web_identity_token_data_source: Some(file(&w.token_file)),
+                        role_arn: w.role_arn.clone(),
+                        role_session_name: w.role_session_name.clone().unwrap_or_default(),
+                    }
+                }),
+                credentials_file_provider: p.credentials_file.as_ref().map(|f| {
+                    aws::CredentialsFileCredentialProvider {
+                        credentials_data_source: Some(file(&f.path)),
+                        profile: f.profile.clone().unwrap_or_default(),
+                    }
+                }),
+                custom_credential_provider_chain: p.only_these.unwrap_or(false),
+                ..Default::default()
+            });
+    redis::AwsIam {
+        credential_provider,
+        cache_name: iam.cache_name.clone(),
+        service_name: match iam.service.unwrap_or_default() {
+            crate::api::AwsIamService::ElastiCache => "elasticache",
+            crate::api::AwsIamService::MemoryDb => "memorydb",
+        }
+        .to_owned(),
+        region: iam.region.clone().unwrap_or_default(),
+        expiration_time: iam.expiration_time.as_ref().map(|d| duration(d.get())),
     }
 }
 
@@ -505,6 +538,10 @@ fn read_policy(p: ReadPolicy) -> redis::redis_proxy::conn_pool_settings::ReadPol
         ReadPolicy::Replica => Envoy::Replica,
         ReadPolicy::PreferReplica => Envoy::PreferReplica,
         ReadPolicy::Any => Envoy::Any,
+        ReadPolicy::LocalZoneAffinity => Envoy::LocalZoneAffinity,
+        ReadPolicy::LocalZoneAffinityReplicasAndPrimary => {
+            Envoy::LocalZoneAffinityReplicasAndPrimary
+        }
     }
 }
 

@@ -232,6 +232,8 @@ pub struct TopologyPlan {
     pub failure_refresh_threshold: u32,
     /// `host_degraded_refresh_threshold`.
     pub host_degraded_refresh_threshold: u32,
+    /// `enable_zone_discovery`.
+    pub zone_discovery: bool,
 }
 
 impl TopologyPlan {
@@ -558,6 +560,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
             redirect_refresh_threshold: t.redirect_refresh_threshold,
             failure_refresh_threshold: t.failure_refresh_threshold.unwrap_or(0),
             host_degraded_refresh_threshold: t.host_degraded_refresh_threshold.unwrap_or(0),
+            zone_discovery: t.zone_discovery.unwrap_or(false),
         };
     }
 
@@ -593,6 +596,30 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
                 "spec.endpointAuth",
                 "with awsIam Envoy authenticates to every server as awsIam.user with an IAM token and never sends these passwords (seen on Envoy 1.40): remove endpointAuth or awsIam",
             );
+        }
+        if let Some(p) = &iam.credential_provider {
+            let paths = [
+                p.web_identity.as_ref().map(|w| {
+                    (
+                        "spec.awsIam.credentialProvider.webIdentity.tokenFile",
+                        &w.token_file,
+                    )
+                }),
+                p.credentials_file.as_ref().map(|f| {
+                    (
+                        "spec.awsIam.credentialProvider.credentialsFile.path",
+                        &f.path,
+                    )
+                }),
+            ];
+            for (field, path) in paths.into_iter().flatten() {
+                if !path.starts_with('/') {
+                    c.invalid(
+                        field,
+                        format!("{path:?} is not an absolute path: Envoy would look for it relative to its own working directory; write the full path on the sidecar"),
+                    );
+                }
+            }
         }
         if iam.user.is_empty() {
             c.invalid(
@@ -687,7 +714,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
     let listener = spec
         .listener
         .as_ref()
-        .map(|l| listener(&mut c, obj, model, l));
+        .map(|l| listener(&mut c, obj, model, l, topology.zone_discovery));
 
     if c.problems.is_empty() {
         Ok(Plan {
@@ -857,6 +884,7 @@ fn listener(
     obj: &RedisClusterObject,
     model: &Model,
     l: &crate::api::Listener,
+    zone_discovery: bool,
 ) -> ListenerPlan {
     let mode = obj.spec.mode;
     let port = c.port("spec.listener.port", l.port);
@@ -907,6 +935,17 @@ fn listener(
         c.invalid(
             "spec.listener.readPolicy",
             "readPolicy applies to mode Cluster only (Envoy ignores it for Sharded servers): remove it",
+        );
+    } else if let Some(
+        policy @ (ReadPolicy::LocalZoneAffinity | ReadPolicy::LocalZoneAffinityReplicasAndPrimary),
+    ) = l.read_policy
+        && !zone_discovery
+    {
+        c.invalid(
+            "spec.listener.readPolicy",
+            format!(
+                "{policy:?} needs spec.topology.zoneDiscovery: true: without it Envoy knows no server's zone and reads from any replica, as PreferReplica does (seen on Envoy 1.40); set it (the servers must report availability_zone in INFO: Valkey 8.1 or later)"
+            ),
         );
     }
 

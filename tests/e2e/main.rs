@@ -15,6 +15,7 @@ mod redis;
 mod resp;
 mod scenarios;
 mod tls;
+mod zones;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};

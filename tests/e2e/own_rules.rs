@@ -15,7 +15,7 @@ use crate::{Fixture, rc};
 
 /// `render` of one RedisCluster: the problems it prints, and with none, the static
 /// bootstrap.
-fn render(dir: &Path, spec: &str) -> Result<Value, String> {
+pub fn render(dir: &Path, spec: &str) -> Result<Value, String> {
     let manifests = dir.join("manifests");
     let _ = std::fs::remove_dir_all(&manifests);
     std::fs::create_dir_all(&manifests).unwrap();
@@ -40,7 +40,7 @@ fn render(dir: &Path, spec: &str) -> Result<Value, String> {
 }
 
 /// Asserts that redis-xds refuses `spec` at `field`.
-fn refused(dir: &Path, spec: &str, field: &str) {
+pub fn refused(dir: &Path, spec: &str, field: &str) {
     match render(dir, spec) {
         Ok(_) => panic!("redis-xds accepted {field} in:\n{spec}"),
         Err(problems) => assert!(problems.contains(field), "{field}: {problems}"),
@@ -48,7 +48,7 @@ fn refused(dir: &Path, spec: &str, field: &str) {
 }
 
 /// Real Envoy on `bootstrap`; returns it once its listener accepts connections.
-fn envoy(dir: &Path, bootstrap: &Value, port: u16) -> Proc {
+pub fn envoy(dir: &Path, bootstrap: &Value, port: u16) -> Proc {
     envoy_with_env(dir, bootstrap, port, &[])
 }
 

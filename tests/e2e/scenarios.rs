@@ -86,6 +86,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         crate::own_rules::own_rules,
     ),
     (
+        "zone_aware_reads_keep_to_the_proxys_zone_on_valkey",
+        crate::zones::zone_aware_reads,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),
