@@ -762,6 +762,8 @@ fn reject_port_conflicts(
                 same_socket(wl.address, l.address) && wl.clients.may_overlap(&l.clients)
             });
             match clash {
+                // redis-xds's own policy (the older object keeps the port), not a claim
+                // about Envoy: nothing to show on it.
                 Some((w, _)) => losers.push((i, Problem {
                     object: objects[i].0.clone(),
                     field: "spec.listener.port".into(),

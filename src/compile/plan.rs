@@ -543,6 +543,8 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
 
     let mut topology = TopologyPlan::default();
     if let Some(t) = &spec.topology {
+        // Cannot be shown on real Envoy: the topology settings exist only in the redis
+        // cluster type's config, and a Sharded cluster is not of that type.
         if mode == Mode::Sharded {
             c.invalid(
                 "spec.topology",
@@ -953,6 +955,8 @@ fn listener(
         .positive("spec.listener.opTimeout", l.op_timeout.as_ref())
         .unwrap_or(DEFAULT_OP_TIMEOUT);
     let case_insensitive = l.case_insensitive.unwrap_or(false);
+    // Cannot be shown on real Envoy: with no prefix to fold there is nothing to observe.
+    // It is refused because it says something that does not happen.
     if l.case_insensitive.is_some() && l.routes.is_empty() {
         c.invalid(
             "spec.listener.caseInsensitive",
@@ -1296,7 +1300,8 @@ fn downstream_auth(
         if let Some(creds) = &creds
             && other.username != creds.username
         {
-            // Envoy has one downstream_auth_username for every password in the list.
+            // Envoy has one downstream_auth_username for every password in the list. Cannot
+            // be shown on real Envoy: its config cannot carry a second username.
             c.invalid(
                 &field,
                 format!(
@@ -1334,6 +1339,7 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
     });
     let ca_file = t.ca_config_map_ref.as_ref().and_then(|r| {
         let base = "spec.tls.caConfigMapRef";
+        // Cannot be shown on real Envoy: its validation context holds one trusted_ca.
         if t.ca_secret_ref.is_some() {
             c.invalid(
                 base,
@@ -1446,7 +1452,7 @@ fn sharding(
         if spec.is_some() {
             c.invalid(
                 base,
-                "sharding applies to mode Sharded only (a Redis Cluster places keys by slot): remove it",
+                "sharding applies to mode Sharded only: a Redis Cluster places keys by slot, and Envoy 1.40, given a load balancer for one, places them by that instead, so keys reach the wrong primary and come back as MOVED (seen on Envoy 1.40): remove it",
             );
         }
         return None;

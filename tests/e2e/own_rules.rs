@@ -219,6 +219,43 @@ pub fn own_rules(f: &Fixture) {
     }
     drop(e);
 
+    // A load balancer for a Redis Cluster: Envoy 1.40 loads MAGLEV on the redis cluster
+    // type and places keys by it rather than by slot. With redirection off, the keys sent
+    // to the wrong primary come back as MOVED.
+    refused(
+        dir,
+        &format!("{base}\nsharding: {{lbPolicy: Maglev}}"),
+        "spec.sharding",
+    );
+    let mut b = render(dir, &format!("{base}\n  enableRedirection: false")).unwrap();
+    b["staticResources"]["clusters"][0]["lbPolicy"] = json!("MAGLEV");
+    let e = envoy(dir, &b, port);
+    // Once Envoy knows the servers: a key lands, or comes back MOVED.
+    let mut c = wait_until("the sidecar reaches a server", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        let r = c.cmd(&["SET", "maglev-probe", "1"]).ok()?;
+        (r.text() == "OK" || r.text().starts_with("MOVED")).then_some(c)
+    });
+    let moved = (0..40)
+        .filter(|i| {
+            let r = c.cmd(&["SET", &format!("by-slot:{i}"), "v"]).unwrap();
+            r.is_error() && r.text().starts_with("MOVED")
+        })
+        .count();
+    assert!(moved > 0, "every key reached its slot's primary");
+    drop(e);
+    // Without it, every key reaches its slot's primary.
+    let b = render(dir, &format!("{base}\n  enableRedirection: false")).unwrap();
+    let e = envoy(dir, &b, port);
+    let mut c = wait_until("the sidecar serves", || {
+        let mut c = Conn::connect(&sidecar).ok()?;
+        (c.cmd(&["SET", "slot-probe", "1"]).ok()?.text() == "OK").then_some(c)
+    });
+    for i in 0..40 {
+        assert_eq!(c.ok(&["SET", &format!("by-slot:{i}"), "v"]), "OK");
+    }
+    drop(e);
+
     // TCP keepalive longer than Linux takes: Envoy cannot set it, and every connection to
     // the servers fails.
     refused(
@@ -239,6 +276,21 @@ pub fn own_rules(f: &Fixture) {
     }
     drop(e);
 
+    // And the accepted side: 32767s is Linux's limit, and Envoy connects with it.
+    let b = render(
+        dir,
+        &format!("{base}\ntcpKeepalive: {{time: 32767s, interval: 32767s}}"),
+    )
+    .unwrap();
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    assert_eq!(c.ok(&["SET", "keepalive", "v"]), "OK");
+    drop(e);
+
+    faults_fire_where_envoy_looks(f, dir, &base, port);
+    key_formatter_without_the_key(f, dir, &base, port);
+    read_policy_in_sharded_mode(dir);
+    buffer_flush_timeout_without_a_buffer(f, dir, &base, port);
     endpoint_auth_in_sharded_mode(dir);
     aws_iam_with_endpoint_auth(f, dir);
     maglev_table_smaller_than_the_servers(dir);
@@ -527,5 +579,166 @@ fn redirect_refresh_without_redirection(dir: &Path) {
     wait_until("Envoy asks for the slots after one redirection", || {
         (slots_asked() > asked).then_some(())
     });
+    drop(e);
+}
+
+/// Faults fire only on commands Envoy proxies: an Error fault on GET answers every GET
+/// itself (Redis sees none), and one on `xds.probe` does once it is a custom command. Given
+/// a fault on a command Envoy does not proxy, it answers that command as unknown instead,
+/// and the fault never fires.
+fn faults_fire_where_envoy_looks(f: &Fixture, dir: &Path, base: &str, port: u16) {
+    let sidecar = format!("127.0.0.1:{port}");
+    let with_fault = |commands: &str| {
+        format!(
+            "{base}\n  customCommands: [xds.probe]\n  faults: [{{type: Error, percent: 100, commands: [{commands}]}}]"
+        )
+    };
+    let b = render(dir, &with_fault("GET, xds.probe")).unwrap();
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    f.main.reset_stats();
+    let fault = c.cmd(&["GET", "faulted"]).unwrap();
+    assert!(fault.is_error(), "{fault:?}");
+    let gets: u64 = f
+        .main
+        .primaries()
+        .iter()
+        .map(|p| f.main.calls(*p, "get"))
+        .sum();
+    assert_eq!(gets, 0, "Redis saw a GET the fault answered");
+    let before = f.main.error_replies();
+    assert_eq!(
+        c.cmd(&["XDS.PROBE", "k"]).unwrap(),
+        fault,
+        "the custom command's fault"
+    );
+    assert_eq!(f.main.error_replies(), before, "Redis never saw XDS.PROBE");
+    drop(e);
+
+    refused(
+        dir,
+        &format!("{base}\n  faults: [{{type: Error, percent: 100, commands: [xds.other]}}]"),
+        "spec.listener.faults[0].commands[0]",
+    );
+    let mut b = render(dir, &with_fault("GET")).unwrap();
+    proxy(&mut b)["faults"][0]["commands"] = json!(["xds.other"]);
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    let unknown = c.cmd(&["XDS.OTHER", "k"]).unwrap();
+    assert!(unknown.is_error(), "{unknown:?}");
+    assert_ne!(
+        unknown, fault,
+        "the fault on a command Envoy does not proxy fired"
+    );
+    assert_eq!(c.ok(&["SET", "unfaulted", "1"]), "OK");
+    drop(e);
+}
+
+/// A keyFormatter without %KEY%: every key of the route becomes that one string.
+fn key_formatter_without_the_key(f: &Fixture, dir: &Path, base: &str, port: u16) {
+    let route = |formatter: &str| {
+        format!(
+            "{base}\n  routes: [{{prefix: \"t:\", cluster: main, keyFormatter: \"{formatter}\"}}]"
+        )
+    };
+    refused(
+        dir,
+        &route("tenant-a"),
+        "spec.listener.routes[0].keyFormatter",
+    );
+    let mut b = render(dir, &route("tenant-a:%KEY%")).unwrap();
+    proxy(&mut b)["prefixRoutes"]["routes"][0]["keyFormatter"] = json!("tenant-a");
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    assert_eq!(c.ok(&["SET", "t:first", "1"]), "OK");
+    assert_eq!(c.ok(&["SET", "t:second", "2"]), "OK");
+    drop(e);
+    let values: Vec<String> = f
+        .main
+        .primaries()
+        .iter()
+        .filter_map(|p| {
+            let r = f.main.conn(*p).cmd(&["GET", "tenant-a"]).ok()?;
+            (!r.is_error() && r.text() != "").then(|| r.text())
+        })
+        .collect();
+    assert_eq!(values, ["2"], "both keys were written as tenant-a");
+}
+
+/// readPolicy in mode Sharded: Envoy ignores it. Given REPLICA over servers that have no
+/// replica, every GET is still answered, by the servers themselves.
+fn read_policy_in_sharded_mode(dir: &Path) {
+    let servers: Vec<_> = (0..2)
+        .map(|_| crate::standalone(&dir.join("sharded-reads")))
+        .collect();
+    let port = free_port();
+    let spec = |extra: &str| {
+        format!(
+            "mode: Sharded\nendpoints: {{static: [\"s0={}\", \"s1={}\"]}}\nlistener: {{port: {port}{extra}}}",
+            servers[0].addr(),
+            servers[1].addr()
+        )
+    };
+    refused(
+        dir,
+        &spec(", readPolicy: Replica"),
+        "spec.listener.readPolicy",
+    );
+    let mut b = render(dir, &spec("")).unwrap();
+    proxy(&mut b)["settings"]["readPolicy"] = json!("REPLICA");
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    for i in 0..20 {
+        let r = c.cmd(&["GET", &format!("sharded-read:{i}")]).unwrap();
+        assert!(!r.is_error(), "{r:?}");
+    }
+    drop(e);
+    let gets: u64 = servers
+        .iter()
+        .map(|s| crate::redis::command_calls(&mut s.conn(), "get"))
+        .sum();
+    assert_eq!(gets, 20);
+}
+
+/// bufferFlushTimeout without maxBufferSizeBeforeFlush: Envoy never starts the timer and
+/// sends every request at once. With a buffer, a lone request waits for the timer.
+fn buffer_flush_timeout_without_a_buffer(f: &Fixture, dir: &Path, base: &str, port: u16) {
+    let _ = f;
+    let spec = |listener: &str| format!("{base}\n  {listener}");
+    refused(
+        dir,
+        &spec("bufferFlushTimeout: 10s"),
+        "spec.listener.bufferFlushTimeout",
+    );
+    // Accepted: a 1 MiB buffer and a 1 s timer; a lone SET waits for the timer.
+    let b = render(
+        dir,
+        &spec("maxBufferSizeBeforeFlush: 1048576\n  bufferFlushTimeout: 1s"),
+    )
+    .unwrap();
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let started = Instant::now();
+    assert_eq!(c.ok(&["SET", "buffered", "1"]), "OK");
+    assert!(
+        // Envoy's timer may fire a millisecond or two before a full second by our clock;
+        // without it the SET takes about a millisecond.
+        started.elapsed() >= Duration::from_millis(900),
+        "the SET was sent before the flush timer: {:?}",
+        started.elapsed()
+    );
+    drop(e);
+    // Given a 10 s timer and no buffer, the SET is answered long before the timer.
+    let mut b = render(dir, &spec("opTimeout: 5s")).unwrap();
+    proxy(&mut b)["settings"]["bufferFlushTimeout"] = json!("10s");
+    let e = envoy(dir, &b, port);
+    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let started = Instant::now();
+    assert_eq!(c.ok(&["SET", "unbuffered", "1"]), "OK");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "Envoy waited for a timer it should never start: {:?}",
+        started.elapsed()
+    );
     drop(e);
 }
