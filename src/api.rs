@@ -49,7 +49,7 @@ pub const KIND: &str = "RedisCluster";
 #[x_kube(validation = Rule::new("has(self.mode) && self.mode == 'Sharded' || !has(self.sharding)").message("spec.sharding applies to mode Sharded only: a Redis Cluster places keys by slot, and Envoy given a load balancer for one sends keys to the wrong primary"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.dnsLookupFamily)").message("spec.dnsLookupFamily applies to mode Cluster only: Sharded endpoints are IP addresses"))]
 #[x_kube(validation = Rule::new("!has(self.mode) || self.mode != 'Sharded' || !has(self.endpointAuth) || size(self.endpointAuth) == 0").message("spec.endpointAuth applies to mode Cluster only: Envoy authenticates Sharded servers with auth alone"))]
-#[x_kube(validation = Rule::new("!has(self.awsIam) || !has(self.auth) && (!has(self.endpointAuth) || size(self.endpointAuth) == 0)").message("awsIam replaces auth and endpointAuth: with IAM Envoy sends only the IAM token, never these passwords"))]
+#[x_kube(validation = Rule::new("!has(self.awsIam) || !has(self.auth) && (!has(self.endpointAuth) || size(self.endpointAuth) == 0)").message("awsIam replaces auth and endpointAuth: Envoy would mix IAM tokens with these passwords"))]
 #[serde(rename_all = "camelCase")]
 pub struct RedisClusterSpec {
     /// How Envoy talks to the servers. `Cluster` (default): the Redis Cluster protocol, Envoy

@@ -590,7 +590,7 @@ pub fn plan(obj: &RedisClusterObject, model: &Model) -> Result<Plan, Vec<Problem
         if spec.auth.is_some() {
             c.invalid(
                 "spec.awsIam",
-                "awsIam replaces auth (Envoy ignores the password when IAM tokens are used): remove spec.auth",
+                "awsIam replaces auth: Envoy 1.40 sends IAM tokens on its command connections and this password, as awsIam.user, on its topology (CLUSTER SLOTS) connections only, two credentials for one user (seen on Envoy 1.40): remove spec.auth",
             );
         }
         if !spec.endpoint_auth.is_empty() {

@@ -68,6 +68,15 @@ fn envoy_with_env(dir: &Path, bootstrap: &Value, port: u16, env: &[(&str, &str)]
     proc
 }
 
+/// A connection to the sidecar on `addr` once a SET through it lands: Envoy has learnt
+/// the servers (in mode Cluster, from CLUSTER SLOTS, a moment after it listens).
+fn serving(addr: &str) -> Conn {
+    wait_until(&format!("the sidecar on {addr} serves"), || {
+        let mut c = Conn::connect(addr).ok()?;
+        (c.cmd(&["SET", "own-rules:probe", "1"]).ok()?.text() == "OK").then_some(c)
+    })
+}
+
 /// AWS credentials for Envoy's IAM signer, from the environment only: the instance
 /// metadata provider is off, so nothing leaves loopback.
 const FAKE_AWS: [(&str, &str); 3] = [
@@ -122,7 +131,7 @@ pub fn own_rules(f: &Fixture) {
     )
     .expect("redis-xds accepts the operators Envoy fills in");
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&sidecar).unwrap();
+    let mut c = serving(&sidecar);
     assert_eq!(c.ok(&["SET", "t:formatted", "1"]), "OK");
     let year = jiff::Timestamp::now()
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -283,10 +292,14 @@ pub fn own_rules(f: &Fixture) {
     )
     .unwrap();
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&sidecar).unwrap();
+    let mut c = serving(&sidecar);
     assert_eq!(c.ok(&["SET", "keepalive", "v"]), "OK");
     drop(e);
 
+    whole_milliseconds_are_honoured(f, dir, &base, port);
+    custom_commands_replace_envoys_own(dir, &base, port);
+    fault_shares(dir, &base, port);
+    aws_iam_without_the_password(f, dir);
     faults_fire_where_envoy_looks(f, dir, &base, port);
     key_formatter_without_the_key(f, dir, &base, port);
     read_policy_in_sharded_mode(dir);
@@ -595,7 +608,7 @@ fn faults_fire_where_envoy_looks(f: &Fixture, dir: &Path, base: &str, port: u16)
     };
     let b = render(dir, &with_fault("GET, xds.probe")).unwrap();
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&sidecar).unwrap();
+    let mut c = serving(&sidecar);
     f.main.reset_stats();
     let fault = c.cmd(&["GET", "faulted"]).unwrap();
     assert!(fault.is_error(), "{fault:?}");
@@ -623,7 +636,7 @@ fn faults_fire_where_envoy_looks(f: &Fixture, dir: &Path, base: &str, port: u16)
     let mut b = render(dir, &with_fault("GET")).unwrap();
     proxy(&mut b)["faults"][0]["commands"] = json!(["xds.other"]);
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&sidecar).unwrap();
+    let mut c = serving(&sidecar);
     let unknown = c.cmd(&["XDS.OTHER", "k"]).unwrap();
     assert!(unknown.is_error(), "{unknown:?}");
     assert_ne!(
@@ -649,7 +662,7 @@ fn key_formatter_without_the_key(f: &Fixture, dir: &Path, base: &str, port: u16)
     let mut b = render(dir, &route("tenant-a:%KEY%")).unwrap();
     proxy(&mut b)["prefixRoutes"]["routes"][0]["keyFormatter"] = json!("tenant-a");
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let mut c = serving(&format!("127.0.0.1:{port}"));
     assert_eq!(c.ok(&["SET", "t:first", "1"]), "OK");
     assert_eq!(c.ok(&["SET", "t:second", "2"]), "OK");
     drop(e);
@@ -687,7 +700,7 @@ fn read_policy_in_sharded_mode(dir: &Path) {
     let mut b = render(dir, &spec("")).unwrap();
     proxy(&mut b)["settings"]["readPolicy"] = json!("REPLICA");
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let mut c = serving(&format!("127.0.0.1:{port}"));
     for i in 0..20 {
         let r = c.cmd(&["GET", &format!("sharded-read:{i}")]).unwrap();
         assert!(!r.is_error(), "{r:?}");
@@ -698,6 +711,20 @@ fn read_policy_in_sharded_mode(dir: &Path) {
         .map(|s| crate::redis::command_calls(&mut s.conn(), "get"))
         .sum();
     assert_eq!(gets, 20);
+
+    // dnsLookupFamily in mode Sharded: the endpoints are IP addresses, and Envoy given
+    // V6_ONLY still reaches the IPv4 servers.
+    refused(
+        dir,
+        &format!("{}\ndnsLookupFamily: V6Only", spec("")),
+        "spec.dnsLookupFamily",
+    );
+    let mut b = render(dir, &spec("")).unwrap();
+    b["staticResources"]["clusters"][0]["dnsLookupFamily"] = json!("V6_ONLY");
+    let e = envoy(dir, &b, port);
+    let mut c = serving(&format!("127.0.0.1:{port}"));
+    assert_eq!(c.ok(&["SET", "family", "1"]), "OK");
+    drop(e);
 }
 
 /// bufferFlushTimeout without maxBufferSizeBeforeFlush: Envoy never starts the timer and
@@ -717,7 +744,7 @@ fn buffer_flush_timeout_without_a_buffer(f: &Fixture, dir: &Path, base: &str, po
     )
     .unwrap();
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let mut c = serving(&format!("127.0.0.1:{port}"));
     let started = Instant::now();
     assert_eq!(c.ok(&["SET", "buffered", "1"]), "OK");
     assert!(
@@ -732,7 +759,7 @@ fn buffer_flush_timeout_without_a_buffer(f: &Fixture, dir: &Path, base: &str, po
     let mut b = render(dir, &spec("opTimeout: 5s")).unwrap();
     proxy(&mut b)["settings"]["bufferFlushTimeout"] = json!("10s");
     let e = envoy(dir, &b, port);
-    let mut c = Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let mut c = serving(&format!("127.0.0.1:{port}"));
     let started = Instant::now();
     assert_eq!(c.ok(&["SET", "unbuffered", "1"]), "OK");
     assert!(
@@ -741,4 +768,226 @@ fn buffer_flush_timeout_without_a_buffer(f: &Fixture, dir: &Path, base: &str, po
         started.elapsed()
     );
     drop(e);
+}
+
+/// Durations are whole milliseconds, and Envoy honours them: with the server paused for
+/// 600 ms, a SET through a 100ms opTimeout fails and one through 2s waits and lands.
+fn whole_milliseconds_are_honoured(f: &Fixture, dir: &Path, base: &str, port: u16) {
+    let through = |timeout: &str| {
+        let b = render(dir, &format!("{base}\n  opTimeout: {timeout}")).unwrap();
+        let e = envoy(dir, &b, port);
+        let mut c = wait_until("the sidecar serves", || {
+            let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+            (c.cmd(&["SET", "pause-probe", "1"]).ok()?.text() == "OK").then_some(c)
+        });
+        for p in f.main.primaries() {
+            f.main.conn(p).ok(&["CLIENT", "PAUSE", "600", "WRITE"]);
+        }
+        let r = c.cmd(&["SET", "paused", "1"]).unwrap();
+        for p in f.main.primaries() {
+            f.main.conn(p).ok(&["CLIENT", "UNPAUSE"]);
+        }
+        drop(e);
+        r
+    };
+    let short = through("100ms");
+    assert!(
+        short.is_error(),
+        "the 100ms timeout did not fire: {short:?}"
+    );
+    assert_eq!(through("2s").text(), "OK");
+}
+
+/// customCommands naming a command Envoy proxies: Envoy then forwards it as written, and a
+/// multi-key MGET is no longer split by slot.
+fn custom_commands_replace_envoys_own(dir: &Path, base: &str, port: u16) {
+    refused(
+        dir,
+        &format!("{base}\n  customCommands: [mget]"),
+        "spec.listener.customCommands[0]",
+    );
+    let keys = ["mget:{a}", "mget:{b}", "mget:{c}"];
+    let mget = |c: &mut Conn| {
+        let mut args = vec!["MGET"];
+        args.extend(keys);
+        c.cmd(&args).unwrap()
+    };
+    let b = render(dir, &format!("{base}\n  customCommands: [xds.probe]")).unwrap();
+    let e = envoy(dir, &b, port);
+    let mut c = serving(&format!("127.0.0.1:{port}"));
+    for k in keys {
+        assert_eq!(c.ok(&["SET", k, "v"]), "OK");
+    }
+    let split = mget(&mut c);
+    assert!(!split.is_error(), "{split:?}");
+    drop(e);
+    let mut b = render(dir, &format!("{base}\n  customCommands: [xds.probe]")).unwrap();
+    proxy(&mut b)["customCommands"] = json!(["xds.probe", "mget"]);
+    let e = envoy(dir, &b, port);
+    let mut c = serving(&format!("127.0.0.1:{port}"));
+    let whole = mget(&mut c);
+    assert!(
+        whole.is_error(),
+        "MGET over three slots was still split: {whole:?}"
+    );
+    drop(e);
+}
+
+/// Fault shares: Envoy draws once per command against the faults in order, so a command
+/// listed twice gets its fault twice the share, and faults past 100 never fire.
+fn fault_shares(dir: &Path, base: &str, port: u16) {
+    let faults = |list: &str| format!("{base}\n  faults: [{list}]");
+    let errors_and_delays = |b: &Value| -> (usize, usize) {
+        let e = envoy(dir, b, port);
+        let mut c = serving(&format!("127.0.0.1:{port}"));
+        let (mut errors, mut delayed) = (0, 0);
+        for i in 0..40 {
+            let started = Instant::now();
+            let r = c.cmd(&["GET", &format!("share:{i}")]).unwrap();
+            if r.is_error() {
+                errors += 1;
+            } else if started.elapsed() >= Duration::from_millis(200) {
+                delayed += 1;
+            }
+        }
+        drop(e);
+        (errors, delayed)
+    };
+    // GET listed twice at 50%: every GET fails. Listed once: about half.
+    let half = "{type: Error, percent: 50, commands: [GET]}";
+    refused(
+        dir,
+        &faults("{type: Error, percent: 50, commands: [GET, get]}"),
+        "spec.listener.faults[0].commands[1]",
+    );
+    let b = render(dir, &faults(half)).unwrap();
+    let (once, _) = errors_and_delays(&b);
+    assert!(once > 0 && once < 40, "50% of 40 GETs failed {once} times");
+    let mut twice = b.clone();
+    proxy(&mut twice)["faults"][0]["commands"] = json!(["GET", "get"]);
+    assert_eq!(errors_and_delays(&twice).0, 40, "GET listed twice");
+
+    // An Error and a Delay fault of 50% each: some GETs fail, some are delayed. At 100%
+    // each, the Delay never fires.
+    let delay = "{type: Delay, percent: 50, delay: 300ms, commands: [GET]}";
+    refused(
+        dir,
+        &faults(&format!(
+            "{}, {}",
+            half.replace("50", "100"),
+            delay.replace("50", "100")
+        )),
+        "spec.listener.faults",
+    );
+    let b = render(dir, &faults(&format!("{half}, {delay}"))).unwrap();
+    let (errors, delayed) = errors_and_delays(&b);
+    assert!(
+        errors > 0 && delayed > 0,
+        "{errors} errors, {delayed} delayed"
+    );
+    let mut full = b.clone();
+    for fault in proxy(&mut full)["faults"].as_array_mut().unwrap() {
+        fault["faultEnabled"]["defaultValue"]["numerator"] = json!(100);
+    }
+    assert_eq!(errors_and_delays(&full), (40, 0), "the Delay fault fired");
+}
+
+/// awsIam with auth: Envoy 1.40 sends IAM tokens on its command connections, and the
+/// Secret's password (as awsIam.user) on its topology connections only, two credentials
+/// for one user. A server whose `own-rules-iam` takes that password refuses the commands'
+/// token and admits the CLUSTER SLOTS connection; without awsIam, the password admits both.
+/// With awsIam alone, Envoy sends no AUTH at all on its topology connections.
+fn aws_iam_without_the_password(f: &Fixture, dir: &Path) {
+    let main = &f.main;
+    for s in &main.servers {
+        let mut c = main.conn(s.port);
+        c.ok(&[
+            "ACL",
+            "SETUSER",
+            "own-rules-iam",
+            "on",
+            ">static-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ]);
+    }
+    let port = free_port();
+    let base = format!(
+        "endpoints: {{static: [{}]}}\nlistener: {{port: {port}}}",
+        main.static_entries()
+    );
+    let iam = "awsIam: {cacheName: own-rules, user: own-rules-iam, region: us-east-1}";
+    refused(
+        dir,
+        &format!("{base}\n{iam}\nauth: {{secretRef: {{name: s}}}}"),
+        "spec.awsIam",
+    );
+    // The commands each connection of the sidecar ran as each user, once a SET went through.
+    let connections = |b: &Value, env: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        for s in &main.servers {
+            main.conn(s.port).ok(&["ACL", "LOG", "RESET"]);
+        }
+        let e = envoy_with_env(dir, b, port, env);
+        let _ = serving(&format!("127.0.0.1:{port}"));
+        let seen = main
+            .servers
+            .iter()
+            .flat_map(|s| {
+                main.conn(s.port)
+                    .ok(&["CLIENT", "LIST"])
+                    .lines()
+                    .filter(|l| l.contains("cmd=cluster|slots") || l.contains("cmd=set"))
+                    .filter_map(|l| {
+                        let field = |k: &str| l.split(' ').find_map(|f| f.strip_prefix(k));
+                        Some((field("cmd=")?.to_owned(), field("user=")?.to_owned()))
+                    })
+                    .filter(|(_, user)| user != "(superuser)")
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        drop(e);
+        seen
+    };
+    let refused_token = || {
+        main.servers
+            .iter()
+            .map(|s| main.conn(s.port).ok(&["ACL", "LOG"]))
+            .any(|log| log.contains("own-rules-iam"))
+    };
+    let as_user = |cmd: &str, user: &str| (cmd.to_owned(), user.to_owned());
+
+    let iam_only = render(dir, &format!("{base}\n{iam}")).unwrap();
+    let seen = connections(&iam_only, &FAKE_AWS);
+    assert!(
+        seen.contains(&as_user("cluster|slots", "default")),
+        "{seen:?}"
+    );
+    assert!(refused_token(), "the commands' connections sent a token");
+
+    let mut with_password = iam_only.clone();
+    options(&mut with_password)["authPassword"] = json!({"inlineString": "static-pw"});
+    let seen = connections(&with_password, &FAKE_AWS);
+    assert!(
+        seen.contains(&as_user("cluster|slots", "own-rules-iam")),
+        "the topology connection used the password: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&as_user("set", "own-rules-iam")),
+        "a command connection used the password: {seen:?}"
+    );
+    assert!(refused_token(), "the commands' connections sent a token");
+
+    let mut plain = render(dir, &base).unwrap();
+    options(&mut plain)["@type"] = json!(PROTOCOL_OPTIONS);
+    options(&mut plain)["authUsername"] = json!({"inlineString": "own-rules-iam"});
+    options(&mut plain)["authPassword"] = json!({"inlineString": "static-pw"});
+    let seen = connections(&plain, &[]);
+    assert!(
+        seen.contains(&as_user("set", "own-rules-iam")),
+        "without awsIam the password admits the commands: {seen:?}"
+    );
+    for s in &main.servers {
+        main.conn(s.port).ok(&["ACL", "DELUSER", "own-rules-iam"]);
+    }
 }
