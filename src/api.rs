@@ -757,7 +757,7 @@ pub struct Mirror {
 
 /// An injected fault (`RedisFault`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.type == 'Delay' ? has(self.delay) : !has(self.delay)").message("a Delay fault needs delay; an Error fault takes none"))]
+#[x_kube(validation = Rule::new("self.type != 'Delay' || has(self.delay)").message("a Delay fault needs delay"))]
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
     /// Error: reply with an error. Delay: hold the command for `delay`.
@@ -769,8 +769,8 @@ pub struct Fault {
     /// Commands affected (e.g. GET); empty means every command.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<String>,
-    /// How long a Delay fault holds the command (whole milliseconds, as Envoy counts them).
-    /// Not for Error faults: Envoy 1.40 does not reliably hold their answer.
+    /// How long a Delay fault holds the command, or an Error fault its error (whole
+    /// milliseconds, as Envoy counts them). Required for Delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<GoDuration>,
 }

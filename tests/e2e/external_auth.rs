@@ -102,4 +102,34 @@ pub fn external_auth(f: &Fixture) {
     );
     let reply = refused.cmd(&["GET", "ext:k"]).unwrap();
     assert!(reply.is_error(), "no command without AUTH: {reply:?}");
+
+    // downstreamAuth next to externalAuth: Envoy asks the service about every AUTH and
+    // never compares the passwords, so redis-xds refuses the pair. Given both anyway, the
+    // password is refused and the service's token still gets in.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: clients, namespace: e2e}\nstringData: {password: static-pw}\n";
+    let problems = crate::own_rules::render_with(
+        dir,
+        &format!("{spec}\n  downstreamAuth: {{secretRef: {{name: clients}}}}"),
+        secret,
+    )
+    .expect_err("redis-xds refuses downstreamAuth with externalAuth");
+    assert!(
+        problems.contains("spec.listener.downstreamAuth: downstreamAuth is ignored"),
+        "{problems}"
+    );
+    let mut b = crate::own_rules::render(dir, &spec).unwrap();
+    crate::own_rules::proxy(&mut b)["downstreamAuthPasswords"] =
+        serde_json::json!([{"inlineString": "static-pw"}]);
+    drop(_sc);
+    let e = crate::own_rules::envoy(dir, &b, port);
+    let mut c = Conn::connect(&sidecar).unwrap();
+    let reply = c.cmd(&["AUTH", "static-pw"]).unwrap();
+    assert!(
+        reply.is_error(),
+        "the downstream password got in: {reply:?}"
+    );
+    assert_eq!(c.ok(&["AUTH", ACCEPTED]), "OK");
+    drop(e);
 }

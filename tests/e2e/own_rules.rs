@@ -16,10 +16,16 @@ use crate::{Fixture, rc};
 /// `render` of one RedisCluster: the problems it prints, and with none, the static
 /// bootstrap.
 pub fn render(dir: &Path, spec: &str) -> Result<Value, String> {
+    render_with(dir, spec, "")
+}
+
+/// [`render`] with more objects beside the RedisCluster (`extra`, YAML).
+pub fn render_with(dir: &Path, spec: &str, extra: &str) -> Result<Value, String> {
     let manifests = dir.join("manifests");
     let _ = std::fs::remove_dir_all(&manifests);
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("main.yaml"), rc("main", spec)).unwrap();
+    std::fs::write(manifests.join("extra.yaml"), extra).unwrap();
     let out = redis_xds()
         .args([
             "render",
@@ -85,7 +91,7 @@ const FAKE_AWS: [(&str, &str); 3] = [
     ("AWS_SECRET_ACCESS_KEY", "redis-xds-test-secret-key"),
 ];
 
-fn proxy(bootstrap: &mut Value) -> &mut Value {
+pub fn proxy(bootstrap: &mut Value) -> &mut Value {
     &mut bootstrap["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"]
 }
 
@@ -457,6 +463,31 @@ fn aws_iam_with_endpoint_auth(f: &Fixture, dir: &Path) {
     let seen = users(&mut c);
     assert!(!seen.is_empty(), "the nodes' own users");
     drop(e);
+    // Envoy matches those credentials to servers by IP address and port: named by host
+    // name, they match no server, and no node's own user is used.
+    refused(
+        dir,
+        &format!(
+            "{base}\nendpointAuth: [{{address: \"localhost:{}\", secretRef: {{name: node}}}}]",
+            main.servers[0].port
+        ),
+        "spec.endpointAuth[0].address",
+    );
+    let mut by_name = credentials.clone();
+    for c in &mut by_name {
+        c["address"]["socketAddress"]["address"] = json!("localhost");
+    }
+    let mut b = render(dir, &base).unwrap();
+    options(&mut b)["@type"] = json!(PROTOCOL_OPTIONS);
+    options(&mut b)["credentials"] = json!(by_name);
+    let e = envoy(dir, &b, port);
+    let mut c = serving(&sidecar);
+    let seen = users(&mut c);
+    assert!(
+        seen.is_empty(),
+        "credentials named by host name were used: {seen:?}"
+    );
+    drop(e);
 }
 
 /// The redis_proxy protocol options of the first cluster of a static bootstrap.
@@ -712,6 +743,32 @@ fn read_policy_in_sharded_mode(dir: &Path) {
         .sum();
     assert_eq!(gets, 20);
 
+    // enableHashtagging: false is for mode Sharded, where Envoy then hashes whole keys:
+    // {tag}-keys spread over both servers; by default they all go to one.
+    let tagged_on = |b: &Value| -> usize {
+        for s in &servers {
+            crate::redis::conn(s.port, None).ok(&["FLUSHALL"]);
+        }
+        let e = envoy(dir, b, port);
+        let mut c = serving(&format!("127.0.0.1:{port}"));
+        for i in 0..40 {
+            assert_eq!(c.ok(&["SET", &format!("{{tag}}k{i}"), "v"]), "OK");
+        }
+        drop(e);
+        let keys: Vec<String> = (0..40).map(|i| format!("{{tag}}k{i}")).collect();
+        let mut exists = vec!["EXISTS"];
+        exists.extend(keys.iter().map(String::as_str));
+        servers
+            .iter()
+            .filter(|s| crate::redis::conn(s.port, None).ok(&exists) != "0")
+            .count()
+    };
+    assert_eq!(tagged_on(&render(dir, &spec("")).unwrap()), 1);
+    assert_eq!(
+        tagged_on(&render(dir, &spec(", enableHashtagging: false")).unwrap()),
+        2
+    );
+
     // dnsLookupFamily in mode Sharded: the endpoints are IP addresses, and Envoy given
     // V6_ONLY still reaches the IPv4 servers.
     refused(
@@ -837,11 +894,11 @@ fn custom_commands_replace_envoys_own(dir: &Path, base: &str, port: u16) {
 /// listed twice gets its fault twice the share, and faults past 100 never fire.
 fn fault_shares(dir: &Path, base: &str, port: u16) {
     let faults = |list: &str| format!("{base}\n  faults: [{list}]");
-    let errors_and_delays = |b: &Value| -> (usize, usize) {
+    let errors_and_delays_of = |b: &Value, n: usize| -> (usize, usize) {
         let e = envoy(dir, b, port);
         let mut c = serving(&format!("127.0.0.1:{port}"));
         let (mut errors, mut delayed) = (0, 0);
-        for i in 0..40 {
+        for i in 0..n {
             let started = Instant::now();
             let r = c.cmd(&["GET", &format!("share:{i}")]).unwrap();
             if r.is_error() {
@@ -853,6 +910,7 @@ fn fault_shares(dir: &Path, base: &str, port: u16) {
         drop(e);
         (errors, delayed)
     };
+    let errors_and_delays = |b: &Value| errors_and_delays_of(b, 40);
     // GET listed twice at 50%: every GET fails. Listed once: about half.
     let half = "{type: Error, percent: 50, commands: [GET]}";
     refused(
@@ -890,6 +948,50 @@ fn fault_shares(dir: &Path, base: &str, port: u16) {
         fault["faultEnabled"]["defaultValue"]["numerator"] = json!(100);
     }
     assert_eq!(errors_and_delays(&full), (40, 0), "the Delay fault fired");
+
+    // A Delay fault needs its delay: given none, Envoy delays by nothing. With 300ms, every
+    // GET waits.
+    let always_delay = "{type: Delay, percent: 100, delay: 300ms, commands: [GET]}";
+    refused(
+        dir,
+        &faults("{type: Delay, percent: 100, commands: [GET]}"),
+        "spec.listener.faults[0].delay",
+    );
+    let b = render(dir, &faults(always_delay)).unwrap();
+    assert_eq!(errors_and_delays_of(&b, 10), (0, 10));
+    let mut no_delay = b.clone();
+    proxy(&mut no_delay)["faults"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("delay");
+    assert_eq!(
+        errors_and_delays(&no_delay),
+        (0, 0),
+        "GETs waited for no delay"
+    );
+
+    // An Error fault with a delay: Envoy holds the error for it. (A clean-clone run once
+    // took a 297 ms wait, Envoy's timer a few milliseconds early by our clock, for an error
+    // answered at once, and redis-xds refused the setting for a while.)
+    let mut late_error = render(
+        dir,
+        &faults("{type: Error, percent: 100, delay: 300ms, commands: [GET]}"),
+    )
+    .expect("an Error fault may carry a delay");
+    assert_eq!(proxy(&mut late_error)["faults"][0]["delay"], "0.300s");
+    let e = envoy(dir, &late_error, port);
+    let mut c = serving(&format!("127.0.0.1:{port}"));
+    for i in 0..5 {
+        let started = Instant::now();
+        let r = c.cmd(&["GET", &format!("late:{i}")]).unwrap();
+        assert!(r.is_error(), "{r:?}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the error came after {:?}",
+            started.elapsed()
+        );
+    }
+    drop(e);
 }
 
 /// awsIam with auth: Envoy 1.40 sends IAM tokens on its command connections, and the
@@ -964,6 +1066,21 @@ fn aws_iam_without_the_password(f: &Fixture, dir: &Path) {
         "{seen:?}"
     );
     assert!(refused_token(), "the commands' connections sent a token");
+
+    // awsIam.user empty: Envoy turns IAM off and sends no AUTH at all.
+    refused(
+        dir,
+        &format!("{base}\n{}", iam.replace("own-rules-iam", "\"\"")),
+        "spec.awsIam.user",
+    );
+    let mut no_user = iam_only.clone();
+    options(&mut no_user)
+        .as_object_mut()
+        .unwrap()
+        .remove("authUsername");
+    let seen = connections(&no_user, &FAKE_AWS);
+    assert!(seen.contains(&as_user("set", "default")), "{seen:?}");
+    assert!(!refused_token(), "Envoy sent a token without a user");
 
     let mut with_password = iam_only.clone();
     options(&mut with_password)["authPassword"] = json!({"inlineString": "static-pw"});
