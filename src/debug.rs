@@ -51,6 +51,9 @@ pub struct DebugState {
     pub ready: watch::Receiver<bool>,
     /// Who may read `/debug/*`; `None`: anyone who reaches the port (without Kubernetes).
     pub access: Option<Arc<DebugAccess>>,
+    /// Why the server is stopping, once one of its tasks failed (`crate::app::supervisor`);
+    /// `/healthz` and `/readyz` then answer 503 with it.
+    pub failed: watch::Receiver<Option<String>>,
 }
 
 /// The router. `/healthz`, `/readyz` and `/metrics` stay open (probes and Prometheus);
@@ -66,7 +69,7 @@ pub fn router(state: DebugState) -> Router {
             allowed,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(debug)
@@ -108,7 +111,25 @@ async fn allowed(
     }
 }
 
+async fn healthz(State(s): State<DebugState>) -> Response {
+    match s.failed.borrow().clone() {
+        Some(failure) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stopping: {failure}\n"),
+        )
+            .into_response(),
+        None => (StatusCode::OK, "ok\n").into_response(),
+    }
+}
+
 async fn readyz(State(s): State<DebugState>) -> Response {
+    if let Some(failure) = s.failed.borrow().clone() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stopping: {failure}\n"),
+        )
+            .into_response();
+    }
     if *s.ready.borrow() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

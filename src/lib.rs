@@ -6,11 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod bootstrap;
 pub mod ca;
-pub mod cli;
 pub mod compile;
 pub mod debug;
 pub mod debug_access;
@@ -25,7 +25,6 @@ pub mod model;
 pub mod protojson;
 pub mod publish;
 pub mod render;
-pub mod serve;
 pub mod snapshot;
 pub mod source;
 pub mod status;

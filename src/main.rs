@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    redis_xds::cli::main()
+    redis_xds::app::cli::main()
 }

@@ -648,7 +648,13 @@ proptest! {
             let path = dir.path().join("bootstrap.json");
             std::fs::write(&path, json.to_string()).unwrap();
             let (ok, log) = common::envoy_validate(&path);
-            prop_assert!(ok, "Envoy refused what compile accepted:\n{}\n{}", log, json);
+            // Envoy 1.40 in validate mode crashes on its way out (after printing OK) when a
+            // Redis health checker carries aws_iam; it runs such a config normally.
+            let text = json.to_string();
+            let crashed_after_ok = log.contains("' OK")
+                && text.contains("envoy.health_checkers.redis")
+                && text.contains("\"awsIam\"");
+            prop_assert!(ok || crashed_after_ok, "Envoy refused what compile accepted:\n{}\n{}", log, text);
         }
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 #[test]
 fn committed_crd_matches_the_generated_one() {
-    let generated = redis_xds::cli::crd_yaml().expect("CRD serializes");
+    let generated = redis_xds::app::cli::crd_yaml().expect("CRD serializes");
     let path = common::root().join("crds/redisclusters.yaml");
     if std::env::var_os("REDIS_XDS_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &generated).unwrap();
@@ -28,7 +28,7 @@ fn crd_command_prints_the_committed_file() {
 #[test]
 fn crd_has_the_validation_the_api_server_enforces() {
     let crd: serde_json::Value =
-        serde_yaml_ng::from_str(&redis_xds::cli::crd_yaml().unwrap()).unwrap();
+        serde_yaml_ng::from_str(&redis_xds::app::cli::crd_yaml().unwrap()).unwrap();
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert_eq!(crd["spec"]["group"], "redis-xds.dev");

@@ -338,8 +338,11 @@ async fn watchers_list_every_kind_in_all_namespaces_and_leave_out_only_the_broke
         metrics: Arc::default(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let tasks =
-        redis_xds::source::k8s::watch::spawn(&client, None, false, shared, shutdown.clone());
+    let tasks: Vec<_> =
+        redis_xds::source::k8s::watch::tasks(&client, None, false, shared, shutdown.clone())
+            .into_iter()
+            .map(|(_, task)| tokio::spawn(task))
+            .collect();
     tokio::time::timeout(PATIENCE, ready.wait_for(|r| *r))
         .await
         .expect("ready after every list")

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::xds::{self, CDS, Delta, LDS, delta_names, node};
+use redis_xds::app::serve::{Handles, ServeOptions};
 use redis_xds::publish::Debounce;
-use redis_xds::serve::{Handles, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
 fn rc(name: &str, port: u16) -> String {
@@ -40,7 +40,7 @@ async fn start(dir: &Path) -> (std::net::SocketAddr, Handles, CancellationToken)
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        redis_xds::serve::run(opts, stop, move |addr, handles| {
+        redis_xds::app::serve::run(opts, stop, move |addr, handles| {
             let _ = tx.send((addr, handles));
         })
         .await
@@ -134,4 +134,34 @@ async fn file_changes_reach_a_subscribed_proxy_and_a_malformed_file_loses_nothin
 
     assert_eq!(handles.registry.list().len(), 1);
     shutdown.cancel();
+}
+
+/// A task of `serve` that dies takes `serve` down with it, named, and non-zero, so that
+/// Kubernetes restarts it; until then `/healthz` says why. (Debug builds let a test make a
+/// task panic: `REDIS_XDS_TEST_PANIC_TASK`.)
+#[test]
+fn serve_stops_non_zero_naming_a_task_that_died() {
+    for task in ["publish", "watch manifests", "debug server"] {
+        let out = common::redis_xds()
+            .args([
+                "serve",
+                "--xds-addr",
+                "127.0.0.1:0",
+                "--debug-addr",
+                "127.0.0.1:0",
+                "--manifests",
+            ])
+            .arg(common::root().join("examples/quickstart"))
+            .env("REDIS_XDS_TEST_PANIC_TASK", task)
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("serve runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{task}: {stderr}");
+        assert!(
+            stderr.contains(&format!("task {task} panicked")),
+            "{task}: {stderr}"
+        );
+        assert!(stderr.contains("serve stopped"), "{task}: {stderr}");
+    }
 }

@@ -45,7 +45,7 @@ const INITIAL_WINDOW_SIZE: u16 = 0x4;
 
 /// serve's log level for these tests: its start (which the harness waits for) and
 /// warnings.
-const QUIET: &str = "warn,redis_xds::serve=info";
+const QUIET: &str = "warn,redis_xds::app::serve=info";
 
 /// Attacking connections per attack, and how long each attacks at most.
 const ATTACKERS: usize = 50;

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
@@ -380,15 +382,15 @@ async fn fetch_secrets(
     }
 }
 
-/// Starts one watcher per kind, and the fetcher of newly referenced Secrets; they run until
-/// `shutdown`.
-pub fn spawn(
+/// One watcher per kind, and the fetcher of newly referenced Secrets, each named, for the
+/// caller to run (`serve` hands them to its supervisor); they run until `shutdown`.
+pub fn tasks(
     client: &Client,
     namespace: Option<&str>,
     services: bool,
     shared: Shared,
     shutdown: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<(&'static str, BoxFuture<'static, ()>)> {
     let rc_api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &RedisCluster::api_resource()),
         None => Api::all_with(client.clone(), &RedisCluster::api_resource()),
@@ -399,7 +401,8 @@ pub fn spawn(
     let mut tasks = Vec::new();
     if services {
         shared.with_index(crate::source::k8s::index::Index::follow_services);
-        tasks.push(tokio::spawn(
+        tasks.push((
+            "watch Service",
             follow(
                 api::<k8s_openapi::api::core::v1::Service>(client, namespace),
                 Kind::Service,
@@ -408,11 +411,13 @@ pub fn spawn(
                 |_, s| Some(Object::Service(Box::new(s))),
                 shutdown.clone(),
             )
-            .instrument(tracing::info_span!("watch", kind = "Service")),
+            .instrument(tracing::info_span!("watch", kind = "Service"))
+            .boxed(),
         ));
     }
     tasks.extend([
-        tokio::spawn(
+        (
+            "watch RedisCluster",
             follow(
                 rc_api,
                 Kind::RedisCluster,
@@ -421,9 +426,11 @@ pub fn spawn(
                 redis_cluster,
                 shutdown.clone(),
             )
-            .instrument(tracing::info_span!("watch", kind = "RedisCluster")),
+            .instrument(tracing::info_span!("watch", kind = "RedisCluster"))
+            .boxed(),
         ),
-        tokio::spawn(
+        (
+            "watch Pod",
             follow(
                 api::<Pod>(client, namespace),
                 Kind::Pod,
@@ -432,9 +439,11 @@ pub fn spawn(
                 |_, p| Some(Object::Pod(Box::new(trim_pod(p)))),
                 shutdown.clone(),
             )
-            .instrument(tracing::info_span!("watch", kind = "Pod")),
+            .instrument(tracing::info_span!("watch", kind = "Pod"))
+            .boxed(),
         ),
-        tokio::spawn(
+        (
+            "watch EndpointSlice",
             follow(
                 api::<EndpointSlice>(client, namespace),
                 Kind::EndpointSlice,
@@ -443,9 +452,11 @@ pub fn spawn(
                 |_, s| Some(Object::EndpointSlice(Box::new(s))),
                 shutdown.clone(),
             )
-            .instrument(tracing::info_span!("watch", kind = "EndpointSlice")),
+            .instrument(tracing::info_span!("watch", kind = "EndpointSlice"))
+            .boxed(),
         ),
-        tokio::spawn(
+        (
+            "watch Secret",
             follow(
                 api::<Secret>(client, namespace),
                 Kind::Secret,
@@ -456,11 +467,14 @@ pub fn spawn(
                 |shared, s| Some(secret_object(shared, s)),
                 shutdown.clone(),
             )
-            .instrument(tracing::info_span!("watch", kind = "Secret")),
+            .instrument(tracing::info_span!("watch", kind = "Secret"))
+            .boxed(),
         ),
-        tokio::spawn(
+        (
+            "fetch Secret",
             fetch_secrets(client.clone(), shared, wanted, shutdown)
-                .instrument(tracing::info_span!("fetch", kind = "Secret")),
+                .instrument(tracing::info_span!("fetch", kind = "Secret"))
+                .boxed(),
         ),
     ]);
     tasks

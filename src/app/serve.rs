@@ -7,11 +7,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::supervisor::{STOP_GRACE, Supervisor};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::publish::{self, Debounce};
@@ -167,7 +170,8 @@ struct SourceParts {
     models: watch::Receiver<Arc<Model>>,
     state: watch::Receiver<Arc<DirState>>,
     ready: watch::Receiver<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Named long-running tasks, for the supervisor to start.
+    tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
     /// Kubernetes client, for the status writer.
     client: Option<kube::Client>,
     /// RedisClusters the watcher could not read, for the status writer.
@@ -196,19 +200,20 @@ async fn manifests_source(
     let (state_tx, state) = watch::channel(Arc::new(initial));
     // The directory was read completely above.
     let (_ready_tx, ready) = watch::channel(true);
-    let task = tokio::spawn(dirwatch::run(
+    let task = dirwatch::run(
         watcher,
         poll_interval,
         state_tx,
         model_tx,
         Arc::clone(metrics),
         shutdown.clone(),
-    ));
+    )
+    .boxed();
     Ok(SourceParts {
         models,
         state,
         ready,
-        tasks: vec![task],
+        tasks: vec![("watch manifests", task)],
         client: None,
         undecodable: Arc::default(),
     })
@@ -268,7 +273,7 @@ async fn kubernetes_source(
         namespace = opts.namespace.as_deref().unwrap_or("(all)"),
         "watching Kubernetes"
     );
-    let tasks = crate::source::k8s::watch::spawn(
+    let tasks = crate::source::k8s::watch::tasks(
         &client,
         opts.namespace.as_deref(),
         services,
@@ -306,10 +311,14 @@ pub async fn run(
         models,
         state,
         ready,
-        mut tasks,
+        tasks,
         client,
         undecodable,
     } = source;
+    let mut supervisor = Supervisor::new(shutdown.clone());
+    for (name, task) in tasks {
+        supervisor.spawn(name, task);
+    }
 
     let initial_model = Arc::clone(&models.borrow());
     let mut first = publish::snapshot(&initial_model, None, Instant::now(), &metrics);
@@ -391,22 +400,17 @@ pub async fn run(
         };
         let (authority, issued) = crate::ca::start(client, &ca_opts).await?;
         serving = Some((Arc::clone(&issued.cert), Arc::clone(&issued.bundle)));
-        tasks.push(tokio::spawn(crate::ca::run(
-            client.clone(),
-            ca_opts,
-            authority,
-            issued,
-            shutdown.clone(),
-        )));
+        supervisor.spawn(
+            "CA",
+            crate::ca::run(client.clone(), ca_opts, authority, issued, shutdown.clone()),
+        );
     } else if let Some(files) = &opts.tls {
         let (cert, bundle) = files_serving_cert(files)?;
         serving = Some((Arc::clone(&cert), Arc::clone(&bundle)));
-        tasks.push(tokio::spawn(reload_files(
-            files.clone(),
-            cert,
-            bundle,
-            shutdown.clone(),
-        )));
+        supervisor.spawn(
+            "reload TLS files",
+            reload_files(files.clone(), cert, bundle, shutdown.clone()),
+        );
     }
     let client_ca = match opts.tls.as_ref().and_then(|t| t.client_ca.as_ref()) {
         Some(p) => Some(
@@ -454,7 +458,7 @@ pub async fn run(
         let connections = crate::tls::accept(listener, config, |_| {}, shutdown.clone());
         let stop = shutdown.clone();
         info!(addr = %local_webhook, "sidecar injection webhook listening");
-        tasks.push(tokio::spawn(async move {
+        supervisor.spawn("injection webhook", async move {
             let listener = crate::tls::AxumTlsListener {
                 connections,
                 local: local_webhook,
@@ -465,7 +469,7 @@ pub async fn run(
             {
                 tracing::error!(error = %e, "webhook server failed");
             }
-        }));
+        });
     }
 
     let mut debug_addr = None;
@@ -504,10 +508,11 @@ pub async fn run(
             dir: Some(state.clone()),
             metrics: Arc::clone(&metrics),
             ready: ready.clone(),
+            failed: supervisor.health(),
         });
         let stop = shutdown.clone();
         info!(addr = %listener.local_addr()?, "debug server listening");
-        tasks.push(tokio::spawn(async move {
+        supervisor.spawn("debug server", async move {
             let service = router.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -515,18 +520,21 @@ pub async fn run(
             {
                 tracing::error!(error = %e, "debug server failed");
             }
-        }));
+        });
     }
 
-    tasks.push(tokio::spawn(publish::run(
-        models,
-        ready.clone(),
-        snap_tx,
-        source_tx,
-        opts.debounce,
-        Arc::clone(&metrics),
-        shutdown.clone(),
-    )));
+    supervisor.spawn(
+        "publish",
+        publish::run(
+            models,
+            ready.clone(),
+            snap_tx,
+            source_tx,
+            opts.debounce,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ),
+    );
 
     if let Some(client) = client {
         let (leader_tx, leader_rx) = watch::channel(false);
@@ -537,22 +545,23 @@ pub async fn run(
             identity: opts.kube.identity.clone(),
             duration: Duration::from_secs(15),
         };
-        tasks.push(tokio::spawn(crate::source::k8s::lease::run(
-            lease_api,
-            cfg,
-            leader_tx,
-            shutdown.clone(),
-        )));
+        supervisor.spawn(
+            "status lease",
+            crate::source::k8s::lease::run(lease_api, cfg, leader_tx, shutdown.clone()),
+        );
         let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
             let shared = crate::istio_status::Shared::default();
-            tasks.push(tokio::spawn(crate::istio_status::run(
-                istio.istiod_debug.clone(),
-                snap_rx.clone(),
-                istio.options.clone(),
-                std::sync::Arc::clone(&shared),
-                shutdown.clone(),
-            )));
+            supervisor.spawn(
+                "Istio status",
+                crate::istio_status::run(
+                    istio.istiod_debug.clone(),
+                    snap_rx.clone(),
+                    istio.options.clone(),
+                    std::sync::Arc::clone(&shared),
+                    shutdown.clone(),
+                ),
+            );
             istio_facts = Some(shared);
             match istio.delivery {
                 crate::istio::Delivery::Xds(addr) => {
@@ -561,16 +570,19 @@ pub async fn run(
                     })?;
                     let bound = listener.local_addr()?;
                     let (filters_tx, filters_rx) = watch::channel(None);
-                    tasks.push(tokio::spawn(crate::istio_xds::follow_snapshots(
-                        snap_rx.clone(),
-                        istio.options.clone(),
-                        filters_tx,
-                        shutdown.clone(),
-                    )));
+                    supervisor.spawn(
+                        "Istio filters",
+                        crate::istio_xds::follow_snapshots(
+                            snap_rx.clone(),
+                            istio.options.clone(),
+                            filters_tx,
+                            shutdown.clone(),
+                        ),
+                    );
                     let service = crate::istio_xds::ConfigSource::new(filters_rx, shutdown.clone());
                     let stop = shutdown.clone();
                     info!(addr = %bound, "Istio config source listening");
-                    tasks.push(tokio::spawn(async move {
+                    supervisor.spawn("Istio config source", async move {
                         let incoming = tonic::transport::server::TcpIncoming::from(listener)
                             .with_nodelay(Some(true));
                         if let Err(e) = tonic::transport::Server::builder()
@@ -580,16 +592,19 @@ pub async fn run(
                         {
                             tracing::error!(error = %e, "Istio config source failed");
                         }
-                    }));
+                    });
                 }
                 crate::istio::Delivery::Write => {
-                    tasks.push(tokio::spawn(crate::istio::write_filters(
-                        client.clone(),
-                        snap_rx.clone(),
-                        istio.options.clone(),
-                        leader_rx.clone(),
-                        shutdown.clone(),
-                    )))
+                    supervisor.spawn(
+                        "Istio filter writer",
+                        crate::istio::write_filters(
+                            client.clone(),
+                            snap_rx.clone(),
+                            istio.options.clone(),
+                            leader_rx.clone(),
+                            shutdown.clone(),
+                        ),
+                    );
                 }
             }
             info!(delivery = ?istio.delivery, root_namespace = %istio.options.root_namespace, "Istio mode");
@@ -601,24 +616,30 @@ pub async fn run(
                 identity: opts.kube.identity.clone(),
             },
         };
-        tasks.push(tokio::spawn(crate::source::k8s::fleet::publish(
-            fleet.api.clone(),
-            fleet.config.clone(),
-            snap_rx.clone(),
-            Arc::clone(&registry),
-            shutdown.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::source::k8s::status::run(
-            client,
-            snap_rx.clone(),
-            undecodable,
-            Arc::clone(&registry),
-            leader_rx,
-            Duration::from_secs(5),
-            istio_facts,
-            fleet,
-            shutdown.clone(),
-        )));
+        supervisor.spawn(
+            "proxy counts",
+            crate::source::k8s::fleet::publish(
+                fleet.api.clone(),
+                fleet.config.clone(),
+                snap_rx.clone(),
+                Arc::clone(&registry),
+                shutdown.clone(),
+            ),
+        );
+        supervisor.spawn(
+            "status writer",
+            crate::source::k8s::status::run(
+                client,
+                snap_rx.clone(),
+                undecodable,
+                Arc::clone(&registry),
+                leader_rx,
+                Duration::from_secs(5),
+                istio_facts,
+                fleet,
+                shutdown.clone(),
+            ),
+        );
     }
 
     info!(addr = %local, tls = serving.is_some(), mtls = opts.tls.as_ref().is_some_and(|t| t.client_ca.is_some()), "xDS server listening");
@@ -633,13 +654,19 @@ pub async fn run(
             dir: Some(state),
         },
     );
-    let served =
-        crate::xds::server::serve(listener, ads.into_service(), tls, shutdown.clone()).await;
+    let server = crate::xds::server::serve(listener, ads.into_service(), tls, shutdown.clone());
+    tokio::pin!(server);
+    // The xDS server runs until the shutdown, which a failed task starts too.
+    let (served, failure) = tokio::select! {
+        served = &mut server => (served, None),
+        failure = supervisor.failed() => (server.await, failure),
+    };
     shutdown.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    let late = supervisor.stop(STOP_GRACE).await;
     served.context("xDS server failed")?;
+    if let Some(failure) = failure.or(late) {
+        return Err(anyhow::Error::new(failure).context("serve stopped"));
+    }
     info!("stopped");
     Ok(())
 }

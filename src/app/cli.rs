@@ -147,12 +147,14 @@ struct ServeArgs {
     /// explicitly, and warned about).
     #[arg(long, value_enum)]
     xds_auth: Option<AuthMode>,
-    /// Audience the ServiceAccount tokens must carry (--xds-auth token).
-    #[arg(long, default_value = "redis-xds")]
-    token_audience: String,
-    /// SPIFFE trust domain of client certificates (--xds-auth mtls).
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
+    /// Audience the ServiceAccount tokens must carry (--xds-auth token; default
+    /// redis-xds).
+    #[arg(long)]
+    token_audience: Option<String>,
+    /// SPIFFE trust domain of client certificates (--xds-auth mtls; default
+    /// cluster.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// Who may read /debug/* (every proxy's configuration): kubernetes (callers allowed
     /// `get` on redisclusters/debug, checked with TokenReview and SubjectAccessReview; the
     /// default with Kubernetes), none (anyone who reaches the port; the default with
@@ -464,10 +466,46 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// How proxies authenticate, from `--xds-auth` and the flags that tune it: token with
+/// Kubernetes and none with `--manifests` unless given, and a tuning flag only with the
+/// mode it tunes (given with another, it would silently do nothing).
+fn xds_auth(
+    mode: Option<AuthMode>,
+    kubernetes: bool,
+    token_audience: Option<String>,
+    trust_domain: Option<String>,
+) -> anyhow::Result<crate::app::serve::XdsAuth> {
+    use crate::app::serve::XdsAuth;
+    let mode = mode.unwrap_or(if kubernetes {
+        AuthMode::Token
+    } else {
+        AuthMode::None
+    });
+    if token_audience.is_some() && mode != AuthMode::Token {
+        anyhow::bail!(
+            "--token-audience applies to --xds-auth token, and proxies authenticate with {mode:?} here: remove it, or pass --xds-auth token"
+        );
+    }
+    if trust_domain.is_some() && mode != AuthMode::Mtls {
+        anyhow::bail!(
+            "--trust-domain applies to --xds-auth mtls, and proxies authenticate with {mode:?} here: remove it, or pass --xds-auth mtls"
+        );
+    }
+    Ok(match mode {
+        AuthMode::None => XdsAuth::None,
+        AuthMode::Token => XdsAuth::Token {
+            audience: token_audience.unwrap_or_else(|| "redis-xds".into()),
+        },
+        AuthMode::Mtls => XdsAuth::Mtls {
+            trust_domain: trust_domain.unwrap_or_else(|| "cluster.local".into()),
+        },
+    })
+}
+
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let kubernetes = args.manifests.is_none();
-    let opts = crate::serve::ServeOptions {
+    let opts = crate::app::serve::ServeOptions {
         manifests: args.manifests,
         xds_addr: args.xds_addr,
         debug_addr: Some(args.debug_addr),
@@ -476,33 +514,30 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             quiet: args.debounce_quiet,
             max_delay: args.debounce_max,
         },
-        xds_auth: args.xds_auth.map(|m| match m {
-            AuthMode::None => crate::serve::XdsAuth::None,
-            AuthMode::Token => crate::serve::XdsAuth::Token {
-                audience: args.token_audience.clone(),
-            },
-            AuthMode::Mtls => crate::serve::XdsAuth::Mtls {
-                trust_domain: args.trust_domain.clone(),
-            },
-        }),
+        xds_auth: Some(xds_auth(
+            args.xds_auth,
+            kubernetes,
+            args.token_audience.clone(),
+            args.trust_domain.clone(),
+        )?),
         debug_auth: match args.debug_auth {
-            Some(DebugAuthMode::None) => Some(crate::serve::DebugAuth::None),
-            Some(DebugAuthMode::Kubernetes) => Some(crate::serve::DebugAuth::Kubernetes {
+            Some(DebugAuthMode::None) => Some(crate::app::serve::DebugAuth::None),
+            Some(DebugAuthMode::Kubernetes) => Some(crate::app::serve::DebugAuth::Kubernetes {
                 trust_loopback: args.debug_trust_loopback,
             }),
             // The source's default, with the loopback setting given.
-            None if kubernetes => Some(crate::serve::DebugAuth::Kubernetes {
+            None if kubernetes => Some(crate::app::serve::DebugAuth::Kubernetes {
                 trust_loopback: args.debug_trust_loopback,
             }),
             None => None,
         },
-        kube: crate::serve::KubeOptions {
+        kube: crate::app::serve::KubeOptions {
             namespace: args.namespace,
             lease_namespace: args.lease_namespace,
             lease_name: args.lease_name,
             identity: args.identity.unwrap_or_else(default_identity),
         },
-        tls: args.xds_tls_cert.map(|cert| crate::serve::TlsFiles {
+        tls: args.xds_tls_cert.map(|cert| crate::app::serve::TlsFiles {
             cert,
             key: args
                 .xds_tls_key
@@ -510,18 +545,20 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
             client_ca: args.xds_tls_client_ca,
             ca_bundle: args.xds_tls_ca_bundle,
         }),
-        ca: args.ca_secret.map(|secret| crate::serve::CaSettings {
+        ca: args.ca_secret.map(|secret| crate::app::serve::CaSettings {
             secret,
             extra_names: args.tls_sans,
         }),
-        webhook: args.webhook_addr.map(|addr| crate::serve::WebhookSettings {
-            addr,
-            configuration: args.webhook_configuration,
-            xds_address: args.inject_xds_address,
-            image: args.proxy_image,
-        }),
+        webhook: args
+            .webhook_addr
+            .map(|addr| crate::app::serve::WebhookSettings {
+                addr,
+                configuration: args.webhook_configuration,
+                xds_address: args.inject_xds_address,
+                image: args.proxy_image,
+            }),
         service_name: args.service_name,
-        istio: args.istio.map(|d| crate::serve::IstioSettings {
+        istio: args.istio.map(|d| crate::app::serve::IstioSettings {
             delivery: match d {
                 IstioDeliveryArg::Xds => crate::istio::Delivery::Xds(args.istio_config_addr),
                 IstioDeliveryArg::Write => crate::istio::Delivery::Write,
@@ -539,8 +576,8 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        crate::serve::cancel_on_signals(shutdown.clone());
-        crate::serve::run(opts, shutdown, |_, _| {}).await
+        crate::app::serve::cancel_on_signals(shutdown.clone());
+        crate::app::serve::run(opts, shutdown, |_, _| {}).await
     })
 }
 
@@ -639,4 +676,45 @@ fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
         args.streams,
         args.sotw_share,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::serve::XdsAuth;
+
+    #[test]
+    fn xds_auth_defaults_by_source_and_refuses_flags_of_another_mode() {
+        let token = |audience: &str| XdsAuth::Token {
+            audience: audience.into(),
+        };
+        assert_eq!(
+            xds_auth(None, true, None, None).unwrap(),
+            token("redis-xds")
+        );
+        assert_eq!(xds_auth(None, false, None, None).unwrap(), XdsAuth::None);
+        // The audience given counts with the Kubernetes default too.
+        assert_eq!(
+            xds_auth(None, true, Some("mesh".into()), None).unwrap(),
+            token("mesh")
+        );
+        let refused = xds_auth(None, false, Some("mesh".into()), None).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("--token-audience applies to --xds-auth token")
+        );
+        let refused = xds_auth(Some(AuthMode::Token), true, None, Some("x".into())).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("--trust-domain applies to --xds-auth mtls")
+        );
+        assert_eq!(
+            xds_auth(Some(AuthMode::Mtls), true, None, Some("corp".into())).unwrap(),
+            XdsAuth::Mtls {
+                trust_domain: "corp".into()
+            }
+        );
+    }
 }
