@@ -1370,8 +1370,8 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
             r.name
         ))
     });
-    // Not shown on real Envoy yet: it needs a certificate with an IP SAN and a serverName
-    // matcher edited to that IP (tests/e2e/tls.rs shows a wrong DNS name failing).
+    // Shown on real Envoy in tests/e2e/tls.rs (sharded_tls): a certificate holding
+    // 127.0.0.1 as an IP SAN fails verification against serverName 127.0.0.1.
     if let Some(name) = &t.server_name
         && name.parse::<IpAddr>().is_ok()
     {

@@ -30,10 +30,13 @@ impl Pki {
             .push(rcgen::DnType::CommonName, "redis-xds e2e CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
+        // localhost, and 127.0.0.1 as an IP SAN: what a serverName that is an IP address
+        // would have to match, and does not (sharded_tls).
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let server = server.signed_by(&server_key, &ca).unwrap();
         let client_key = KeyPair::generate().unwrap();
         let client = CertificateParams::new(vec!["redis-client".to_string()])
             .unwrap()
@@ -265,4 +268,48 @@ pub fn sharded_tls(_: &Fixture) {
     let mut wrong = sc.wait_listening(wrong_port);
     let reply = wrong.cmd(&["GET", "tls:0"]).unwrap();
     assert!(reply.is_error(), "{reply:?}");
+    drop(sc);
+
+    // serverName an IP address: redis-xds refuses it. Envoy sends no SNI for it and
+    // matches it against the certificate's DNS names, so against a certificate that holds
+    // 127.0.0.1 as an IP SAN it never verifies; the same bootstrap with localhost does.
+    let body = |server_name: &str| {
+        format!(
+            "mode: Sharded\nendpoints: {{static: [\"s0=127.0.0.1:{p0}\", \"s1=127.0.0.1:{p1}\"]}}\ntls:\n  caSecretRef: {{name: redis-ca}}\n  serverName: {server_name}\n  clientCertificateSecretRef: {{name: redis-client}}\nsharding: {{healthCheck: {{interval: 1s}}}}\nlistener: {{port: {port}}}"
+        )
+    };
+    let dir = tmp.path().join("sni");
+    std::fs::create_dir_all(&dir).unwrap();
+    let problems = crate::own_rules::render_with(&dir, &body("127.0.0.1"), &secrets(&pki))
+        .expect_err("redis-xds refuses an IP address as serverName");
+    assert!(problems.contains("spec.tls.serverName"), "{problems}");
+    let good = crate::own_rules::render_with(&dir, &body("localhost"), &secrets(&pki)).unwrap();
+    let e = crate::own_rules::envoy(&dir, &good, port);
+    wait_until("localhost verifies", || {
+        let mut c = crate::resp::Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        (c.cmd(&["SET", "sni", "1"]).ok()?.text() == "OK").then_some(())
+    });
+    drop(e);
+    let mut by_ip = good.clone();
+    let tls = &mut by_ip["staticResources"]["clusters"][0]["transportSocket"]["typedConfig"];
+    tls["sni"] = serde_json::json!("127.0.0.1");
+    tls["commonTlsContext"]["validationContext"]["matchTypedSubjectAltNames"][0]["matcher"]["exact"] =
+        serde_json::json!("127.0.0.1");
+    let admin_port = free_port();
+    by_ip["admin"]["address"]["socketAddress"]["portValue"] = serde_json::json!(admin_port);
+    let e = crate::own_rules::envoy(&dir, &by_ip, port);
+    let admin = format!("127.0.0.1:{admin_port}");
+    let stat = "cluster.redis/e2e/main.ssl.fail_verify_san";
+    wait_until("Envoy refuses the certificate for its name", || {
+        let stats = crate::common::http_get(&admin, "/stats")?;
+        let line = stats.lines().find(|l| l.starts_with(stat))?;
+        (line.rsplit(' ').next()?.parse::<u64>().ok()? > 0).then_some(())
+    });
+    let mut c = crate::resp::Conn::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let r = c.cmd(&["SET", "sni", "1"]).unwrap();
+    assert!(
+        r.is_error(),
+        "a serverName that is an IP address verified: {r:?}"
+    );
+    drop(e);
 }
