@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::compile::any;
-use crate::debug_access::DebugAccess;
+use crate::k8s::debug_access::DebugAccess;
 use crate::metrics::Metrics;
 use crate::protojson;
 use crate::snapshot::Snapshot;

@@ -7,18 +7,16 @@
 
 pub mod api;
 pub mod app;
-pub mod auth;
 pub mod bench;
 pub mod bootstrap;
-pub mod ca;
 pub mod compile;
 pub mod debug;
-pub mod debug_access;
 pub mod duration;
 pub mod inject;
 pub mod istio;
 pub mod istio_status;
 pub mod istio_xds;
+pub mod k8s;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -661,7 +661,7 @@ fn allowed_named(
 
 #[test]
 fn should_grant_the_service_account_exactly_the_calls_it_makes() {
-    use redis_xds::source::k8s::calls::API_CALLS;
+    use redis_xds::k8s::calls::API_CALLS;
     let api = ApiServer::start();
     api.install_crd();
     let root = common::root();

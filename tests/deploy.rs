@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use redis_xds::source::k8s::calls::API_CALLS;
+use redis_xds::k8s::calls::API_CALLS;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
@@ -361,7 +361,7 @@ fn the_example_redisclusters_compile_and_envoy_accepts_them() {
         spec: template.spec,
         status: None,
     };
-    let ca = redis_xds::ca::Authority::generate().unwrap();
+    let ca = redis_xds::k8s::ca::Authority::generate().unwrap();
     let opts = redis_xds::inject::InjectOptions {
         xds_address: "redis-xds.redis-xds.svc:18000".into(),
         server_name: "redis-xds.redis-xds.svc".into(),

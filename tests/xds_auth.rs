@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use prost::Message;
-use redis_xds::auth::TokenReviewer;
+use redis_xds::k8s::token_review::TokenReviewer;
 use redis_xds::xds::auth::{Authenticator, Principal};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource};
 use serde_json::{Value, json};

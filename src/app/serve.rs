@@ -105,7 +105,7 @@ pub struct IstioSettings {
     pub istiod_debug: Option<String>,
 }
 
-/// `--debug-auth`: who may read `/debug/*` (see [`crate::debug_access`]).
+/// `--debug-auth`: who may read `/debug/*` (see [`crate::k8s::debug_access`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DebugAuth {
     /// Anyone who reaches the debug port.
@@ -175,7 +175,7 @@ struct SourceParts {
     /// Kubernetes client, for the status writer.
     client: Option<kube::Client>,
     /// RedisClusters the watcher could not read, for the status writer.
-    undecodable: crate::source::k8s::status::UndecodableObjects,
+    undecodable: crate::k8s::status::UndecodableObjects,
 }
 
 async fn manifests_source(
@@ -219,47 +219,19 @@ async fn manifests_source(
     })
 }
 
-/// The Kubernetes client: in-cluster config or kubeconfig (`kube::Config::infer`), with
-/// kube-client's retry of 429, 503 and 504 answers replaced by one that ignores
-/// `Retry-After`.
-///
-/// Why: a restarting kube-apiserver answers requests for custom resources with 503 and
-/// `Retry-After: 5` for a moment after its `/readyz` turns ok. kube-client's default policy
-/// then holds the RedisCluster watcher's LIST for those 5 s, and a change made meanwhile
-/// reaches the proxies seconds late (tests/apiserver.rs,
-/// should_follow_changes_soon_after_the_api_server_comes_back). Here retries start at
-/// 50 ms and double up to 1 s, at most 10 of them (about 6 s in all) before the caller's own
-/// backoff takes over; redis-xds runs one or two replicas, so the load this puts on an API
-/// server that asks for patience is a few requests a second.
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    use std::time::Duration;
-    let mut config = kube::Config::infer().await?;
-    config.default_retry = false;
-    let retry = kube::client::retry::RetryPolicy::new(
-        Duration::from_millis(50),
-        Duration::from_secs(1),
-        10,
-        false,
-    )?;
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&tower::buffer::BufferLayer::new(1024))
-        .with_layer(&tower::retry::RetryLayer::new(retry))
-        .build())
-}
-
 async fn kubernetes_source(
     opts: &KubeOptions,
     services: bool,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SourceParts> {
-    let client = kube_client()
+    let client = crate::k8s::client::client()
         .await
         .context("connecting to Kubernetes (in-cluster config or kubeconfig); pass --manifests DIR to run without Kubernetes")?;
     let (model_tx, models) = watch::channel(Arc::new(Model::default()));
     let (ready_tx, ready) = watch::channel(false);
     let (state_tx, state) = watch::channel(Arc::new(DirState::default()));
-    let undecodable = crate::source::k8s::status::UndecodableObjects::default();
+    let undecodable = crate::k8s::status::UndecodableObjects::default();
     let shared = crate::source::k8s::watch::Shared {
         index: Arc::new(std::sync::Mutex::new(
             crate::source::k8s::index::Index::new(model_tx, ready_tx),
@@ -354,11 +326,11 @@ pub async fn run(
         XdsAuth::Token { audience } => {
             let client = match &client {
                 Some(c) => c.clone(),
-                None => kube_client()
+                None => crate::k8s::client::client()
                     .await
                     .context("--xds-auth token needs the Kubernetes API for TokenReview")?,
             };
-            ads = ads.with_authenticator(Arc::new(crate::auth::TokenReviewer::new(
+            ads = ads.with_authenticator(Arc::new(crate::k8s::token_review::TokenReviewer::new(
                 client,
                 audience.clone(),
             )));
@@ -369,7 +341,7 @@ pub async fn run(
                     "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
                 );
             }
-            ads = ads.with_authenticator(Arc::new(crate::auth::SpiffeAuthenticator::new(
+            ads = ads.with_authenticator(Arc::new(crate::xds::auth::SpiffeAuthenticator::new(
                 trust_domain.clone(),
             )));
         }
@@ -391,18 +363,18 @@ pub async fn run(
         };
         let mut names = vec![service_dns.clone(), format!("{service_dns}.cluster.local")];
         names.extend(ca.extra_names.iter().cloned());
-        crate::ca::check_names(&names)?;
-        let ca_opts = crate::ca::CaOptions {
+        crate::k8s::ca::check_names(&names)?;
+        let ca_opts = crate::k8s::ca::CaOptions {
             namespace: own_namespace.clone(),
             secret: ca.secret.clone(),
             names,
             webhook_configuration: opts.webhook.as_ref().map(|w| w.configuration.clone()),
         };
-        let (authority, issued) = crate::ca::start(client, &ca_opts).await?;
+        let (authority, issued) = crate::k8s::ca::start(client, &ca_opts).await?;
         serving = Some((Arc::clone(&issued.cert), Arc::clone(&issued.bundle)));
         supervisor.spawn(
             "CA",
-            crate::ca::run(client.clone(), ca_opts, authority, issued, shutdown.clone()),
+            crate::k8s::ca::run(client.clone(), ca_opts, authority, issued, shutdown.clone()),
         );
     } else if let Some(files) = &opts.tls {
         let (cert, bundle) = files_serving_cert(files)?;
@@ -490,11 +462,11 @@ pub async fn run(
             DebugAuth::Kubernetes { trust_loopback } => {
                 let client = match &client {
                     Some(c) => c.clone(),
-                    None => kube_client().await.context(
+                    None => crate::k8s::client::client().await.context(
                         "--debug-auth kubernetes needs the Kubernetes API for TokenReview and SubjectAccessReview",
                     )?,
                 };
-                Some(Arc::new(crate::debug_access::DebugAccess::new(
+                Some(Arc::new(crate::k8s::debug_access::DebugAccess::new(
                     client,
                     trust_loopback,
                 )))
@@ -540,14 +512,14 @@ pub async fn run(
         let (leader_tx, leader_rx) = watch::channel(false);
         let lease_api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
             kube::Api::namespaced(client.clone(), &opts.kube.lease_namespace);
-        let cfg = crate::source::k8s::lease::LeaseConfig {
+        let cfg = crate::k8s::lease::LeaseConfig {
             name: opts.kube.lease_name.clone(),
             identity: opts.kube.identity.clone(),
             duration: Duration::from_secs(15),
         };
         supervisor.spawn(
             "status lease",
-            crate::source::k8s::lease::run(lease_api, cfg, leader_tx, shutdown.clone()),
+            crate::k8s::lease::run(lease_api, cfg, leader_tx, shutdown.clone()),
         );
         let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
@@ -609,16 +581,16 @@ pub async fn run(
             }
             info!(delivery = ?istio.delivery, root_namespace = %istio.options.root_namespace, "Istio mode");
         }
-        let fleet = crate::source::k8s::fleet::Fleet {
+        let fleet = crate::k8s::fleet::Fleet {
             api: kube::Api::namespaced(client.clone(), &opts.kube.lease_namespace),
-            config: crate::source::k8s::fleet::FleetConfig {
+            config: crate::k8s::fleet::FleetConfig {
                 status_lease: opts.kube.lease_name.clone(),
                 identity: opts.kube.identity.clone(),
             },
         };
         supervisor.spawn(
             "proxy counts",
-            crate::source::k8s::fleet::publish(
+            crate::k8s::fleet::publish(
                 fleet.api.clone(),
                 fleet.config.clone(),
                 snap_rx.clone(),
@@ -628,7 +600,7 @@ pub async fn run(
         );
         supervisor.spawn(
             "status writer",
-            crate::source::k8s::status::run(
+            crate::k8s::status::run(
                 client,
                 snap_rx.clone(),
                 undecodable,

@@ -1,6 +1,8 @@
 //! Who is on the other end of a stream. The ADS server asks an [`Authenticator`] before a
 //! stream starts; the proxy's namespace then comes from the authenticated identity, and a
-//! node that claims another namespace is refused.
+//! node that claims another namespace is refused. `--xds-auth mtls` is here
+//! ([`SpiffeAuthenticator`]); `--xds-auth token` asks the API server
+//! (`crate::k8s::token_review`).
 
 use std::fmt;
 
@@ -64,5 +66,75 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+}
+
+/// `--xds-auth mtls`.
+#[derive(Debug)]
+pub struct SpiffeAuthenticator {
+    trust_domain: String,
+}
+
+impl SpiffeAuthenticator {
+    /// Accepts identities of `trust_domain`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        SpiffeAuthenticator {
+            trust_domain: trust_domain.into(),
+        }
+    }
+
+    /// The principal of a DER client certificate.
+    pub fn principal(&self, der: &[u8]) -> Result<Principal, Status> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
+        let uris: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prefix = format!("spiffe://{}/", self.trust_domain);
+        for uri in &uris {
+            if let Some(path) = uri.strip_prefix(&prefix) {
+                let parts: Vec<&str> = path.split('/').collect();
+                if let ["ns", ns, "sa", sa] = parts[..]
+                    && !ns.is_empty()
+                    && !sa.is_empty()
+                {
+                    return Ok(Principal {
+                        namespace: ns.to_owned(),
+                        service_account: sa.to_owned(),
+                    });
+                }
+            }
+        }
+        Err(Status::unauthenticated(format!(
+            "the client certificate has no URI SAN {prefix}ns/<namespace>/sa/<serviceaccount> (found {uris:?})"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Authenticator for SpiffeAuthenticator {
+    async fn authenticate(
+        &self,
+        _: &MetadataMap,
+        peer_certs: Option<&[Vec<u8>]>,
+    ) -> Result<Principal, Status> {
+        let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: --xds-auth mtls needs mutual TLS (--xds-tls-client-ca)",
+            )
+        })?;
+        self.principal(leaf)
     }
 }

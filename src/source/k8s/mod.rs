@@ -1,9 +1,5 @@
-//! The Kubernetes source: watchers feeding the [`index::Index`], and the status writer
-//! (elected by a Lease). [`calls::API_CALLS`] lists every API call made.
+//! The Kubernetes source: watchers feeding the [`index::Index`]. What redis-xds writes to
+//! the API server is `crate::k8s`, where `API_CALLS` lists every call.
 
-pub mod calls;
-pub mod fleet;
 pub mod index;
-pub mod lease;
-pub mod status;
 pub mod watch;

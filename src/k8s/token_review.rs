@@ -1,9 +1,8 @@
-//! Proxy authentication on the xDS port (`serve --xds-auth token|mtls`).
-//!
-//! - `token`: the sidecar sends its projected Kubernetes ServiceAccount token as
-//!   `authorization: Bearer <token>`; it is checked with the TokenReview API for the
-//!   configured audience, and the answer is cached until the token expires.
-//! - `mtls`: the client certificate's URI SAN `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+//! Proxy authentication with ServiceAccount tokens (`serve --xds-auth token`): the sidecar
+//! sends its projected Kubernetes ServiceAccount token as `authorization: Bearer <token>`;
+//! it is checked with the TokenReview API for the configured audience, and the answer is
+//! cached until the token expires. (`--xds-auth mtls` needs no API call:
+//! [`crate::xds::auth::SpiffeAuthenticator`].)
 //!
 //! Tokens are never logged or shown; the cache is keyed by their SHA-256.
 
@@ -170,76 +169,6 @@ impl Authenticator for TokenReviewer {
                 Status::unauthenticated("the authorization metadata is not `Bearer <token>`")
             })?;
         self.review(token.trim()).await
-    }
-}
-
-/// `--xds-auth mtls`.
-#[derive(Debug)]
-pub struct SpiffeAuthenticator {
-    trust_domain: String,
-}
-
-impl SpiffeAuthenticator {
-    /// Accepts identities of `trust_domain`.
-    pub fn new(trust_domain: impl Into<String>) -> Self {
-        SpiffeAuthenticator {
-            trust_domain: trust_domain.into(),
-        }
-    }
-
-    /// The principal of a DER client certificate.
-    pub fn principal(&self, der: &[u8]) -> Result<Principal, Status> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|_| Status::unauthenticated("the client certificate cannot be parsed"))?;
-        let uris: Vec<String> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let prefix = format!("spiffe://{}/", self.trust_domain);
-        for uri in &uris {
-            if let Some(path) = uri.strip_prefix(&prefix) {
-                let parts: Vec<&str> = path.split('/').collect();
-                if let ["ns", ns, "sa", sa] = parts[..]
-                    && !ns.is_empty()
-                    && !sa.is_empty()
-                {
-                    return Ok(Principal {
-                        namespace: ns.to_owned(),
-                        service_account: sa.to_owned(),
-                    });
-                }
-            }
-        }
-        Err(Status::unauthenticated(format!(
-            "the client certificate has no URI SAN {prefix}ns/<namespace>/sa/<serviceaccount> (found {uris:?})"
-        )))
-    }
-}
-
-#[tonic::async_trait]
-impl Authenticator for SpiffeAuthenticator {
-    async fn authenticate(
-        &self,
-        _: &MetadataMap,
-        peer_certs: Option<&[Vec<u8>]>,
-    ) -> Result<Principal, Status> {
-        let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
-            Status::unauthenticated(
-                "no client certificate: --xds-auth mtls needs mutual TLS (--xds-tls-client-ca)",
-            )
-        })?;
-        self.principal(leaf)
     }
 }
 
