@@ -14,8 +14,6 @@ pub mod debug;
 pub mod duration;
 pub mod inject;
 pub mod istio;
-pub mod istio_status;
-pub mod istio_xds;
 pub mod k8s;
 pub mod memory;
 pub mod metrics;
@@ -25,7 +23,6 @@ pub mod publish;
 pub mod render;
 pub mod snapshot;
 pub mod source;
-pub mod status;
 pub mod tls;
 pub mod xds;
 

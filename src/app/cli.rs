@@ -620,14 +620,14 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
 }
 
 fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
-    let body = crate::status::http_get(&args.debug_addr, "/debug/syncz")?;
+    let body = crate::debug::client::http_get(&args.debug_addr, "/debug/syncz")?;
     let syncz: serde_json::Value = serde_json::from_str(&body).context("reading /debug/syncz")?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &syncz)?;
         writeln!(stdout)?;
     } else {
-        stdout.write_all(crate::status::table(&syncz).as_bytes())?;
+        stdout.write_all(crate::debug::client::table(&syncz).as_bytes())?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::publish::{self, Debounce};
 use crate::snapshot::Snapshot;
-use crate::source::watch::{self as dirwatch, DirState, DirWatcher};
+use crate::source::directory::{self, DirState, DirWatcher};
 use crate::tls::ServingCert;
 use crate::xds::{AdsServer, Registry, ResourceSource};
 
@@ -200,7 +200,7 @@ async fn manifests_source(
     let (state_tx, state) = watch::channel(Arc::new(initial));
     // The directory was read completely above.
     let (_ready_tx, ready) = watch::channel(true);
-    let task = dirwatch::run(
+    let task = directory::run(
         watcher,
         poll_interval,
         state_tx,
@@ -523,10 +523,10 @@ pub async fn run(
         );
         let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
-            let shared = crate::istio_status::Shared::default();
+            let shared = crate::istio::programmed::Shared::default();
             supervisor.spawn(
                 "Istio status",
-                crate::istio_status::run(
+                crate::istio::programmed::run(
                     istio.istiod_debug.clone(),
                     snap_rx.clone(),
                     istio.options.clone(),
@@ -544,14 +544,17 @@ pub async fn run(
                     let (filters_tx, filters_rx) = watch::channel(None);
                     supervisor.spawn(
                         "Istio filters",
-                        crate::istio_xds::follow_snapshots(
+                        crate::istio::config_source::follow_snapshots(
                             snap_rx.clone(),
                             istio.options.clone(),
                             filters_tx,
                             shutdown.clone(),
                         ),
                     );
-                    let service = crate::istio_xds::ConfigSource::new(filters_rx, shutdown.clone());
+                    let service = crate::istio::config_source::ConfigSource::new(
+                        filters_rx,
+                        shutdown.clone(),
+                    );
                     let stop = shutdown.clone();
                     info!(addr = %bound, "Istio config source listening");
                     supervisor.spawn("Istio config source", async move {
@@ -569,7 +572,7 @@ pub async fn run(
                 crate::istio::Delivery::Write => {
                     supervisor.spawn(
                         "Istio filter writer",
-                        crate::istio::write_filters(
+                        crate::k8s::envoy_filters::write_filters(
                             client.clone(),
                             snap_rx.clone(),
                             istio.options.clone(),

@@ -264,15 +264,15 @@ pub fn undecodable_status(
 /// Objects that could not be read (shared with the watchers).
 pub type UndecodableObjects = Arc<std::sync::Mutex<BTreeMap<ObjectKey, Undecodable>>>;
 
-/// The `IstioProgrammed` condition of Istio mode ([`crate::istio_status`]); `Unknown`
+/// The `IstioProgrammed` condition of Istio mode ([`crate::istio::programmed`]); `Unknown`
 /// while istiod cannot be asked.
 fn istio_condition(
-    facts: &crate::istio_status::IstioFacts,
+    facts: &crate::istio::programmed::IstioFacts,
     generation: Option<i64>,
     previous: Option<&RedisClusterStatus>,
     now: &Time,
 ) -> Condition {
-    let (ok, reason, message) = crate::istio_status::condition(facts);
+    let (ok, reason, message) = crate::istio::programmed::condition(facts);
     let mut c = condition(
         "IstioProgrammed",
         ok,
@@ -302,7 +302,7 @@ pub async fn run(
     registry: Arc<Registry>,
     mut leader: watch::Receiver<bool>,
     period: Duration,
-    istio: Option<crate::istio_status::Shared>,
+    istio: Option<crate::istio::programmed::Shared>,
     fleet: super::fleet::Fleet,
     shutdown: CancellationToken,
 ) {
@@ -379,7 +379,7 @@ pub async fn write_changed_with(
     snapshot: &Snapshot,
     undecodable: &BTreeMap<ObjectKey, Undecodable>,
     facts: &BTreeMap<ObjectKey, Facts>,
-    istio: &BTreeMap<ObjectKey, crate::istio_status::IstioFacts>,
+    istio: &BTreeMap<ObjectKey, crate::istio::programmed::IstioFacts>,
     written: &mut HashMap<ObjectKey, RedisClusterStatus>,
 ) {
     let now = Time(jiff::Timestamp::now());

@@ -5,6 +5,6 @@
 //! object came from.
 
 pub mod convert;
+pub mod directory;
 pub mod k8s;
 pub mod manifests;
-pub mod watch;

@@ -27,8 +27,8 @@ use super::index::{Index, Kind, Object};
 use crate::api::RedisCluster;
 use crate::metrics::Metrics;
 use crate::model::ObjectKey;
+use crate::source::directory::DirState;
 use crate::source::manifests::LoadProblem;
-use crate::source::watch::DirState;
 
 /// Shared by the watchers.
 #[derive(Clone, Debug)]

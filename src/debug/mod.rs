@@ -11,6 +11,8 @@
 //! AUTH passwords never leave this server: resources go through [`protojson::redact`], and
 //! NACK messages were redacted when they arrived.
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -32,7 +34,7 @@ use crate::k8s::debug_access::DebugAccess;
 use crate::metrics::Metrics;
 use crate::protojson;
 use crate::snapshot::Snapshot;
-use crate::source::watch::DirState;
+use crate::source::directory::DirState;
 use crate::xds::tracker::Rejected;
 use crate::xds::{ProxyStatus, Registry, ResourceType, TypeStatus};
 
