@@ -31,3 +31,6 @@ pub mod xds;
 /// (see [`memory`]).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(test)]
+mod architecture;

@@ -17,8 +17,8 @@ use envoy_types::pb::google::protobuf as pbw;
 
 use super::names;
 use super::plan::{
-    Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan, ShardingPlan,
-    TlsPlan,
+    Credentials, Endpoint, FaultPlan, ListenerPlan, MirrorPlan, Plan, RoutePlan, SECRET_MOUNT_ROOT,
+    ShardingPlan, TlsPlan,
 };
 use crate::api::{
     Delivery, DnsLookupFamily, FaultType, HashFunction, Mode, ProtocolVersion, ReadPolicy,
@@ -59,12 +59,6 @@ fn percent(p: u32) -> core::RuntimeFractionalPercent {
         runtime_key: String::new(),
     }
 }
-
-/// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.
-pub const SECRET_MOUNT_ROOT: &str = "/etc/redis-xds/secrets";
-/// Where sidecars mount the ConfigMaps named by `spec.tls.caConfigMapRef`:
-/// `<root>/<configmap name>/<key>`.
-pub const CONFIG_MAP_MOUNT_ROOT: &str = "/etc/redis-xds/configmaps";
 
 /// Where Envoy finds the system's CA certificates (Debian's, and Envoy's and Istio's
 /// proxy images'), for upstream TLS without a CA Secret.

@@ -20,6 +20,12 @@ use crate::api::{
 use crate::duration::GoDuration;
 use crate::model::{Model, ObjectKey, RedisClusterObject, Secret, SecretValue};
 
+/// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.
+pub const SECRET_MOUNT_ROOT: &str = "/etc/redis-xds/secrets";
+/// Where sidecars mount the ConfigMaps named by `spec.tls.caConfigMapRef`:
+/// `<root>/<configmap name>/<key>`.
+pub const CONFIG_MAP_MOUNT_ROOT: &str = "/etc/redis-xds/configmaps";
+
 /// Default Redis port of `selector` and `service` endpoints.
 pub const DEFAULT_REDIS_PORT: u16 = 6379;
 /// Default upstream connect timeout.
@@ -1364,11 +1370,7 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
             );
             return None;
         }
-        Some(format!(
-            "{}/{}/{key}",
-            super::envoy::CONFIG_MAP_MOUNT_ROOT,
-            r.name
-        ))
+        Some(format!("{}/{}/{key}", CONFIG_MAP_MOUNT_ROOT, r.name))
     });
     // Shown on real Envoy in tests/e2e/tls.rs (sharded_tls): a certificate holding
     // 127.0.0.1 as an IP SAN fails verification against serverName 127.0.0.1.

@@ -13,80 +13,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::{ProxyCounts, RedisCluster, RedisClusterStatus};
+use super::fleet::{Facts, proxy_facts};
+use crate::api::{RedisCluster, RedisClusterStatus};
 use crate::compile::Reason;
 use crate::model::ObjectKey;
 use crate::snapshot::Snapshot;
 use crate::source::k8s::watch::Undecodable;
-use crate::xds::{ProxyStatus, Registry, ResourceSource, ResourceType};
-
-/// Proxy facts about one object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Facts {
-    /// Counts.
-    pub counts: ProxyCounts,
-    /// The first NACK message about this object's resources.
-    pub nack: Option<String>,
-}
-
-/// Per object: how many connected proxies should hold its resources, how many are in sync,
-/// how many rejected them.
-pub fn proxy_facts(snapshot: &Snapshot, proxies: &[ProxyStatus]) -> BTreeMap<ObjectKey, Facts> {
-    let compiled = &snapshot.compiled;
-    let owner = |kind: ResourceType, name: &str| -> Option<&ObjectKey> {
-        match kind {
-            ResourceType::Listener => compiled.listeners.get(name).map(|l| &l.owner),
-            _ => compiled.clusters.get(name).map(|c| &c.owner),
-        }
-    };
-    let mut out: BTreeMap<ObjectKey, Facts> = BTreeMap::new();
-    for p in proxies {
-        let view = snapshot.resources_for(&p.identity);
-        let mut objects: Vec<&ObjectKey> = view
-            .listeners
-            .keys()
-            .filter_map(|n| owner(ResourceType::Listener, n))
-            .chain(
-                view.clusters
-                    .keys()
-                    .filter_map(|n| owner(ResourceType::Cluster, n)),
-            )
-            .collect();
-        objects.sort();
-        objects.dedup();
-        let synced = p
-            .types
-            .values()
-            .all(|t| crate::debug::sync_state(t) == "SYNCED");
-        for key in objects {
-            let facts = out.entry(key.clone()).or_default();
-            facts.counts.connected += 1;
-            if synced {
-                facts.counts.synced += 1;
-            }
-            // What the proxy refused, by the resources it refused; a NACK that named none
-            // of what it was offered counts against every object it was sent.
-            let rejected = p.types.iter().find_map(|(kind, t)| match &t.rejected {
-                Some(rejected) => rejected
-                    .iter()
-                    .find(|(n, _)| owner(*kind, n) == Some(key))
-                    .map(|(_, r)| r.nack.message.clone()),
-                None => {
-                    let nack = t.nack.as_ref()?;
-                    t.sent
-                        .keys()
-                        .any(|n| owner(*kind, n) == Some(key))
-                        .then(|| nack.message.clone())
-                }
-            });
-            if let Some(message) = rejected {
-                facts.counts.rejected += 1;
-                facts.nack.get_or_insert(message);
-            }
-        }
-    }
-    out
-}
+use crate::xds::{ProxyStatus, Registry};
 
 fn condition(
     type_: &str,
@@ -430,8 +363,9 @@ pub async fn write_changed_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ProxyCounts;
     use crate::xds::tracker::Nack;
-    use crate::xds::{NodeIdentity, TypeStatus, Variant};
+    use crate::xds::{NodeIdentity, ResourceSource, ResourceType, TypeStatus, Variant};
     use std::time::{Instant, SystemTime};
 
     #[test]

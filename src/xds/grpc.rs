@@ -34,8 +34,22 @@ use tonic::{Code, Status};
 use super::AdsServer;
 use super::registry::Variant;
 use super::resource::Resource;
-use super::server::{DECODE_BUFFER, MAX_REQUEST, MAX_RESPONSE};
 use super::stream::{Request as AnyRequest, Response, ResponseReceiver};
+
+/// Largest request accepted, bytes (a gRPC message, checked by tonic's decoder from the
+/// declared length, before the body is buffered). The largest legitimate one is a
+/// reconnecting Delta client that lists every resource it holds in
+/// `initial_resource_versions`: about 100 bytes a resource, so 4 MiB is room for some
+/// 40,000. A larger one ends the stream with `RESOURCE_EXHAUSTED`.
+pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
+/// Largest response sent, bytes: far above any real push (a thousand listeners and clusters
+/// take about a megabyte), so this only guards against a runaway snapshot; such a response
+/// ends the stream with `RESOURCE_EXHAUSTED`.
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+/// tonic's decode buffer for a stream's requests starts at this size and grows in steps of
+/// it: an ACK is one to three hundred bytes, and the buffer lives as long as the stream.
+/// tonic's default (8 KiB) would be a quarter of an idle stream's memory.
+pub const DECODE_BUFFER: usize = 512;
 
 /// The gRPC service name (`envoy/service/discovery/v3/ads.proto`).
 pub const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";

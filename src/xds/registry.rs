@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::resource::{NodeIdentity, ResourceType};
-use super::tracker::{Nack, RejectedMap, State};
+pub use super::tracker::TypeStatus;
 
 /// The xDS variant a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,30 +25,6 @@ impl Variant {
             Variant::Delta => "delta",
         }
     }
-}
-
-/// One type's state on one stream. The versions, the nonce and the NACK are the stream
-/// tracker's own, shared: a stream publishes its status after every request and response,
-/// and that costs reference counts, not copies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TypeStatus {
-    /// Version of the state this proxy should hold now.
-    pub desired_version: Option<Arc<str>>,
-    /// Version of the last response sent.
-    pub sent_version: Option<Arc<str>>,
-    /// Nonce of the last response sent.
-    pub nonce: Option<Arc<str>>,
-    /// Version the proxy last ACKed.
-    pub acked_version: Option<Arc<str>>,
-    /// A response awaits its ACK or NACK.
-    pub pending: bool,
-    /// The last NACK, until a later ACK leaves nothing refused.
-    pub nack: Option<Arc<Nack>>,
-    /// The resources the proxy refused and does not hold, by name.
-    pub rejected: Option<Arc<RejectedMap>>,
-    /// The resources of the last response, as the proxy holds them once applied (for the
-    /// config dump). Shared with the snapshot, not copied.
-    pub sent: Arc<State>,
 }
 
 /// One connected stream.

@@ -60,20 +60,6 @@ pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// hyper's default, but it must be set here: tonic passes `None` when it is not set, and
 /// hyper takes `None` as "no limit", which leaves the guard off.
 pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
-/// Largest request accepted, bytes (a gRPC message, checked by tonic's decoder from the
-/// declared length, before the body is buffered). The largest legitimate one is a
-/// reconnecting Delta client that lists every resource it holds in
-/// `initial_resource_versions`: about 100 bytes a resource, so 4 MiB is room for some
-/// 40,000. A larger one ends the stream with `RESOURCE_EXHAUSTED`.
-pub const MAX_REQUEST: usize = 4 * 1024 * 1024;
-/// Largest response sent, bytes: far above any real push (a thousand listeners and clusters
-/// take about a megabyte), so this only guards against a runaway snapshot; such a response
-/// ends the stream with `RESOURCE_EXHAUSTED`.
-pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
-/// tonic's decode buffer for a stream's requests starts at this size and grows in steps of
-/// it: an ACK is one to three hundred bytes, and the buffer lives as long as the stream.
-/// tonic's default (8 KiB) would be a quarter of an idle stream's memory.
-pub const DECODE_BUFFER: usize = 512;
 // No encode buffer: tonic's keeps the allocation of the largest response it ever encoded
 // for the life of the stream, so responses are written by `super::grpc` into allocations of
 // exactly their size instead, which h2 frees once sent.

@@ -65,6 +65,30 @@ struct Retry {
     now: bool,
 }
 
+/// One type's state on one stream. The versions, the nonce and the NACK are the stream
+/// tracker's own, shared: a stream publishes its status after every request and response,
+/// and that costs reference counts, not copies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// Version of the state this proxy should hold now.
+    pub desired_version: Option<Arc<str>>,
+    /// Version of the last response sent.
+    pub sent_version: Option<Arc<str>>,
+    /// Nonce of the last response sent.
+    pub nonce: Option<Arc<str>>,
+    /// Version the proxy last ACKed.
+    pub acked_version: Option<Arc<str>>,
+    /// A response awaits its ACK or NACK.
+    pub pending: bool,
+    /// The last NACK, until a later ACK leaves nothing refused.
+    pub nack: Option<Arc<Nack>>,
+    /// The resources the proxy refused and does not hold, by name.
+    pub rejected: Option<Arc<RejectedMap>>,
+    /// The resources of the last response, as the proxy holds them once applied (for the
+    /// config dump). Shared with the snapshot, not copied.
+    pub sent: Arc<State>,
+}
+
 /// What a request meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Received {
@@ -250,8 +274,8 @@ impl TypeTracker {
 
     /// This type's state for the registry, sharing the tracker's versions, nonce and NACK;
     /// `desired_version` is the stream's, as of its last planning.
-    pub fn status(&self, desired_version: Option<Arc<str>>) -> super::registry::TypeStatus {
-        super::registry::TypeStatus {
+    pub fn status(&self, desired_version: Option<Arc<str>>) -> TypeStatus {
+        TypeStatus {
             desired_version,
             sent_version: self.sent_version.clone(),
             nonce: self.last_nonce.clone(),
