@@ -417,7 +417,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         tx.send_replace(changed.clone());
         // Only the server holds snapshots from here on, and it retires the replaced one as
         // in production.
-        crate::publish::retire(std::mem::replace(&mut current, changed));
+        crate::snapshot::publish::retire(std::mem::replace(&mut current, changed));
         let lines = clients.expect("done")?;
         let cpu = cpu_s() - cpu0;
         let lat = latencies(&lines, t0);
@@ -451,7 +451,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         changed.share_unchanged(&current.model);
         let next = Arc::new(snapshot(changed, Some(&current)));
         tx.send_replace(next.clone());
-        crate::publish::retire(std::mem::replace(&mut current, next));
+        crate::snapshot::publish::retire(std::mem::replace(&mut current, next));
         again.expect("done")?;
         again.stop();
         departed().await?;
@@ -525,7 +525,10 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         floor_cpu_s,
         floor_rss_per_stream_kib,
         ratio_to_floor: typical.p99_ms / floor_p99_ms,
-        debounce_quiet_ms: crate::publish::Debounce::default().quiet.as_secs_f64() * 1000.0,
+        debounce_quiet_ms: crate::snapshot::publish::Debounce::default()
+            .quiet
+            .as_secs_f64()
+            * 1000.0,
         heap_classes_per_stream,
     })
 }

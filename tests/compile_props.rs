@@ -7,13 +7,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use redis_xds::api::duration::GoDuration;
 use redis_xds::api::{
     Auth, CatchAll, Clients, DnsLookupFamily, DownstreamAuth, Endpoints, Fault, FaultType,
     Listener, Mirror, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec, Route, SecretRef,
     Topology,
 };
 use redis_xds::compile::{ProxyIdentity, compile, recompile};
-use redis_xds::duration::GoDuration;
 use redis_xds::model::{
     EndpointSlice, Model, ObjectKey, Origin, Pod, RedisClusterObject, Secret, SecretValue,
     SliceEndpoint,

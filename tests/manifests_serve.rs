@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::xds::{self, CDS, Delta, LDS, delta_names, node};
 use redis_xds::app::serve::{Handles, ServeOptions};
-use redis_xds::publish::Debounce;
+use redis_xds::snapshot::publish::Debounce;
 use tokio_util::sync::CancellationToken;
 
 fn rc(name: &str, port: u16) -> String {

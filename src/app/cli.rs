@@ -284,7 +284,7 @@ enum LogFormat {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::duration::parse(s)
+    crate::api::duration::parse(s)
 }
 
 #[derive(clap::Args, Debug)]
@@ -510,7 +510,7 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         xds_addr: args.xds_addr,
         debug_addr: Some(args.debug_addr),
         poll_interval: args.poll_interval,
-        debounce: crate::publish::Debounce {
+        debounce: crate::snapshot::publish::Debounce {
             quiet: args.debounce_quiet,
             max_delay: args.debounce_max,
         },

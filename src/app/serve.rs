@@ -17,8 +17,8 @@ use tracing::info;
 use super::supervisor::{STOP_GRACE, Supervisor};
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::publish::{self, Debounce};
 use crate::snapshot::Snapshot;
+use crate::snapshot::publish::{self, Debounce};
 use crate::source::directory::{self, DirState, DirWatcher};
 use crate::tls::ServingCert;
 use crate::xds::{AdsServer, Registry, ResourceSource};
@@ -269,16 +269,17 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr, Handles),
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let source = match &opts.manifests {
-        Some(dir) => manifests_source(dir, opts.poll_interval, &metrics, &shutdown).await?,
-        None => kubernetes_source(&opts.kube, opts.istio.is_some(), &metrics, &shutdown).await?,
-    };
+    // Refused before anything starts.
     if opts.istio.is_some() && opts.manifests.is_some() {
         bail!(
             "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
         );
     }
+    let metrics = Arc::new(Metrics::default());
+    let source = match &opts.manifests {
+        Some(dir) => manifests_source(dir, opts.poll_interval, &metrics, &shutdown).await?,
+        None => kubernetes_source(&opts.kube, opts.istio.is_some(), &metrics, &shutdown).await?,
+    };
     let SourceParts {
         models,
         state,

@@ -13,11 +13,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::problem::{Problem, Reason};
 use super::selector;
+use crate::api::duration::GoDuration;
 use crate::api::{
     DnsLookupFamily, FaultType, HashFunction, Mode, ProtocolVersion, ReadPolicy, RedisClusterSpec,
     ShardingPolicy,
 };
-use crate::duration::GoDuration;
 use crate::model::{Model, ObjectKey, RedisClusterObject, Secret, SecretValue};
 
 /// Where sidecars mount Secrets for `delivery: File`: `<root>/<secret name>/<key>`.

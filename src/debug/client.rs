@@ -1,8 +1,6 @@
 //! `status`: a table of every connected proxy and its sync state, like
 //! `istioctl proxy-status`, read from a running server's `/debug/syncz`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -12,14 +10,13 @@ use serde_json::Value;
 pub enum Error {
     /// The server could not be reached.
     #[error(
-        "cannot reach the debug server at {addr}: {source}; is `redis-xds serve` running with --debug-addr {addr}?"
+        "cannot reach the debug server at {addr}: {cause}; is `redis-xds serve` running with --debug-addr {addr}?"
     )]
     Connect {
         /// Address tried.
         addr: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
+        /// What failed, with its causes (shown in the message, so not also as a source).
+        cause: String,
     },
     /// The server answered something else than 200 with JSON.
     #[error("unexpected answer from {addr}{path}: {detail}")]
@@ -33,58 +30,82 @@ pub enum Error {
     },
 }
 
-/// A minimal HTTP/1.1 GET (the debug server is plain HTTP on a trusted address): the body
-/// of a 200 answer.
+/// How long a GET may take in all, connection included.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A GET over plain HTTP (the debug server listens on a trusted address) with hyper's
+/// client: the body of a 200 answer. Blocking, for the CLI and the tests: it runs on a
+/// runtime of its own in a thread of its own, so it may be called from within another
+/// runtime too.
 pub fn http_get(addr: &str, path: &str) -> Result<String, Error> {
-    let connect = |source| Error::Connect {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Connect {
+                    addr: addr.to_owned(),
+                    cause: e.to_string(),
+                })?;
+            runtime.block_on(get(addr, path))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Answer {
+                addr: addr.to_owned(),
+                path: path.to_owned(),
+                detail: "the request's thread panicked".into(),
+            })
+        })
+    })
+}
+
+async fn get(addr: &str, path: &str) -> Result<String, Error> {
+    use http_body_util::BodyExt;
+    let connect = |cause: String| Error::Connect {
         addr: addr.to_owned(),
-        source,
+        cause,
     };
     let answer = |detail: String| Error::Answer {
         addr: addr.to_owned(),
         path: path.to_owned(),
         detail,
     };
-    let mut s = TcpStream::connect(addr).map_err(connect)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(connect)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(connect)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(connect)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| answer("no HTTP header".into()))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| answer("bad chunked body".into()))?
-    } else {
-        body.to_owned()
+    let uri: http::Uri = format!("http://{addr}{path}")
+        .parse()
+        .map_err(|e| answer(format!("not a URL: {e}")))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let exchange = async {
+        let response = client.get(uri).await.map_err(|e| connect(chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| answer(format!("reading the body: {e}")))?
+            .to_bytes();
+        Ok::<_, Error>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    if !status_line.starts_with("HTTP/1.1 200") {
-        return Err(answer(format!("{status_line}: {}", body.trim())));
+    let (status, body) = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| connect(format!("no answer within {TIMEOUT:?}")))??;
+    if status != http::StatusCode::OK {
+        return Err(answer(format!("HTTP {status}: {}", body.trim())));
     }
     Ok(body)
 }
 
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size + 2..)?;
+/// An error and its causes, as one line: hyper's own message names only the stage.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
     }
+    text
 }
 
 /// Renders `/debug/syncz` as a table.
@@ -163,14 +184,5 @@ mod tests {
             lines[2].starts_with("b-long-name  -          sotw     STALE   -"),
             "{t}"
         );
-    }
-
-    #[test]
-    fn should_decode_chunked_bodies() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap(),
-            "hello world"
-        );
-        assert!(dechunk("zz\r\n").is_none());
     }
 }

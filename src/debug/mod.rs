@@ -158,19 +158,6 @@ async fn metrics(State(s): State<DebugState>) -> Response {
         .into_response()
 }
 
-/// Sync state of one type on one proxy, as `status` and `/debug/syncz` show it.
-pub fn sync_state(t: &TypeStatus) -> &'static str {
-    if t.sent_version.is_none() {
-        "NOT_SENT"
-    } else if t.nack.is_some() {
-        "NACKED"
-    } else if !t.pending && t.acked_version.is_some() && t.acked_version == t.desired_version {
-        "SYNCED"
-    } else {
-        "STALE"
-    }
-}
-
 fn time(t: SystemTime) -> String {
     jiff::Timestamp::try_from(t)
         .map(|t| t.to_string())
@@ -185,7 +172,7 @@ fn proxy_json(p: &ProxyStatus) -> Value {
             (
                 kind.short().to_owned(),
                 json!({
-                    "state": sync_state(t),
+                    "state": t.sync_state().as_str(),
                     "desired_version": t.desired_version.as_deref(),
                     "sent_version": t.sent_version.as_deref(),
                     "acked_version": t.acked_version.as_deref(),
@@ -468,25 +455,28 @@ mod tests {
 
     #[test]
     fn should_classify_sync_states() {
+        use crate::xds::tracker::SyncState;
+        let state = |sent, acked, desired, pending, nack| {
+            status(sent, acked, desired, pending, nack).sync_state()
+        };
+        assert_eq!(state(None, None, "v1", false, false), SyncState::NotSent);
         assert_eq!(
-            sync_state(&status(None, None, "v1", false, false)),
-            "NOT_SENT"
+            state(Some("v1"), Some("v1"), "v1", false, false),
+            SyncState::Synced
         );
         assert_eq!(
-            sync_state(&status(Some("v1"), Some("v1"), "v1", false, false)),
-            "SYNCED"
+            state(Some("v2"), Some("v1"), "v2", true, false),
+            SyncState::Stale
         );
         assert_eq!(
-            sync_state(&status(Some("v2"), Some("v1"), "v2", true, false)),
-            "STALE"
+            state(Some("v1"), Some("v1"), "v2", false, false),
+            SyncState::Stale
         );
         assert_eq!(
-            sync_state(&status(Some("v1"), Some("v1"), "v2", false, false)),
-            "STALE"
+            state(Some("v2"), Some("v1"), "v2", false, true),
+            SyncState::Nacked
         );
-        assert_eq!(
-            sync_state(&status(Some("v2"), Some("v1"), "v2", false, true)),
-            "NACKED"
-        );
+        assert_eq!(SyncState::NotSent.as_str(), "NOT_SENT");
+        assert_eq!(SyncState::Synced.as_str(), "SYNCED");
     }
 }

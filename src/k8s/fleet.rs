@@ -89,7 +89,7 @@ pub fn proxy_facts(snapshot: &Snapshot, proxies: &[ProxyStatus]) -> BTreeMap<Obj
         let synced = p
             .types
             .values()
-            .all(|t| crate::debug::sync_state(t) == "SYNCED");
+            .all(|t| t.sync_state() == crate::xds::tracker::SyncState::Synced);
         for key in objects {
             let facts = out.entry(key.clone()).or_default();
             facts.counts.connected += 1;

@@ -89,6 +89,50 @@ pub struct TypeStatus {
     pub sent: Arc<State>,
 }
 
+/// Where one type stands on one proxy, as RedisCluster status, `redis-xds status` and
+/// `/debug/syncz` show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// Nothing sent yet.
+    NotSent,
+    /// The proxy refused something and does not hold it.
+    Nacked,
+    /// The proxy ACKed the state it should hold.
+    Synced,
+    /// A response is in flight, or the proxy holds an older state than it should.
+    Stale,
+}
+
+impl SyncState {
+    /// The name shown: `NOT_SENT`, `NACKED`, `SYNCED` or `STALE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::NotSent => "NOT_SENT",
+            SyncState::Nacked => "NACKED",
+            SyncState::Synced => "SYNCED",
+            SyncState::Stale => "STALE",
+        }
+    }
+}
+
+impl TypeStatus {
+    /// Where this type stands on its proxy.
+    pub fn sync_state(&self) -> SyncState {
+        if self.sent_version.is_none() {
+            SyncState::NotSent
+        } else if self.nack.is_some() {
+            SyncState::Nacked
+        } else if !self.pending
+            && self.acked_version.is_some()
+            && self.acked_version == self.desired_version
+        {
+            SyncState::Synced
+        } else {
+            SyncState::Stale
+        }
+    }
+}
+
 /// What a request meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Received {

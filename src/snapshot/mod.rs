@@ -5,6 +5,8 @@
 //! snapshot, so unchanged resources cost neither memory nor pushes. Per-proxy views are
 //! computed once per distinct identity (namespace and labels), not once per connection.
 
+pub mod publish;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

@@ -9,6 +9,8 @@
 //! patterns, CEL rules), so a bad object is refused at `kubectl apply` time. `compile` repeats
 //! every check because manifests files never pass through an API server.
 
+pub mod duration;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -17,7 +19,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::GoDuration;
+use crate::api::duration::GoDuration;
 
 /// API group of every resource redis-xds defines.
 pub const GROUP: &str = "redis-xds.dev";
