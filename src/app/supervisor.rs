@@ -64,7 +64,7 @@ impl Supervisor {
     ///
     /// In debug builds only, the task named by the environment variable
     /// `REDIS_XDS_TEST_PANIC_TASK` panics once it has started, so that a test can watch
-    /// `serve` stop (tests/manifests_serve.rs); release builds have no such hook.
+    /// `serve` stop (tests/suite/manifests_serve.rs); release builds have no such hook.
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         let task = task.instrument(info_span!("task", name));
         #[cfg(debug_assertions)]

@@ -1400,7 +1400,7 @@ fn tls(c: &mut Checker<'_>, model: &Model, t: &crate::api::UpstreamTls) -> Optio
 
 /// Envoy cannot load a CA or certificate it cannot parse, nor a key that is not a PEM
 /// private key (given a CA block that is not a certificate, Envoy 1.40 crashes:
-/// tests/envoy_refuses.rs): every PEM block of `value` must decode, certificates as X.509, and at
+/// tests/suite/envoy_refuses.rs): every PEM block of `value` must decode, certificates as X.509, and at
 /// least one must carry a label ending in `label` (`CERTIFICATE`, `PRIVATE KEY`, which also
 /// covers `RSA PRIVATE KEY` and `EC PRIVATE KEY`). The contents are never quoted.
 fn pem_check(

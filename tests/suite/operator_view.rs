@@ -1,7 +1,7 @@
 //! The operator view of a running server with a real Envoy: the debug endpoints, `status`,
 //! metrics, and no password anywhere in them or in the log.
 
-mod common;
+use crate::common;
 
 use common::{http_get, run, start_envoy, start_serve_logging, wait_until};
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Real Envoy 1.40 against `redis-xds serve`, over Delta and over SotW: it ends up with
 //! the listener and clusters active, serves Redis on the listener, and follows a change.
 
-mod common;
+use crate::common;
 
 use common::{envoy_dynamic, redis_command, start_envoy, start_serve, wait_until};
 

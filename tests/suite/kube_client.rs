@@ -2,7 +2,7 @@
 //! redis-xds makes is asserted exactly (method, path, query, body), and answered by hand.
 //! No real API server can run on these machines; `deploy/` documents the real-cluster path.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::pin::pin;

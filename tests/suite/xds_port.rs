@@ -7,7 +7,7 @@
 //! attacker sends. They never parse more of the server's answers than a frame header and
 //! a GOAWAY or RST_STREAM code. The gRPC status checks use h2's client.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! namespace check on the node, per-namespace views checked on the wire, and passwords
 //! delivered as files.
 
-mod common;
+use crate::common;
 
 use std::pin::pin;
 use std::sync::Arc;

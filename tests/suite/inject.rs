@@ -3,7 +3,7 @@
 //! webhook, the API server calling that webhook over TLS for every Pod it creates, and the
 //! injected sidecar run by real Envoy 1.40 with a projected token until it is SYNCED.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! `serve --manifests`: creating, editing, renaming and deleting files reaches a subscribed
 //! proxy; a malformed file is reported and leaves everything else served.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

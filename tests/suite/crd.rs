@@ -1,6 +1,6 @@
 //! The committed CRD is exactly what the code generates.
 
-mod common;
+use crate::common;
 
 #[test]
 fn committed_crd_matches_the_generated_one() {

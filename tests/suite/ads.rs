@@ -1,7 +1,7 @@
 //! The ADS server driven by an in-process client over real gRPC on 127.0.0.1, through
 //! every protocol rule it promises. Each test is named after the rule it checks.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

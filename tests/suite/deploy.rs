@@ -2,7 +2,7 @@
 //! RBAC grants exactly the calls the code makes, the Deployment is hardened, and the
 //! example RedisClusters compile and are accepted by real Envoy.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! connects with a client certificate and gets its configuration; a client without one is
 //! refused.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

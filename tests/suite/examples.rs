@@ -4,7 +4,7 @@
 //! Regenerate the golden files after an intended change with
 //! `REDIS_XDS_UPDATE_GOLDEN=1 cargo test --test examples` and review the diff.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

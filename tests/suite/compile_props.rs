@@ -1,7 +1,7 @@
 //! Property tests: no input makes compile panic, and its output keeps its promises for any
 //! input.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

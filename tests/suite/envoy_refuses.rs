@@ -4,7 +4,7 @@
 //! edited to the setting redis-xds refuses does not, with Envoy's own message. (The rules
 //! about what Envoy loads but then mishandles are shown with traffic in tests/e2e.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

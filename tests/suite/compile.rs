@@ -1,7 +1,7 @@
 //! Validation and compilation rules, driven through the manifests parser exactly as users
 //! write objects.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
