@@ -67,6 +67,29 @@ struct ServeArgs {
     /// How often the manifests directory is re-read.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: std::time::Duration,
+    /// Name of redis-xds's Service: the certificate's DNS names and the xDS address of
+    /// injected sidecars derive from it.
+    #[arg(long, default_value = "redis-xds")]
+    service_name: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    tls: ServeTlsArgs,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+    #[command(flatten)]
+    istio: IstioArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// `serve`: TLS on the xDS and webhook ports.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "TLS on the xDS and webhook ports")]
+struct ServeTlsArgs {
     /// Server certificate (PEM) for TLS on the xDS port.
     #[arg(long, requires = "xds_tls_key")]
     xds_tls_cert: Option<PathBuf>,
@@ -89,10 +112,12 @@ struct ServeArgs {
     /// SERVICE.NAMESPACE.svc and SERVICE.NAMESPACE.svc.cluster.local are always in it).
     #[arg(long = "tls-san", requires = "ca_secret")]
     tls_sans: Vec<String>,
-    /// Name of redis-xds's Service: the certificate's DNS names and the xDS address of
-    /// injected sidecars derive from it.
-    #[arg(long, default_value = "redis-xds")]
-    service_name: String,
+}
+
+/// `serve`: Sidecar injection.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Sidecar injection")]
+struct WebhookArgs {
     /// Address of the sidecar injection webhook (HTTPS, POST /inject); off when not given.
     #[arg(long)]
     webhook_addr: Option<std::net::SocketAddr>,
@@ -107,6 +132,12 @@ struct ServeArgs {
     /// overrides it per pod).
     #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
     proxy_image: String,
+}
+
+/// `serve`: Istio mode.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Istio mode")]
+struct IstioArgs {
     /// Istio mode: also give istio-proxy sidecars the RedisClusters whose endpoints come
     /// from a Service, through istiod. `xds` (the default): served to istiod as an xds://
     /// config source on --istio-config-addr, nothing written to the API server. `write`:
@@ -126,9 +157,12 @@ struct ServeArgs {
     /// any namespace go.
     #[arg(long, default_value = "istio-system")]
     istio_root_namespace: String,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+}
+
+/// `serve`: Kubernetes.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Kubernetes")]
+struct KubeArgs {
     /// Kubernetes: watch only this namespace (default: all namespaces).
     #[arg(long)]
     namespace: Option<String>,
@@ -141,6 +175,12 @@ struct ServeArgs {
     /// Kubernetes: this replica's identity in the Lease (default: the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+}
+
+/// `serve`: Who may connect.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Who may connect")]
+struct AuthArgs {
     /// How proxies authenticate on the xDS port: token (projected ServiceAccount token,
     /// checked with TokenReview; the default with Kubernetes), mtls (SPIFFE client
     /// certificates), none (the default with --manifests; with Kubernetes only when given
@@ -502,74 +542,123 @@ fn xds_auth(
     })
 }
 
-fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+/// The whole configuration of `serve`, resolved once from its flags: every default that
+/// depends on another flag is decided here, and every combination that cannot work is
+/// refused here, before anything starts.
+fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOptions> {
+    use crate::app::serve::{
+        CaSettings, DebugAuth, IstioSettings, KubeOptions, ServeOptions, TlsFiles, WebhookSettings,
+    };
     let kubernetes = args.manifests.is_none();
-    let opts = crate::app::serve::ServeOptions {
-        manifests: args.manifests,
-        xds_addr: args.xds_addr,
-        debug_addr: Some(args.debug_addr),
-        poll_interval: args.poll_interval,
+    let ServeArgs {
+        manifests,
+        xds_addr,
+        debug_addr,
+        debounce_quiet,
+        debounce_max,
+        poll_interval,
+        service_name,
+        log_format: _,
+        tls,
+        webhook,
+        istio,
+        kube,
+        auth,
+    } = args;
+    if istio.istio.is_some() && !kubernetes {
+        bail!(
+            "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
+        );
+    }
+    if tls.ca_secret.is_some() && !kubernetes {
+        bail!("--ca-secret keeps the CA in a Secret: it needs Kubernetes, not --manifests");
+    }
+    if webhook.webhook_addr.is_some()
+        && tls.ca_secret.is_none()
+        && (tls.xds_tls_cert.is_none() || tls.xds_tls_ca_bundle.is_none())
+    {
+        bail!(
+            "--webhook-addr needs a serving certificate and the bundle sidecars trust: pass --ca-secret, or --xds-tls-cert, --xds-tls-key and --xds-tls-ca-bundle"
+        );
+    }
+    let xds_auth = xds_auth(
+        auth.xds_auth,
+        kubernetes,
+        auth.token_audience,
+        auth.trust_domain,
+    )?;
+    if matches!(xds_auth, crate::app::serve::XdsAuth::Mtls { .. })
+        && tls.xds_tls_client_ca.is_none()
+    {
+        bail!(
+            "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
+        );
+    }
+    let debug_auth = match auth.debug_auth {
+        Some(DebugAuthMode::None) => DebugAuth::None,
+        Some(DebugAuthMode::Kubernetes) => DebugAuth::Kubernetes {
+            trust_loopback: auth.debug_trust_loopback,
+        },
+        // The source's default, with the loopback setting given.
+        None if kubernetes => DebugAuth::Kubernetes {
+            trust_loopback: auth.debug_trust_loopback,
+        },
+        None => DebugAuth::None,
+    };
+    Ok(ServeOptions {
+        manifests,
+        xds_addr,
+        debug_addr: Some(debug_addr),
+        poll_interval,
         debounce: crate::snapshot::publish::Debounce {
-            quiet: args.debounce_quiet,
-            max_delay: args.debounce_max,
+            quiet: debounce_quiet,
+            max_delay: debounce_max,
         },
-        xds_auth: Some(xds_auth(
-            args.xds_auth,
-            kubernetes,
-            args.token_audience.clone(),
-            args.trust_domain.clone(),
-        )?),
-        debug_auth: match args.debug_auth {
-            Some(DebugAuthMode::None) => Some(crate::app::serve::DebugAuth::None),
-            Some(DebugAuthMode::Kubernetes) => Some(crate::app::serve::DebugAuth::Kubernetes {
-                trust_loopback: args.debug_trust_loopback,
+        xds_auth: Some(xds_auth),
+        debug_auth: Some(debug_auth),
+        kube: KubeOptions {
+            namespace: kube.namespace,
+            lease_namespace: kube.lease_namespace,
+            lease_name: kube.lease_name,
+            identity: kube.identity.unwrap_or_else(default_identity),
+        },
+        tls: match (tls.xds_tls_cert, tls.xds_tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: tls.xds_tls_client_ca,
+                ca_bundle: tls.xds_tls_ca_bundle,
             }),
-            // The source's default, with the loopback setting given.
-            None if kubernetes => Some(crate::app::serve::DebugAuth::Kubernetes {
-                trust_loopback: args.debug_trust_loopback,
-            }),
-            None => None,
+            _ => None,
         },
-        kube: crate::app::serve::KubeOptions {
-            namespace: args.namespace,
-            lease_namespace: args.lease_namespace,
-            lease_name: args.lease_name,
-            identity: args.identity.unwrap_or_else(default_identity),
-        },
-        tls: args.xds_tls_cert.map(|cert| crate::app::serve::TlsFiles {
-            cert,
-            key: args
-                .xds_tls_key
-                .expect("clap requires the key with the certificate"),
-            client_ca: args.xds_tls_client_ca,
-            ca_bundle: args.xds_tls_ca_bundle,
-        }),
-        ca: args.ca_secret.map(|secret| crate::app::serve::CaSettings {
+        ca: tls.ca_secret.map(|secret| CaSettings {
             secret,
-            extra_names: args.tls_sans,
+            extra_names: tls.tls_sans,
         }),
-        webhook: args
-            .webhook_addr
-            .map(|addr| crate::app::serve::WebhookSettings {
-                addr,
-                configuration: args.webhook_configuration,
-                xds_address: args.inject_xds_address,
-                image: args.proxy_image,
-            }),
-        service_name: args.service_name,
-        istio: args.istio.map(|d| crate::app::serve::IstioSettings {
+        webhook: webhook.webhook_addr.map(|addr| WebhookSettings {
+            addr,
+            configuration: webhook.webhook_configuration,
+            xds_address: webhook.inject_xds_address,
+            image: webhook.proxy_image,
+        }),
+        service_name,
+        istio: istio.istio.map(|d| IstioSettings {
             delivery: match d {
-                IstioDeliveryArg::Xds => crate::istio::Delivery::Xds(args.istio_config_addr),
+                IstioDeliveryArg::Xds => crate::istio::Delivery::Xds(istio.istio_config_addr),
                 IstioDeliveryArg::Write => crate::istio::Delivery::Write,
             },
             options: crate::istio::IstioOptions {
-                root_namespace: args.istio_root_namespace.clone(),
+                root_namespace: istio.istio_root_namespace.clone(),
                 inline_secrets: d == IstioDeliveryArg::Xds,
             },
-            istiod_debug: args.istiod_debug_addr.clone(),
+            istiod_debug: istio.istiod_debug_addr.clone(),
         }),
-    };
+    })
+}
+
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let opts = serve_options(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -681,7 +770,86 @@ fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::serve::XdsAuth;
+    use crate::app::serve::{DebugAuth, ServeOptions, XdsAuth};
+
+    /// `serve` with `args`, resolved.
+    fn serve(args: &[&str]) -> anyhow::Result<ServeOptions> {
+        let argv = ["redis-xds", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("the flags parse").command {
+            Command::Serve(args) => serve_options(*args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(args: &[&str]) -> String {
+        format!("{:#}", serve(args).expect_err("refused"))
+    }
+
+    #[test]
+    fn serve_defaults_follow_the_source() {
+        let files = serve(&["--manifests", "examples/quickstart"]).unwrap();
+        assert_eq!(files.xds_auth, Some(XdsAuth::None));
+        assert_eq!(files.debug_auth, Some(DebugAuth::None));
+        let cluster = serve(&["--identity", "replica-a"]).unwrap();
+        assert_eq!(
+            cluster.xds_auth,
+            Some(XdsAuth::Token {
+                audience: "redis-xds".into()
+            })
+        );
+        assert_eq!(
+            cluster.debug_auth,
+            Some(DebugAuth::Kubernetes {
+                trust_loopback: true
+            })
+        );
+        assert_eq!(cluster.kube.identity, "replica-a");
+        // The case that once checked the wrong audience: --token-audience alone.
+        let mesh = serve(&["--token-audience", "mesh"]).unwrap();
+        assert_eq!(
+            mesh.xds_auth,
+            Some(XdsAuth::Token {
+                audience: "mesh".into()
+            })
+        );
+    }
+
+    #[test]
+    fn serve_refuses_combinations_that_cannot_work_before_starting() {
+        let istio = refused(&["--manifests", "d", "--istio"]);
+        assert!(istio.contains("render --istio"), "{istio}");
+        let ca = refused(&["--manifests", "d", "--ca-secret", "redis-xds-ca"]);
+        assert!(ca.contains("--ca-secret keeps the CA in a Secret"), "{ca}");
+        let webhook = refused(&["--webhook-addr", "0.0.0.0:15017"]);
+        assert!(
+            webhook.contains("--webhook-addr needs a serving certificate"),
+            "{webhook}"
+        );
+        let no_bundle = refused(&[
+            "--webhook-addr",
+            "0.0.0.0:15017",
+            "--xds-tls-cert",
+            "c",
+            "--xds-tls-key",
+            "k",
+        ]);
+        assert!(no_bundle.contains("--xds-tls-ca-bundle"), "{no_bundle}");
+        assert!(serve(&["--webhook-addr", "0.0.0.0:15017", "--ca-secret", "ca"]).is_ok());
+        let mtls = refused(&[
+            "--xds-auth",
+            "mtls",
+            "--xds-tls-cert",
+            "c",
+            "--xds-tls-key",
+            "k",
+        ]);
+        assert!(mtls.contains("--xds-tls-client-ca"), "{mtls}");
+        let audience = refused(&["--manifests", "d", "--token-audience", "mesh"]);
+        assert!(
+            audience.contains("--token-audience applies to --xds-auth token"),
+            "{audience}"
+        );
+    }
 
     #[test]
     fn xds_auth_defaults_by_source_and_refuses_flags_of_another_mode() {
