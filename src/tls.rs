@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -44,24 +43,74 @@ impl std::fmt::Debug for PemPair {
     }
 }
 
+/// What is wrong with a certificate, a key or a CA. Messages name the file or the port
+/// (`what`) and never quote key material.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate file that does not parse as PEM.
+    #[error("{what}: the certificate is not PEM")]
+    CertificateNotPem {
+        /// Whose certificate.
+        what: String,
+    },
+    /// A certificate file without a certificate.
+    #[error("{what}: no PEM certificate")]
+    NoCertificate {
+        /// Whose certificate.
+        what: String,
+    },
+    /// A key file without a private key rustls reads.
+    #[error("{what}: no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoPrivateKey {
+        /// Whose key.
+        what: String,
+    },
+    /// A key that is not the certificate's.
+    #[error("{what}: the certificate and key do not match: {cause}")]
+    KeyMismatch {
+        /// Whose pair.
+        what: String,
+        /// rustls's reason.
+        cause: rustls::Error,
+    },
+    /// A file that cannot be read.
+    #[error("reading the {what} {}: {cause}", path.display())]
+    Read {
+        /// Which file it is.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The system's reason.
+        cause: std::io::Error,
+    },
+    /// A client CA that is not PEM certificates, or that rustls refuses.
+    #[error("the client CA: {0}")]
+    ClientCa(String),
+    /// rustls refused the protocol versions (a build without a provider).
+    #[error("TLS protocol versions: {0}")]
+    Versions(rustls::Error),
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Parses `pair` into what rustls signs with. Errors name `what` and never quote key
 /// material.
-pub fn certified_key(pair: &PemPair, what: &str) -> anyhow::Result<CertifiedKey> {
+pub fn certified_key(pair: &PemPair, what: &str) -> Result<CertifiedKey, Error> {
+    let what = || what.to_owned();
     let chain = CertificateDer::pem_slice_iter(&pair.chain)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| anyhow::anyhow!("{what}: the certificate is not PEM"))?;
+        .map_err(|_| Error::CertificateNotPem { what: what() })?;
     if chain.is_empty() {
-        bail!("{what}: no PEM certificate");
+        return Err(Error::NoCertificate { what: what() });
     }
     let key = PrivateKeyDer::from_pem_slice(&pair.key)
-        .map_err(|_| anyhow::anyhow!("{what}: no PEM private key (PKCS#8, PKCS#1 or SEC1)"))?;
-    let key = CertifiedKey::from_der(chain, key, &provider())
-        .map_err(|e| anyhow::anyhow!("{what}: the certificate and key do not match: {e}"))?;
-    Ok(key)
+        .map_err(|_| Error::NoPrivateKey { what: what() })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|cause| Error::KeyMismatch {
+        what: what(),
+        cause,
+    })
 }
 
 /// The serving certificate of a port; [`ServingCert::set`] swaps it for the next
@@ -73,7 +122,7 @@ pub struct ServingCert {
 
 impl ServingCert {
     /// Starts with `pair`; errors as [`certified_key`].
-    pub fn new(pair: &PemPair, what: &str) -> anyhow::Result<Arc<Self>> {
+    pub fn new(pair: &PemPair, what: &str) -> Result<Arc<Self>, Error> {
         Ok(Arc::new(ServingCert {
             current: RwLock::new(Arc::new(certified_key(pair, what)?)),
         }))
@@ -81,7 +130,7 @@ impl ServingCert {
 
     /// Serves `pair` from the next handshake on; errors as [`certified_key`], and then the
     /// current certificate stays.
-    pub fn set(&self, pair: &PemPair, what: &str) -> anyhow::Result<()> {
+    pub fn set(&self, pair: &PemPair, what: &str) -> Result<(), Error> {
         let key = Arc::new(certified_key(pair, what)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
         Ok(())
@@ -99,9 +148,13 @@ impl ResolvesServerCert for ServingCert {
 }
 
 /// Reads a PEM file pair, naming the file in errors.
-pub fn read_pair(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<PemPair> {
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
+pub fn read_pair(cert: &PathBuf, key: &PathBuf) -> Result<PemPair, Error> {
+    let read = |p: &PathBuf, what: &'static str| {
+        std::fs::read(p).map_err(|cause| Error::Read {
+            what,
+            path: p.clone(),
+            cause,
+        })
     };
     Ok(PemPair {
         chain: read(cert, "TLS certificate")?,
@@ -115,24 +168,24 @@ pub fn server_config(
     cert: Arc<ServingCert>,
     client_ca: Option<&[u8]>,
     alpn: &[&[u8]],
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?;
+        .map_err(Error::Versions)?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(pem) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(pem) {
-                let c = c.map_err(|_| anyhow::anyhow!("the client CA is not PEM"))?;
-                roots.add(c).context("the client CA")?;
+                let c = c.map_err(|_| Error::ClientCa("not PEM".into()))?;
+                roots.add(c).map_err(|e| Error::ClientCa(e.to_string()))?;
             }
             if roots.is_empty() {
-                bail!("no PEM certificate in the client CA");
+                return Err(Error::ClientCa("no PEM certificate".into()));
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
-                .context("the client CA")?;
+                .map_err(|e| Error::ClientCa(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -361,7 +361,7 @@ pub async fn run(
         if renew {
             match ca
                 .issue(&opts.names)
-                .and_then(|pair| issued.cert.set(&pair, "the issued serving certificate"))
+                .and_then(|pair| Ok(issued.cert.set(&pair, "the issued serving certificate")?))
             {
                 Ok(()) => {
                     issued_at = tokio::time::Instant::now();
