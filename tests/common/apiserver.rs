@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rcgen::KeyPair;
 
 use super::{Proc, free_port};
 
@@ -70,26 +70,16 @@ impl ApiServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
 
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "redis-xds test cluster CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let mut serving = CertificateParams::new(vec![
-            "localhost".to_string(),
-            "kubernetes.default.svc".to_string(),
-        ])
-        .unwrap();
-        serving
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let serving_key = KeyPair::generate().unwrap();
-        let serving_cert = serving.signed_by(&serving_key, &ca).unwrap();
+        let ca = super::pki::Ca::new("redis-xds test cluster CA");
+        let serving = ca.issue(&[
+            super::pki::San::Dns("localhost"),
+            super::pki::San::Dns("kubernetes.default.svc"),
+            super::pki::San::Ip("127.0.0.1"),
+        ]);
         let ca_pem = ca.pem();
         let ca_file = write(d, "ca.pem", &ca_pem);
-        let cert_file = write(d, "apiserver.pem", &serving_cert.pem());
-        let key_file = write(d, "apiserver-key.pem", &serving_key.serialize_pem());
+        let cert_file = write(d, "apiserver.pem", &serving.cert);
+        let key_file = write(d, "apiserver-key.pem", &serving.key);
         // ES256 ServiceAccount tokens: signed with the private key, verified with the
         // public one.
         let sa = KeyPair::generate().unwrap();

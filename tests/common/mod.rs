@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod pki;
 pub mod xds;
 
 use std::path::{Path, PathBuf};
@@ -512,4 +513,14 @@ pub fn hardening_problems(
         ));
     }
     out
+}
+
+/// A RedisCluster manifest `namespace/name` whose spec is `spec` (YAML, indented here),
+/// starting with a document separator so that manifests concatenate.
+pub fn redis_cluster(namespace: &str, name: &str, spec: &str) -> String {
+    let body: Vec<String> = spec.lines().map(|l| format!("  {l}")).collect();
+    format!(
+        "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{}\n",
+        body.join("\n")
+    )
 }

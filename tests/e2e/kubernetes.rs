@@ -9,7 +9,6 @@
 
 use std::time::Instant;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use serde_json::{Value, json};
 
 use crate::Fixture;
@@ -24,21 +23,12 @@ const RDC: &str = "/apis/redis-xds.dev/v1alpha1/namespaces/shop/redisclusters";
 
 /// A CA and a serving certificate for 127.0.0.1, written as ca.pem, xds.pem, xds-key.pem.
 fn xds_pki(dir: &std::path::Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "redis-xds e2e xDS CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca).unwrap();
+    use crate::common::pki::{Ca, San};
+    let ca = Ca::new("redis-xds e2e xDS CA");
+    let xds = ca.issue(&[San::Ip("127.0.0.1")]);
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("xds.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("xds-key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("xds.pem"), xds.cert).unwrap();
+    std::fs::write(dir.join("xds-key.pem"), xds.key).unwrap();
 }
 
 /// Creates Pod `name` in `shop` and writes the status a kubelet would: Running, Ready, and

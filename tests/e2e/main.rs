@@ -107,11 +107,7 @@ impl Sidecar {
 
 /// A RedisCluster manifest in namespace e2e.
 pub fn rc(name: &str, spec: &str) -> String {
-    let body: Vec<String> = spec.lines().map(|l| format!("  {l}")).collect();
-    format!(
-        "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: e2e}}\nspec:\n{}\n",
-        body.join("\n")
-    )
+    common::redis_cluster("e2e", name, spec)
 }
 
 fn start_fixture(dir: &Path) -> Fixture {

@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
 use crate::common::{Proc, free_port, wait_until};
 use crate::{Fixture, Sidecar, rc};
 
@@ -21,33 +19,18 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> Pki {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // A name of its own: with rcgen's default name on both, OpenSSL would take the
-        // server certificate for self-signed.
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "redis-xds e2e CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
+        use crate::common::pki::{Ca, San};
+        let ca = Ca::new("redis-xds e2e CA");
         // localhost, and 127.0.0.1 as an IP SAN: what a serverName that is an IP address
         // would have to match, and does not (sharded_tls).
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server
-            .subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let server = server.signed_by(&server_key, &ca).unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let client = CertificateParams::new(vec!["redis-client".to_string()])
-            .unwrap()
-            .signed_by(&client_key, &ca)
-            .unwrap();
+        let server = ca.issue(&[San::Dns("localhost"), San::Ip("127.0.0.1")]);
+        let client = ca.issue(&[San::Dns("redis-client")]);
         let pki = Pki {
             ca: ca.pem(),
-            server_cert: server.pem(),
-            server_key: server_key.serialize_pem(),
-            client_cert: client.pem(),
-            client_key: client_key.serialize_pem(),
+            server_cert: server.cert,
+            server_key: server.key,
+            client_cert: client.cert,
+            client_key: client.key,
             dir: dir.to_owned(),
         };
         for (name, pem) in [

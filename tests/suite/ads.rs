@@ -18,13 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 fn rc(name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n{}\n",
-        spec.lines()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
+    common::redis_cluster("ns", name, spec)
 }
 
 /// `a` (Cluster mode) has a listener for proxies in namespace "shop" that routes `s:` to

@@ -60,13 +60,7 @@ fn accepted(c: &Compiled, ns_name: &str) -> bool {
 }
 
 fn rc(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{}\n",
-        spec.lines()
-            .map(|l| format!("  {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    )
+    common::redis_cluster(ns, name, spec)
 }
 
 const STATIC: &str = "endpoints: {static: [\"127.0.0.1:7000\"]}";

@@ -18,11 +18,7 @@ fn rc(spec: &str) -> String {
     } else {
         format!("{spec}\nlistener: {{port: 7100}}")
     };
-    let body: Vec<String> = spec.lines().map(|l| format!("  {l}")).collect();
-    format!(
-        "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: s, namespace: x}}\nspec:\n{}\n",
-        body.join("\n")
-    )
+    common::redis_cluster("x", "s", &spec)
 }
 
 /// `render --static-bootstrap` of `manifests`: the bootstrap, or the problems printed.
@@ -155,10 +151,7 @@ fn prefixes_must_differ_once_folded() {
 
 /// A self-signed CA certificate, PEM.
 fn ca_pem() -> String {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = rcgen::KeyPair::generate().unwrap();
-    params.self_signed(&key).unwrap().pem()
+    common::pki::Ca::new("redis-xds test CA").pem()
 }
 
 #[test]

@@ -7,40 +7,22 @@ use crate::common;
 use std::path::Path;
 
 use common::{envoy_dynamic, start_envoy, start_serve, wait_until};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 
 struct Pki {
     ca: String,
 }
 
 fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "redis-xds test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let mut server = CertificateParams::new(vec!["redis-xds.test".to_string()]).unwrap();
-    server
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = server.signed_by(&server_key, &ca).unwrap();
-
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.subject_alt_names.push(SanType::URI(
-        "spiffe://cluster.local/ns/shop/sa/app".try_into().unwrap(),
-    ));
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = client.signed_by(&client_key, &ca).unwrap();
-
+    use common::pki::{Ca, San};
+    let ca = Ca::new("redis-xds test CA");
+    let server = ca.issue(&[San::Dns("redis-xds.test"), San::Ip("127.0.0.1")]);
+    let client = ca.issue(&[San::Uri("spiffe://cluster.local/ns/shop/sa/app")]);
     for (name, pem) in [
         ("ca.pem", ca.pem()),
-        ("server.pem", server_cert.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client_cert.pem()),
-        ("client.key", client_key.serialize_pem()),
+        ("server.pem", server.cert),
+        ("server.key", server.key),
+        ("client.pem", client.cert),
+        ("client.key", client.key),
     ] {
         std::fs::write(dir.join(name), pem).unwrap();
     }

@@ -12,8 +12,10 @@ use redis_xds::snapshot::publish::Debounce;
 use tokio_util::sync::CancellationToken;
 
 fn rc(name: &str, port: u16) -> String {
-    format!(
-        "apiVersion: redis-xds.dev/v1alpha1\nkind: RedisCluster\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  endpoints: {{static: [\"127.0.0.1:7000\"]}}\n  listener: {{port: {port}}}\n"
+    common::redis_cluster(
+        "ns",
+        name,
+        &format!("endpoints: {{static: [\"127.0.0.1:7000\"]}}\nlistener: {{port: {port}}}"),
     )
 }
 
