@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod bootstrap;
 pub mod compile;
 pub mod debug;

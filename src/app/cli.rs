@@ -376,12 +376,14 @@ pub fn main() -> ExitCode {
         Command::BenchClient(args) => run_bench_client(&args).map(|()| ExitCode::SUCCESS),
         Command::BenchFloor(args) => runtime()
             .and_then(|rt| {
-                rt.block_on(crate::bench::floor_only(crate::bench::BenchOptions {
-                    streams: args.streams,
-                    clusters: args.clusters.max(3),
-                    sotw_share: 0.0,
-                    rounds: args.rounds as usize,
-                }))
+                rt.block_on(crate::app::bench::floor_only(
+                    crate::app::bench::BenchOptions {
+                        streams: args.streams,
+                        clusters: args.clusters.max(3),
+                        sotw_share: 0.0,
+                        rounds: args.rounds as usize,
+                    },
+                ))
             })
             .map(|()| ExitCode::SUCCESS),
     };
@@ -745,14 +747,14 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.sotw_share) {
         bail!("--sotw-share is a fraction between 0 and 1");
     }
-    let opts = crate::bench::BenchOptions {
+    let opts = crate::app::bench::BenchOptions {
         streams: args.streams,
         clusters: args.clusters.max(3),
         sotw_share: args.sotw_share,
         rounds: args.rounds as usize,
     };
-    let report = runtime()?.block_on(crate::bench::run(opts))?;
-    println!("{}", crate::bench::text(&report));
+    let report = runtime()?.block_on(crate::app::bench::run(opts))?;
+    println!("{}", crate::app::bench::text(&report));
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -760,7 +762,7 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(crate::bench::client(
+    runtime()?.block_on(crate::app::bench::client(
         args.addr,
         args.streams,
         args.sotw_share,

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
@@ -53,15 +52,58 @@ impl std::fmt::Debug for Authority {
     }
 }
 
+/// What can go wrong keeping the CA and its serving certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// rcgen could not make or read a key or certificate.
+    #[error("{what}: {cause}")]
+    Certificate {
+        /// Which step.
+        what: &'static str,
+        /// rcgen's reason.
+        cause: rcgen::Error,
+    },
+    /// The CA Secret holds something other than a CA certificate and its key; the
+    /// message says what and how to fix it.
+    #[error("{0}")]
+    Secret(String),
+    /// The API server refused or failed a call.
+    #[error("{action}: {cause}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// kube's reason.
+        cause: kube::Error,
+    },
+    /// The caBundle patch could not be built.
+    #[error("building the caBundle patch: {0}")]
+    Patch(serde_json::Error),
+    /// A `--tls-san` that is neither a DNS name nor an IP address.
+    #[error("--tls-san {0:?}: write a DNS name (redis-xds.redis-xds.svc) or an IP address")]
+    Name(String),
+    /// The issued certificate and key do not make a serving certificate.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+}
+
+fn certificate(what: &'static str) -> impl FnOnce(rcgen::Error) -> Error {
+    move |cause| Error::Certificate { what, cause }
+}
+
+fn api(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |cause| Error::Api { action, cause }
+}
+
 fn unix_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
 impl Authority {
     /// A new self-signed CA (ECDSA P-256), valid for [`CA_VALIDITY`] from now.
-    pub fn generate() -> anyhow::Result<Authority> {
-        let key = rcgen::KeyPair::generate().context("generating the CA key")?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    pub fn generate() -> Result<Authority, Error> {
+        let key = rcgen::KeyPair::generate().map_err(certificate("generating the CA key"))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(certificate("the CA's parameters"))?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "redis-xds CA");
@@ -77,7 +119,9 @@ impl Authority {
         let now = unix_now();
         params.not_before = now - time::Duration::minutes(5);
         params.not_after = now + CA_VALIDITY;
-        let cert = params.self_signed(&key).context("signing the CA")?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(certificate("signing the CA"))?;
         let cert_pem = cert.pem();
         Ok(Authority {
             bundle: cert_pem.clone(),
@@ -181,13 +225,13 @@ impl Authority {
 
     /// A serving certificate for `names` (DNS names, or IP addresses written as such),
     /// valid for [`SERVING_VALIDITY`] from now; ECDSA P-256, server authentication only.
-    pub fn issue(&self, names: &[String]) -> anyhow::Result<PemPair> {
-        let ca_key = rcgen::KeyPair::from_pem(&self.key_pem).context("the CA key")?;
+    pub fn issue(&self, names: &[String]) -> Result<PemPair, Error> {
+        let ca_key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(certificate("the CA key"))?;
         let issuer = rcgen::Issuer::from_ca_cert_pem(&self.cert_pem, &ca_key)
-            .context("the CA certificate")?;
-        let key = rcgen::KeyPair::generate().context("generating a serving key")?;
+            .map_err(certificate("the CA certificate"))?;
+        let key = rcgen::KeyPair::generate().map_err(certificate("generating a serving key"))?;
         let mut params = rcgen::CertificateParams::new(names.to_vec())
-            .context("the serving certificate's names")?;
+            .map_err(certificate("the serving certificate's names"))?;
         if let Some(first) = names.first() {
             params
                 .distinguished_name
@@ -202,7 +246,7 @@ impl Authority {
         params.not_after = now + SERVING_VALIDITY;
         let cert = params
             .signed_by(&key, &issuer)
-            .context("signing the serving certificate")?;
+            .map_err(certificate("signing the serving certificate"))?;
         Ok(PemPair {
             chain: cert.pem().into_bytes(),
             key: key.serialize_pem().into_bytes(),
@@ -215,17 +259,17 @@ pub async fn load_or_create(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-) -> anyhow::Result<Authority> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    if let Some(secret) = api
+) -> Result<Authority, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(secret) = secrets
         .get_opt(name)
         .await
-        .with_context(|| format!("reading the CA Secret {namespace}/{name}"))?
+        .map_err(api(format!("reading the CA Secret {namespace}/{name}")))?
     {
-        return Authority::from_secret(&secret).map_err(anyhow::Error::msg);
+        return Authority::from_secret(&secret).map_err(Error::Secret);
     }
     let ca = Authority::generate()?;
-    match api
+    match secrets
         .create(&PostParams::default(), &ca.to_secret(namespace, name))
         .await
     {
@@ -235,12 +279,12 @@ pub async fn load_or_create(
         }
         // Another replica created it first: use that one.
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            let secret = api.get(name).await.with_context(|| {
-                format!("reading the CA Secret {namespace}/{name} another replica created")
-            })?;
-            Authority::from_secret(&secret).map_err(anyhow::Error::msg)
+            let secret = secrets.get(name).await.map_err(api(format!(
+                "reading the CA Secret {namespace}/{name} another replica created"
+            )))?;
+            Authority::from_secret(&secret).map_err(Error::Secret)
         }
-        Err(e) => Err(e).with_context(|| format!("creating the CA Secret {namespace}/{name}")),
+        Err(e) => Err(api(format!("creating the CA Secret {namespace}/{name}"))(e)),
     }
 }
 
@@ -251,12 +295,12 @@ pub async fn reconcile_webhook_ca(
     client: &kube::Client,
     name: &str,
     bundle: &str,
-) -> anyhow::Result<bool> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let Some(config) = api
+) -> Result<bool, Error> {
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let Some(config) = configs
         .get_opt(name)
         .await
-        .with_context(|| format!("reading MutatingWebhookConfiguration {name}"))?
+        .map_err(api(format!("reading MutatingWebhookConfiguration {name}")))?
     else {
         return Ok(false);
     };
@@ -279,11 +323,14 @@ pub async fn reconcile_webhook_ca(
             "value": k8s_openapi::ByteString(bundle.as_bytes().to_vec()),
         }));
     }
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
-        .context("building the caBundle patch")?;
-    api.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(ops)).map_err(Error::Patch)?;
+    configs
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
-        .with_context(|| format!("writing the caBundle of MutatingWebhookConfiguration {name}"))?;
+        .map_err(api(format!(
+            "writing the caBundle of MutatingWebhookConfiguration {name}"
+        )))?;
     tracing::info!(
         webhook_configuration = name,
         "wrote the CA bundle into the webhook configuration"
@@ -314,7 +361,7 @@ pub struct CaOptions {
 }
 
 /// Loads or creates the CA and issues the first serving certificate.
-pub async fn start(client: &kube::Client, opts: &CaOptions) -> anyhow::Result<(Authority, Issued)> {
+pub async fn start(client: &kube::Client, opts: &CaOptions) -> Result<(Authority, Issued), Error> {
     let ca = load_or_create(client, &opts.namespace, &opts.secret).await?;
     let pair = ca.issue(&opts.names)?;
     let cert = ServingCert::new(&pair, "the issued serving certificate")?;
@@ -386,10 +433,10 @@ pub async fn run(
 }
 
 /// Checks that `names` can go into a certificate: DNS names or IP addresses.
-pub fn check_names(names: &[String]) -> anyhow::Result<()> {
+pub fn check_names(names: &[String]) -> Result<(), Error> {
     for n in names {
         if n.is_empty() || n.contains(['/', ' ', ':']) && n.parse::<std::net::IpAddr>().is_err() {
-            bail!("--tls-san {n:?}: write a DNS name (redis-xds.redis-xds.svc) or an IP address");
+            return Err(Error::Name(n.clone()));
         }
     }
     Ok(())

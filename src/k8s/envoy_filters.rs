@@ -68,8 +68,19 @@ pub async fn write_filters(
     }
 }
 
-async fn reconcile(client: &kube::Client, wanted: &[Value]) -> anyhow::Result<()> {
-    use anyhow::Context;
+/// A call of the EnvoyFilter writer that failed: what it was doing, and kube's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {cause}")]
+pub struct Error {
+    action: String,
+    cause: kube::Error,
+}
+
+fn failed(action: String) -> impl FnOnce(kube::Error) -> Error {
+    move |cause| Error { action, cause }
+}
+
+async fn reconcile(client: &kube::Client, wanted: &[Value]) -> Result<(), Error> {
     use kube::CustomResourceExt;
     use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
     use kube::core::DynamicObject;
@@ -78,14 +89,14 @@ async fn reconcile(client: &kube::Client, wanted: &[Value]) -> anyhow::Result<()
     let existing = Api::<DynamicObject>::all_with(client.clone(), &ar)
         .list_metadata(&ListParams::default().labels(&selector))
         .await
-        .context("listing EnvoyFilters")?;
+        .map_err(failed("listing EnvoyFilters".into()))?;
     // RedisClusters' UIDs, for ownerReferences.
     let redis_clusters: Api<DynamicObject> =
         Api::all_with(client.clone(), &crate::api::RedisCluster::api_resource());
     let uids: BTreeMap<String, String> = redis_clusters
         .list_metadata(&ListParams::default())
         .await
-        .context("listing RedisClusters")?
+        .map_err(failed("listing RedisClusters".into()))?
         .items
         .into_iter()
         .filter_map(|m| {
@@ -133,7 +144,7 @@ async fn reconcile(client: &kube::Client, wanted: &[Value]) -> anyhow::Result<()
                 &Patch::Apply(&filter),
             )
             .await
-            .with_context(|| format!("applying EnvoyFilter {namespace}/{name}"))?;
+            .map_err(failed(format!("applying EnvoyFilter {namespace}/{name}")))?;
         keep.insert((namespace, name));
     }
     for old in existing.items {
@@ -152,7 +163,9 @@ async fn reconcile(client: &kube::Client, wanted: &[Value]) -> anyhow::Result<()
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("deleting EnvoyFilter {namespace}/{name}"));
+                return Err(failed(format!("deleting EnvoyFilter {namespace}/{name}"))(
+                    e,
+                ));
             }
         }
     }

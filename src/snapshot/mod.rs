@@ -431,11 +431,11 @@ mod tests {
 
     #[test]
     fn should_build_from_a_recompile_what_a_build_from_scratch_holds() {
-        let a = Arc::new(crate::bench::model(5, 0));
+        let a = Arc::new(crate::app::bench::model(5, 0));
         let ca = Arc::new(crate::compile::compile(&a));
         let sa = Snapshot::build(Arc::clone(&a), ca.clone(), None, Instant::now());
         // Only rc-0's route changes.
-        let b = crate::bench::model(5, 1);
+        let b = crate::app::bench::model(5, 1);
         let cb = Arc::new(crate::compile::recompile(&b, Some((&a, &ca))));
         let b = Arc::new(b);
         let sb = Snapshot::build(Arc::clone(&b), cb, Some(&sa), Instant::now());
