@@ -232,7 +232,7 @@ async fn kubernetes_source(
     let (ready_tx, ready) = watch::channel(false);
     let (state_tx, state) = watch::channel(Arc::new(DirState::default()));
     let undecodable = crate::k8s::status::UndecodableObjects::default();
-    let shared = crate::source::k8s::watch::Shared {
+    let shared = crate::source::k8s::watch::Watchers {
         index: Arc::new(std::sync::Mutex::new(
             crate::source::k8s::index::Index::new(model_tx, ready_tx),
         )),
@@ -524,7 +524,7 @@ pub async fn run(
         );
         let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
-            let shared = crate::istio::programmed::Shared::default();
+            let shared = crate::istio::programmed::SharedFacts::default();
             supervisor.spawn(
                 "Istio status",
                 crate::istio::programmed::run(

@@ -38,8 +38,8 @@ pub struct IstioFacts {
     pub istiod_error: Option<String>,
 }
 
-/// Shared with the status writer.
-pub type Shared = Arc<Mutex<BTreeMap<ObjectKey, IstioFacts>>>;
+/// SharedFacts with the status writer.
+pub type SharedFacts = Arc<Mutex<BTreeMap<ObjectKey, IstioFacts>>>;
 
 /// One sidecar as istiod reports it.
 #[derive(Clone, Debug, Default)]
@@ -212,7 +212,7 @@ pub async fn run(
     istiod: Option<String>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     opts: IstioOptions,
-    shared: Shared,
+    shared: SharedFacts,
     shutdown: CancellationToken,
 ) {
     let client: HttpClient =

@@ -235,7 +235,7 @@ pub async fn run(
     registry: Arc<Registry>,
     mut leader: watch::Receiver<bool>,
     period: Duration,
-    istio: Option<crate::istio::programmed::Shared>,
+    istio: Option<crate::istio::programmed::SharedFacts>,
     fleet: super::fleet::Fleet,
     shutdown: CancellationToken,
 ) {

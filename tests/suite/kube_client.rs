@@ -330,7 +330,7 @@ async fn watchers_list_every_kind_in_all_namespaces_and_leave_out_only_the_broke
     let (model_tx, mut models) = watch::channel(Arc::new(redis_xds::model::Model::default()));
     let (ready_tx, mut ready) = watch::channel(false);
     let (state_tx, state) = watch::channel(Arc::default());
-    let shared = redis_xds::source::k8s::watch::Shared {
+    let shared = redis_xds::source::k8s::watch::Watchers {
         index: Arc::new(Mutex::new(Index::new(model_tx, ready_tx))),
         problems: Arc::default(),
         crd_missing: Arc::default(),

@@ -30,9 +30,9 @@ use crate::model::ObjectKey;
 use crate::source::directory::DirState;
 use crate::source::manifests::LoadProblem;
 
-/// Shared by the watchers.
+/// Watchers by the watchers.
 #[derive(Clone, Debug)]
-pub struct Shared {
+pub struct Watchers {
     /// The index.
     pub index: Arc<Mutex<Index>>,
     /// RedisClusters that could not be read, by `namespace/name`.
@@ -45,7 +45,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-impl Shared {
+impl Watchers {
     fn with_index<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut index)
@@ -188,7 +188,7 @@ where
 
 /// Converts a RedisCluster read as a dynamic object, recording a problem when it does not
 /// deserialize.
-fn redis_cluster(shared: &Shared, obj: DynamicObject) -> Option<Object> {
+fn redis_cluster(shared: &Watchers, obj: DynamicObject) -> Option<Object> {
     let name = ObjectKey::new(
         obj.metadata.namespace.as_deref().unwrap_or_default(),
         obj.metadata.name.as_deref().unwrap_or_default(),
@@ -232,12 +232,12 @@ async fn follow<K, F>(
     api: Api<K>,
     kind: Kind,
     config: watcher::Config,
-    shared: Shared,
+    shared: Watchers,
     convert: F,
     shutdown: CancellationToken,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    F: Fn(&Shared, K) -> Option<Object>,
+    F: Fn(&Watchers, K) -> Option<Object>,
 {
     let start =
         || Box::pin(watcher::watcher(api.clone(), config.clone()).backoff(WatchBackoff::default()));
@@ -332,7 +332,7 @@ fn trim_pod(p: Pod) -> Pod {
 
 /// A Secret as the index keeps it: whole when a RedisCluster references it, else its name
 /// only, decided as it arrives so that a list of thousands never holds their data.
-fn secret_object(shared: &Shared, s: Secret) -> Object {
+fn secret_object(shared: &Watchers, s: Secret) -> Object {
     let key = super::super::convert::key(&s.metadata);
     if shared.with_index(|i| i.wants_secret(&key)) {
         Object::Secret(Box::new(s))
@@ -346,7 +346,7 @@ fn secret_object(shared: &Shared, s: Secret) -> Object {
 /// [`WatchBackoff`] while the API server cannot answer and the Secret is still wanted.
 async fn fetch_secrets(
     client: Client,
-    shared: Shared,
+    shared: Watchers,
     mut wanted: tokio::sync::mpsc::UnboundedReceiver<ObjectKey>,
     shutdown: CancellationToken,
 ) {
@@ -388,7 +388,7 @@ pub fn tasks(
     client: &Client,
     namespace: Option<&str>,
     services: bool,
-    shared: Shared,
+    shared: Watchers,
     shutdown: CancellationToken,
 ) -> Vec<(&'static str, BoxFuture<'static, ()>)> {
     let rc_api: Api<DynamicObject> = match namespace {
