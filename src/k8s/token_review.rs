@@ -39,34 +39,47 @@ fn service_account(username: &str) -> Option<Principal> {
 /// used to bound the cache and to refuse obviously expired tokens early.
 fn jwt_expiry(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
-    let json: serde_json::Value = serde_json::from_slice(&base64_decode(payload)?).ok()?;
+    use base64::Engine;
+    // base64url without padding (RFC 7515), as JWTs carry their parts.
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = json.get("exp")?.as_u64()?;
     Some(UNIX_EPOCH + Duration::from_secs(exp))
 }
 
-/// base64url without padding, as in JWTs.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
+/// Why a token was not accepted. The xDS server turns it into a gRPC status
+/// ([`From<ReviewError> for Status`]): unavailable when the API server could not answer
+/// (the sidecar retries), unauthenticated otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// The token's `exp` has passed.
+    #[error("the ServiceAccount token has expired; the sidecar must read a fresh projected token")]
+    Expired,
+    /// The TokenReview call failed.
+    #[error("cannot verify the token right now (TokenReview failed); retry")]
+    Unavailable,
+    /// The API server did not authenticate the token.
+    #[error("token rejected by the Kubernetes API: {0}")]
+    Rejected(String),
+    /// The token is for another audience.
+    #[error("token is not for audience {0:?}; project the ServiceAccount token with that audience")]
+    Audience(String),
+    /// The token is not a ServiceAccount's.
+    #[error(
+        "{0:?} is not a ServiceAccount; sidecars authenticate with their pod's ServiceAccount token"
+    )]
+    NotServiceAccount(String),
+}
+
+impl From<ReviewError> for Status {
+    fn from(e: ReviewError) -> Status {
+        match e {
+            ReviewError::Unavailable => Status::unavailable(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
         }
     }
-    Some(out)
 }
 
 /// `--xds-auth token`.
@@ -88,7 +101,7 @@ impl TokenReviewer {
     }
 
     /// Authenticates one token.
-    pub async fn review(&self, token: &str) -> Result<Principal, Status> {
+    pub async fn review(&self, token: &str) -> Result<Principal, ReviewError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
         if let Some((p, until)) = self
@@ -102,9 +115,7 @@ impl TokenReviewer {
         }
         let expiry = jwt_expiry(token);
         if expiry.is_some_and(|e| e <= SystemTime::now()) {
-            return Err(Status::unauthenticated(
-                "the ServiceAccount token has expired; the sidecar must read a fresh projected token",
-            ));
+            return Err(ReviewError::Expired);
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -119,26 +130,20 @@ impl TokenReviewer {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "TokenReview failed");
-                Status::unavailable("cannot verify the token right now (TokenReview failed); retry")
+                ReviewError::Unavailable
             })?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             let why = status.error.unwrap_or_else(|| "not authenticated".into());
-            return Err(Status::unauthenticated(format!(
-                "token rejected by the Kubernetes API: {why}"
-            )));
+            return Err(ReviewError::Rejected(why));
         }
         let audiences = status.audiences.unwrap_or_default();
         if !audiences.is_empty() && !audiences.contains(&self.audience) {
-            return Err(Status::unauthenticated(format!(
-                "token is not for audience {:?}; project the ServiceAccount token with that audience",
-                self.audience
-            )));
+            return Err(ReviewError::Audience(self.audience.clone()));
         }
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        let principal = service_account(&username).ok_or_else(|| {
-            Status::unauthenticated(format!("{username:?} is not a ServiceAccount; sidecars authenticate with their pod's ServiceAccount token"))
-        })?;
+        let principal =
+            service_account(&username).ok_or(ReviewError::NotServiceAccount(username))?;
         let ttl = expiry
             .and_then(|e| e.duration_since(SystemTime::now()).ok())
             .map_or(Duration::from_secs(60), |d| d.min(MAX_CACHE));
@@ -168,7 +173,7 @@ impl Authenticator for TokenReviewer {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization metadata is not `Bearer <token>`")
             })?;
-        self.review(token.trim()).await
+        Ok(self.review(token.trim()).await?)
     }
 }
 

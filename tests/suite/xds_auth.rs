@@ -131,7 +131,7 @@ async fn unknown_and_wrong_audience_tokens_are_refused() {
         )
         .await;
     });
-    let err = reviewer.review("unknown").await.unwrap_err();
+    let err = tonic::Status::from(reviewer.review("unknown").await.unwrap_err());
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert!(
         err.message().contains("invalid bearer token"),
@@ -142,13 +142,13 @@ async fn unknown_and_wrong_audience_tokens_are_refused() {
         !err.message().contains("unknown\""),
         "the token itself is never echoed"
     );
-    let err = reviewer.review("other-audience").await.unwrap_err();
+    let err = tonic::Status::from(reviewer.review("other-audience").await.unwrap_err());
     assert!(
         err.message().contains("audience \"redis-xds\""),
         "{}",
         err.message()
     );
-    let err = reviewer.review("a-user").await.unwrap_err();
+    let err = tonic::Status::from(reviewer.review("a-user").await.unwrap_err());
     assert!(
         err.message().contains("not a ServiceAccount"),
         "{}",
@@ -163,10 +163,11 @@ async fn an_expired_token_is_refused_without_asking_the_api_server() {
     let reviewer = TokenReviewer::new(client, "redis-xds");
     // {"alg":"none"}.{"exp":1000}. : expired in 1970. No responder: a request would hang.
     let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjEwMDB9.";
-    let err = tokio::time::timeout(PATIENCE, reviewer.review(expired))
+    let err: tonic::Status = tokio::time::timeout(PATIENCE, reviewer.review(expired))
         .await
         .expect("no API call")
-        .unwrap_err();
+        .unwrap_err()
+        .into();
     assert!(err.message().contains("expired"), "{}", err.message());
     let err = reviewer
         .authenticate(&MetadataMap::new(), None)
