@@ -194,6 +194,33 @@ impl Node {
                 Err(e) => println!("$ kubectl {}: {e}", args.join(" ")),
             }
         }
+        // A pod that stays Pending: why, in the scheduler's words.
+        if let Ok(out) = self.try_kubectl(&[
+            "describe",
+            "pods",
+            "-A",
+            "--field-selector",
+            "status.phase=Pending",
+        ]) {
+            println!("$ kubectl describe pods -A --field-selector status.phase=Pending\n{out}");
+        }
+        // The last words of the node's own processes.
+        let logs = self.state().join("logs");
+        for component in ["kube-scheduler", "kube-controller-manager", "kubelet"] {
+            let path = logs.join(format!("{component}.log"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = &lines[lines.len().saturating_sub(25)..];
+                    println!(
+                        "--- last lines of {} ---\n{}",
+                        path.display(),
+                        tail.join("\n")
+                    );
+                }
+                Err(e) => println!("--- {}: {e}", path.display()),
+            }
+        }
     }
 }
 
