@@ -524,3 +524,31 @@ pub fn redis_cluster(namespace: &str, name: &str, spec: &str) -> String {
         body.join("\n")
     )
 }
+
+/// `redis-xds render --static-bootstrap` of the manifests in `dir/manifests`, written
+/// afresh from `files` (name, YAML): the bootstrap, or the problems it printed.
+pub fn render_static(dir: &Path, files: &[(&str, &str)]) -> Result<serde_json::Value, String> {
+    let manifests = dir.join("manifests");
+    let _ = std::fs::remove_dir_all(&manifests);
+    std::fs::create_dir_all(&manifests).unwrap();
+    for (name, yaml) in files {
+        std::fs::write(manifests.join(name), yaml).unwrap();
+    }
+    let out = redis_xds()
+        .args([
+            "render",
+            "--static-bootstrap",
+            "--admin-port",
+            "0",
+            "--manifests",
+        ])
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if stderr.contains("problem:") {
+        return Err(stderr);
+    }
+    assert!(out.status.success(), "{stderr}");
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{Proc, free_port, redis_xds, wait_until};
+use crate::common::{Proc, free_port, wait_until};
 use crate::resp::Conn;
 use crate::{Fixture, rc};
 
@@ -21,28 +21,10 @@ pub fn render(dir: &Path, spec: &str) -> Result<Value, String> {
 
 /// [`render`] with more objects beside the RedisCluster (`extra`, YAML).
 pub fn render_with(dir: &Path, spec: &str, extra: &str) -> Result<Value, String> {
-    let manifests = dir.join("manifests");
-    let _ = std::fs::remove_dir_all(&manifests);
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("main.yaml"), rc("main", spec)).unwrap();
-    std::fs::write(manifests.join("extra.yaml"), extra).unwrap();
-    let out = redis_xds()
-        .args([
-            "render",
-            "--static-bootstrap",
-            "--admin-port",
-            "0",
-            "--manifests",
-        ])
-        .arg(&manifests)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if stderr.contains("problem:") {
-        return Err(stderr);
-    }
-    assert!(out.status.success(), "{stderr}");
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
+    crate::common::render_static(
+        dir,
+        &[("main.yaml", &rc("main", spec)), ("extra.yaml", extra)],
+    )
 }
 
 /// Asserts that redis-xds refuses `spec` at `field`.

@@ -23,27 +23,7 @@ fn rc(spec: &str) -> String {
 
 /// `render --static-bootstrap` of `manifests`: the bootstrap, or the problems printed.
 fn render(dir: &Path, manifests: &str) -> Result<Value, String> {
-    let m = dir.join("manifests");
-    let _ = std::fs::remove_dir_all(&m);
-    std::fs::create_dir_all(&m).unwrap();
-    std::fs::write(m.join("s.yaml"), manifests).unwrap();
-    let out = common::redis_xds()
-        .args([
-            "render",
-            "--static-bootstrap",
-            "--admin-port",
-            "0",
-            "--manifests",
-        ])
-        .arg(&m)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if stderr.contains("problem:") {
-        return Err(stderr);
-    }
-    assert!(out.status.success(), "{stderr}");
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
+    common::render_static(dir, &[("s.yaml", manifests)])
 }
 
 /// Envoy's verdict on `bootstrap`: `Ok` when it loads, else its output.
