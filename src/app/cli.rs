@@ -567,35 +567,12 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
         kube,
         auth,
     } = args;
-    if istio.istio.is_some() && !kubernetes {
-        bail!(
-            "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
-        );
-    }
-    if tls.ca_secret.is_some() && !kubernetes {
-        bail!("--ca-secret keeps the CA in a Secret: it needs Kubernetes, not --manifests");
-    }
-    if webhook.webhook_addr.is_some()
-        && tls.ca_secret.is_none()
-        && (tls.xds_tls_cert.is_none() || tls.xds_tls_ca_bundle.is_none())
-    {
-        bail!(
-            "--webhook-addr needs a serving certificate and the bundle sidecars trust: pass --ca-secret, or --xds-tls-cert, --xds-tls-key and --xds-tls-ca-bundle"
-        );
-    }
     let xds_auth = xds_auth(
         auth.xds_auth,
         kubernetes,
         auth.token_audience,
         auth.trust_domain,
     )?;
-    if matches!(xds_auth, crate::app::serve::XdsAuth::Mtls { .. })
-        && tls.xds_tls_client_ca.is_none()
-    {
-        bail!(
-            "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
-        );
-    }
     let debug_auth = match auth.debug_auth {
         Some(DebugAuthMode::None) => DebugAuth::None,
         Some(DebugAuthMode::Kubernetes) => DebugAuth::Kubernetes {
@@ -607,7 +584,7 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
         },
         None => DebugAuth::None,
     };
-    Ok(ServeOptions {
+    let options = ServeOptions {
         manifests,
         xds_addr,
         debug_addr: Some(debug_addr),
@@ -616,8 +593,8 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
             quiet: debounce_quiet,
             max_delay: debounce_max,
         },
-        xds_auth: Some(xds_auth),
-        debug_auth: Some(debug_auth),
+        xds_auth,
+        debug_auth,
         kube: KubeOptions {
             namespace: kube.namespace,
             lease_namespace: kube.lease_namespace,
@@ -655,7 +632,9 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
             },
             istiod_debug: istio.istiod_debug_addr.clone(),
         }),
-    })
+    };
+    options.check()?;
+    Ok(options)
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -790,29 +769,29 @@ mod tests {
     #[test]
     fn serve_defaults_follow_the_source() {
         let files = serve(&["--manifests", "examples/quickstart"]).unwrap();
-        assert_eq!(files.xds_auth, Some(XdsAuth::None));
-        assert_eq!(files.debug_auth, Some(DebugAuth::None));
+        assert_eq!(files.xds_auth, XdsAuth::None);
+        assert_eq!(files.debug_auth, DebugAuth::None);
         let cluster = serve(&["--identity", "replica-a"]).unwrap();
         assert_eq!(
             cluster.xds_auth,
-            Some(XdsAuth::Token {
+            XdsAuth::Token {
                 audience: "redis-xds".into()
-            })
+            }
         );
         assert_eq!(
             cluster.debug_auth,
-            Some(DebugAuth::Kubernetes {
+            DebugAuth::Kubernetes {
                 trust_loopback: true
-            })
+            }
         );
         assert_eq!(cluster.kube.identity, "replica-a");
         // The case that once checked the wrong audience: --token-audience alone.
         let mesh = serve(&["--token-audience", "mesh"]).unwrap();
         assert_eq!(
             mesh.xds_auth,
-            Some(XdsAuth::Token {
+            XdsAuth::Token {
                 audience: "mesh".into()
-            })
+            }
         );
     }
 

@@ -77,12 +77,12 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Kubernetes settings (used without `manifests`).
     pub kube: KubeOptions,
-    /// Proxy authentication on the xDS port; `None` picks the default of the source:
-    /// token in Kubernetes, none with a manifests directory.
-    pub xds_auth: Option<XdsAuth>,
-    /// Who may read `/debug/*`; `None` picks the default of the source: Kubernetes
-    /// permissions (loopback trusted) in Kubernetes, anyone with a manifests directory.
-    pub debug_auth: Option<DebugAuth>,
+    /// Proxy authentication on the xDS port (the command line picks the source's default:
+    /// token in Kubernetes, none with a manifests directory).
+    pub xds_auth: XdsAuth,
+    /// Who may read `/debug/*` (the command line picks the source's default: Kubernetes
+    /// permissions, loopback trusted, in Kubernetes; anyone with a manifests directory).
+    pub debug_auth: DebugAuth,
     /// redis-xds's own CA for the serving certificate, instead of `tls` files.
     pub ca: Option<CaSettings>,
     /// The sidecar injector; `None` turns it off.
@@ -150,6 +150,38 @@ pub struct Handles {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     /// The latest state of the manifests directory.
     pub dir: Option<watch::Receiver<Arc<DirState>>>,
+}
+
+impl ServeOptions {
+    /// Refuses the combinations that cannot work, before anything starts: the rules of
+    /// `serve`'s flags, in one place for the command line and for callers of [`run`].
+    pub fn check(&self) -> anyhow::Result<()> {
+        let kubernetes = self.manifests.is_none();
+        if self.istio.is_some() && !kubernetes {
+            bail!(
+                "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
+            );
+        }
+        if self.ca.is_some() && !kubernetes {
+            bail!("--ca-secret keeps the CA in a Secret: it needs Kubernetes, not --manifests");
+        }
+        if self.webhook.is_some()
+            && self.ca.is_none()
+            && self.tls.as_ref().is_none_or(|t| t.ca_bundle.is_none())
+        {
+            bail!(
+                "--webhook-addr needs a serving certificate and the bundle sidecars trust: pass --ca-secret, or --xds-tls-cert, --xds-tls-key and --xds-tls-ca-bundle"
+            );
+        }
+        if matches!(self.xds_auth, XdsAuth::Mtls { .. })
+            && self.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            bail!(
+                "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Kubernetes settings of `serve` without `--manifests`.
@@ -269,12 +301,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_listening: impl FnOnce(SocketAddr, Handles),
 ) -> anyhow::Result<()> {
-    // Refused before anything starts.
-    if opts.istio.is_some() && opts.manifests.is_some() {
-        bail!(
-            "--istio writes EnvoyFilters to the Kubernetes API; with --manifests, print them with `redis-xds render --istio` instead"
-        );
-    }
+    opts.check()?;
     let metrics = Arc::new(Metrics::default());
     let source = match &opts.manifests {
         Some(dir) => manifests_source(dir, opts.poll_interval, &metrics, &shutdown).await?,
@@ -309,17 +336,8 @@ pub async fn run(
         Arc::clone(&metrics),
         shutdown.clone(),
     );
-    let auth = opts
-        .xds_auth
-        .clone()
-        .unwrap_or(if opts.manifests.is_some() {
-            XdsAuth::None
-        } else {
-            XdsAuth::Token {
-                audience: "redis-xds".into(),
-            }
-        });
-    match &auth {
+    let auth = &opts.xds_auth;
+    match auth {
         XdsAuth::None if opts.manifests.is_none() => tracing::warn!(
             "--xds-auth none: any process that reaches the xDS port can claim any namespace and receive its listeners, clusters and AUTH passwords"
         ),
@@ -337,11 +355,6 @@ pub async fn run(
             )));
         }
         XdsAuth::Mtls { trust_domain } => {
-            if opts.tls.as_ref().is_none_or(|t| t.client_ca.is_none()) {
-                bail!(
-                    "--xds-auth mtls needs mutual TLS: pass --xds-tls-cert, --xds-tls-key and --xds-tls-client-ca"
-                );
-            }
             ads = ads.with_authenticator(Arc::new(crate::xds::auth::SpiffeAuthenticator::new(
                 trust_domain.clone(),
             )));
@@ -451,13 +464,7 @@ pub async fn run(
             .await
             .with_context(|| format!("binding the debug address {addr}"))?;
         debug_addr = Some(listener.local_addr()?);
-        let debug_auth = opts.debug_auth.unwrap_or(if opts.manifests.is_some() {
-            DebugAuth::None
-        } else {
-            DebugAuth::Kubernetes {
-                trust_loopback: true,
-            }
-        });
+        let debug_auth = opts.debug_auth;
         let access = match debug_auth {
             DebugAuth::None => None,
             DebugAuth::Kubernetes { trust_loopback } => {

@@ -97,12 +97,19 @@ impl Sidecar {
 
     /// Waits until Envoy listens on `port` and a command through it reaches Redis.
     pub fn wait_serving(&self, port: u16, probe: &[&str]) -> Conn {
-        wait_until(&format!("the sidecar serves Redis on {port}"), || {
-            let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
-            let r = c.cmd(probe).ok()?;
-            (!r.is_error()).then_some(c)
-        })
+        serving_on(port, probe)
     }
+}
+
+/// A connection to a sidecar on `port` once `probe` through it is answered without an
+/// error: Envoy listens and knows the servers (in mode Cluster, from CLUSTER SLOTS, a
+/// moment after it listens).
+pub fn serving_on(port: u16, probe: &[&str]) -> Conn {
+    wait_until(&format!("the sidecar serves Redis on {port}"), || {
+        let mut c = Conn::connect(&format!("127.0.0.1:{port}")).ok()?;
+        let r = c.cmd(probe).ok()?;
+        (!r.is_error()).then_some(c)
+    })
 }
 
 /// A RedisCluster manifest in namespace e2e.

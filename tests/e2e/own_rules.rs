@@ -56,13 +56,14 @@ fn envoy_with_env(dir: &Path, bootstrap: &Value, port: u16, env: &[(&str, &str)]
     proc
 }
 
-/// A connection to the sidecar on `addr` once a SET through it lands: Envoy has learnt
-/// the servers (in mode Cluster, from CLUSTER SLOTS, a moment after it listens).
+/// A connection to the sidecar on `addr` once a SET through it lands.
 fn serving(addr: &str) -> Conn {
-    wait_until(&format!("the sidecar on {addr} serves"), || {
-        let mut c = Conn::connect(addr).ok()?;
-        (c.cmd(&["SET", "own-rules:probe", "1"]).ok()?.text() == "OK").then_some(c)
-    })
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("HOST:PORT");
+    crate::serving_on(port, &["SET", "own-rules:probe", "1"])
 }
 
 /// AWS credentials for Envoy's IAM signer, from the environment only: the instance
