@@ -549,7 +549,7 @@ pub async fn run(
                         format!("binding the Istio config source address {addr}")
                     })?;
                     let bound = listener.local_addr()?;
-                    let (filters_tx, filters_rx) = watch::channel(None);
+                    let (filters_tx, filters_rx) = crate::istio::config_source::channel();
                     supervisor.spawn(
                         "Istio filters",
                         crate::istio::config_source::follow_snapshots(
@@ -559,19 +559,11 @@ pub async fn run(
                             shutdown.clone(),
                         ),
                     );
-                    let service = crate::istio::config_source::ConfigSource::new(
-                        filters_rx,
-                        shutdown.clone(),
-                    );
-                    let stop = shutdown.clone();
                     info!(addr = %bound, "Istio config source listening");
+                    let stop = shutdown.clone();
                     supervisor.spawn("Istio config source", async move {
-                        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                            .with_nodelay(Some(true));
-                        if let Err(e) = tonic::transport::Server::builder()
-                            .add_service(service)
-                            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                            .await
+                        if let Err(e) =
+                            crate::istio::config_source::serve(listener, filters_rx, stop).await
                         {
                             tracing::error!(error = %e, "Istio config source failed");
                         }

@@ -10,31 +10,29 @@
 //! istiod replaces its whole set for a type with each response, so a filter that is no
 //! longer wanted is simply left out.
 //!
+//! The streams are [`crate::xds`]'s, with its [`Profile::IstioConfigSource`]: the same
+//! nonce, ACK and NACK rules as Envoy's, held until the first snapshot is ready.
+//!
 //! The messages are declared here with prost from their field numbers in istio.io/api
 //! (`mcp/v1alpha1`, `networking/v1alpha3/envoy_filter.proto`), for the fields redis-xds
 //! writes only.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use envoy_types::pb::google::protobuf as pb;
 use prost::Message;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
 
-/// The type URL istiod asks EnvoyFilters by.
-pub const ENVOY_FILTER_TYPE: &str = "networking.istio.io/v1alpha3/EnvoyFilter";
-/// Type URL of each resource in a response.
-pub const MCP_RESOURCE_TYPE: &str = "type.googleapis.com/istio.mcp.v1alpha1.Resource";
+use crate::snapshot::Snapshot;
+use crate::xds::{
+    AdsServer, NodeIdentity, Profile, ProxyResources, Registry, Resource, ResourceMap,
+    ResourceSource,
+};
+
 /// Type URL of a resource's body.
 pub const ENVOY_FILTER_BODY_TYPE: &str =
     "type.googleapis.com/istio.networking.v1alpha3.EnvoyFilter";
@@ -260,64 +258,106 @@ pub fn to_resource(filter: &Value) -> Option<McpResource> {
     })
 }
 
-/// The EnvoyFilters as served: encoded resources and a version for the whole set.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct FilterSet {
-    /// `DiscoveryResponse.version_info`.
-    pub version: String,
-    /// The resources.
-    pub resources: Vec<pb::Any>,
-}
-
-/// Builds the set from generated filters.
-pub fn filter_set(filters: &[Value]) -> FilterSet {
-    let resources: Vec<pb::Any> = filters
+/// The generated EnvoyFilters as resources: named `namespace/name`, each the encoded
+/// [`McpResource`] (its `Any` wrapper is added on the wire), versioned by content.
+pub fn filter_resources(filters: &[Value]) -> ResourceMap {
+    filters
         .iter()
         .filter_map(|f| {
-            let r = to_resource(f);
-            if r.is_none() {
+            let Some(r) = to_resource(f) else {
                 tracing::error!(filter = %f["metadata"]["name"], "an EnvoyFilter of a shape the config source cannot encode; left out");
-            }
-            r
+                return None;
+            };
+            let meta = r.metadata.clone().unwrap_or_default();
+            let resource = Resource {
+                name: meta.name.clone(),
+                version: meta.version,
+                body: r.encode_to_vec().into(),
+                clusters: Vec::new(),
+                declared: false,
+            };
+            Some((meta.name, Arc::new(resource)))
         })
-        .map(|r| pb::Any {
-            type_url: MCP_RESOURCE_TYPE.into(),
-            value: r.encode_to_vec(),
-        })
-        .collect();
-    let version = {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        for r in &resources {
-            h.update(&r.value);
-        }
-        let digest = h.finalize();
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-    };
-    FilterSet { version, resources }
+        .collect()
 }
 
-/// Keeps `tx` at the filter set of the latest ready snapshot until `shutdown`.
+/// What the config source serves istiod: the EnvoyFilters of one ready snapshot, the same
+/// for every client.
+#[derive(Debug)]
+pub struct FilterSource {
+    resources: Arc<ProxyResources>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl ResourceSource for FilterSource {
+    fn resources_for(&self, _: &NodeIdentity) -> Arc<ProxyResources> {
+        Arc::clone(&self.resources)
+    }
+
+    fn observed_at(&self) -> Instant {
+        self.snapshot.observed_at
+    }
+
+    /// istiod's NACK messages can quote a filter, and filters can carry secret values.
+    fn redact(&self, text: &str) -> String {
+        self.snapshot.redact(text)
+    }
+}
+
+/// Before the first ready snapshot: istiod's stream waits, as a proxy's does.
+#[derive(Debug)]
+struct NotReady;
+
+impl ResourceSource for NotReady {
+    fn resources_for(&self, _: &NodeIdentity) -> Arc<ProxyResources> {
+        Arc::default()
+    }
+
+    fn observed_at(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn is_ready(&self) -> bool {
+        false
+    }
+}
+
+/// What the config source serves, as [`follow_snapshots`] fills it and [`serve`] reads it.
+pub type Sources = watch::Receiver<Arc<dyn ResourceSource>>;
+
+/// The channel [`follow_snapshots`] fills and [`serve`] reads: nothing ready until the
+/// first ready snapshot.
+pub fn channel() -> (watch::Sender<Arc<dyn ResourceSource>>, Sources) {
+    watch::channel(Arc::new(NotReady) as Arc<dyn ResourceSource>)
+}
+
+/// Keeps `tx` at the EnvoyFilters of the latest ready snapshot until `shutdown`. A
+/// snapshot that changes no filter is not sent on: istiod's streams stay quiet.
 pub async fn follow_snapshots(
-    mut snapshots: watch::Receiver<Arc<crate::snapshot::Snapshot>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
     opts: crate::istio::IstioOptions,
-    tx: watch::Sender<Option<Arc<FilterSet>>>,
+    tx: watch::Sender<Arc<dyn ResourceSource>>,
     shutdown: CancellationToken,
 ) {
     let mut reported: Vec<String> = Vec::new();
+    let mut served: Option<ResourceMap> = None;
     loop {
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
         if snapshot.ready {
             let generated = crate::istio::envoy_filters(&snapshot.model, &snapshot.compiled, &opts);
             crate::istio::log_new_problems(&generated, &mut reported);
-            let set = filter_set(&generated.filters);
-            tx.send_if_modified(|current| {
-                if current.as_deref() == Some(&set) {
-                    return false;
-                }
-                *current = Some(Arc::new(set));
-                true
-            });
+            let filters = filter_resources(&generated.filters);
+            if served.as_ref() != Some(&filters) {
+                served = Some(filters.clone());
+                let resources = Arc::new(ProxyResources {
+                    envoy_filters: filters,
+                    ..Default::default()
+                });
+                tx.send_replace(Arc::new(FilterSource {
+                    resources,
+                    snapshot: Arc::clone(&snapshot),
+                }));
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -326,124 +366,23 @@ pub async fn follow_snapshots(
     }
 }
 
-/// The config source's gRPC service.
-#[derive(Clone)]
-pub struct ConfigSource {
-    filters: watch::Receiver<Option<Arc<FilterSet>>>,
+/// Serves `source` to istiod on `listener` until `shutdown`: the same ADS server as
+/// Envoy's, with the config-source profile ([`Profile::IstioConfigSource`]), its own
+/// registry and its own (unexported) metrics, so that istiod never counts as a proxy.
+/// Plain text, as istiod dials an `xds://` source without `tlsSettings`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: Sources,
     shutdown: CancellationToken,
-}
-
-impl ConfigSource {
-    /// Serves what `filters` holds (nothing until it holds a set: istiod waits).
-    pub fn new(
-        filters: watch::Receiver<Option<Arc<FilterSet>>>,
-        shutdown: CancellationToken,
-    ) -> AggregatedDiscoveryServiceServer<ConfigSource> {
-        AggregatedDiscoveryServiceServer::new(ConfigSource { filters, shutdown })
-    }
-}
-
-type Out<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
-
-fn response(
-    type_url: &str,
-    version: &str,
-    resources: Vec<pb::Any>,
-    nonce: u64,
-) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: version.to_owned(),
-        resources,
-        type_url: type_url.to_owned(),
-        nonce: nonce.to_string(),
-        ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for ConfigSource {
-    type StreamAggregatedResourcesStream = Out<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = Out<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let mut incoming = request.into_inner();
-        let (tx, rx) = mpsc::channel::<Result<DiscoveryResponse, Status>>(16);
-        let mut filters = self.filters.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut nonce = 0u64;
-            // Types the client asked for, and the EnvoyFilter version it was last sent.
-            let mut subscribed: BTreeSet<String> = BTreeSet::new();
-            let mut sent_filters: Option<String> = None;
-            tracing::info!(?peer, "istiod connected to the config source");
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    message = incoming.message() => {
-                        let req = match message {
-                            Ok(Some(req)) => req,
-                            Ok(None) => return,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "config source stream ended");
-                                return;
-                            }
-                        };
-                        if let Some(detail) = req.error_detail.as_ref() {
-                            tracing::warn!(type_url = %req.type_url, message = %detail.message, "istiod rejected config");
-                        }
-                        let first = subscribed.insert(req.type_url.clone());
-                        if req.type_url == ENVOY_FILTER_TYPE {
-                            let set = filters.borrow_and_update().clone();
-                            let Some(set) = set else { continue };
-                            if first || req.version_info != set.version && req.response_nonce.is_empty() {
-                                nonce += 1;
-                                sent_filters = Some(set.version.clone());
-                                if tx.send(Ok(response(ENVOY_FILTER_TYPE, &set.version, set.resources.clone(), nonce))).await.is_err() {
-                                    return;
-                                }
-                            }
-                        } else if first {
-                            // Every other Istio type: answered, and empty.
-                            nonce += 1;
-                            if tx.send(Ok(response(&req.type_url, "empty", Vec::new(), nonce))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    changed = filters.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        let set = filters.borrow_and_update().clone();
-                        let Some(set) = set else { continue };
-                        if subscribed.contains(ENVOY_FILTER_TYPE) && sent_filters.as_deref() != Some(set.version.as_str()) {
-                            nonce += 1;
-                            sent_filters = Some(set.version.clone());
-                            if tx.send(Ok(response(ENVOY_FILTER_TYPE, &set.version, set.resources.clone(), nonce))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        _: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "the Istio config source speaks State of the World, as istiod's xds:// client does",
-        ))
-    }
+) -> Result<(), tonic::transport::Error> {
+    let ads = AdsServer::new(
+        source,
+        Arc::new(Registry::default()),
+        Arc::default(),
+        shutdown.clone(),
+    )
+    .with_profile(Profile::IstioConfigSource);
+    crate::xds::server::serve(listener, ads.into_service(), None, shutdown).await
 }
 
 #[cfg(test)]

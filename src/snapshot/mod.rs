@@ -264,7 +264,7 @@ impl Snapshot {
             endpoints: before.endpoints.clone(),
             listeners: before.listeners.clone(),
             uses: before.uses.clone(),
-            versions: Default::default(),
+            ..Default::default()
         };
         // Clusters whose place in the view may differ: those that changed, and those the
         // changed listeners used before or use now.

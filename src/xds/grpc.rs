@@ -316,7 +316,7 @@ fn message_len(r: &Response) -> usize {
             scalar_len(SOTW_VERSION_INFO, r.version.len())
                 + r.resources
                     .iter()
-                    .map(|x| field_len(SOTW_RESOURCES, any_len(r.type_url, x)))
+                    .map(|x| field_len(SOTW_RESOURCES, any_len(r.resource_type_url, x)))
                     .sum::<usize>()
                 + scalar_len(SOTW_TYPE_URL, r.type_url.len())
                 + scalar_len(SOTW_NONCE, r.nonce.len())
@@ -325,7 +325,7 @@ fn message_len(r: &Response) -> usize {
             scalar_len(DELTA_SYSTEM_VERSION_INFO, r.version.len())
                 + r.resources
                     .iter()
-                    .map(|x| field_len(DELTA_RESOURCES, delta_resource_len(r.type_url, x)))
+                    .map(|x| field_len(DELTA_RESOURCES, delta_resource_len(r.resource_type_url, x)))
                     .sum::<usize>()
                 + scalar_len(DELTA_TYPE_URL, r.type_url.len())
                 + scalar_len(DELTA_NONCE, r.nonce.len())
@@ -343,8 +343,8 @@ fn put_message(r: &Response, buf: &mut BytesMut) {
         Variant::Sotw => {
             put_scalar(SOTW_VERSION_INFO, r.version.as_bytes(), buf);
             for x in r.resources.iter() {
-                put_header(SOTW_RESOURCES, any_len(r.type_url, x), buf);
-                put_any(r.type_url, x, buf);
+                put_header(SOTW_RESOURCES, any_len(r.resource_type_url, x), buf);
+                put_any(r.resource_type_url, x, buf);
             }
             put_scalar(SOTW_TYPE_URL, r.type_url.as_bytes(), buf);
             put_scalar(SOTW_NONCE, r.nonce.as_bytes(), buf);
@@ -352,8 +352,12 @@ fn put_message(r: &Response, buf: &mut BytesMut) {
         Variant::Delta => {
             put_scalar(DELTA_SYSTEM_VERSION_INFO, r.version.as_bytes(), buf);
             for x in r.resources.iter() {
-                put_header(DELTA_RESOURCES, delta_resource_len(r.type_url, x), buf);
-                put_delta_resource(r.type_url, x, buf);
+                put_header(
+                    DELTA_RESOURCES,
+                    delta_resource_len(r.resource_type_url, x),
+                    buf,
+                );
+                put_delta_resource(r.resource_type_url, x, buf);
             }
             put_scalar(DELTA_TYPE_URL, r.type_url.as_bytes(), buf);
             put_scalar(DELTA_NONCE, r.nonce.as_bytes(), buf);
@@ -459,7 +463,8 @@ mod tests {
         let big = vec![0xabu8; 300];
         let response = Response {
             variant: Variant::Delta,
-            type_url,
+            type_url: type_url.into(),
+            resource_type_url: type_url,
             version: "v-1".into(),
             nonce: "n-1".into(),
             resources: [resource("a", "1", b"\x0a\x01x"), resource("b", "", &big)].into(),
@@ -502,7 +507,8 @@ mod tests {
         let type_url = super::super::resource::CLUSTER;
         let response = Response {
             variant: Variant::Sotw,
-            type_url,
+            type_url: type_url.into(),
+            resource_type_url: type_url,
             version: "v-2".into(),
             nonce: "n-2".into(),
             resources: [resource("c", "9", b"\x0a\x01c"), resource("e", "0", b"")].into(),
@@ -528,6 +534,26 @@ mod tests {
         };
         assert_eq!(decoded, expected);
         assert_eq!(bytes.len() - 5, expected.encoded_len());
+    }
+
+    #[test]
+    fn should_wrap_a_config_sources_resources_in_mcps_type_not_the_responses() {
+        use super::super::resource::{ISTIO_ENVOY_FILTER, MCP_RESOURCE};
+        let response = Response {
+            variant: Variant::Sotw,
+            type_url: ISTIO_ENVOY_FILTER.into(),
+            resource_type_url: MCP_RESOURCE,
+            version: "v-3".into(),
+            nonce: "n-3".into(),
+            resources: [resource("shop/f", "1", b"\x0a\x01f")].into(),
+            removed: Vec::new(),
+        };
+        let bytes = encode(&response).unwrap();
+        let decoded = discovery::DiscoveryResponse::decode(message(&bytes)).unwrap();
+        assert_eq!(decoded.type_url, ISTIO_ENVOY_FILTER);
+        assert_eq!(decoded.resources[0].type_url, MCP_RESOURCE);
+        assert_eq!(decoded.resources[0].value, b"\x0a\x01f");
+        assert_eq!(bytes.len() - 5, decoded.encoded_len());
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! Redis: resources come from a [`ResourceSource`] published on a `watch` channel. Every
 //! stream runs its own task; per-type protocol state lives in [`tracker::TypeTracker`], the
 //! per-stream state visible to operators in [`Registry`].
+//!
+//! Two kinds of client speak it ([`Profile`]): Envoy, served clusters, endpoints and
+//! listeners; and istiod reading redis-xds as an `xds://` config source, served Istio
+//! EnvoyFilters. Both go through the same streams and trackers.
 
 pub mod auth;
 pub mod grpc;
@@ -24,7 +28,8 @@ use tonic::{Request, Status, Streaming};
 
 pub use self::registry::{ProxyStatus, Registry, TypeStatus, TypeStatuses, Variant};
 pub use self::resource::{
-    NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType, TYPES,
+    ALL_TYPES, NodeIdentity, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType,
+    TYPES,
 };
 pub use self::stream::identity;
 use self::stream::{Request as AnyRequest, StreamContext};
@@ -33,9 +38,46 @@ use self::stream::{Request as AnyRequest, StreamContext};
 /// one: a `futures_channel` bounded channel gives each sender a slot of its own).
 const RESPONSE_BUFFER: usize = 4;
 
+/// Which client a server speaks to: the types it serves, and what it does with a request
+/// for any other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// Envoy: clusters, endpoints and listeners ([`TYPES`]). A request for any other type
+    /// is ignored, as a management server does with a type it does not serve (Envoy waits
+    /// for it as for any resource not sent yet).
+    #[default]
+    Envoy,
+    /// istiod reading an `xds://` config source (`meshConfig.configSources`): EnvoyFilters.
+    /// istiod asks for every Istio config type it knows and counts the source as synced
+    /// only once each was answered (`adsc.HasSynced`), so every other type is answered
+    /// once, empty.
+    IstioConfigSource,
+}
+
+impl Profile {
+    /// The types served, in make-before-break order.
+    pub fn types(self) -> &'static [ResourceType] {
+        match self {
+            Profile::Envoy => &TYPES,
+            Profile::IstioConfigSource => &[ResourceType::EnvoyFilter],
+        }
+    }
+
+    /// Whether a request for a type not in [`Profile::types`] gets one empty response.
+    pub fn answers_others_empty(self) -> bool {
+        self == Profile::IstioConfigSource
+    }
+
+    /// The served type that `type_url` names, if any.
+    fn served(self, type_url: &str) -> Option<ResourceType> {
+        ResourceType::from_type_url(type_url).filter(|t| self.types().contains(t))
+    }
+}
+
 /// The ADS service.
 #[derive(Clone, Debug)]
 pub struct AdsServer {
+    profile: Profile,
     authenticator: Option<Arc<dyn auth::Authenticator>>,
     metrics: Arc<crate::metrics::Metrics>,
     source: watch::Receiver<Arc<dyn ResourceSource>>,
@@ -55,6 +97,7 @@ impl AdsServer {
         shutdown: CancellationToken,
     ) -> Self {
         AdsServer {
+            profile: Profile::Envoy,
             authenticator: None,
             metrics,
             source,
@@ -63,6 +106,12 @@ impl AdsServer {
             next_stream: Arc::new(AtomicU64::new(1)),
             shared: Arc::default(),
         }
+    }
+
+    /// Serves `profile`'s client rather than Envoy.
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
     }
 
     /// Requires every stream to authenticate; its namespace then comes from the identity.
@@ -112,6 +161,7 @@ impl AdsServer {
         let stop = self.shutdown.child_token();
         let gone = stop.clone().drop_guard();
         let ctx = StreamContext {
+            profile: self.profile,
             principal: principal.map(Box::new),
             metrics: Arc::clone(&self.metrics),
             id,

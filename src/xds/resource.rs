@@ -14,6 +14,12 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// `type_url` of listeners (LDS).
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+/// `type_url` istiod asks an `xds://` config source for EnvoyFilters by: the object's
+/// group, version and kind (istio.io/istio `pkg/adsc`, `ConfigInitialRequests`).
+pub const ISTIO_ENVOY_FILTER: &str = "networking.istio.io/v1alpha3/EnvoyFilter";
+/// `type_url` of each resource in a config source's response: an Istio config object
+/// wrapped in MCP's `istio.mcp.v1alpha1.Resource` (istio.io/api `mcp/v1alpha1`).
+pub const MCP_RESOURCE: &str = "type.googleapis.com/istio.mcp.v1alpha1.Resource";
 
 /// The resource types served, in make-before-break order: clusters before their endpoints,
 /// both before the listeners that use them (xDS protocol, "Eventual consistency
@@ -24,20 +30,28 @@ pub const TYPES: [ResourceType; 3] = [
     ResourceType::Listener,
 ];
 
-/// One value per served type, indexed by type. A stream keeps its per-type state in these
-/// rather than in maps: a map node has room for eleven entries, and there are three types.
+/// Every type a server of some [`Profile`](super::Profile) serves, in discriminant order.
+pub const ALL_TYPES: [ResourceType; 4] = [
+    ResourceType::Cluster,
+    ResourceType::Endpoint,
+    ResourceType::Listener,
+    ResourceType::EnvoyFilter,
+];
+
+/// One value per type, indexed by type. A stream keeps its per-type state in these rather
+/// than in maps: a map node has room for eleven entries, and there are four types.
 #[derive(Clone, Debug, Default)]
-pub struct PerType<T>([T; 3]);
+pub struct PerType<T>([T; 4]);
 
 impl<T> PerType<T> {
-    /// The value of each type, in [`TYPES`] order.
+    /// The value of each type, in [`ALL_TYPES`] order.
     pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> Self {
-        PerType(TYPES.map(&mut f))
+        PerType(ALL_TYPES.map(&mut f))
     }
 
-    /// Every type with its value, in [`TYPES`] order.
+    /// Every type with its value, in [`ALL_TYPES`] order.
     pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
-        TYPES.into_iter().zip(&self.0)
+        ALL_TYPES.into_iter().zip(&self.0)
     }
 }
 
@@ -55,7 +69,7 @@ impl<T> std::ops::IndexMut<ResourceType> for PerType<T> {
     }
 }
 
-/// A served resource type; its discriminant is its place in [`TYPES`].
+/// A served resource type; its discriminant is its place in [`ALL_TYPES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceType {
     /// CDS.
@@ -64,21 +78,33 @@ pub enum ResourceType {
     Endpoint = 1,
     /// LDS.
     Listener = 2,
+    /// Istio's EnvoyFilter, for istiod reading a config source.
+    EnvoyFilter = 3,
 }
 
 impl ResourceType {
-    /// The xDS `type_url`.
+    /// The xDS `type_url` of requests and responses.
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Cluster => CLUSTER,
             ResourceType::Endpoint => ENDPOINT,
             ResourceType::Listener => LISTENER,
+            ResourceType::EnvoyFilter => ISTIO_ENVOY_FILTER,
+        }
+    }
+
+    /// The `type_url` of the `Any` each resource of a response is wrapped in: the
+    /// response's own for Envoy's types; MCP's resource for Istio's.
+    pub fn resource_type_url(self) -> &'static str {
+        match self {
+            ResourceType::EnvoyFilter => MCP_RESOURCE,
+            _ => self.type_url(),
         }
     }
 
     /// Parses a `type_url`.
     pub fn from_type_url(url: &str) -> Option<Self> {
-        TYPES.into_iter().find(|t| t.type_url() == url)
+        ALL_TYPES.into_iter().find(|t| t.type_url() == url)
     }
 
     /// Short name for logs and the debug view.
@@ -87,6 +113,7 @@ impl ResourceType {
             ResourceType::Cluster => "CDS",
             ResourceType::Endpoint => "EDS",
             ResourceType::Listener => "LDS",
+            ResourceType::EnvoyFilter => "EnvoyFilter",
         }
     }
 
@@ -149,6 +176,8 @@ pub struct ProxyResources {
     pub endpoints: ResourceMap,
     /// LDS.
     pub listeners: ResourceMap,
+    /// Istio EnvoyFilters (a config source's only type).
+    pub envoy_filters: ResourceMap,
     /// How many of `listeners` send traffic to each cluster, so that a view can be updated
     /// from a change without looking at the listeners it did not touch.
     pub uses: imbl::OrdMap<String, usize>,
@@ -159,7 +188,7 @@ pub struct ProxyResources {
 
 /// Lazily computed versions of whole resource maps; equal whatever was computed.
 #[derive(Default)]
-pub struct WholeVersions([std::sync::OnceLock<String>; 3]);
+pub struct WholeVersions([std::sync::OnceLock<String>; 4]);
 
 impl PartialEq for WholeVersions {
     fn eq(&self, _: &Self) -> bool {
@@ -178,11 +207,7 @@ impl fmt::Debug for WholeVersions {
 impl ProxyResources {
     /// The state version of all resources of one type (see [`state_version`]).
     pub fn whole_version(&self, t: ResourceType) -> &str {
-        let index = TYPES
-            .iter()
-            .position(|k| *k == t)
-            .expect("every type is listed");
-        self.versions.0[index]
+        self.versions.0[t as usize]
             .get_or_init(|| state_version(self.of(t).iter().map(|(n, r)| (n, r.version.as_str()))))
     }
 
@@ -192,6 +217,7 @@ impl ProxyResources {
             ResourceType::Cluster => &self.clusters,
             ResourceType::Endpoint => &self.endpoints,
             ResourceType::Listener => &self.listeners,
+            ResourceType::EnvoyFilter => &self.envoy_filters,
         }
     }
 }

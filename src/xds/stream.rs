@@ -3,6 +3,7 @@
 //! Both variants share the loop and the make-before-break logic; they differ only in how
 //! requests are read into the [`TypeTracker`]s and how responses are built.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -16,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{Instrument, debug, info, warn};
 
+use super::Profile;
 use super::registry::{Entry, ProxyStatus, Registry, TypeStatuses, Variant};
 use super::resource::{
     NodeIdentity, PerType, ProxyResources, Resource, ResourceMap, ResourceSource, ResourceType,
-    TYPES,
+    state_version,
 };
 use super::shared::{AvailableKey, KeepAlive, Memo, PlanKey, ReadyKey, addr, keep};
 use super::tracker::{Received, State, TypeTracker};
@@ -70,7 +72,10 @@ pub(super) type ResponseReceiver = futures_channel::mpsc::Receiver<Outgoing>;
 #[derive(Debug)]
 pub(super) struct Response {
     pub variant: Variant,
-    pub type_url: &'static str,
+    /// The response's `type_url`: a served type's, or any type a [`Profile`] answers empty.
+    pub type_url: Cow<'static, str>,
+    /// The `type_url` of the `Any` each resource is wrapped in.
+    pub resource_type_url: &'static str,
     /// `version_info` (SotW) or `system_version_info` (Delta).
     pub version: String,
     pub nonce: String,
@@ -118,6 +123,7 @@ pub fn identity(node: &Node) -> NodeIdentity {
 }
 
 pub(super) struct StreamContext {
+    pub profile: Profile,
     /// Boxed: it is set only where streams authenticate, and inline it would make every
     /// stream's state 40 bytes larger.
     pub principal: Option<Box<super::auth::Principal>>,
@@ -153,6 +159,19 @@ pub(super) struct Stream {
     /// Where this stream's status is in the registry, from its first publication.
     entry: Option<Arc<Entry>>,
     nonces: u64,
+    /// Types outside the profile's that a profile which answers them asked for. `None`
+    /// for Envoy's streams, which never have any.
+    others: Option<Box<OtherTypes>>,
+}
+
+/// Types a client asked for that the server answers once, empty
+/// ([`Profile::answers_others_empty`]).
+#[derive(Default)]
+struct OtherTypes {
+    /// Asked for, not answered yet.
+    asked: BTreeSet<String>,
+    /// Answered: later requests for them (ACKs) need nothing.
+    answered: BTreeSet<String>,
 }
 
 /// Forgets a stream in the registry and the connected gauge, however the stream ends.
@@ -275,6 +294,7 @@ impl Stream {
             desired_versions: PerType::default(),
             entry: None,
             nonces: 0,
+            others: None,
         })
     }
 
@@ -366,7 +386,7 @@ impl Stream {
                 }
                 () = until(retry) => {
                     let now = SystemTime::now();
-                    for kind in TYPES {
+                    for &kind in self.ctx.profile.types() {
                         if self.trackers[kind].retry_if_due(now) {
                             info!(type_url = %kind, "offering refused resources again");
                             self.dirty[kind] = true;
@@ -384,7 +404,15 @@ impl Stream {
     }
 
     fn on_request(&mut self, req: Request) {
-        let Some(kind) = ResourceType::from_type_url(req.type_url()) else {
+        let profile = self.ctx.profile;
+        let Some(kind) = profile.served(req.type_url()) else {
+            if profile.answers_others_empty() {
+                let others = self.others.get_or_insert_default();
+                if !others.answered.contains(req.type_url()) {
+                    others.asked.insert(req.type_url().to_owned());
+                }
+                return;
+            }
             debug!(
                 type_url = req.type_url(),
                 "ignoring request for a type this server does not serve"
@@ -493,9 +521,31 @@ impl Stream {
         format!("{:x}-{}", self.ctx.id, self.nonces)
     }
 
-    /// Sends whatever each type needs, clusters first, then endpoints, then listeners.
+    /// Sends whatever each type needs, clusters first, then endpoints, then listeners; and
+    /// the empty answer to each other type asked for, where the profile gives one.
     async fn sync(&mut self, responses: &mut ResponseSender) -> Result<(), Status> {
-        for kind in TYPES {
+        while let Some(type_url) = self.others.as_mut().and_then(|o| o.asked.pop_first()) {
+            let response = Response {
+                variant: self.ctx.variant,
+                type_url: Cow::Owned(type_url.clone()),
+                resource_type_url: "",
+                version: state_version(std::iter::empty()),
+                nonce: self.next_nonce(),
+                resources: Default::default(),
+                removed: Vec::new(),
+            };
+            debug!(type_url = %type_url, "answered empty");
+            if let Some(o) = self.others.as_mut() {
+                o.answered.insert(type_url);
+            }
+            tokio::select! {
+                sent = responses.feed(Ok(Box::new(response))) => if sent.is_err() {
+                    return Err(Status::cancelled("client went away"));
+                },
+                () = self.ctx.shutdown.cancelled() => return Ok(()),
+            }
+        }
+        for &kind in self.ctx.profile.types() {
             if !self.dirty[kind] {
                 continue;
             }
@@ -618,7 +668,8 @@ impl Stream {
                 let nonce = self.next_nonce();
                 let response = Response {
                     variant: Variant::Sotw,
-                    type_url,
+                    type_url: Cow::Borrowed(type_url),
+                    resource_type_url: kind.resource_type_url(),
                     version: plan.version.clone(),
                     nonce: nonce.clone(),
                     resources: plan.resources.clone(),
@@ -634,7 +685,8 @@ impl Stream {
                 let nonce = self.next_nonce();
                 let response = Response {
                     variant: Variant::Delta,
-                    type_url,
+                    type_url: Cow::Borrowed(type_url),
+                    resource_type_url: kind.resource_type_url(),
                     version: plan.version.clone(),
                     nonce: nonce.clone(),
                     resources: plan.resources.clone(),
@@ -651,7 +703,7 @@ impl Stream {
     /// may still hold use: kept until the proxy has moved off those listeners. `None` when
     /// nothing is retained (almost always), so the view's map is used as it is.
     fn retained(&self, view: &Arc<ProxyResources>, kind: ResourceType) -> Option<Arc<ResourceMap>> {
-        if kind == ResourceType::Listener {
+        if !matches!(kind, ResourceType::Cluster | ResourceType::Endpoint) {
             return None;
         }
         let (acked, pending) = self.trackers[ResourceType::Listener].held_shared();

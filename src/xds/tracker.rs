@@ -466,7 +466,11 @@ impl TypeTracker {
         at: SystemTime,
     ) -> Received {
         let mut outcome = Received::Subscription;
-        if !response_nonce.is_empty() {
+        // A nonce when nothing of the type was sent on this stream answers nothing here:
+        // the request is the client's first. istiod's config-source client puts the time
+        // in its first requests' nonce (istio.io/istio `pkg/adsc`, `Send`); istiod's own
+        // server and go-control-plane take such a request as new, and so does this one.
+        if !response_nonce.is_empty() && self.last_nonce.is_some() {
             // "If the nonce is not the most recent one sent, the request is stale and the
             // management server should not respond to it" (xDS protocol, "Resource update
             // ordering"). A request for a settled nonce is stale as well.
@@ -872,6 +876,24 @@ mod tests {
             Received::Stale,
             "settled nonce"
         );
+    }
+
+    #[test]
+    fn sotw_should_take_a_nonce_before_anything_was_sent_as_a_first_request() {
+        let mut t = TypeTracker::new(ResourceType::EnvoyFilter);
+        assert_eq!(
+            t.on_sotw_request(&[], "2026-12-07 18:00:00 +0000 UTC", None, NOW),
+            Received::Subscription
+        );
+        assert!(t.is_initialized() && t.is_wildcard());
+        let plan = t.plan_sotw(&map(&[("shop/f", "1")])).unwrap();
+        t.sent_sotw("n1".into(), plan);
+        // Once something was sent, an unknown nonce is stale again.
+        assert_eq!(
+            t.on_sotw_request(&[], "2026-12-07 18:00:01 +0000 UTC", None, NOW),
+            Received::Stale
+        );
+        assert_eq!(t.on_sotw_request(&[], "n1", None, NOW), Received::Ack);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod envoy_serve;
 mod envoy_tls;
 mod examples;
 mod inject;
+mod istio_config_source;
 mod kube_client;
 mod manifests_serve;
 mod operator_view;
