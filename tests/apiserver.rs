@@ -498,27 +498,14 @@ async fn delta_with_token(
     addr: std::net::SocketAddr,
     token: &str,
 ) -> Result<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse, tonic::Status> {
-    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: common::xds::node("app-1", Some("shop")),
-        type_url: common::xds::CDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut responses = client
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
+    let mut d = common::xds::delta_as(addr, Some(token)).await?;
+    d.subscribe(
+        common::xds::node("app-1", Some("shop")),
+        common::xds::CDS,
+        &[],
+    )
+    .await;
+    let responses = &mut d.rx;
     let next = tokio::time::timeout(common::xds::PATIENCE, responses.message())
         .await
         .expect("an answer within the patience")?;

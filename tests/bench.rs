@@ -108,3 +108,52 @@ fn bench_reports_every_figure_at_100_streams() {
         "the default debounce is reported apart"
     );
 }
+
+#[test]
+fn bench_reconnect_reports_every_figure_of_a_storm_at_100_streams() {
+    let out = common::run(&[
+        "bench",
+        "--reconnect",
+        "--streams",
+        "100",
+        "--clusters",
+        "10",
+        "--sotw-share",
+        "0.2",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap();
+    let r: serde_json::Value = serde_json::from_str(last).unwrap();
+    let number = |key: &str| {
+        r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number in {last}"))
+    };
+    assert_eq!(r["streams"], 100);
+    assert_eq!(r["rounds"], 2);
+    assert_eq!(r["resync_all_rounds_ms"].as_array().map(Vec::len), Some(2));
+    // Every stream dropped and synced again: the per-stream figures are ordered, and the
+    // last stream's time is the storm's.
+    let (p50, p99, all) = (
+        number("resync_p50_ms"),
+        number("resync_p99_ms"),
+        number("resync_all_ms"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= all, "{last}");
+    assert!(number("floor_resync_all_ms") > 0.0, "{last}");
+    // The peak is measured over the storm, from the settled fleet's RSS up.
+    let (peak, settled) = (number("storm_peak_rss_kib"), number("rss_settled_kib"));
+    assert!(settled > 0.0 && peak >= settled * 0.9, "{last}");
+    assert!(number("floor_storm_peak_rss_kib") > 0.0, "{last}");
+    // Without authentication nothing refuses a stream.
+    assert_eq!(r["refused"], 0, "{last}");
+    assert!(stdout.contains("drop to all synced again"), "{stdout}");
+}

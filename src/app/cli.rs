@@ -295,6 +295,11 @@ struct BenchArgs {
     /// End with one JSON object on the last line.
     #[arg(long)]
     json: bool,
+    /// Measure reconnect storms instead of changes: once the fleet is synced, every
+    /// stream drops its connection at the same moment and connects again at once, as a
+    /// redis-xds rollout makes its sidecars do (`--rounds` storms).
+    #[arg(long)]
+    reconnect: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -305,6 +310,13 @@ struct BenchClientArgs {
     streams: usize,
     #[arg(long, default_value_t = 0.0)]
     sotw_share: f64,
+    /// A file of ServiceAccount tokens, one per line: stream i sends line i modulo their
+    /// number as `authorization: Bearer`.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Connect every stream at once instead of at most 128 at a time.
+    #[arg(long)]
+    all_at_once: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -382,6 +394,7 @@ pub fn main() -> ExitCode {
                         clusters: args.clusters.max(3),
                         sotw_share: 0.0,
                         rounds: args.rounds as usize,
+                        reconnect: args.reconnect,
                     },
                 ))
             })
@@ -731,21 +744,41 @@ fn run_bench(args: &BenchArgs) -> anyhow::Result<()> {
         clusters: args.clusters.max(3),
         sotw_share: args.sotw_share,
         rounds: args.rounds as usize,
+        reconnect: args.reconnect,
     };
-    let report = runtime()?.block_on(crate::app::bench::run(opts))?;
-    println!("{}", crate::app::bench::text(&report));
+    let json = if opts.reconnect {
+        let report = runtime()?.block_on(crate::app::bench::run_reconnect(opts))?;
+        println!("{}", crate::app::bench::storm_text(&report));
+        serde_json::to_string(&report)?
+    } else {
+        let report = runtime()?.block_on(crate::app::bench::run(opts))?;
+        println!("{}", crate::app::bench::text(&report));
+        serde_json::to_string(&report)?
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{json}");
     }
     Ok(())
 }
 
 fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(crate::app::bench::client(
-        args.addr,
-        args.streams,
-        args.sotw_share,
-    ))
+    let tokens = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the tokens in {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
+    let opts = crate::app::bench::client::ClientOptions {
+        streams: args.streams,
+        sotw_share: args.sotw_share,
+        tokens,
+        all_at_once: args.all_at_once,
+    };
+    runtime()?.block_on(crate::app::bench::client::run(args.addr, opts))
 }
 
 #[cfg(test)]

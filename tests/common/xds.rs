@@ -1,5 +1,6 @@
 //! An in-process ADS client for tests: both variants, with the checks every response must
-//! pass (fresh non-empty nonce, unique resource names).
+//! pass (fresh non-empty nonce, unique resource names). Streams open as the bench's
+//! simulated Envoys open theirs (`redis_xds::app::bench::client`).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -7,14 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use redis_xds::app::bench::client::{open_delta, open_sotw};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -23,37 +23,35 @@ pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// Bound on waiting for a response that must come; never reached when the server works.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
         .await
         .unwrap()
 }
 
-/// Opens a Delta stream.
+/// Opens a Delta stream, as the bench's simulated Envoys do.
 pub async fn delta(addr: SocketAddr) -> Delta {
+    delta_as(addr, None).await.unwrap()
+}
+
+/// Opens a Delta stream that sends `token` as `authorization: Bearer`, if any; `Err` is
+/// the server's refusal in the response headers.
+pub async fn delta_as(addr: SocketAddr, token: Option<&str>) -> Result<Delta, tonic::Status> {
     let (tx, rx) = mpsc::channel(16);
-    let stream = client(addr)
-        .await
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    Delta {
+    let stream = open_delta(channel(addr).await, rx, token).await?;
+    Ok(Delta {
         tx,
         rx: stream,
         nonces: BTreeSet::new(),
-    }
+    })
 }
 
-/// Opens a SotW stream.
+/// Opens a SotW stream, as the bench's simulated Envoys do.
 pub async fn sotw(addr: SocketAddr) -> Sotw {
     let (tx, rx) = mpsc::channel(16);
-    let stream = client(addr)
-        .await
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = open_sotw(channel(addr).await, rx, None).await.unwrap();
     Sotw {
         tx,
         rx: stream,

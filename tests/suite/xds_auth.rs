@@ -251,20 +251,8 @@ async fn start_server() -> (std::net::SocketAddr, CancellationToken) {
 
 /// Opens an authenticated Delta stream.
 async fn delta_with_token(addr: std::net::SocketAddr, token: &str) -> xds::Delta {
-    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    req.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match client.delta_aggregated_resources(req).await {
-        Ok(resp) => xds::Delta {
-            tx,
-            rx: resp.into_inner(),
-            nonces: Default::default(),
-        },
+    match xds::delta_as(addr, Some(token)).await {
+        Ok(d) => d,
         Err(status) => panic!("stream refused at once: {status}"),
     }
 }

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3 as discovery;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -41,8 +39,10 @@ pub struct BenchOptions {
     pub sotw_share: f64,
     /// Changes pushed to the synced fleet one after another (at least 1); the server's
     /// figures are those of the round with the median p99, the floor's p99 is the median
-    /// of as many rounds of its own.
+    /// of as many rounds of its own. With `reconnect`, storms instead of changes.
     pub rounds: usize,
+    /// Measure reconnect storms instead of changes ([`run_reconnect`]).
+    pub reconnect: bool,
 }
 
 /// The results.
@@ -178,6 +178,25 @@ fn rss_kib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Peak resident set size of this process since the last [`reset_peak_rss`], KiB.
+fn peak_rss_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// Starts the peak RSS over from the current RSS (`5` to `/proc/self/clear_refs`,
+/// proc(5)).
+fn reset_peak_rss() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5")
+        .context("resetting the peak RSS through /proc/self/clear_refs")
+}
+
 /// The live heap, KiB (NaN where the allocator cannot tell).
 fn heap_kib() -> f64 {
     crate::memory::heap_in_use().map_or(f64::NAN, |b| b as f64 / 1024.0)
@@ -240,6 +259,18 @@ impl Clients {
         bail!("the simulated Envoys exited before {word:?}")
     }
 
+    /// Sends one command line to the simulated Envoys.
+    fn command(&mut self, command: &str) -> anyhow::Result<()> {
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .context("the simulated Envoys' input")?;
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     fn stop(mut self) {
         drop(self.child.stdin.take());
         let _ = self.child.wait();
@@ -255,13 +286,19 @@ impl Drop for Clients {
 
 /// Latencies from `t0` to each reported ACK, sorted, in ms.
 fn latencies(lines: &[String], t0: SystemTime) -> Vec<f64> {
+    times_after(lines, "ack ", t0)
+}
+
+/// Times from `t0` to each line that starts with `prefix` and then gives unix µs, sorted,
+/// in ms.
+fn times_after(lines: &[String], prefix: &str, t0: SystemTime) -> Vec<f64> {
     let t0 = t0
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_micros() as f64;
     let mut out: Vec<f64> = lines
         .iter()
-        .filter_map(|l| l.strip_prefix("ack ")?.parse::<f64>().ok())
+        .filter_map(|l| l.strip_prefix(prefix)?.parse::<f64>().ok())
         .map(|us| (us - t0) / 1000.0)
         .collect();
     out.sort_by(f64::total_cmp);
@@ -533,179 +570,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     })
 }
 
-mod floor {
-    //! The floor: a Delta-only ADS server that answers the initial requests with prebuilt
-    //! responses and then broadcasts one prebuilt change. No protocol state, no compile.
-
-    use super::*;
-    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    };
-    use envoy_types::pb::google::protobuf::Any;
-    use std::pin::Pin;
-    use tonic::{Request, Response, Status, Streaming};
-
-    /// What the floor's process reports: the p99 of each round, ms, and the RSS growth per
-    /// stream, KiB.
-    pub struct Floor {
-        pub p99_rounds_ms: Vec<f64>,
-        pub cpu_rounds_s: Vec<f64>,
-        pub rss_per_stream_kib: f64,
-    }
-
-    #[derive(Clone)]
-    struct Server {
-        initial_cds: Arc<discovery::DeltaDiscoveryResponse>,
-        initial_lds: Arc<discovery::DeltaDiscoveryResponse>,
-        change: watch::Receiver<Option<Arc<discovery::DeltaDiscoveryResponse>>>,
-    }
-
-    type Out<T> = Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
-
-    #[tonic::async_trait]
-    impl AggregatedDiscoveryService for Server {
-        type StreamAggregatedResourcesStream = Out<discovery::DiscoveryResponse>;
-        type DeltaAggregatedResourcesStream = Out<discovery::DeltaDiscoveryResponse>;
-
-        async fn stream_aggregated_resources(
-            &self,
-            _: Request<Streaming<discovery::DiscoveryRequest>>,
-        ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-            Err(Status::unimplemented("the floor is Delta only"))
-        }
-
-        async fn delta_aggregated_resources(
-            &self,
-            request: Request<Streaming<discovery::DeltaDiscoveryRequest>>,
-        ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-            let mut incoming = request.into_inner();
-            let (tx, rx) = mpsc::channel(4);
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut change = me.change.clone();
-                loop {
-                    tokio::select! {
-                        m = incoming.message() => match m {
-                            Ok(Some(r)) if r.response_nonce.is_empty() => {
-                                let resp = if r.type_url == CDS { &me.initial_cds } else { &me.initial_lds };
-                                if tx.send(Ok((**resp).clone())).await.is_err() { return }
-                            }
-                            Ok(Some(_)) => {}
-                            _ => return,
-                        },
-                        c = change.changed() => {
-                            if c.is_err() { return }
-                            let next = change.borrow_and_update().clone();
-                            if let Some(resp) = next
-                                && tx.send(Ok((*resp).clone())).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-            Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-        }
-    }
-
-    fn response(
-        type_url: &str,
-        resources: &crate::xds::ResourceMap,
-        nonce: &str,
-    ) -> discovery::DeltaDiscoveryResponse {
-        discovery::DeltaDiscoveryResponse {
-            type_url: type_url.into(),
-            nonce: nonce.into(),
-            resources: resources
-                .values()
-                .map(|r| discovery::Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(Any {
-                        type_url: type_url.into(),
-                        value: r.body.to_vec(),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    pub async fn run(
-        opts: &BenchOptions,
-        initial: &crate::xds::ProxyResources,
-        changed: &crate::xds::ProxyResources,
-    ) -> anyhow::Result<Floor> {
-        // The change: exactly the listeners whose bytes differ, as the real server sends.
-        let diff: crate::xds::ResourceMap = changed
-            .listeners
-            .iter()
-            .filter(|(n, r)| {
-                initial
-                    .listeners
-                    .get(*n)
-                    .is_none_or(|o| o.version != r.version)
-            })
-            .map(|(n, r)| (n.clone(), Arc::clone(r)))
-            .collect();
-        let (change_tx, change_rx) = watch::channel(None);
-        let server = Server {
-            initial_cds: Arc::new(response(CDS, &initial.clusters, "f-1")),
-            initial_lds: Arc::new(response(LDS, &initial.listeners, "f-2")),
-            change: change_rx,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            // The same keepalive and socket settings as the xDS port.
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(crate::xds::server::KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(crate::xds::server::KEEPALIVE_TIMEOUT))
-                .tcp_keepalive(Some(crate::xds::server::TCP_KEEPALIVE))
-                .tcp_nodelay(true)
-                .add_service(AggregatedDiscoveryServiceServer::new(server))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    stop.cancelled().await
-                })
-                .await
-        });
-        let rss_before = rss_kib();
-        let delta_only = BenchOptions {
-            sotw_share: 0.0,
-            ..*opts
-        };
-        let mut clients = Clients::start(addr, &delta_only)?;
-        clients.expect("ready")?;
-        let rss_connected = rss_kib();
-        // The same change again in every round, under a new nonce: the floor does not look
-        // at what it sends.
-        let mut p99_rounds_ms = Vec::with_capacity(opts.rounds);
-        let mut cpu_rounds_s = Vec::with_capacity(opts.rounds);
-        for round in 0..opts.rounds.max(1) {
-            // Each change reaches an idle fleet and server, as the server's rounds do.
-            settle().await;
-            let cpu0 = cpu_s();
-            let t0 = SystemTime::now();
-            let nonce = format!("f-{}", round + 3);
-            change_tx.send_replace(Some(Arc::new(response(LDS, &diff, &nonce))));
-            let lines = clients.expect("done")?;
-            cpu_rounds_s.push(cpu_s() - cpu0);
-            p99_rounds_ms.push(percentile(&latencies(&lines, t0), 0.99));
-        }
-        clients.stop();
-        shutdown.cancel();
-        let _ = task.await;
-        Ok(Floor {
-            p99_rounds_ms,
-            cpu_rounds_s,
-            rss_per_stream_kib: (rss_connected - rss_before) / opts.streams as f64,
-        })
-    }
-}
+pub mod client;
+mod floor;
 
 /// The floor alone (`bench-floor`), printing `{"p99_rounds_ms": [..], "rss_per_stream_kib"}`.
 pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
@@ -715,6 +581,15 @@ pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
         namespace: Some("bench".into()),
         labels: None,
     };
+    if opts.reconnect {
+        let (rounds, rss_settled_kib) = floor::storms(&opts, &first.resources_for(&node)).await?;
+        let out = FloorStorms {
+            rounds,
+            rss_settled_kib,
+        };
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
     let f = floor::run(
         &opts,
         &first.resources_for(&node),
@@ -732,229 +607,199 @@ pub async fn floor_only(opts: BenchOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The simulated Envoys (`bench-client`): opens the streams, syncs, prints `ready`, then
-/// for each round ACKs the next push on every stream and prints `ack <unix micros>` per
-/// stream and `done`, until stdin closes.
-pub async fn client(addr: SocketAddr, streams: usize, sotw_share: f64) -> anyhow::Result<()> {
-    let (ready_tx, ready_rx) = mpsc::channel::<()>(streams.max(1));
-    let (ack_tx, ack_rx) = mpsc::channel::<u128>(streams.max(1));
-    let sotw = (streams as f64 * sotw_share).round() as usize;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(30));
-    let (fail_tx, mut fail_rx) = mpsc::channel::<String>(streams.max(1));
-    let mut tasks = Vec::new();
-    // A fleet of sidecars does not connect in the same millisecond: bound the streams that
-    // are still connecting, so the server's accept backlog is not what is measured.
-    let connecting = Arc::new(tokio::sync::Semaphore::new(128));
-    for i in 0..streams {
-        let endpoint = endpoint.clone();
-        let (ready_tx, ack_tx, fail_tx) = (ready_tx.clone(), ack_tx.clone(), fail_tx.clone());
-        let permit = Arc::clone(&connecting).acquire_owned().await?;
-        tasks.push(tokio::spawn(async move {
-            let result = if i < sotw {
-                sotw_stream(endpoint, i, permit, ready_tx, ack_tx).await
-            } else {
-                delta_stream(endpoint, i, permit, ready_tx, ack_tx).await
-            };
-            if let Err(e) = result {
-                let _ = fail_tx.send(format!("stream {i}: {e:#}")).await;
-            }
-        }));
-    }
-    drop((ready_tx, ack_tx, fail_tx));
-    // Stdin closing means go, at any point.
-    let quit = tokio::task::spawn_blocking(|| {
-        let mut s = String::new();
-        let _ = std::io::stdin().read_line(&mut s);
-    });
-    let report = report_rounds(streams, ready_rx, ack_rx);
-    tokio::select! {
-        result = report => result?,
-        // One failed stream fails the run, with its reason, instead of leaving the others
-        // waiting for it.
-        Some(failure) = fail_rx.recv() => bail!("a simulated Envoy failed: {failure}"),
-        _ = quit => {}
-    }
-    for t in tasks {
-        t.abort();
-    }
-    Ok(())
+/// What `bench --reconnect` measures: a fleet of synced streams that all drop their
+/// connections at the same moment and connect again at once, as when every sidecar of a
+/// redis-xds replica moves to another during a rollout.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StormReport {
+    /// Streams.
+    pub streams: usize,
+    /// RedisClusters.
+    pub clusters: usize,
+    /// SotW share.
+    pub sotw_share: f64,
+    /// Storms measured; the figures are those of the storm with the median
+    /// `resync_all_ms`.
+    pub rounds: usize,
+    /// From the drop to the last stream synced again, of each storm in order, ms.
+    pub resync_all_rounds_ms: Vec<f64>,
+    /// From the drop to the last stream synced again, ms.
+    pub resync_all_ms: f64,
+    /// From the drop to a stream synced again, median over the streams, ms.
+    pub resync_p50_ms: f64,
+    /// From the drop to a stream synced again, 99th percentile, ms.
+    pub resync_p99_ms: f64,
+    /// Server CPU time from the drop to the last resync, s.
+    pub cpu_s: f64,
+    /// Server peak RSS from the drop to the last resync, KiB.
+    pub storm_peak_rss_kib: f64,
+    /// Server RSS with the fleet connected, synced and idle before the storm, KiB.
+    pub rss_settled_kib: f64,
+    /// `storm_peak_rss_kib / rss_settled_kib`.
+    pub peak_to_settled: f64,
+    /// Streams the server refused (or ended before they synced) during the storms.
+    pub refused: usize,
+    /// The floor's drop-to-last-resync of each storm, ms.
+    pub floor_resync_all_rounds_ms: Vec<f64>,
+    /// The floor's drop-to-last-resync, its median storm, ms.
+    pub floor_resync_all_ms: f64,
+    /// The floor's CPU time in that storm, s.
+    pub floor_cpu_s: f64,
+    /// The floor's peak RSS in that storm, KiB.
+    pub floor_storm_peak_rss_kib: f64,
+    /// The floor's RSS with its fleet settled, KiB.
+    pub floor_rss_settled_kib: f64,
+    /// `resync_all_ms / floor_resync_all_ms`: two medians.
+    pub ratio_to_floor: f64,
 }
 
-/// Prints `ready` once every stream has synced, then each round's `ack <unix micros>` lines
-/// and `done`; returns only when a stream failed.
-async fn report_rounds(
-    streams: usize,
-    mut ready_rx: mpsc::Receiver<()>,
-    mut ack_rx: mpsc::Receiver<u128>,
-) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout();
-    for _ in 0..streams {
-        ready_rx
-            .recv()
-            .await
-            .context("a stream failed before it synced")?;
-    }
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    loop {
-        for _ in 0..streams {
-            let at = ack_rx
-                .recv()
-                .await
-                .context("a stream failed before it ACKed the change")?;
-            writeln!(stdout, "ack {at}")?;
-        }
-        writeln!(stdout, "done")?;
-        stdout.flush()?;
-    }
+/// One storm: its figures as [`StormReport`] names them.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+struct Storm {
+    all_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_s: f64,
+    peak_rss_kib: f64,
+    refused: usize,
 }
 
-fn node(i: usize) -> Option<Node> {
-    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-    Some(Node {
-        id: format!("bench-{i}"),
-        metadata: Some(Struct {
-            fields: [(
-                "namespace".to_string(),
-                Value {
-                    kind: Some(Kind::StringValue("bench".into())),
-                },
-            )]
-            .into_iter()
-            .collect(),
-        }),
-        ..Default::default()
+/// Drops every stream of `clients` at once and waits until all have synced again.
+fn storm(clients: &mut Clients, streams: usize) -> anyhow::Result<Storm> {
+    reset_peak_rss()?;
+    let cpu0 = cpu_s();
+    let t0 = SystemTime::now();
+    clients.command("reconnect")?;
+    let lines = clients.expect("done")?;
+    let cpu = cpu_s() - cpu0;
+    let peak = peak_rss_kib();
+    let resync = times_after(&lines, "resync ", t0);
+    if resync.len() != streams {
+        bail!("{} of {streams} streams synced again", resync.len());
+    }
+    Ok(Storm {
+        all_ms: resync.last().copied().unwrap_or(f64::NAN),
+        p50_ms: percentile(&resync, 0.5),
+        p99_ms: percentile(&resync, 0.99),
+        cpu_s: cpu,
+        peak_rss_kib: peak,
+        refused: lines.iter().filter(|l| l.starts_with("refused ")).count(),
     })
 }
 
-/// How long a simulated Envoy waits for the server to connect, answer or push during the
-/// sync: far beyond any healthy server at 10,000 streams, so that only a broken one fails.
-const WAIT: Duration = Duration::from_secs(120);
-/// How long a synced stream waits for the change: the bench sends it once every stream of
-/// the fleet has synced and the server's memory has settled.
-const CHANGE_WAIT: Duration = Duration::from_secs(600);
-
-/// `future`, or an error naming `what` after `limit`.
-async fn bounded<T>(
-    future: impl std::future::Future<Output = T>,
-    limit: Duration,
-    what: &str,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(limit, future)
-        .await
-        .map_err(|_| anyhow::anyhow!("no {what} within {limit:?}"))
-}
-
-/// The next response on a stream, within `limit`; a stream that ends or fails is an error.
-async fn next<T>(
-    responses: &mut tonic::Streaming<T>,
-    limit: Duration,
-    what: &str,
-) -> anyhow::Result<T> {
-    bounded(responses.message(), limit, what)
-        .await?
-        .with_context(|| format!("the stream failed before {what}"))?
-        .with_context(|| format!("the stream ended before {what}"))
-}
-
-fn now_micros() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros()
-}
-
-async fn delta_stream(
-    endpoint: tonic::transport::Endpoint,
-    i: usize,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    ready: mpsc::Sender<()>,
-    ack: mpsc::Sender<u128>,
-) -> anyhow::Result<()> {
-    let req = |type_url: &str, nonce: &str, node| discovery::DeltaDiscoveryRequest {
-        node,
-        type_url: type_url.into(),
-        response_nonce: nonce.into(),
-        ..Default::default()
-    };
-    let mut client = AggregatedDiscoveryServiceClient::new(
-        bounded(endpoint.connect(), WAIT, "the connection").await??,
-    );
-    let (tx, rx) = mpsc::channel(4);
-    // Sent before the call, as Envoy does: a server need not answer the headers first.
-    tx.send(req(CDS, "", node(i))).await?;
-    let mut responses = bounded(
-        client.delta_aggregated_resources(ReceiverStream::new(rx)),
-        WAIT,
-        "the response headers",
-    )
-    .await??
-    .into_inner();
-    let cds = next(&mut responses, WAIT, "the CDS response").await?;
-    tx.send(req(CDS, &cds.nonce, None)).await?;
-    tx.send(req(LDS, "", None)).await?;
-    let lds = next(&mut responses, WAIT, "the LDS response").await?;
-    tx.send(req(LDS, &lds.nonce, None)).await?;
-    drop(permit);
-    ready.send(()).await?;
-    // Each push after the sync is a change of the measurement: ACK it and report when, until
-    // the process ends.
-    loop {
-        let change = next(&mut responses, CHANGE_WAIT, "the push of a change").await?;
-        tx.send(req(&change.type_url, &change.nonce, None)).await?;
-        ack.send(now_micros()).await?;
+/// `rounds` storms on a fleet of `opts.streams` at `addr`, each from a settled fleet; and
+/// the settled RSS before the first.
+async fn storms(addr: SocketAddr, opts: &BenchOptions) -> anyhow::Result<(Vec<Storm>, f64)> {
+    let mut clients = Clients::start(addr, opts)?;
+    clients.expect("ready")?;
+    settle().await;
+    let settled = rss_kib();
+    let mut out = Vec::with_capacity(opts.rounds.max(1));
+    for round in 0..opts.rounds.max(1) {
+        if round > 0 {
+            settle().await;
+        }
+        out.push(storm(&mut clients, opts.streams)?);
     }
+    clients.stop();
+    Ok((out, settled))
 }
 
-async fn sotw_stream(
-    endpoint: tonic::transport::Endpoint,
-    i: usize,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    ready: mpsc::Sender<()>,
-    ack: mpsc::Sender<u128>,
-) -> anyhow::Result<()> {
-    let req = |type_url: &str, version: &str, nonce: &str, node| discovery::DiscoveryRequest {
-        node,
-        type_url: type_url.into(),
-        version_info: version.into(),
-        response_nonce: nonce.into(),
-        ..Default::default()
-    };
-    let mut client = AggregatedDiscoveryServiceClient::new(
-        bounded(endpoint.connect(), WAIT, "the connection").await??,
-    );
-    let (tx, rx) = mpsc::channel(4);
-    // Sent before the call, as Envoy does: a server need not answer the headers first.
-    tx.send(req(CDS, "", "", node(i))).await?;
-    let mut responses = bounded(
-        client.stream_aggregated_resources(ReceiverStream::new(rx)),
-        WAIT,
-        "the response headers",
-    )
-    .await??
-    .into_inner();
-    let cds = next(&mut responses, WAIT, "the CDS response").await?;
-    tx.send(req(CDS, &cds.version_info, &cds.nonce, None))
-        .await?;
-    tx.send(req(LDS, "", "", None)).await?;
-    let lds = next(&mut responses, WAIT, "the LDS response").await?;
-    tx.send(req(LDS, &lds.version_info, &lds.nonce, None))
-        .await?;
-    drop(permit);
-    ready.send(()).await?;
-    loop {
-        let change = next(&mut responses, CHANGE_WAIT, "the push of a change").await?;
-        tx.send(req(
-            &change.type_url,
-            &change.version_info,
-            &change.nonce,
-            None,
-        ))
-        .await?;
-        ack.send(now_micros()).await?;
+/// Runs the reconnect benchmark: the server in this process, then the floor in its own.
+pub async fn run_reconnect(opts: BenchOptions) -> anyhow::Result<StormReport> {
+    let first = Arc::new(snapshot(model(opts.clusters, 0), None));
+    let (_tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
+    let registry = Arc::new(Registry::default());
+    let shutdown = CancellationToken::new();
+    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        crate::xds::server::serve(listener, ads.into_service(), None, stop).await
+    });
+    let (rounds, rss_settled_kib) = storms(addr, &opts).await?;
+    shutdown.cancel();
+    let _ = server.await;
+
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "bench-floor",
+            "--reconnect",
+            "--streams",
+            &opts.streams.to_string(),
+            "--clusters",
+            &opts.clusters.to_string(),
+            "--rounds",
+            &opts.rounds.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the floor")?;
+    if !out.status.success() {
+        bail!("the floor failed");
     }
+    let floor: FloorStorms =
+        serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+    let typical = median_by(&rounds, |r| r.all_ms).context("at least one storm")?;
+    let floor_typical = median_by(&floor.rounds, |r| r.all_ms).context("a floor storm")?;
+    Ok(StormReport {
+        streams: opts.streams,
+        clusters: opts.clusters,
+        sotw_share: opts.sotw_share,
+        rounds: rounds.len(),
+        resync_all_rounds_ms: rounds.iter().map(|r| r.all_ms).collect(),
+        resync_all_ms: typical.all_ms,
+        resync_p50_ms: typical.p50_ms,
+        resync_p99_ms: typical.p99_ms,
+        cpu_s: typical.cpu_s,
+        storm_peak_rss_kib: typical.peak_rss_kib,
+        rss_settled_kib,
+        peak_to_settled: typical.peak_rss_kib / rss_settled_kib,
+        refused: rounds.iter().map(|r| r.refused).sum(),
+        floor_resync_all_rounds_ms: floor.rounds.iter().map(|r| r.all_ms).collect(),
+        floor_resync_all_ms: floor_typical.all_ms,
+        floor_cpu_s: floor_typical.cpu_s,
+        floor_storm_peak_rss_kib: floor_typical.peak_rss_kib,
+        floor_rss_settled_kib: floor.rss_settled_kib,
+        ratio_to_floor: typical.all_ms / floor_typical.all_ms,
+    })
+}
+
+/// What `bench-floor --reconnect` prints.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FloorStorms {
+    rounds: Vec<Storm>,
+    rss_settled_kib: f64,
+}
+
+/// The reconnect report as text lines.
+pub fn storm_text(r: &StormReport) -> String {
+    format!(
+        "streams {} (SotW share {}), RedisClusters {}; every stream dropped at once, {} storms\n\
+         drop to all synced again, the median storm: {:.1} ms (per stream p50 {:.1} ms, p99 {:.1} ms); by storm: {}\n\
+         floor (same bytes, minimal server): {:.1} ms (by storm: {}); ratio to floor {:.2}\n\
+         server CPU {:.2} s (floor {:.2} s); RSS settled {:.0} KiB, peak in the storm {:.0} KiB ({:.2}x; floor {:.0} -> {:.0} KiB); streams refused {}",
+        r.streams,
+        r.sotw_share,
+        r.clusters,
+        r.rounds,
+        r.resync_all_ms,
+        r.resync_p50_ms,
+        r.resync_p99_ms,
+        ms_list(&r.resync_all_rounds_ms),
+        r.floor_resync_all_ms,
+        ms_list(&r.floor_resync_all_rounds_ms),
+        r.ratio_to_floor,
+        r.cpu_s,
+        r.floor_cpu_s,
+        r.rss_settled_kib,
+        r.storm_peak_rss_kib,
+        r.peak_to_settled,
+        r.floor_rss_settled_kib,
+        r.floor_storm_peak_rss_kib,
+        r.refused,
+    )
 }
 
 fn ms_list(values: &[f64]) -> String {
