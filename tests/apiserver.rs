@@ -981,3 +981,83 @@ fn should_open_debug_only_to_callers_the_cluster_allows() {
         "a token was logged"
     );
 }
+
+/// A fleet of sidecars with distinct ServiceAccount tokens reconnecting at once to a
+/// freshly started `serve --xds-auth token` (its review cache empty), against the real
+/// API server: every stream ends synced and none is refused. Not timed: the figures are
+/// `scripts/bench-token-storm`'s.
+#[test]
+fn a_storm_of_token_authenticated_streams_all_sync_and_none_is_refused() {
+    const STREAMS: usize = 300;
+    let api = with_shop();
+    api.create(
+        "/api/v1/namespaces/shop/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+    );
+    api.create(
+        &format!("{RDC}/namespaces/shop/redisclusters"),
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "listener": {"port": 6379}}),
+        ),
+    );
+    let tokens: Vec<String> = (0..STREAMS)
+        .map(|_| service_account_token(&api, "redis-xds"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = tokens.iter().collect();
+    assert_eq!(distinct.len(), STREAMS, "each TokenRequest is a new token");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, tokens.join("\n")).unwrap();
+
+    let serve = start_serve_kube(&api, &["--xds-auth", "token"], "info");
+    common::wait_until("serve is ready", || {
+        (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
+    });
+    // The simulated Envoys run until their input closes; it stays open until they said
+    // `ready` or gave up (then their output ends).
+    let mut client = common::redis_xds()
+        .args(["bench-client", "--addr", &serve.xds.to_string()])
+        .args(["--streams", &STREAMS.to_string(), "--sotw-share", "0.5"])
+        .arg("--tokens")
+        .arg(&file)
+        .arg("--all-at-once")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bench-client runs");
+    let mut lines = Vec::new();
+    {
+        use std::io::BufRead;
+        let stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            let ready = line == "ready";
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+    }
+    // While they are connected: each was served as its token's ServiceAccount.
+    let syncz = common::http_get(&serve.debug, "/debug/syncz").expect("syncz");
+    drop(client.stdin.take());
+    let out = client.wait_with_output().unwrap();
+    let log = serve.log.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l == "ready"),
+        "every stream synced:\n{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("synced ")).count(),
+        STREAMS
+    );
+    let refused: Vec<&String> = lines.iter().filter(|l| l.starts_with("refused ")).collect();
+    assert!(refused.is_empty(), "streams refused: {refused:?}");
+    let proxies: Value = serde_json::from_str(&syncz).unwrap();
+    let proxies = proxies["proxies"].as_array().expect("proxies");
+    assert_eq!(proxies.len(), STREAMS, "{syncz}");
+    assert!(proxies.iter().all(|p| p["namespace"] == "shop"), "{syncz}");
+}

@@ -176,6 +176,139 @@ async fn an_expired_token_is_refused_without_asking_the_api_server() {
     assert!(err.message().contains("Bearer"), "{}", err.message());
 }
 
+/// What the API server answers when API Priority and Fairness sheds a request.
+fn throttled() -> Response<Body> {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": 1}, "code": 429
+    });
+    Response::builder()
+        .status(StatusCode::TOO_MANY_REQUESTS)
+        .header("content-type", "application/json")
+        .header("retry-after", "1")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn checkout() -> Response<Body> {
+    review_answer(
+        true,
+        "system:serviceaccount:shop:checkout",
+        &["redis-xds"],
+        None,
+    )
+}
+
+/// Whether another request reaches the mock while everything else can make progress: on a
+/// paused clock the timeout fires only once no task can do anything more.
+async fn another_request(
+    handle: &mut std::pin::Pin<&mut tower_test::mock::Handle<Request<Body>, Response<Body>>>,
+) -> bool {
+    tokio::time::timeout(Duration::from_secs(3600), handle.next_request())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_presenting_one_token_at_once_cost_one_review() {
+    let (client, handle) = client();
+    let reviewer = Arc::new(TokenReviewer::new(client, "redis-xds"));
+    let streams: Vec<_> = (0..20)
+        .map(|_| {
+            let reviewer = Arc::clone(&reviewer);
+            tokio::spawn(async move { reviewer.review("same-token").await })
+        })
+        .collect();
+    let mut handle = pin!(handle);
+    expect_review(&mut handle, "same-token", checkout()).await;
+    for s in streams {
+        assert_eq!(s.await.unwrap().unwrap().namespace, "shop");
+    }
+    assert!(
+        !another_request(&mut handle).await,
+        "one review for 20 streams"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_review_is_asked_again_and_the_stream_waits() {
+    let (client, handle) = client();
+    let reviewer = Arc::new(TokenReviewer::new(client, "redis-xds"));
+    let review = {
+        let reviewer = Arc::clone(&reviewer);
+        tokio::spawn(async move { reviewer.review("busy-token").await })
+    };
+    let mut handle = pin!(handle);
+    for _ in 0..3 {
+        expect_review(&mut handle, "busy-token", throttled()).await;
+    }
+    expect_review(&mut handle, "busy-token", checkout()).await;
+    assert_eq!(review.await.unwrap().unwrap().service_account, "checkout");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_review_the_api_server_keeps_refusing_ends_unavailable_after_the_patience() {
+    let (client, handle) = client();
+    let reviewer =
+        Arc::new(TokenReviewer::new(client, "redis-xds").with_limits(4, Duration::from_secs(20)));
+    let review = {
+        let reviewer = Arc::clone(&reviewer);
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            (reviewer.review("busy-token").await, started.elapsed())
+        })
+    };
+    let mut handle = pin!(handle);
+    while !review.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(60), handle.next_request()).await {
+            Ok(Some((_, send))) => send.send_response(throttled()),
+            _ => break,
+        }
+    }
+    let (result, waited) = review.await.unwrap();
+    let status: Status = result.unwrap_err().into();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(20),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reviews_beyond_the_limit_wait_for_a_free_one() {
+    let (client, handle) = client();
+    let reviewer =
+        Arc::new(TokenReviewer::new(client, "redis-xds").with_limits(2, Duration::from_secs(60)));
+    let streams: Vec<_> = (0..4)
+        .map(|i| {
+            let reviewer = Arc::clone(&reviewer);
+            tokio::spawn(async move { reviewer.review(&format!("token-{i}")).await })
+        })
+        .collect();
+    let mut handle = pin!(handle);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        pending.push(handle.next_request().await.expect("a review"));
+    }
+    assert!(
+        !another_request(&mut handle).await,
+        "a third review while two are in flight"
+    );
+    let mut answered = 0;
+    while let Some((_, send)) = pending.pop() {
+        send.send_response(checkout());
+        answered += 1;
+        if answered + pending.len() < 4 {
+            pending.push(handle.next_request().await.expect("the next review"));
+        }
+    }
+    assert_eq!(answered, 4);
+    for s in streams {
+        assert!(s.await.unwrap().is_ok());
+    }
+}
+
 /// Maps bearer tokens to principals, standing in for TokenReview in the stream tests.
 #[derive(Debug)]
 struct Tokens;

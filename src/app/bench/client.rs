@@ -241,19 +241,20 @@ fn now_micros() -> u128 {
         .as_micros()
 }
 
-fn node(i: usize) -> Node {
+/// The node of stream `i`: in namespace `bench`, unless it authenticates, when the server
+/// takes the namespace from its token.
+fn node(i: usize, authenticates: bool) -> Node {
     use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let namespace = Value {
+        kind: Some(Kind::StringValue("bench".into())),
+    };
     Node {
         id: format!("bench-{i}"),
         metadata: Some(Struct {
-            fields: [(
-                "namespace".to_string(),
-                Value {
-                    kind: Some(Kind::StringValue("bench".into())),
-                },
-            )]
-            .into_iter()
-            .collect(),
+            fields: (!authenticates)
+                .then(|| ("namespace".to_string(), namespace))
+                .into_iter()
+                .collect(),
         }),
         ..Default::default()
     }
@@ -385,7 +386,7 @@ impl Envoy {
                     ..Default::default()
                 }
             };
-            let (tx, rx) = queued(req(CDS, "", "", Some(node(self.i)))).await;
+            let (tx, rx) = queued(req(CDS, "", "", Some(node(self.i, token.is_some())))).await;
             let mut responses = bounded(open_sotw(channel, rx, token), WAIT, "the headers")
                 .await?
                 .map_err(Failed::Refused)?;
@@ -404,7 +405,7 @@ impl Envoy {
                     ..Default::default()
                 }
             };
-            let (tx, rx) = queued(req(CDS, "", Some(node(self.i)))).await;
+            let (tx, rx) = queued(req(CDS, "", Some(node(self.i, token.is_some())))).await;
             let mut responses = bounded(open_delta(channel, rx, token), WAIT, "the headers")
                 .await?
                 .map_err(Failed::Refused)?;
