@@ -41,7 +41,7 @@ impl fmt::Display for GoDuration {
 }
 
 impl std::str::FromStr for GoDuration {
-    type Err = String;
+    type Err = DurationError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let value = parse(text)?;
@@ -59,26 +59,37 @@ const MAX_SECONDS: u64 = 315_576_000_000;
 /// with every unit.
 pub const MAX_LENGTH: usize = 64;
 
-/// Parses `1h2m3.5s`-style text. Errors say what was wrong and what is expected.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {text:?}: write a number and a unit (ns, us, ms, s, m, h), e.g. 500ms, 5s or 1m30s"
-        )
-    };
-    // google.protobuf.Duration caps seconds at 315,576,000,000 (10,000 years).
-    let too_long = || {
-        format!(
-            "invalid duration {text:?}: longer than the largest duration Envoy takes (about 10,000 years, 87660000h); write a shorter one"
-        )
-    };
+/// Why a duration text was refused; each message quotes the text and says what to write.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Not numbers with units.
+    #[error(
+        "invalid duration {0:?}: write a number and a unit (ns, us, ms, s, m, h), e.g. 500ms, 5s or 1m30s"
+    )]
+    Malformed(String),
+    /// Longer than `google.protobuf.Duration` holds: its seconds stop at 315,576,000,000
+    /// (10,000 years).
+    #[error(
+        "invalid duration {0:?}: longer than the largest duration Envoy takes (about 10,000 years, 87660000h); write a shorter one"
+    )]
+    TooLong(String),
+    /// More than [`MAX_LENGTH`] characters.
+    #[error(
+        "invalid duration {0:?}: more than {MAX_LENGTH} characters; write it shorter, e.g. 1h30m"
+    )]
+    TooManyCharacters(String),
+}
+
+/// Parses `1h2m3.5s`-style text (Go's `time.ParseDuration` without signs), up to the
+/// largest `google.protobuf.Duration`.
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Malformed(text.to_owned());
+    let too_long = || DurationError::TooLong(text.to_owned());
     if text.is_empty() {
         return Err(bad());
     }
     if text.len() > MAX_LENGTH {
-        return Err(format!(
-            "invalid duration {text:?}: more than {MAX_LENGTH} characters; write it shorter, e.g. 1h30m"
-        ));
+        return Err(DurationError::TooManyCharacters(text.to_owned()));
     }
     let mut total_nanos: u128 = 0;
     let mut rest = text;
@@ -171,7 +182,7 @@ mod tests {
             "87660001h",
             &format!("{}s", "9".repeat(45)),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(
                 e.contains("longer than the largest duration"),
                 "{text}: {e}"
@@ -181,7 +192,7 @@ mod tests {
             parse("87660000h").is_ok(),
             "10,000 years is still a duration"
         );
-        let e = parse(&"1s".repeat(40)).unwrap_err();
+        let e = parse(&"1s".repeat(40)).unwrap_err().to_string();
         assert!(e.contains("more than 64 characters"), "{e}");
     }
 
@@ -202,7 +213,8 @@ mod tests {
             "", "5", "s", "5 s", "-5s", "5sec", "1..5s", ".5s", "5.s", "1d",
         ] {
             let err = parse(bad).unwrap_err();
-            assert!(err.contains("invalid duration"), "{bad}: {err}");
+            assert_eq!(err, DurationError::Malformed(bad.to_owned()));
+            assert!(err.to_string().contains("invalid duration"), "{bad}: {err}");
         }
     }
 

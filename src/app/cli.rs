@@ -335,7 +335,7 @@ enum LogFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(s: &str) -> Result<std::time::Duration, crate::api::duration::DurationError> {
     crate::api::duration::parse(s)
 }
 

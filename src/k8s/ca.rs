@@ -130,9 +130,13 @@ impl Authority {
         })
     }
 
-    /// Reads a CA from its Secret; the error says what is wrong and how to mend it, and
-    /// never quotes the key.
-    pub fn from_secret(secret: &Secret) -> Result<Authority, String> {
+    /// Reads a CA from its Secret; the error ([`Error::Secret`]) says what is wrong and how
+    /// to mend it, and never quotes the key.
+    pub fn from_secret(secret: &Secret) -> Result<Authority, Error> {
+        Self::read_secret(secret).map_err(Error::Secret)
+    }
+
+    fn read_secret(secret: &Secret) -> Result<Authority, String> {
         let name = secret.metadata.name.as_deref().unwrap_or("");
         let ns = secret.metadata.namespace.as_deref().unwrap_or("");
         let data = secret.data.clone().unwrap_or_default();
@@ -266,7 +270,7 @@ pub async fn load_or_create(
         .await
         .map_err(api(format!("reading the CA Secret {namespace}/{name}")))?
     {
-        return Authority::from_secret(&secret).map_err(Error::Secret);
+        return Authority::from_secret(&secret);
     }
     let ca = Authority::generate()?;
     match secrets
@@ -282,7 +286,7 @@ pub async fn load_or_create(
             let secret = secrets.get(name).await.map_err(api(format!(
                 "reading the CA Secret {namespace}/{name} another replica created"
             )))?;
-            Authority::from_secret(&secret).map_err(Error::Secret)
+            Authority::from_secret(&secret)
         }
         Err(e) => Err(api(format!("creating the CA Secret {namespace}/{name}"))(e)),
     }
@@ -501,7 +505,7 @@ mod tests {
                 b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n".to_vec(),
             ),
         );
-        let err = Authority::from_secret(&secret).unwrap_err();
+        let err = Authority::from_secret(&secret).unwrap_err().to_string();
         assert!(err.contains("redis-xds/redis-xds-ca"), "{err}");
         assert!(err.contains("data.tls.key"), "{err}");
         assert!(
@@ -510,7 +514,7 @@ mod tests {
         );
         assert!(!err.contains("c2VjcmV0"), "{err}");
         secret.data.as_mut().unwrap().remove("tls.crt");
-        let err = Authority::from_secret(&secret).unwrap_err();
+        let err = Authority::from_secret(&secret).unwrap_err().to_string();
         assert!(err.contains("data.tls.crt and data.tls.key"), "{err}");
         assert!(!format!("{ca:?}").contains("PRIVATE"));
     }
@@ -523,7 +527,7 @@ mod tests {
         let data = secret.data.as_mut().unwrap();
         data.insert("tls.crt".into(), ByteString(leaf.chain));
         data.insert("tls.key".into(), ByteString(leaf.key));
-        let err = Authority::from_secret(&secret).unwrap_err();
+        let err = Authority::from_secret(&secret).unwrap_err().to_string();
         assert!(err.contains("not a CA certificate"), "{err}");
     }
 }

@@ -42,17 +42,11 @@ use std::sync::{Arc, RwLock};
 
 use axum::Json;
 use axum::extract::State;
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe,
-    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
-use crate::bootstrap::{BootstrapOptions, ClientTls, DataSource};
+mod sidecar;
 
 /// Name of the injected sidecar container.
 pub const SIDECAR: &str = "redis-xds-proxy";
@@ -109,6 +103,48 @@ pub struct InjectOptions {
     pub bundle: Arc<RwLock<String>>,
 }
 
+/// Why a pod is refused: the message the API server shows whoever created it, naming the
+/// annotation or field and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// A resource annotation that is not a Kubernetes quantity.
+    #[error(
+        "annotation {annotation}: {value:?} is not a Kubernetes quantity; write e.g. 200m for CPU or 256Mi for memory"
+    )]
+    Quantity {
+        /// The annotation.
+        annotation: &'static str,
+        /// What it says.
+        value: String,
+    },
+    /// A port annotation that is not a port.
+    #[error("annotation {annotation}: {value:?} is not a port; write a number from 1 to 65535")]
+    Port {
+        /// The annotation.
+        annotation: &'static str,
+        /// What it says.
+        value: String,
+    },
+    /// An image annotation that is not an image reference.
+    #[error(
+        "annotation {ANNOTATION_IMAGE}: {0:?} is not an image reference; write e.g. envoyproxy/envoy:v1.40.0"
+    )]
+    Image(String),
+    /// The admin and status ports are the same.
+    #[error(
+        "annotations {ANNOTATION_ADMIN_PORT} and {ANNOTATION_STATUS_PORT} are both {0}; give them different ports"
+    )]
+    SamePorts(u16),
+    /// The pod shares the node's network.
+    #[error(
+        "pod uses hostNetwork, where the sidecar's ports would collide with the node's; label it {INJECT}: disabled"
+    )]
+    HostNetwork,
+    /// The sidecar's bootstrap could not be built (a bug, or an unusable xDS address).
+    #[error("building the sidecar's bootstrap: {0}")]
+    Bootstrap(String),
+}
+
 fn opted_out(value: Option<&String>) -> bool {
     matches!(value.map(String::as_str), Some("disabled" | "false"))
 }
@@ -135,234 +171,6 @@ fn already_injected(pod: &Pod) -> bool {
     named(spec.and_then(|s| s.init_containers.as_ref())) || named(spec.map(|s| &s.containers))
 }
 
-/// Whether `s` is a Kubernetes quantity (`100m`, `1.5`, `128Mi`, `1e3`).
-fn is_quantity(s: &str) -> bool {
-    let number_end = s
-        .char_indices()
-        .find(|(i, c)| !(c.is_ascii_digit() || *c == '.' || (*i == 0 && (*c == '+' || *c == '-'))))
-        .map_or(s.len(), |(i, _)| i);
-    let (number, suffix) = s.split_at(number_end);
-    let digits = number.trim_start_matches(['+', '-']);
-    let valid_number = !digits.is_empty()
-        && digits != "."
-        && digits.matches('.').count() <= 1
-        && !number.starts_with('-');
-    let valid_suffix = matches!(
-        suffix,
-        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-    ) || (suffix.len() > 1
-        && suffix.starts_with(['e', 'E'])
-        && suffix[1..]
-            .trim_start_matches(['+', '-'])
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        && !suffix[1..].trim_start_matches(['+', '-']).is_empty());
-    valid_number && valid_suffix
-}
-
-/// Reads the override annotations; the error names the annotation and what to write.
-struct Overrides {
-    image: Option<String>,
-    requests: BTreeMap<String, Quantity>,
-    limits: BTreeMap<String, Quantity>,
-    admin_port: u16,
-    status_port: u16,
-}
-
-fn overrides(annotations: &BTreeMap<String, String>) -> Result<Overrides, String> {
-    let quantity = |key: &str, default: &str| -> Result<Quantity, String> {
-        match annotations.get(key) {
-            None => Ok(Quantity(default.into())),
-            Some(v) if is_quantity(v) => Ok(Quantity(v.clone())),
-            Some(v) => Err(format!(
-                "annotation {key}: {v:?} is not a Kubernetes quantity; write e.g. 200m for CPU or 256Mi for memory"
-            )),
-        }
-    };
-    let port = |key: &str, default: u16| -> Result<u16, String> {
-        match annotations.get(key) {
-            None => Ok(default),
-            Some(v) => v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                format!("annotation {key}: {v:?} is not a port; write a number from 1 to 65535")
-            }),
-        }
-    };
-    let image = match annotations.get(ANNOTATION_IMAGE) {
-        Some(v) if v.trim().is_empty() || v.contains(char::is_whitespace) => {
-            return Err(format!(
-                "annotation {ANNOTATION_IMAGE}: {v:?} is not an image reference; write e.g. envoyproxy/envoy:v1.40.0"
-            ));
-        }
-        v => v.cloned(),
-    };
-    let o = Overrides {
-        image,
-        requests: BTreeMap::from([
-            ("cpu".to_string(), quantity(ANNOTATION_CPU, "100m")?),
-            ("memory".to_string(), quantity(ANNOTATION_MEMORY, "128Mi")?),
-        ]),
-        limits: BTreeMap::from([
-            ("cpu".to_string(), quantity(ANNOTATION_CPU_LIMIT, "2")?),
-            (
-                "memory".to_string(),
-                quantity(ANNOTATION_MEMORY_LIMIT, "512Mi")?,
-            ),
-        ]),
-        admin_port: port(ANNOTATION_ADMIN_PORT, DEFAULT_ADMIN_PORT)?,
-        status_port: port(ANNOTATION_STATUS_PORT, DEFAULT_STATUS_PORT)?,
-    };
-    if o.admin_port == o.status_port {
-        return Err(format!(
-            "annotations {ANNOTATION_ADMIN_PORT} and {ANNOTATION_STATUS_PORT} are both {}; give them different ports",
-            o.admin_port
-        ));
-    }
-    Ok(o)
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
-fn ready_probe(port: u16, period: i32, failures: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/ready".into()),
-            port: IntOrString::Int(port.into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(3),
-        ..Probe::default()
-    }
-}
-
-/// The sidecar container for a pod in `namespace` with `labels`.
-fn sidecar(
-    opts: &InjectOptions,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-    o: &Overrides,
-) -> Result<Container, String> {
-    let bundle = opts
-        .bundle
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let bootstrap = crate::bootstrap::bootstrap(&BootstrapOptions {
-        xds_address: opts.xds_address.clone(),
-        node_id: "$(POD_NAME)".into(),
-        namespace: Some(namespace.into()),
-        labels: labels.clone(),
-        // Expanded by the kubelet when the sidecar starts, after scheduling: where the
-        // cluster labels pods with their node's zone (Kubernetes' PodTopologyLabels
-        // admission), the sidecar knows it; elsewhere it is empty and left out.
-        zone: Some("$(ZONE)".into()),
-        admin_port: o.admin_port,
-        sotw: false,
-        tls: Some(ClientTls {
-            ca: DataSource::InlineString(bundle),
-            cert: None,
-            key: None,
-            server_name: Some(opts.server_name.clone()),
-        }),
-        token_path: Some(format!("{TOKEN_DIR}/token").into()),
-        status: Some(("$(POD_IP)".into(), o.status_port)),
-    })
-    .map_err(|e| format!("building the sidecar's bootstrap: {e}"))?;
-    let bootstrap = serde_json::to_string(&bootstrap).map_err(|e| e.to_string())?;
-    Ok(Container {
-        name: SIDECAR.into(),
-        image: Some(o.image.clone().unwrap_or_else(|| opts.image.clone())),
-        // A native sidecar: started before the application's containers, stopped after
-        // them, restarted on its own.
-        restart_policy: Some("Always".into()),
-        args: Some(vec![
-            "--config-yaml".into(),
-            bootstrap,
-            "--concurrency".into(),
-            CONCURRENCY.to_string(),
-            "--disable-hot-restart".into(),
-            "--log-level".into(),
-            "warn".into(),
-        ]),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_IP", "status.podIP"),
-            field_env("ZONE", "metadata.labels['topology.kubernetes.io/zone']"),
-        ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("redis-xds-stat".into()),
-            container_port: o.status_port.into(),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        // Polled every second for up to two minutes: the application starts as soon as
-        // Envoy is ready, and Envoy gives up waiting for its first configuration after
-        // 15 s (its initial fetch timeout) anyway.
-        startup_probe: Some(ready_probe(o.status_port, 1, 120)),
-        readiness_probe: Some(ready_probe(o.status_port, 5, 3)),
-        resources: Some(ResourceRequirements {
-            requests: Some(o.requests.clone()),
-            limits: Some(o.limits.clone()),
-            ..ResourceRequirements::default()
-        }),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(101),
-            run_as_group: Some(101),
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            privileged: Some(false),
-            capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..SeccompProfile::default()
-            }),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    })
-}
-
-fn token_volume(audience: &str) -> Volume {
-    Volume {
-        name: TOKEN_VOLUME.into(),
-        projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![VolumeProjection {
-                service_account_token: Some(ServiceAccountTokenProjection {
-                    audience: Some(audience.into()),
-                    expiration_seconds: Some(3600),
-                    path: "token".into(),
-                }),
-                ..VolumeProjection::default()
-            }]),
-            ..ProjectedVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
-}
-
 /// The pod with the sidecar, or `None` when it is to be left alone (see the module docs);
 /// `Err` refuses the pod with that message.
 pub fn inject(
@@ -370,7 +178,7 @@ pub fn inject(
     namespace: &str,
     scope: Scope,
     opts: &InjectOptions,
-) -> Result<Option<Pod>, String> {
+) -> Result<Option<Pod>, InjectError> {
     if SYSTEM_NAMESPACES.contains(&namespace) || namespace == opts.own_namespace {
         return Ok(None);
     }
@@ -388,13 +196,11 @@ pub fn inject(
         return Ok(None);
     };
     if spec.host_network == Some(true) {
-        return Err(format!(
-            "pod uses hostNetwork, where the sidecar's ports would collide with the node's; label it {INJECT}: disabled"
-        ));
+        return Err(InjectError::HostNetwork);
     }
-    let o = overrides(&annotations)?;
+    let o = sidecar::overrides(&annotations)?;
     let mut out = pod.clone();
-    let container = sidecar(opts, namespace, &labels, &o)?;
+    let container = sidecar::sidecar(opts, namespace, &labels, &o)?;
     let spec = out.spec.get_or_insert_with(Default::default);
     // First, so that init containers after it (migrations and the like) can use Redis too.
     spec.init_containers
@@ -402,7 +208,7 @@ pub fn inject(
         .insert(0, container);
     spec.volumes
         .get_or_insert_with(Vec::new)
-        .push(token_volume(&opts.token_audience));
+        .push(sidecar::token_volume(&opts.token_audience));
     out.metadata
         .labels
         .get_or_insert_with(BTreeMap::new)
@@ -652,7 +458,8 @@ mod tests {
                 Scope::Namespace,
                 &opts(),
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(
                 err.contains(key) && err.contains(says),
                 "{key}={value}: {err}"
@@ -687,10 +494,10 @@ mod tests {
         for ok in [
             "1", "100m", "0.5", "1.5Gi", "128Mi", "1e3", "2E-2", "+1", ".5",
         ] {
-            assert!(is_quantity(ok), "{ok}");
+            assert!(sidecar::is_quantity(ok), "{ok}");
         }
         for bad in ["", "m", "1.2.3", "-1", "1mi", "1e", "ten", "1 Gi"] {
-            assert!(!is_quantity(bad), "{bad}");
+            assert!(!sidecar::is_quantity(bad), "{bad}");
         }
     }
 
