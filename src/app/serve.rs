@@ -362,8 +362,7 @@ pub async fn run(
     }
     info!(xds_auth = ?auth, "proxy authentication");
 
-    let listener = TcpListener::bind(opts.xds_addr)
-        .await
+    let listener = crate::xds::server::bind(opts.xds_addr)
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let local = listener.local_addr()?;
 

@@ -85,6 +85,34 @@ pub fn builder() -> Server {
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
+/// Connections the kernel queues for `accept` when tokio's default (1,024) is not enough:
+/// the system's own limit, `net.core.somaxconn` (4,096 on current kernels), as Go's
+/// listeners (istiod's among them) take. When a rollout sends a whole fleet's sidecars to
+/// one replica in the same second, a full queue drops their SYNs, and each dropped client
+/// waits a second or more for its retransmission.
+pub fn listen_backlog() -> i32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n: &i32| *n > 0)
+        .unwrap_or(4096)
+}
+
+/// A listener on `addr` for the xDS port, with [`listen_backlog`] (and `SO_REUSEADDR`, as
+/// tokio's `bind` sets it).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(listen_backlog())?;
+    TcpListener::from_std(socket.into())
+}
+
 /// TCP settings of every accepted xDS connection: no Nagle delay (responses are written
 /// whole), and [`TCP_KEEPALIVE`].
 fn on_accept(tcp: &tokio::net::TcpStream) {

@@ -7,7 +7,7 @@
 //! stream (`GrpcMuxImpl`: jittered, from 500 ms doubling to at most 30 s).
 //!
 //! It talks to its driver over standard streams. Out, one line each: `synced <unix µs>`
-//! when a stream has synced (`resync <unix µs>` after a reconnect), `refused <gRPC code>`
+//! when a stream has synced (`resync <unix µs>` after a reconnect), `refused <gRPC code> <message>`
 //! when a stream was refused, `ready` once all have synced the first time, then per round
 //! `ack <unix µs>` for each stream that ACKed the change (or `resync` lines) and `done`. In,
 //! one command per line: `reconnect` makes every stream drop its connection at the same

@@ -112,7 +112,7 @@ async fn start(
         initial_lds: Arc::new(response(LDS, &initial.listeners, "f-2")),
         change,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

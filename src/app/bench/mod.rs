@@ -388,7 +388,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
     let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -712,7 +712,7 @@ pub async fn run_reconnect(opts: BenchOptions) -> anyhow::Result<StormReport> {
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
     let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
