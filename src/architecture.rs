@@ -7,6 +7,9 @@
 //!   handles (`kube::Api`, `kube::Client`, `kube::api`).
 //! - Nothing below `app/` names it.
 //! - The files of one folder import one another without a circle.
+//! - No two modules share a name: a name says which one is meant. The one exception is
+//!   `k8s`, the Kubernetes side of the sources (`source/k8s/`, reading) and of the outputs
+//!   (`k8s/`, writing), named so where each belongs.
 //!
 //! Comments and test modules are left out: they may name anything.
 
@@ -107,6 +110,22 @@ fn only_the_kubernetes_modules_hold_api_handles() {
         "only k8s/, source/k8s/ and app/ hold API handles",
         offenders,
     );
+}
+
+#[test]
+fn no_two_modules_share_a_name() {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for path in sources().keys() {
+        let module = module(path);
+        let name = module.rsplit("::").next().unwrap_or(&module).to_owned();
+        by_name.entry(name).or_default().push(path.clone());
+    }
+    let offenders = by_name
+        .into_iter()
+        .filter(|(name, paths)| paths.len() > 1 && name != "k8s" && name != "lib" && name != "main")
+        .map(|(name, paths)| format!("{name}: {}", paths.join(", ")))
+        .collect();
+    breaks("no two modules share a name", offenders);
 }
 
 #[test]

@@ -703,14 +703,14 @@ fn run_bootstrap(args: BootstrapArgs) -> anyhow::Result<()> {
 }
 
 fn run_status(args: &StatusArgs) -> anyhow::Result<()> {
-    let body = crate::debug::client::http_get(&args.debug_addr, "/debug/syncz")?;
+    let body = crate::debug::remote::http_get(&args.debug_addr, "/debug/syncz")?;
     let syncz: serde_json::Value = serde_json::from_str(&body).context("reading /debug/syncz")?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &syncz)?;
         writeln!(stdout)?;
     } else {
-        stdout.write_all(crate::debug::client::table(&syncz).as_bytes())?;
+        stdout.write_all(crate::debug::remote::table(&syncz).as_bytes())?;
     }
     Ok(())
 }
@@ -772,13 +772,13 @@ fn run_bench_client(args: &BenchClientArgs) -> anyhow::Result<()> {
             .collect(),
         None => Vec::new(),
     };
-    let opts = crate::app::bench::client::ClientOptions {
+    let opts = crate::app::bench::envoys::ClientOptions {
         streams: args.streams,
         sotw_share: args.sotw_share,
         tokens,
         all_at_once: args.all_at_once,
     };
-    runtime()?.block_on(crate::app::bench::client::run(args.addr, opts))
+    runtime()?.block_on(crate::app::bench::envoys::run(args.addr, opts))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! AUTH passwords never leave this server: resources go through [`protojson::redact`], and
 //! NACK messages were redacted when they arrived.
 
-pub mod client;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;

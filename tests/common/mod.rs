@@ -381,7 +381,7 @@ pub fn envoy_counter(admin: &str, name: &str) -> u64 {
 
 /// A plain HTTP GET; the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    redis_xds::debug::client::http_get(addr, path).ok()
+    redis_xds::debug::remote::http_get(addr, path).ok()
 }
 
 /// Names of Envoy's active dynamic clusters and listeners, from its admin /config_dump.
@@ -427,7 +427,7 @@ pub fn redis_command(addr: &str, args: &[&str]) -> Option<String> {
 
 /// The raw answer (status line and body) of a debug-server GET, whatever its status.
 pub fn redis_xds_status(addr: &str, path: &str) -> String {
-    match redis_xds::debug::client::http_get(addr, path) {
+    match redis_xds::debug::remote::http_get(addr, path) {
         Ok(body) => format!("200 {body}"),
         Err(e) => e.to_string(),
     }

@@ -1,6 +1,6 @@
 //! An in-process ADS client for tests: both variants, with the checks every response must
 //! pass (fresh non-empty nonce, unique resource names). Streams open as the bench's
-//! simulated Envoys open theirs (`redis_xds::app::bench::client`).
+//! simulated Envoys open theirs (`redis_xds::app::bench::envoys`).
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use redis_xds::app::bench::client::{open_delta, open_sotw};
+use redis_xds::app::bench::envoys::{open_delta, open_sotw};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 

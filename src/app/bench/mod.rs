@@ -570,7 +570,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     })
 }
 
-pub mod client;
+pub mod envoys;
 mod floor;
 
 /// The floor alone (`bench-floor`), printing `{"p99_rounds_ms": [..], "rss_per_stream_kib"}`.
