@@ -118,25 +118,29 @@ pub fn live_by_size_class() -> Option<Vec<(u64, u64)>> {
 }
 
 /// Whether jemalloc's background purging thread is on (it is, by the compiled-in options).
-pub fn background_purging() -> bool {
+#[cfg(test)]
+fn background_purging() -> bool {
     tikv_jemalloc_ctl::background_thread::read().unwrap_or(false)
 }
 
 /// Whether jemalloc keeps per-thread caches of freed objects (it does not, by the
 /// compiled-in options).
-pub fn thread_caches() -> bool {
+#[cfg(test)]
+fn thread_caches() -> bool {
     tikv_jemalloc_ctl::opt::tcache::read().unwrap_or(true)
 }
 
 /// How many automatic arenas jemalloc was configured with (`opt.narenas`; 1 by the
 /// compiled-in options). jemalloc adds a dedicated arena for huge allocations on top.
-pub fn arenas() -> Option<u32> {
+#[cfg(test)]
+fn arenas() -> Option<u32> {
     tikv_jemalloc_ctl::opt::narenas::read().ok()
 }
 
 /// The slab size, in bytes, from which jemalloc carves regions of `size` bytes; `None` when
 /// `size` is not one of its small size classes (`arenas.bin.<i>.size`, `.slab_size`).
-pub fn slab_size(size: usize) -> Option<usize> {
+#[cfg(test)]
+fn slab_size(size: usize) -> Option<usize> {
     use tikv_jemalloc_ctl::{Access, AsName};
     let bins: u32 = b"arenas.nbins\0".name().read().ok()?;
     (0..bins).find_map(|i| {

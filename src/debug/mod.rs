@@ -2,6 +2,7 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `/` | an HTML overview of the rest for a person ([`overview`]) |
 //! | `/debug/config_dump?proxy=ID` | what that proxy was sent, in Envoy's config_dump layout |
 //! | `/debug/syncz` | every connected proxy, per type: versions and SYNCED/STALE/NACKED/NOT_SENT |
 //! | `/debug/model` | every input object with its source, and every problem |
@@ -11,6 +12,7 @@
 //! AUTH passwords never leave this server: resources go through [`protojson::redact`], and
 //! NACK messages were redacted when they arrived.
 
+mod overview;
 pub mod remote;
 
 use std::collections::HashMap;
@@ -59,10 +61,11 @@ pub struct DebugState {
 }
 
 /// The router. `/healthz`, `/readyz` and `/metrics` stay open (probes and Prometheus);
-/// `/debug/*` goes through [`DebugState::access`]. Serve it with
+/// `/` and `/debug/*` go through [`DebugState::access`]. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: the check needs the peer.
 pub fn router(state: DebugState) -> Router {
     let debug = Router::new()
+        .route("/", get(overview))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/syncz", get(syncz))
         .route("/debug/model", get(model))
@@ -266,7 +269,7 @@ fn error_state(kind: ResourceType, r: Option<&Rejected>) -> Option<admin::Update
 /// Envoy's config_dump of what the proxy holds: what it was sent, less what it refused.
 /// A refused resource carries `error_state`, as in Envoy's own dump, next to the version
 /// the proxy kept, if any.
-pub fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
+fn config_dump_json(p: &ProxyStatus) -> Result<Value, protojson::Error> {
     let cds = p.types.get(&ResourceType::Cluster);
     let eds = p.types.get(&ResourceType::Endpoint);
     let lds = p.types.get(&ResourceType::Listener);
@@ -365,7 +368,7 @@ async fn config_dump(
 }
 
 /// Every input object with its source, and every problem.
-pub fn model_json(snapshot: &Snapshot, dir: Option<&DirState>) -> Value {
+fn model_json(snapshot: &Snapshot, dir: Option<&DirState>) -> Value {
     let m = &snapshot.model;
     let c = &snapshot.compiled;
     let objects: Vec<Value> = m
@@ -418,6 +421,19 @@ pub fn model_json(snapshot: &Snapshot, dir: Option<&DirState>) -> Value {
         "problems": problems,
         "notes": notes,
     })
+}
+
+async fn overview(State(s): State<DebugState>) -> axum::response::Html<String> {
+    let snapshot = Arc::clone(&s.snapshots.borrow());
+    let dir = s.dir.as_ref().map(|d| Arc::clone(&d.borrow()));
+    let proxies = s.registry.list();
+    let failed = s.failed.borrow().clone();
+    let serving = match (&failed, *s.ready.borrow()) {
+        (Some(why), _) => overview::Serving::Failed(why),
+        (None, true) => overview::Serving::Ready,
+        (None, false) => overview::Serving::Starting,
+    };
+    axum::response::Html(overview::page(&snapshot, dir.as_deref(), &proxies, serving).into_string())
 }
 
 async fn model(State(s): State<DebugState>) -> Json<Value> {

@@ -205,7 +205,7 @@ fn string_map(v: &Value) -> BTreeMap<String, String> {
 
 /// One generated EnvoyFilter object (the JSON of [`crate::istio::envoy_filters`]) as the
 /// resource istiod reads. `None` for a shape this module does not write (a bug).
-pub fn to_resource(filter: &Value) -> Option<McpResource> {
+fn to_resource(filter: &Value) -> Option<McpResource> {
     let patches = filter["spec"]["configPatches"]
         .as_array()?
         .iter()
@@ -260,7 +260,7 @@ pub fn to_resource(filter: &Value) -> Option<McpResource> {
 
 /// The generated EnvoyFilters as resources: named `namespace/name`, each the encoded
 /// [`McpResource`] (its `Any` wrapper is added on the wire), versioned by content.
-pub fn filter_resources(filters: &[Value]) -> ResourceMap {
+fn filter_resources(filters: &[Value]) -> ResourceMap {
     filters
         .iter()
         .filter_map(|f| {
@@ -284,7 +284,7 @@ pub fn filter_resources(filters: &[Value]) -> ResourceMap {
 /// What the config source serves istiod: the EnvoyFilters of one ready snapshot, the same
 /// for every client.
 #[derive(Debug)]
-pub struct FilterSource {
+struct FilterSource {
     resources: Arc<ProxyResources>,
     snapshot: Arc<Snapshot>,
 }

@@ -56,7 +56,7 @@ pub struct Sidecar {
 
 /// Reads one proxy from istiod's `/debug/adsz?proxyID=` (`adsz`: its namespace and
 /// labels) and `/debug/config_dump?proxyID=` (`dump`).
-pub fn sidecar_from_dump(adsz: &Value, dump: &Value, listeners_acked: bool) -> Sidecar {
+fn sidecar_from_dump(adsz: &Value, dump: &Value, listeners_acked: bool) -> Sidecar {
     let mut s = Sidecar {
         listeners_acked,
         ..Sidecar::default()

@@ -132,7 +132,7 @@ impl Authority {
 
     /// Reads a CA from its Secret; the error ([`Error::Secret`]) says what is wrong and how
     /// to mend it, and never quotes the key.
-    pub fn from_secret(secret: &Secret) -> Result<Authority, Error> {
+    fn from_secret(secret: &Secret) -> Result<Authority, Error> {
         Self::read_secret(secret).map_err(Error::Secret)
     }
 
@@ -190,7 +190,7 @@ impl Authority {
     }
 
     /// The Secret that keeps this CA.
-    pub fn to_secret(&self, namespace: &str, name: &str) -> Secret {
+    fn to_secret(&self, namespace: &str, name: &str) -> Secret {
         let data = BTreeMap::from([
             (
                 "tls.crt".to_string(),
@@ -259,7 +259,7 @@ impl Authority {
 }
 
 /// Reads the CA from Secret `namespace/name`, creating it when there is none.
-pub async fn load_or_create(
+async fn load_or_create(
     client: &kube::Client,
     namespace: &str,
     name: &str,
@@ -295,7 +295,7 @@ pub async fn load_or_create(
 /// Puts `bundle` into the `caBundle` of every webhook of MutatingWebhookConfiguration
 /// `name`, when it differs. A configuration that does not exist (not installed yet) is
 /// not an error: it is tried again at the next check.
-pub async fn reconcile_webhook_ca(
+async fn reconcile_webhook_ca(
     client: &kube::Client,
     name: &str,
     bundle: &str,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::istio::{IstioOptions, MANAGED_BY, SOURCES_ANNOTATION, envoy_filters, log_new_problems};
 
 /// The EnvoyFilter kind, as the API server serves it.
-pub fn envoy_filter_resource() -> kube::core::ApiResource {
+fn envoy_filter_resource() -> kube::core::ApiResource {
     kube::core::ApiResource::from_gvk_with_plural(
         &kube::core::GroupVersionKind::gvk("networking.istio.io", "v1alpha3", "EnvoyFilter"),
         "envoyfilters",

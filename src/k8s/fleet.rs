@@ -238,7 +238,7 @@ fn alive(lease: &Lease, now: jiff::Timestamp) -> bool {
 
 /// The counts of every other replica of the fleet whose Lease is alive at `now`, summed.
 /// A Lease whose annotation cannot be read is skipped with a warning.
-pub fn others_from(
+fn others_from(
     leases: &[Lease],
     cfg: &FleetConfig,
     now: jiff::Timestamp,

@@ -64,7 +64,7 @@ fn not_programmed(
 }
 
 /// The status one object should have now.
-pub fn status_for(
+fn status_for(
     key: &ObjectKey,
     snapshot: &Snapshot,
     facts: Option<&Facts>,
@@ -166,7 +166,7 @@ pub fn status_for(
 /// The status of an object the API server stored but redis-xds cannot read: not accepted,
 /// with the field and the reason, so that `kubectl get rdc` and `describe` say why it is
 /// not served.
-pub fn undecodable_status(
+fn undecodable_status(
     problem: &Undecodable,
     previous: Option<&RedisClusterStatus>,
     now: &Time,
@@ -307,7 +307,7 @@ pub async fn write_changed(
 
 /// [`write_changed`] with the proxy facts of the whole fleet, and the Istio-mode facts of
 /// each object.
-pub async fn write_changed_with(
+async fn write_changed_with(
     client: &kube::Client,
     snapshot: &Snapshot,
     undecodable: &BTreeMap<ObjectKey, Undecodable>,

@@ -260,11 +260,6 @@ impl TypeTracker {
         self.acked_version.as_deref()
     }
 
-    /// Nonce of the last response sent.
-    pub fn last_nonce(&self) -> Option<&str> {
-        self.last_nonce.as_deref()
-    }
-
     /// The last NACK, until a later response is ACKed and nothing is refused any more.
     pub fn nack(&self) -> Option<&Nack> {
         self.nack.as_deref()

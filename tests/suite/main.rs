@@ -20,5 +20,6 @@ mod istio_config_source;
 mod kube_client;
 mod manifests_serve;
 mod operator_view;
+mod overview;
 mod xds_auth;
 mod xds_port;
