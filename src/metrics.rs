@@ -35,6 +35,14 @@ pub struct Metrics {
     pub problems: Family<Label, Gauge>,
     /// Changes seen by the sources, by source (`source` = manifests | kubernetes).
     pub source_events: Family<Label, Counter>,
+    /// Connected proxies by sync state (`state` = synced | stale | nacked | not_sent; the
+    /// `/debug/syncz` names in lower case): a proxy is `nacked` while it refuses anything,
+    /// `synced` once it ACKed all it should hold of every type it asked for. Set on each
+    /// scrape from the connected streams.
+    pub proxies: Family<Label, Gauge>,
+    /// 1 while the server serves: the source was read, and no task failed (what `/readyz`
+    /// says); 0 otherwise. Set on each scrape.
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,6 +60,8 @@ impl Default for Metrics {
             model_objects: Family::default(),
             problems: Family::default(),
             source_events: Family::default(),
+            proxies: Family::default(),
+            ready: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -99,6 +109,16 @@ impl Default for Metrics {
             "Changes seen by the sources",
             m.source_events.clone(),
         );
+        registry.register(
+            "proxies",
+            "Connected proxies by sync state",
+            m.proxies.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while the server serves (the source was read, no task failed)",
+            m.ready.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -123,7 +143,14 @@ mod tests {
         m.connected.get_or_create(&[("variant", "delta")]).inc();
         m.pushes.get_or_create(&[("type", "LDS")]).inc();
         m.push_latency.observe(0.02);
+        m.proxies.get_or_create(&[("state", "nacked")]).set(2);
+        m.ready.set(1);
         let text = m.encode();
+        assert!(
+            text.contains("redis_xds_proxies{state=\"nacked\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("redis_xds_ready 1"), "{text}");
         assert!(
             text.contains("redis_xds_xds_connected_proxies{variant=\"delta\"} 1"),
             "{text}"

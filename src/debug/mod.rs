@@ -150,7 +150,49 @@ async fn readyz(State(s): State<DebugState>) -> Response {
     }
 }
 
+/// The state a proxy counts in on `redis_xds_proxies`: `nacked` if any type is,
+/// `synced` if every type it asked for is, `not_sent` if nothing was sent yet, else
+/// `stale`.
+fn proxy_state(p: &ProxyStatus) -> crate::xds::tracker::SyncState {
+    use crate::xds::tracker::SyncState;
+    let states: Vec<SyncState> = p.types.values().map(TypeStatus::sync_state).collect();
+    if states.contains(&SyncState::Nacked) {
+        SyncState::Nacked
+    } else if states.is_empty() || states.iter().all(|s| *s == SyncState::NotSent) {
+        SyncState::NotSent
+    } else if states.iter().all(|s| *s == SyncState::Synced) {
+        SyncState::Synced
+    } else {
+        SyncState::Stale
+    }
+}
+
 async fn metrics(State(s): State<DebugState>) -> Response {
+    use crate::xds::tracker::SyncState;
+    let mut counts = [0i64; 4];
+    let order = [
+        SyncState::Synced,
+        SyncState::Stale,
+        SyncState::Nacked,
+        SyncState::NotSent,
+    ];
+    for p in s.registry.list() {
+        let state = proxy_state(&p);
+        if let Some(i) = order.iter().position(|o| *o == state) {
+            counts[i] += 1;
+        }
+    }
+    for (state, n) in order.iter().zip(counts) {
+        let label = match state {
+            SyncState::Synced => "synced",
+            SyncState::Stale => "stale",
+            SyncState::Nacked => "nacked",
+            SyncState::NotSent => "not_sent",
+        };
+        s.metrics.proxies.get_or_create(&[("state", label)]).set(n);
+    }
+    let serving = *s.ready.borrow() && s.failed.borrow().is_none();
+    s.metrics.ready.set(i64::from(serving));
     (
         [(
             header::CONTENT_TYPE,

@@ -7,6 +7,7 @@
 mod common;
 
 mod ads;
+mod alerts;
 mod compile;
 mod compile_props;
 mod crd;

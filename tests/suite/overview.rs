@@ -110,13 +110,33 @@ async fn the_overview_shows_objects_proxies_and_what_they_acked_without_scripts(
             .map(|_| ())
     });
 
+    // The same facts for Prometheus.
+    let metrics = common::http_get(&serve.debug, "/metrics").expect("metrics");
+    for sample in [
+        "redis_xds_proxies{state=\"synced\"} 1",
+        "redis_xds_proxies{state=\"nacked\"} 1",
+        "redis_xds_proxies{state=\"stale\"} 0",
+        "redis_xds_ready 1",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
+
     let url = format!("http://{}/", serve.debug);
     if std::env::var_os("REDIS_XDS_UPDATE_SCREENSHOT").is_some() {
         // The picture in docs/operations.md, of this very page.
         let png = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/overview.png");
         let status = std::process::Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
-            .args(["--window-size=1280,720", &format!("--screenshot={png}"), &url])
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args([
+                "--window-size=1280,720",
+                &format!("--screenshot={png}"),
+                &url,
+            ])
             .output()
             .expect("chromium runs");
         assert!(status.status.success());
