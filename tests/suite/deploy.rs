@@ -624,3 +624,53 @@ fn every_overlay_builds_and_the_istio_one_runs_serve_as_istiods_config_source() 
             .any(|p| p.port == 18002)
     );
 }
+
+/// Prometheus finds the metrics: the pod annotations and the ServiceMonitor name the port
+/// `serve` answers `/metrics` on, and the Service exposes it under the name the
+/// ServiceMonitor uses.
+#[test]
+fn prometheus_is_pointed_at_the_port_that_serves_metrics() {
+    let doc = documents(&common::root().join("deploy/base/deployment.yaml")).remove(0);
+    let d: Deployment = strict(&doc).unwrap();
+    let template = d.spec.unwrap().template;
+    let annotations = template.metadata.unwrap().annotations.unwrap();
+    let container = &template.spec.unwrap().containers[0];
+    let debug_port = container
+        .args
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.strip_prefix("--debug-addr="))
+        .and_then(|a| a.rsplit(':').next())
+        .expect("--debug-addr in the container's args")
+        .to_owned();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], debug_port);
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let named_port = container
+        .ports
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|p| p.container_port.to_string() == debug_port)
+        .and_then(|p| p.name.clone())
+        .expect("the debug port is named");
+
+    let services = documents(&common::root().join("deploy/base/service.yaml"));
+    let service = &services[0];
+    let monitor = documents(&common::root().join("monitoring/servicemonitor.yaml")).remove(0);
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"], "/metrics");
+    let port = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the ServiceMonitor's port is one of the Service's");
+    assert_eq!(port["targetPort"], named_port.as_str());
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        service["metadata"]["labels"]
+    );
+}
