@@ -32,7 +32,7 @@ pub fn listener_name(key: &ObjectKey, address: IpAddr, port: u16) -> String {
 
 /// `stat_prefix` of the redis_proxy filter.
 pub fn stat_prefix(key: &ObjectKey) -> String {
-    format!("{}.{}", key.namespace, key.name)
+    format!("{}/{}", key.namespace, key.name)
 }
 
 #[cfg(test)]
@@ -51,6 +51,8 @@ mod tests {
             listener_name(&key, "::1".parse().unwrap(), 6380),
             "redis/shop/orders@[::1]:6380"
         );
-        assert_eq!(stat_prefix(&key), "shop.orders");
+        // No dot: Envoy's tag extractor takes a redis_proxy prefix up to its first dot as
+        // `envoy_redis_prefix`, so the whole object lands in that label.
+        assert_eq!(stat_prefix(&key), "shop/orders");
     }
 }

@@ -107,6 +107,20 @@ fn envoy_follows_serve(sotw: bool) {
         redis_command(&format!("127.0.0.1:{port}"), &["PING"])
     });
     assert_eq!(reply, "+PONG\r\n");
+    // Envoy's Prometheus output names the RedisCluster in one label, so that a dashboard
+    // groups commands by object: its tag extractor takes a redis_proxy stat prefix up to the
+    // first dot, and redis-xds's prefix has none.
+    let prometheus = common::http_get(&admin, "/stats/prometheus").unwrap();
+    assert!(
+        prometheus.contains("\nenvoy_redis_command_get_total{envoy_redis_prefix=\"shop/orders\"} ")
+            && !prometheus.contains("envoy_redis_orders_"),
+        "{}",
+        prometheus
+            .lines()
+            .filter(|l| l.contains("redis"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // A cluster-level edit of the EDS-fed Sharded cluster, its endpoints unchanged: Envoy
     // warms the new cluster until its ClusterLoadAssignment arrives, which redis-xds sends
