@@ -22,7 +22,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -31,20 +31,6 @@ use common::apiserver::ApiServer;
 
 /// Tokens are made by this many threads at once.
 const TOKEN_THREADS: usize = 8;
-
-fn kubectl_apply(api: &ApiServer, file: &str) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args(["apply", "--server-side", "-f", file])
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl apply -f {file}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A token for ServiceAccount `namespace/account`, for `audience` (the API server's own
 /// when `None`).
@@ -124,21 +110,8 @@ fn storm(
     n: usize,
     tokens: Option<&std::path::Path>,
 ) -> Storm {
-    let mut cmd = common::redis_xds();
-    cmd.args([
-        "serve",
-        "--xds-addr",
-        "127.0.0.1:0",
-        "--debug-addr",
-        "127.0.0.1:0",
-        "--lease-namespace",
-        "redis-xds",
-        "--xds-auth",
-        auth,
-    ])
-    .env("KUBECONFIG", kubeconfig)
-    .env_remove("KUBERNETES_SERVICE_HOST");
-    let serve = common::start_serve_command(cmd, "info");
+    let serve =
+        common::apiserver::start_serve_as(kubeconfig, "redis-xds", &["--xds-auth", auth], "info");
     common::wait_until("serve is ready", || {
         (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
     });
@@ -189,13 +162,17 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let api = ApiServer::start();
-    let root = env!("CARGO_MANIFEST_DIR");
     for file in [
         "crds/redisclusters.yaml",
         "deploy/base/namespace.yaml",
         "deploy/base/rbac.yaml",
     ] {
-        kubectl_apply(&api, &format!("{root}/{file}"));
+        let out = api.kubectl_apply(&["--server-side", "-f", file]);
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     api.wait_crd_established();
     api.namespace("shop");

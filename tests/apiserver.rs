@@ -476,6 +476,24 @@ fn should_count_the_proxies_of_every_replica_and_move_the_status_lease_when_its_
     );
 }
 
+/// Namespace `shop` with ServiceAccount `app`, whose tokens the proxies present, and the
+/// RedisCluster `orders` they are served.
+fn with_app_and_orders() -> ApiServer {
+    let api = with_shop();
+    api.create(
+        "/api/v1/namespaces/shop/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
+    );
+    api.create(
+        &format!("{RDC}/namespaces/shop/redisclusters"),
+        &redis_cluster(
+            "orders",
+            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "listener": {"port": 6379}}),
+        ),
+    );
+    api
+}
+
 /// A token for ServiceAccount `shop/app` from the TokenRequest API, for `audience`.
 fn service_account_token(api: &ApiServer, audience: &str) -> String {
     let answer = api.create(
@@ -556,18 +574,7 @@ fn expired_token(api: &ApiServer) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn should_admit_proxies_by_their_service_account_tokens() {
-    let api = with_shop();
-    api.create(
-        "/api/v1/namespaces/shop/serviceaccounts",
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
-    );
-    api.create(
-        &format!("{RDC}/namespaces/shop/redisclusters"),
-        &redis_cluster(
-            "orders",
-            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "listener": {"port": 6379}}),
-        ),
-    );
+    let api = with_app_and_orders();
     let serve = start_serve_kube(&api, &["--xds-auth", "token"], "info");
     common::wait_until("serve is ready", || {
         (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
@@ -651,15 +658,8 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
     use redis_xds::k8s::calls::API_CALLS;
     let api = ApiServer::start();
     api.install_crd();
-    let root = common::root();
     for file in ["deploy/base/namespace.yaml", "deploy/base/rbac.yaml"] {
-        let out = std::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&api.kubeconfig)
-            .args(["apply", "-f"])
-            .arg(root.join(file))
-            .output()
-            .expect("kubectl runs");
+        let out = api.kubectl_apply(&["-f", file]);
         assert!(
             out.status.success(),
             "kubectl apply -f {file}: {}",
@@ -721,22 +721,10 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
     }
 }
 
-/// `kubectl apply` against the test API server, as the admin.
-fn kubectl_apply(api: &ApiServer, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .arg("apply")
-        .args(args)
-        .current_dir(common::root())
-        .output()
-        .expect("kubectl runs")
-}
-
 #[test]
 fn should_apply_deploy_and_its_examples() {
     let api = ApiServer::start();
-    let out = kubectl_apply(&api, &["-k", "deploy/"]);
+    let out = api.kubectl_apply(&["-k", "deploy/"]);
     assert!(
         out.status.success(),
         "kubectl apply -k deploy/: {}",
@@ -744,7 +732,7 @@ fn should_apply_deploy_and_its_examples() {
     );
     // The CRD came with it; the examples use it once it is Established.
     api.wait_crd_established();
-    let out = kubectl_apply(&api, &["-k", "deploy/examples/"]);
+    let out = api.kubectl_apply(&["-k", "deploy/examples/"]);
     assert!(
         out.status.success(),
         "kubectl apply -k deploy/examples/: {}",
@@ -989,18 +977,7 @@ fn should_open_debug_only_to_callers_the_cluster_allows() {
 #[test]
 fn a_storm_of_token_authenticated_streams_all_sync_and_none_is_refused() {
     const STREAMS: usize = 300;
-    let api = with_shop();
-    api.create(
-        "/api/v1/namespaces/shop/serviceaccounts",
-        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}}),
-    );
-    api.create(
-        &format!("{RDC}/namespaces/shop/redisclusters"),
-        &redis_cluster(
-            "orders",
-            json!({"endpoints": {"static": ["10.0.0.5:6379"]}, "listener": {"port": 6379}}),
-        ),
-    );
+    let api = with_app_and_orders();
     let tokens: Vec<String> = (0..STREAMS)
         .map(|_| service_account_token(&api, "redis-xds"))
         .collect();

@@ -341,6 +341,19 @@ impl ApiServer {
     }
 
     /// Creates a namespace.
+    /// `kubectl apply ARGS` as the admin, from the repository's root: its output, whatever
+    /// the outcome.
+    pub fn kubectl_apply(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("apply")
+            .args(args)
+            .current_dir(super::root())
+            .output()
+            .expect("kubectl runs")
+    }
+
     pub fn namespace(&self, name: &str) {
         self.create(
             "/api/v1/namespaces",
@@ -352,6 +365,17 @@ impl ApiServer {
 /// `redis-xds serve` in Kubernetes mode against `api` (its admin kubeconfig), with OS-chosen
 /// xDS and debug ports; `extra` are more flags.
 pub fn start_serve_kube(api: &ApiServer, extra: &[&str], level: &str) -> super::Serve {
+    start_serve_as(&api.kubeconfig, "default", extra, level)
+}
+
+/// `redis-xds serve` in Kubernetes mode with the credentials of `kubeconfig`, its Leases
+/// in `lease_namespace`, on OS-chosen xDS and debug ports.
+pub fn start_serve_as(
+    kubeconfig: &Path,
+    lease_namespace: &str,
+    extra: &[&str],
+    level: &str,
+) -> super::Serve {
     let mut cmd = super::redis_xds();
     cmd.args([
         "serve",
@@ -360,10 +384,10 @@ pub fn start_serve_kube(api: &ApiServer, extra: &[&str], level: &str) -> super::
         "--debug-addr",
         "127.0.0.1:0",
         "--lease-namespace",
-        "default",
+        lease_namespace,
     ])
     .args(extra)
-    .env("KUBECONFIG", &api.kubeconfig)
+    .env("KUBECONFIG", kubeconfig)
     .env_remove("KUBERNETES_SERVICE_HOST");
     super::start_serve_command(cmd, level)
 }

@@ -355,6 +355,48 @@ fn median_by<T: Copy>(items: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
     sorted.get(sorted.len().checked_sub(1)? / 2).copied()
 }
 
+/// The server under measurement, in this process, on a loopback port: what `rx` holds, its
+/// streams recorded in `registry`, until `shutdown`.
+fn serve_in_process(
+    rx: watch::Receiver<Arc<dyn ResourceSource>>,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+)> {
+    let ads = AdsServer::new(rx, registry, Arc::default(), shutdown.clone());
+    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        crate::xds::server::serve(listener, ads.into_service(), None, shutdown).await
+    });
+    Ok((addr, server))
+}
+
+/// The floor (`bench-floor` with `extra` flags) in a fresh process of its own, so that
+/// neither measurement inherits the other's heap: its standard output, one JSON object.
+fn run_floor(opts: &BenchOptions, extra: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("bench-floor")
+        .args(extra)
+        .args([
+            "--streams",
+            &opts.streams.to_string(),
+            "--clusters",
+            &opts.clusters.to_string(),
+            "--rounds",
+            &opts.rounds.to_string(),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the floor")?;
+    if !out.status.success() {
+        bail!("the floor failed");
+    }
+    Ok(out.stdout)
+}
+
 /// Runs the benchmark.
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let base = model(opts.clusters, 0);
@@ -387,13 +429,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let (tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first.clone());
     let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
-    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
-    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
-    let addr = listener.local_addr()?;
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        crate::xds::server::serve(listener, ads.into_service(), None, stop).await
-    });
+    let (addr, server) = serve_in_process(rx, Arc::clone(&registry), shutdown.clone())?;
     // Once every stream of a fleet has gone and the allocator has given the freed memory
     // back.
     let departed = async || {
@@ -501,24 +537,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
 
     // The floor: the same bytes, pushed by a server that does nothing else, in a fresh
     // process of its own so that neither measurement inherits the other's heap.
-    let out = Command::new(std::env::current_exe()?)
-        .args([
-            "bench-floor",
-            "--streams",
-            &opts.streams.to_string(),
-            "--clusters",
-            &opts.clusters.to_string(),
-            "--rounds",
-            &opts.rounds.to_string(),
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running the floor")?;
-    if !out.status.success() {
-        bail!("the floor failed");
-    }
+    let out = run_floor(&opts, &[])?;
     let floor: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+        serde_json::from_slice(&out).context("reading the floor's result")?;
     let numbers = |field: &str| -> Vec<f64> {
         floor[field]
             .as_array()
@@ -709,38 +730,14 @@ async fn storms(addr: SocketAddr, opts: &BenchOptions) -> anyhow::Result<(Vec<St
 pub async fn run_reconnect(opts: BenchOptions) -> anyhow::Result<StormReport> {
     let first = Arc::new(snapshot(model(opts.clusters, 0), None));
     let (_tx, rx) = watch::channel::<Arc<dyn ResourceSource>>(first);
-    let registry = Arc::new(Registry::default());
     let shutdown = CancellationToken::new();
-    let ads = AdsServer::new(rx, Arc::clone(&registry), Arc::default(), shutdown.clone());
-    let listener = crate::xds::server::bind(([127, 0, 0, 1], 0).into())?;
-    let addr = listener.local_addr()?;
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        crate::xds::server::serve(listener, ads.into_service(), None, stop).await
-    });
+    let (addr, server) = serve_in_process(rx, Arc::default(), shutdown.clone())?;
     let (rounds, rss_settled_kib) = storms(addr, &opts).await?;
     shutdown.cancel();
     let _ = server.await;
 
-    let out = Command::new(std::env::current_exe()?)
-        .args([
-            "bench-floor",
-            "--reconnect",
-            "--streams",
-            &opts.streams.to_string(),
-            "--clusters",
-            &opts.clusters.to_string(),
-            "--rounds",
-            &opts.rounds.to_string(),
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running the floor")?;
-    if !out.status.success() {
-        bail!("the floor failed");
-    }
-    let floor: FloorStorms =
-        serde_json::from_slice(&out.stdout).context("reading the floor's result")?;
+    let out = run_floor(&opts, &["--reconnect"])?;
+    let floor: FloorStorms = serde_json::from_slice(&out).context("reading the floor's result")?;
     let typical = median_by(&rounds, |r| r.all_ms).context("at least one storm")?;
     let floor_typical = median_by(&floor.rounds, |r| r.all_ms).context("a floor storm")?;
     Ok(StormReport {
