@@ -63,33 +63,6 @@ fn kubeconfig_with(api: &ApiServer, token: &str, path: &std::path::Path) {
     std::fs::write(path, config.to_string()).unwrap();
 }
 
-/// TokenReview POSTs the API server has answered, by code.
-fn token_reviews(api: &ApiServer) -> BTreeMap<String, f64> {
-    let (_, metrics) = api.get("/metrics").expect("the API server's metrics");
-    let mut out = BTreeMap::new();
-    for line in metrics.lines() {
-        if !line.starts_with("apiserver_request_total{")
-            || !line.contains("resource=\"tokenreviews\"")
-            || !line.contains("verb=\"POST\"")
-        {
-            continue;
-        }
-        let code = line
-            .split("code=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("?")
-            .to_owned();
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *out.entry(code).or_default() += value;
-    }
-    out
-}
-
 fn now_micros() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -97,18 +70,24 @@ fn now_micros() -> f64 {
         .as_micros() as f64
 }
 
-/// Storm outcome: ms from the start until every stream synced, and refusals.
+/// Storm outcome: ms from the start until every stream synced, refusals, and ms until the
+/// API server had answered every token's review.
 struct Storm {
     all_synced_ms: f64,
     refused: usize,
+    all_reviewed_ms: Option<f64>,
 }
 
-/// A fresh `serve` with `auth` (and `kubeconfig`), then `n` simulated Envoys at once.
+/// A fresh `serve` with `auth` (and `kubeconfig`), then `n` simulated Envoys at once. With
+/// `reviews` (the API server and its count of reviews answered 201 before), the streams
+/// stay open until it has answered `n` more: streams start on the token's signature, and their
+/// reviews follow.
 fn storm(
     kubeconfig: &std::path::Path,
     auth: &str,
     n: usize,
     tokens: Option<&std::path::Path>,
+    reviews: Option<(&ApiServer, f64)>,
 ) -> Storm {
     let serve =
         common::apiserver::start_serve_as(kubeconfig, "redis-xds", &["--xds-auth", auth], "info");
@@ -142,12 +121,24 @@ fn storm(
             break;
         }
     }
+    let all_reviewed_ms = reviews.map(|(api, before)| {
+        common::wait_until_for(
+            "the API server answered every token's review",
+            std::time::Duration::from_secs(300),
+            || {
+                let answered = api.token_reviews().get("201").copied().unwrap_or(0.0);
+                (answered - before >= n as f64).then_some(())
+            },
+        );
+        (now_micros() - t0) / 1000.0
+    });
     drop(child.stdin.take());
     let _ = child.wait();
     assert!(ready, "the simulated Envoys gave up");
     Storm {
         all_synced_ms: (last - t0) / 1000.0,
         refused,
+        all_reviewed_ms,
     }
 }
 
@@ -216,10 +207,16 @@ fn main() {
         }
         drop(f);
 
-        let baseline = storm(&kubeconfig, "none", n, None);
-        let before = token_reviews(&api);
-        let with_tokens = storm(&kubeconfig, "token", n, Some(&file));
-        let after = token_reviews(&api);
+        let baseline = storm(&kubeconfig, "none", n, None, None);
+        let before = api.token_reviews();
+        let with_tokens = storm(
+            &kubeconfig,
+            "token",
+            n,
+            Some(&file),
+            Some((&api, before.get("201").copied().unwrap_or(0.0))),
+        );
+        let after = api.token_reviews();
         let reviews: BTreeMap<String, f64> = after
             .iter()
             .map(|(code, v)| (code.clone(), v - before.get(code).copied().unwrap_or(0.0)))
@@ -233,6 +230,7 @@ fn main() {
             "unauthenticated_all_synced_ms": baseline.all_synced_ms,
             "token_all_synced_ms": with_tokens.all_synced_ms,
             "ratio_to_unauthenticated": with_tokens.all_synced_ms / baseline.all_synced_ms,
+            "token_all_reviewed_ms": with_tokens.all_reviewed_ms,
             "token_reviews": total,
             "token_reviews_by_code": reviews,
             "token_reviews_throttled": throttled,

@@ -572,6 +572,110 @@ fn expired_token(api: &ApiServer) -> String {
     format!("{signing_input}.{}", B64.encode(signature.as_ref()))
 }
 
+/// A token for ServiceAccount `shop/<account>` with `uid` and the redis-xds audience,
+/// valid for ten minutes, with the claims the TokenRequest API puts in, signed (ES256) with
+/// the API server's ServiceAccount key under the key id it publishes: a token the keys
+/// vouch for whatever the API server knows of that account.
+fn signed_token(api: &ApiServer, account: &str, uid: &str) -> String {
+    let (_, jwks) = api.get("/openid/v1/jwks").expect("the published keys");
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    let kid = jwks["keys"][0]["kid"]
+        .as_str()
+        .expect("a key id")
+        .to_owned();
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid);
+    let claims = json!({
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "aud": ["redis-xds"], "sub": format!("system:serviceaccount:shop:{account}"),
+        "iat": now, "nbf": now, "exp": now + 600,
+        "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": account, "uid": uid}},
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(&api.sa_key_der),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn should_end_a_stream_whose_token_the_keys_vouch_for_but_token_review_refuses() {
+    let api = with_app_and_orders();
+    let serve = start_serve_kube(&api, &["--xds-auth", "token"], "info");
+    common::wait_until("serve is ready", || {
+        (common::http_get(&serve.debug, "/readyz")?.trim() == "ready").then_some(())
+    });
+    // Signed with the cluster's key, for the right audience and issuer, but for a
+    // ServiceAccount that does not exist: only the TokenReview knows.
+    let ghost = signed_token(&api, "ghost", "00000000-0000-0000-0000-000000000000");
+    let mut d = common::xds::delta_as(serve.xds, Some(&ghost))
+        .await
+        .expect("the stream starts on the token's signature");
+    d.subscribe(
+        common::xds::node("ghost-1", Some("shop")),
+        common::xds::CDS,
+        &[],
+    )
+    .await;
+    let ended = loop {
+        match tokio::time::timeout(common::xds::PATIENCE, d.rx.message())
+            .await
+            .expect("the stream ends within the patience")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended with OK"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(
+        ended.message().contains("rejected by the Kubernetes API"),
+        "{ended:?}"
+    );
+    // Reconnecting is refused before the stream starts.
+    let refused = delta_with_token(serve.xds, &ghost)
+        .await
+        .expect_err("a refused token was served again");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // A token signed the same way for the ServiceAccount that exists is served, and
+    // stays served once its review has confirmed it.
+    let (_, account) = api
+        .get("/api/v1/namespaces/shop/serviceaccounts/app")
+        .unwrap();
+    let account: Value = serde_json::from_str(&account).unwrap();
+    let app = signed_token(&api, "app", account["metadata"]["uid"].as_str().unwrap());
+    let mut d = common::xds::delta_as(serve.xds, Some(&app))
+        .await
+        .expect("a proxy of shop/app is served");
+    d.subscribe(
+        common::xds::node("app-1", Some("shop")),
+        common::xds::CDS,
+        &[],
+    )
+    .await;
+    let first = d.rx.message().await.expect("served").expect("a response");
+    assert_eq!(first.resources.len(), 1, "the orders cluster");
+    // Its review has confirmed it when a second stream with it is admitted from the
+    // cache; the first is still open then (an ACK is answered by nothing, so a
+    // subscription to another type shows the stream alive).
+    common::wait_until("the review of shop/app answered", || {
+        (api.token_reviews().values().sum::<f64>() >= 2.0).then_some(())
+    });
+    d.subscribe(None, common::xds::LDS, &[]).await;
+    let next = tokio::time::timeout(common::xds::PATIENCE, d.rx.message())
+        .await
+        .expect("an answer within the patience")
+        .expect("the stream of a confirmed token stays open");
+    assert!(next.is_some(), "the stream ended");
+    let log = serve.log.lock().unwrap().clone();
+    assert!(
+        !log.contains(&ghost) && !log.contains(&app),
+        "a token was logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn should_admit_proxies_by_their_service_account_tokens() {
     let api = with_app_and_orders();
@@ -653,9 +757,26 @@ fn allowed_named(
     review["status"]["allowed"] == true
 }
 
+/// Whether redis-xds's ServiceAccount may `verb` the non-resource URL `path`.
+fn path_allowed(api: &ApiServer, verb: &str, path: &str) -> bool {
+    let review = api.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        &json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": "system:serviceaccount:redis-xds:redis-xds",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:redis-xds", "system:authenticated"],
+                "nonResourceAttributes": {"verb": verb, "path": path},
+            },
+        }),
+    );
+    review["status"]["allowed"] == true
+}
+
 #[test]
 fn should_grant_the_service_account_exactly_the_calls_it_makes() {
-    use redis_xds::k8s::calls::API_CALLS;
+    use redis_xds::k8s::calls::{API_CALLS, PATH_CALLS};
     let api = ApiServer::start();
     api.install_crd();
     for file in ["deploy/base/namespace.yaml", "deploy/base/rbac.yaml"] {
@@ -684,6 +805,16 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
                 "deploy/base/rbac.yaml does not allow {verb} {}/{} ({})",
                 call.group,
                 call.resource,
+                call.why
+            );
+        }
+    }
+    for call in PATH_CALLS {
+        for verb in call.verbs {
+            assert!(
+                path_allowed(&api, verb, call.path),
+                "deploy/base/rbac.yaml does not allow {verb} {} ({})",
+                call.path,
                 call.why
             );
         }

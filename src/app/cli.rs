@@ -191,6 +191,12 @@ struct AuthArgs {
     /// redis-xds).
     #[arg(long)]
     token_audience: Option<String>,
+    /// When a token's stream may start (--xds-auth token): keys (the default: once its
+    /// signature, issuer, audience and expiry check out against the cluster's published
+    /// ServiceAccount keys, its TokenReview following and ending the stream if it refuses),
+    /// review (only once TokenReview has accepted it).
+    #[arg(long, value_enum)]
+    token_verify: Option<TokenVerifyMode>,
     /// SPIFFE trust domain of client certificates (--xds-auth mtls; default
     /// cluster.local).
     #[arg(long)]
@@ -217,6 +223,12 @@ enum IstioDeliveryArg {
 enum DebugAuthMode {
     None,
     Kubernetes,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenVerifyMode {
+    Keys,
+    Review,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -528,6 +540,7 @@ fn xds_auth(
     mode: Option<AuthMode>,
     kubernetes: bool,
     token_audience: Option<String>,
+    token_verify: Option<TokenVerifyMode>,
     trust_domain: Option<String>,
 ) -> anyhow::Result<crate::app::serve::XdsAuth> {
     use crate::app::serve::XdsAuth;
@@ -541,6 +554,11 @@ fn xds_auth(
             "--token-audience applies to --xds-auth token, and proxies authenticate with {mode:?} here: remove it, or pass --xds-auth token"
         );
     }
+    if token_verify.is_some() && mode != AuthMode::Token {
+        anyhow::bail!(
+            "--token-verify applies to --xds-auth token, and proxies authenticate with {mode:?} here: remove it, or pass --xds-auth token"
+        );
+    }
     if trust_domain.is_some() && mode != AuthMode::Mtls {
         anyhow::bail!(
             "--trust-domain applies to --xds-auth mtls, and proxies authenticate with {mode:?} here: remove it, or pass --xds-auth mtls"
@@ -550,6 +568,7 @@ fn xds_auth(
         AuthMode::None => XdsAuth::None,
         AuthMode::Token => XdsAuth::Token {
             audience: token_audience.unwrap_or_else(|| "redis-xds".into()),
+            published_keys: token_verify != Some(TokenVerifyMode::Review),
         },
         AuthMode::Mtls => XdsAuth::Mtls {
             trust_domain: trust_domain.unwrap_or_else(|| "cluster.local".into()),
@@ -584,6 +603,7 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
         auth.xds_auth,
         kubernetes,
         auth.token_audience,
+        auth.token_verify,
         auth.trust_domain,
     )?;
     let debug_auth = match auth.debug_auth {
@@ -808,7 +828,8 @@ mod tests {
         assert_eq!(
             cluster.xds_auth,
             XdsAuth::Token {
-                audience: "redis-xds".into()
+                audience: "redis-xds".into(),
+                published_keys: true,
             }
         );
         assert_eq!(
@@ -823,7 +844,8 @@ mod tests {
         assert_eq!(
             mesh.xds_auth,
             XdsAuth::Token {
-                audience: "mesh".into()
+                audience: "mesh".into(),
+                published_keys: true,
             }
         );
     }
@@ -869,31 +891,51 @@ mod tests {
     fn xds_auth_defaults_by_source_and_refuses_flags_of_another_mode() {
         let token = |audience: &str| XdsAuth::Token {
             audience: audience.into(),
+            published_keys: true,
         };
         assert_eq!(
-            xds_auth(None, true, None, None).unwrap(),
+            xds_auth(None, true, None, None, None).unwrap(),
             token("redis-xds")
         );
-        assert_eq!(xds_auth(None, false, None, None).unwrap(), XdsAuth::None);
+        assert_eq!(
+            xds_auth(None, false, None, None, None).unwrap(),
+            XdsAuth::None
+        );
         // The audience given counts with the Kubernetes default too.
         assert_eq!(
-            xds_auth(None, true, Some("mesh".into()), None).unwrap(),
+            xds_auth(None, true, Some("mesh".into()), None, None).unwrap(),
             token("mesh")
         );
-        let refused = xds_auth(None, false, Some("mesh".into()), None).unwrap_err();
+        let refused = xds_auth(None, false, Some("mesh".into()), None, None).unwrap_err();
         assert!(
             refused
                 .to_string()
                 .contains("--token-audience applies to --xds-auth token")
         );
-        let refused = xds_auth(Some(AuthMode::Token), true, None, Some("x".into())).unwrap_err();
+        let refused =
+            xds_auth(Some(AuthMode::Token), true, None, None, Some("x".into())).unwrap_err();
         assert!(
             refused
                 .to_string()
                 .contains("--trust-domain applies to --xds-auth mtls")
         );
+        // Waiting for TokenReview is a choice of the token mode only.
         assert_eq!(
-            xds_auth(Some(AuthMode::Mtls), true, None, Some("corp".into())).unwrap(),
+            xds_auth(None, true, None, Some(TokenVerifyMode::Review), None).unwrap(),
+            XdsAuth::Token {
+                audience: "redis-xds".into(),
+                published_keys: false,
+            }
+        );
+        let refused = xds_auth(None, false, None, Some(TokenVerifyMode::Keys), None).unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("--token-verify applies to --xds-auth token"),
+            "{refused}"
+        );
+        assert_eq!(
+            xds_auth(Some(AuthMode::Mtls), true, None, None, Some("corp".into())).unwrap(),
             XdsAuth::Mtls {
                 trust_domain: "corp".into()
             }

@@ -127,6 +127,10 @@ pub enum XdsAuth {
     Token {
         /// Expected token audience.
         audience: String,
+        /// Start a stream once the cluster's published keys vouch for its token, its
+        /// TokenReview following (`--token-verify keys`, the default); `false` waits for the
+        /// review (`--token-verify review`).
+        published_keys: bool,
     },
     /// Client certificates with SPIFFE identities of this trust domain.
     Mtls {
@@ -342,17 +346,20 @@ pub async fn run(
             "--xds-auth none: any process that reaches the xDS port can claim any namespace and receive its listeners, clusters and AUTH passwords"
         ),
         XdsAuth::None => {}
-        XdsAuth::Token { audience } => {
+        XdsAuth::Token {
+            audience,
+            published_keys,
+        } => {
             let client = match &client {
                 Some(c) => c.clone(),
                 None => crate::k8s::client::client()
                     .await
                     .context("--xds-auth token needs the Kubernetes API for TokenReview")?,
             };
-            ads = ads.with_authenticator(Arc::new(crate::k8s::token_review::TokenReviewer::new(
-                client,
-                audience.clone(),
-            )));
+            ads = ads.with_authenticator(Arc::new(
+                crate::k8s::token_review::TokenReviewer::new(client, audience.clone())
+                    .with_published_keys(*published_keys),
+            ));
         }
         XdsAuth::Mtls { trust_domain } => {
             ads = ads.with_authenticator(Arc::new(crate::xds::auth::SpiffeAuthenticator::new(
@@ -433,7 +440,7 @@ pub async fn run(
             server_name: service_dns.clone(),
             image: webhook.image.clone(),
             token_audience: match &auth {
-                XdsAuth::Token { audience } => audience.clone(),
+                XdsAuth::Token { audience, .. } => audience.clone(),
                 _ => "redis-xds".into(),
             },
             own_namespace: own_namespace.clone(),

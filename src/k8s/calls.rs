@@ -95,3 +95,29 @@ pub const API_CALLS: &[ApiCall] = &[
         why: "each replica's proxy counts: server-side apply of its own counts Lease, deletion when it stops, and the list the status writer sums",
     },
 ];
+
+/// One non-resource URL redis-xds reads (RBAC's `nonResourceURLs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathCall {
+    /// The path.
+    pub path: &'static str,
+    /// Verbs (`get` for a read).
+    pub verbs: &'static [&'static str],
+    /// Why.
+    pub why: &'static str,
+}
+
+/// The non-resource URLs: the ServiceAccount issuer's OIDC discovery, which Kubernetes'
+/// own `system:service-account-issuer-discovery` ClusterRole grants.
+pub const PATH_CALLS: &[PathCall] = &[
+    PathCall {
+        path: "/.well-known/openid-configuration",
+        verbs: &["get"],
+        why: "the issuer of ServiceAccount tokens, verified before their TokenReview (--xds-auth token)",
+    },
+    PathCall {
+        path: "/openid/v1/jwks",
+        verbs: &["get"],
+        why: "the keys ServiceAccount tokens are signed with, verified before their TokenReview (--xds-auth token)",
+    },
+];

@@ -1,24 +1,43 @@
 //! Proxy authentication with ServiceAccount tokens (`serve --xds-auth token`): the sidecar
 //! sends its projected Kubernetes ServiceAccount token as `authorization: Bearer <token>`;
 //! it is checked with the TokenReview API for the configured audience, and the answer is
-//! cached until the token expires. (`--xds-auth mtls` needs no API call:
-//! [`crate::xds::auth::SpiffeAuthenticator`].)
+//! cached until the token expires, for at most ten minutes (a refusal for one minute).
+//! (`--xds-auth mtls` needs no API call: [`crate::xds::auth::SpiffeAuthenticator`].)
 //!
 //! Tokens are never logged or shown; the cache is keyed by their SHA-256.
 //!
 //! A whole fleet reconnects at once when redis-xds rolls out, and each replica starts
-//! with an empty cache: N sidecars would be N TokenReviews in the same second. So the
-//! reviewer sends one review per distinct token however many streams present it at once
-//! (later ones wait for the first's answer), sends at most [`MAX_CONCURRENT_REVIEWS`] to
-//! the API server at a time (the rest wait their turn), and when the API server throttles
-//! (429, API Priority and Fairness) or fails (5xx, connection), waits and asks again for
-//! up to [`REVIEW_PATIENCE`] before answering `unavailable`: the stream waits, it is not
-//! refused because the API server was busy.
+//! with an empty cache: N sidecars would be N TokenReviews in the same second. Three
+//! things keep that from slowing or failing the fleet:
+//!
+//! - **Verified first against the cluster's published keys.** A token that is a JWT signed
+//!   by one of the keys the API server publishes for ServiceAccount tokens (OIDC
+//!   discovery: `/.well-known/openid-configuration` and `/openid/v1/jwks`), issued by its
+//!   issuer, for the configured audience, within its `nbf`..`exp` and naming a
+//!   ServiceAccount, starts its stream at once. Its TokenReview still runs, as a
+//!   [`Confirmation`]: it checks what only the API server knows (the ServiceAccount, and
+//!   the Pod or Secret the token is bound to, still exist with the token's UIDs), and a
+//!   refusal ends the stream with Unauthenticated (and is cached: the sidecar's reconnect
+//!   is refused at once). The keys are fetched once, when the first token needs them, and
+//!   again when a token names a key not seen yet (at most every [`KEYS_REFRESH`]). Any
+//!   token the keys cannot vouch for (another issuer, an unknown key, no access to the
+//!   keys) waits for its TokenReview instead, as before.
+//! - **One review per distinct token** however many streams present it at once (later ones
+//!   wait for the first's answer), at most [`MAX_CONCURRENT_REVIEWS`] in flight to the API
+//!   server (the rest wait their turn).
+//! - **Patience**: when the API server throttles (429, API Priority and Fairness) or fails
+//!   (5xx, connection), the review asks again for up to [`REVIEW_PATIENCE`] before
+//!   answering `unavailable`. A waiting stream waits; it is not refused because the API
+//!   server was busy. A stream already admitted by the keys keeps running when its review
+//!   cannot be had.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use backon::{ExponentialBuilder, Retryable};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use kube::api::PostParams;
@@ -26,10 +45,14 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::xds::auth::{Authenticator, Principal};
+use crate::xds::auth::{Authenticated, Authenticator, Principal};
 
-/// How long a positive answer is cached at most, even for long-lived tokens.
+/// How long an answer is cached at most, even for long-lived tokens.
 const MAX_CACHE: Duration = Duration::from_secs(600);
+/// How long a refusal is cached at most: long enough that a sidecar whose stream a
+/// review ended is refused when it reconnects (rather than admitted by the keys again),
+/// short enough that an answer the API server would now give differently is asked again.
+const MAX_NEGATIVE_CACHE: Duration = Duration::from_secs(60);
 /// Cache entries kept at most; beyond that the cache is cleared (a flood of bad tokens must
 /// not grow memory).
 const MAX_ENTRIES: usize = 100_000;
@@ -39,12 +62,20 @@ const MAX_ENTRIES: usize = 100_000;
 /// storm of reviews within its seats and queues instead of drawing 429s, and at a few ms
 /// each still review a thousand tokens in well under a second.
 pub const MAX_CONCURRENT_REVIEWS: usize = 32;
-/// How long a review keeps asking again while the API server throttles or fails, before
-/// the stream is answered `unavailable` (Envoy then retries it after its backoff).
+/// How long a review keeps asking again while the API server throttles or fails (the sum
+/// of its waits), before the stream is answered `unavailable` (Envoy then retries it after
+/// its backoff).
 pub const REVIEW_PATIENCE: Duration = Duration::from_secs(60);
-/// The first wait before asking again, doubled each time up to [`RETRY_MAX`].
+/// The first wait before asking again, doubled each time up to [`RETRY_MAX`], each with up
+/// to as much again of jitter.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The published keys are fetched again, for a token naming a key not seen yet, at most
+/// this often: a flood of made-up key ids must not become a flood of requests.
+pub const KEYS_REFRESH: Duration = Duration::from_secs(30);
+/// Clock skew allowed on `exp` and `nbf`, in seconds, as the API server's own
+/// ServiceAccount token authenticator allows.
+const LEEWAY_SECS: u64 = 60;
 
 /// Parses `system:serviceaccount:<ns>:<name>`.
 fn service_account(username: &str) -> Option<Principal> {
@@ -92,6 +123,9 @@ pub enum ReviewError {
         "{0:?} is not a ServiceAccount; sidecars authenticate with their pod's ServiceAccount token"
     )]
     NotServiceAccount(String),
+    /// The keys vouched for one ServiceAccount and the TokenReview named another.
+    #[error("the token's TokenReview names ServiceAccount {0}, not the one the token claims")]
+    Mismatch(String),
 }
 
 impl From<ReviewError> for Status {
@@ -103,20 +137,31 @@ impl From<ReviewError> for Status {
     }
 }
 
-/// One review's answer, shared by every stream that presented the token meanwhile.
-type Answer = Arc<tokio::sync::OnceCell<Result<Principal, ReviewError>>>;
+/// What a review decided about a token.
+type Verdict = Result<Principal, ReviewError>;
 
-/// `--xds-auth token`.
-#[derive(Debug)]
+/// One review's answer, shared by every stream that presented the token meanwhile.
+type Answer = Arc<tokio::sync::OnceCell<Verdict>>;
+
+/// `--xds-auth token`. Cheap to clone: clones share the cache and the published keys.
+#[derive(Clone, Debug)]
 pub struct TokenReviewer {
+    inner: Arc<Reviewer>,
+}
+
+#[derive(Debug)]
+struct Reviewer {
     api: Api<TokenReview>,
     audience: String,
-    cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Answers by token hash, until the token expires (at most [`MAX_CACHE`]).
+    cache: Mutex<HashMap<[u8; 32], (Verdict, Instant)>>,
     /// Reviews in flight by token hash.
     in_flight: Mutex<HashMap<[u8; 32], Answer>>,
     /// Bounds the reviews sent to the API server at once.
     permits: tokio::sync::Semaphore,
     patience: Duration,
+    /// `None` with `--token-verify review`.
+    keys: Option<PublishedKeys>,
 }
 
 /// Whether a failed call is worth asking again: the API server throttled it (429), failed
@@ -130,39 +175,134 @@ fn transient(e: &kube::Error) -> bool {
 }
 
 impl TokenReviewer {
-    /// Checks tokens for `audience` with the TokenReview API of `client`.
+    /// Checks tokens for `audience` with the published keys and the TokenReview API of
+    /// `client`.
     pub fn new(client: kube::Client, audience: impl Into<String>) -> Self {
         TokenReviewer {
-            api: Api::all(client),
-            audience: audience.into(),
-            cache: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
-            patience: REVIEW_PATIENCE,
+            inner: Arc::new(Reviewer {
+                api: Api::all(client.clone()),
+                audience: audience.into(),
+                cache: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
+                permits: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
+                patience: REVIEW_PATIENCE,
+                keys: Some(PublishedKeys::new(client)),
+            }),
         }
     }
 
     /// At most `reviews` in flight to the API server instead of
     /// [`MAX_CONCURRENT_REVIEWS`] (at least one), and `patience` instead of
-    /// [`REVIEW_PATIENCE`].
+    /// [`REVIEW_PATIENCE`]. Call it before the reviewer is cloned.
     pub fn with_limits(mut self, reviews: usize, patience: Duration) -> Self {
-        self.permits = tokio::sync::Semaphore::new(reviews.max(1));
-        self.patience = patience;
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.permits = tokio::sync::Semaphore::new(reviews.max(1));
+            inner.patience = patience;
+        }
         self
     }
 
-    /// Authenticates one token.
+    /// Whether the published keys may admit a token before its TokenReview answers
+    /// (`true` unless changed; `false` is `--token-verify review`). Call it before the
+    /// reviewer is cloned.
+    pub fn with_published_keys(mut self, use_them: bool) -> Self {
+        if !use_them && let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.keys = None;
+        }
+        self
+    }
+
+    /// Authenticates one token with the TokenReview API (or the cache), whatever the
+    /// published keys say.
     pub async fn review(&self, token: &str) -> Result<Principal, ReviewError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = Instant::now();
-        if let Some((p, until)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            && *until > now
-        {
-            return Ok(p.clone());
+        self.inner.review(token).await
+    }
+
+    /// Authenticates one token: at once when the published keys vouch for it, its
+    /// TokenReview then following as the [`Authenticated::confirmation`]; otherwise
+    /// after its TokenReview.
+    pub async fn admit(&self, token: &str) -> Result<Authenticated, ReviewError> {
+        let inner = &self.inner;
+        let key = token_key(token);
+        if let Some(answer) = inner.cached(&key) {
+            return answer.map(Authenticated::from);
+        }
+        let expiry = jwt_expiry(token);
+        if expiry.is_some_and(|e| e <= SystemTime::now()) {
+            return Err(ReviewError::Expired);
+        }
+        let vouched = match &inner.keys {
+            Some(keys) => keys.verify(token, &inner.audience).await,
+            None => None,
+        };
+        let Some(vouched) = vouched else {
+            return inner.review(token).await.map(Authenticated::from);
+        };
+        let reviewer = Arc::clone(inner);
+        let token = token.to_owned();
+        let claimed = vouched.clone();
+        let confirmation = async move {
+            match reviewer.review(&token).await {
+                Ok(reviewed) if reviewed == claimed => Ok(()),
+                Ok(reviewed) => {
+                    let e = ReviewError::Mismatch(reviewed.to_string());
+                    reviewer.remember(token_key(&token), Err(e.clone()), None);
+                    Err(e.into())
+                }
+                // The keys vouched for it; the stream keeps running without the review.
+                Err(ReviewError::Unavailable) => {
+                    tracing::warn!(principal = %claimed, "TokenReview unavailable; the stream keeps running on the token's signature alone");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        Ok(Authenticated {
+            principal: vouched,
+            confirmation: Some(Box::pin(confirmation)),
+        })
+    }
+}
+
+/// The cache key of a token: its SHA-256 (tokens themselves are never kept).
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Reviewer {
+    /// The cached answer for a token, if it has not run out.
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Principal, ReviewError>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (answer, until) = cache.get(key)?;
+        (*until > Instant::now()).then(|| answer.clone())
+    }
+
+    /// Caches an answer until the token expires (at most [`MAX_CACHE`]).
+    fn remember(
+        &self,
+        key: [u8; 32],
+        answer: Result<Principal, ReviewError>,
+        expiry: Option<SystemTime>,
+    ) {
+        let ttl = expiry
+            .and_then(|e| e.duration_since(SystemTime::now()).ok())
+            .map_or(Duration::from_secs(60), |d| d.min(MAX_CACHE));
+        let ttl = if answer.is_ok() {
+            ttl
+        } else {
+            ttl.min(MAX_NEGATIVE_CACHE)
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (answer, Instant::now() + ttl));
+    }
+
+    async fn review(&self, token: &str) -> Result<Principal, ReviewError> {
+        let key = token_key(token);
+        if let Some(answer) = self.cached(&key) {
+            return answer;
         }
         let expiry = jwt_expiry(token);
         if expiry.is_some_and(|e| e <= SystemTime::now()) {
@@ -189,7 +329,7 @@ impl TokenReviewer {
     }
 
     /// Sends the review (waiting for a free permit), asking again while the API server
-    /// throttles or fails, and caches a positive answer until the token expires.
+    /// throttles or fails, and caches the answer until the token expires.
     async fn ask(
         &self,
         token: &str,
@@ -203,31 +343,40 @@ impl TokenReviewer {
             },
             ..Default::default()
         };
-        // tokio's clock: the same as the system's, but tests can pause it.
-        let give_up = tokio::time::Instant::now() + self.patience;
-        let mut wait = RETRY_FIRST;
-        let answer = loop {
-            let called = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|_| ReviewError::Unavailable)?;
-                self.api.create(&PostParams::default(), &review).await
-            };
-            match called {
-                Ok(answer) => break answer,
-                Err(e) if transient(&e) && tokio::time::Instant::now() + wait < give_up => {
-                    tracing::debug!(error = %e, retry_in = ?wait, "TokenReview not answered; asking again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RETRY_MAX);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "TokenReview failed");
-                    return Err(ReviewError::Unavailable);
-                }
+        // Doubling waits with jitter (so that a throttled storm does not come back in
+        // step), for at most the patience in all; tokio's clock, which tests can pause.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(RETRY_FIRST)
+            .with_max_delay(RETRY_MAX)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(self.patience));
+        let called = (|| async {
+            // The semaphore is never closed: a permit always comes.
+            let _permit = self.permits.acquire().await.ok();
+            self.api.create(&PostParams::default(), &review).await
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(transient)
+        .notify(|e, wait| {
+            tracing::debug!(error = %e, retry_in = ?wait, "TokenReview not answered; asking again");
+        })
+        .await;
+        let answer = match called {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(error = %e, "TokenReview failed");
+                return Err(ReviewError::Unavailable);
             }
         };
+        let answer = self.judge(answer);
+        self.remember(key, answer.clone(), expiry);
+        answer
+    }
+
+    /// What a TokenReview's status means for the stream.
+    fn judge(&self, answer: TokenReview) -> Result<Principal, ReviewError> {
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             let why = status.error.unwrap_or_else(|| "not authenticated".into());
@@ -238,17 +387,164 @@ impl TokenReviewer {
             return Err(ReviewError::Audience(self.audience.clone()));
         }
         let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        let principal =
-            service_account(&username).ok_or(ReviewError::NotServiceAccount(username))?;
-        let ttl = expiry
-            .and_then(|e| e.duration_since(SystemTime::now()).ok())
-            .map_or(Duration::from_secs(60), |d| d.min(MAX_CACHE));
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
+        service_account(&username).ok_or(ReviewError::NotServiceAccount(username))
+    }
+}
+
+/// The keys the API server signs ServiceAccount tokens with, as it publishes them for OIDC
+/// discovery (Kubernetes' ServiceAccountIssuerDiscovery: the `issuer` of
+/// `/.well-known/openid-configuration` and the JSON Web Key Set at `/openid/v1/jwks`,
+/// readable with the `system:service-account-issuer-discovery` ClusterRole's rule).
+struct PublishedKeys {
+    client: kube::Client,
+    current: Mutex<Option<Arc<KeySet>>>,
+    /// Held while fetching, so that a storm of tokens fetches once; holds when the last
+    /// fetch was attempted.
+    fetching: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// One fetch of the published keys.
+struct KeySet {
+    issuer: String,
+    /// By key id (`kid`).
+    keys: HashMap<String, DecodingKey>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("issuer", &self.issuer)
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The claims of a ServiceAccount token that the stream needs (the others are checked by
+/// [`Validation`]: `iss`, `aud`, `exp`, `nbf`).
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// The algorithms ServiceAccount tokens are signed with: RSA or ECDSA, as the API server's
+/// `--service-account-signing-key-file` holds (never a shared secret).
+fn asymmetric(alg: Algorithm) -> bool {
+    matches!(
+        alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+    )
+}
+
+impl std::fmt::Debug for PublishedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishedKeys")
+            .field("current", &self.current)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublishedKeys {
+    fn new(client: kube::Client) -> Self {
+        PublishedKeys {
+            client,
+            current: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(None),
         }
-        cache.insert(key, (principal.clone(), Instant::now() + ttl));
-        Ok(principal)
+    }
+
+    /// The ServiceAccount a token names, if the published keys vouch for it: signed by
+    /// one of them, issued by their issuer, for `audience`, within `nbf`..`exp`. `None`
+    /// means "ask the TokenReview API", never "refused".
+    async fn verify(&self, token: &str, audience: &str) -> Option<Principal> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let kid = header.kid.filter(|_| asymmetric(header.alg))?;
+        let keys = self.keys_with(&kid).await?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[&keys.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        let claims = jsonwebtoken::decode::<Claims>(token, keys.keys.get(&kid)?, &validation)
+            .ok()?
+            .claims;
+        service_account(&claims.sub)
+    }
+
+    /// The key set holding `kid`, fetching it when the one held lacks it (once for every
+    /// caller waiting at the time, and at most every [`KEYS_REFRESH`]).
+    async fn keys_with(&self, kid: &str) -> Option<Arc<KeySet>> {
+        let held = || {
+            self.current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .filter(|k| k.keys.contains_key(kid))
+        };
+        if let Some(keys) = held() {
+            return Some(keys);
+        }
+        let mut last = self.fetching.lock().await;
+        // Fetched by another caller while this one waited?
+        if let Some(keys) = held() {
+            return Some(keys);
+        }
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now < t + KEYS_REFRESH) {
+            return None;
+        }
+        *last = Some(now);
+        match self.fetch().await {
+            Ok(keys) => {
+                tracing::debug!(keys = ?keys, "fetched the ServiceAccount token keys");
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot read the ServiceAccount token keys (OIDC discovery); every token waits for its TokenReview. Grant redis-xds `get` on the non-resource URLs /.well-known/openid-configuration and /openid/v1/jwks (deploy/base/rbac.yaml does)"
+            ),
+        }
+        held()
+    }
+
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let get = |path: &'static str| async move {
+            let request = http::Request::get(path)
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            self.client
+                .request_text(request)
+                .await
+                .map_err(|e| format!("GET {path}: {e}"))
+        };
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            issuer: String,
+        }
+        let discovery: Discovery =
+            serde_json::from_str(&get("/.well-known/openid-configuration").await?)
+                .map_err(|e| format!("/.well-known/openid-configuration: {e}"))?;
+        let set: JwkSet = serde_json::from_str(&get("/openid/v1/jwks").await?)
+            .map_err(|e| format!("/openid/v1/jwks: {e}"))?;
+        let keys = set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                Some((kid, DecodingKey::from_jwk(jwk).ok()?))
+            })
+            .collect();
+        Ok(KeySet {
+            issuer: discovery.issuer,
+            keys,
+        })
     }
 }
 
@@ -258,7 +554,7 @@ impl Authenticator for TokenReviewer {
         &self,
         metadata: &MetadataMap,
         _: Option<&[Vec<u8>]>,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Authenticated, Status> {
         let header = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -269,7 +565,7 @@ impl Authenticator for TokenReviewer {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization metadata is not `Bearer <token>`")
             })?;
-        Ok(self.review(token.trim()).await?)
+        Ok(self.admit(token.trim()).await?)
     }
 }
 

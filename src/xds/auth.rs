@@ -5,6 +5,8 @@
 //! (`crate::k8s::token_review`).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -24,15 +26,49 @@ impl fmt::Display for Principal {
     }
 }
 
+/// A check still running after a stream was admitted: `Ok` keeps the stream, a status ends
+/// it with that status (sent to the client as the stream's trailers).
+pub type Confirmation = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
+
+/// What an [`Authenticator`] decided about a stream.
+pub struct Authenticated {
+    /// Who the stream serves.
+    pub principal: Principal,
+    /// A check that did not have to finish before the stream started (a ServiceAccount
+    /// token verified against the cluster's keys, whose TokenReview is still on its way).
+    /// `None` when everything was checked already.
+    pub confirmation: Option<Confirmation>,
+}
+
+impl From<Principal> for Authenticated {
+    fn from(principal: Principal) -> Self {
+        Authenticated {
+            principal,
+            confirmation: None,
+        }
+    }
+}
+
+impl fmt::Debug for Authenticated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticated")
+            .field("principal", &self.principal)
+            .field("confirming", &self.confirmation.is_some())
+            .finish()
+    }
+}
+
 /// Authenticates a stream from its gRPC metadata and TLS peer certificates.
 #[tonic::async_trait]
 pub trait Authenticator: Send + Sync + fmt::Debug + 'static {
-    /// The principal, or a status (Unauthenticated) that ends the stream.
+    /// The principal (with a confirmation still to come, if any), or a status
+    /// (Unauthenticated, or Unavailable when the check could not be made) that ends the
+    /// stream before it starts.
     async fn authenticate(
         &self,
         metadata: &MetadataMap,
         peer_certs: Option<&[Vec<u8>]>,
-    ) -> Result<Principal, Status>;
+    ) -> Result<Authenticated, Status>;
 }
 
 /// Applies the authenticated namespace to the node's claim: they must agree, and a node that
@@ -129,12 +165,12 @@ impl Authenticator for SpiffeAuthenticator {
         &self,
         _: &MetadataMap,
         peer_certs: Option<&[Vec<u8>]>,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Authenticated, Status> {
         let leaf = peer_certs.and_then(|c| c.first()).ok_or_else(|| {
             Status::unauthenticated(
                 "no client certificate: --xds-auth mtls needs mutual TLS (--xds-tls-client-ca)",
             )
         })?;
-        self.principal(leaf)
+        self.principal(leaf).map(Authenticated::from)
     }
 }

@@ -32,6 +32,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::AdsServer;
+use super::auth::Confirmation;
 use super::registry::Variant;
 use super::resource::Resource;
 use super::stream::{Request as AnyRequest, Response, ResponseReceiver};
@@ -111,8 +112,9 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
     let (parts, body) = req.into_parts();
     let head = tonic::Request::from_http(http::Request::from_parts(parts, ()));
     let peer = head.remote_addr();
-    let principal = match server.authenticate(&head).await {
-        Ok(p) => p,
+    let (principal, confirmation) = match server.authenticate(&head).await {
+        Ok(Some(a)) => (Some(a.principal), a.confirmation),
+        Ok(None) => (None, None),
         Err(status) => {
             // Before the first request: no stream number or node yet, so the peer names it.
             // Refusal messages never quote the credential.
@@ -132,6 +134,8 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
     let mut response = http::Response::new(Body::new(ResponseBody {
         responses,
         done: false,
+        confirmation,
+        peer,
         _gone: gone,
     }));
     response.headers_mut().insert(
@@ -201,6 +205,11 @@ impl<T: Message + Default> Decoder for Decode<T> {
 struct ResponseBody {
     responses: ResponseReceiver,
     done: bool,
+    /// The rest of the caller's authentication, while it runs: polled with the responses,
+    /// so that a refusal ends the stream with its status as soon as it is known.
+    confirmation: Option<Confirmation>,
+    /// The client's address, for the log of a refusal.
+    peer: Option<SocketAddr>,
     /// Stops the stream when the body is dropped (the client reset the stream or left).
     _gone: tokio_util::sync::DropGuard,
 }
@@ -228,6 +237,15 @@ impl http_body::Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         if self.done {
             return Poll::Ready(None);
+        }
+        if let Some(confirmation) = &mut self.confirmation
+            && let Poll::Ready(confirmed) = confirmation.as_mut().poll(cx)
+        {
+            self.confirmation = None;
+            if let Err(status) = confirmed {
+                tracing::warn!(peer = ?self.peer, code = ?status.code(), "stream ended: {}", status.message());
+                return Poll::Ready(Some(Ok(self.end(&status))));
+            }
         }
         let frame = match ready!(Pin::new(&mut self.responses).poll_next(cx)) {
             Some(Ok(response)) => match encode(&response) {

@@ -96,6 +96,11 @@ impl AdsServer {
         metrics: Arc<crate::metrics::Metrics>,
         shutdown: CancellationToken,
     ) -> Self {
+        // Every type's NACK count is exported from the start, at 0, so that a rate over it
+        // exists before the first NACK.
+        for t in resource::ALL_TYPES {
+            let _ = metrics.nacks.get_or_create(&[("type", t.short())]);
+        }
         AdsServer {
             profile: Profile::Envoy,
             authenticator: None,
@@ -123,7 +128,7 @@ impl AdsServer {
     async fn authenticate<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<Option<auth::Principal>, Status> {
+    ) -> Result<Option<auth::Authenticated>, Status> {
         let Some(a) = &self.authenticator else {
             return Ok(None);
         };
@@ -132,8 +137,9 @@ impl AdsServer {
         let certs: Option<Vec<Vec<u8>>> = request
             .peer_certs()
             .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect());
-        let principal = a.authenticate(request.metadata(), certs.as_deref()).await?;
-        Ok(Some(principal))
+        Ok(Some(
+            a.authenticate(request.metadata(), certs.as_deref()).await?,
+        ))
     }
 
     /// The gRPC service, for [`server::serve`].

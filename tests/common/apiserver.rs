@@ -300,6 +300,34 @@ impl ApiServer {
         Some((code.trim().parse().ok()?, body.to_string()))
     }
 
+    /// TokenReview POSTs the API server has answered, by HTTP code (from its own
+    /// `apiserver_request_total`).
+    pub fn token_reviews(&self) -> std::collections::BTreeMap<String, f64> {
+        let (_, metrics) = self.get("/metrics").expect("the API server's metrics");
+        let mut out = std::collections::BTreeMap::new();
+        for line in metrics.lines() {
+            if !line.starts_with("apiserver_request_total{")
+                || !line.contains("resource=\"tokenreviews\"")
+                || !line.contains("verb=\"POST\"")
+            {
+                continue;
+            }
+            let code = line
+                .split("code=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?")
+                .to_owned();
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *out.entry(code).or_default() += value;
+        }
+        out
+    }
+
     /// GET as the admin.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         self.request("GET", path, None)

@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use redis_xds::k8s::calls::API_CALLS;
+use redis_xds::k8s::calls::{API_CALLS, PATH_CALLS};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
@@ -232,6 +232,7 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
 #[test]
 fn rbac_grants_exactly_the_api_calls_the_code_makes() {
     let mut granted = BTreeSet::new();
+    let mut granted_paths = BTreeSet::new();
     for doc in documents(&common::root().join("deploy/base/rbac.yaml")) {
         let rules = match doc["kind"].as_str() {
             Some("ClusterRole") => strict::<ClusterRole>(&doc)
@@ -242,6 +243,12 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
             _ => continue,
         };
         for r in rules {
+            for path in r.non_resource_urls.clone().unwrap_or_default() {
+                for v in &r.verbs {
+                    assert!(!path.contains('*') && v != "*", "no wildcards in RBAC");
+                    granted_paths.insert((path.clone(), v.clone()));
+                }
+            }
             for g in r.api_groups.unwrap_or_default() {
                 for res in r.resources.clone().unwrap_or_default() {
                     for v in &r.verbs {
@@ -261,6 +268,11 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
         })
         .collect();
     assert_eq!(granted, used);
+    let used_paths: BTreeSet<(String, String)> = PATH_CALLS
+        .iter()
+        .flat_map(|c| c.verbs.iter().map(|v| (c.path.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(granted_paths, used_paths);
 }
 
 #[test]
@@ -566,7 +578,7 @@ fn assert_serve_accepts<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
 }
 
 /// `kubectl kustomize` of one directory, as documents.
-fn kustomize(dir: &str) -> Vec<Value> {
+pub(crate) fn kustomize(dir: &str) -> Vec<Value> {
     let out = std::process::Command::new("kubectl")
         .args(["kustomize", dir])
         .current_dir(common::root())

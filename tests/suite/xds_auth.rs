@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use prost::Message;
 use redis_xds::k8s::token_review::TokenReviewer;
-use redis_xds::xds::auth::{Authenticator, Principal};
+use redis_xds::xds::auth::{Authenticated, Authenticator, Principal};
 use redis_xds::xds::{AdsServer, Registry, ResourceSource};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -91,7 +91,7 @@ async fn a_valid_token_names_the_namespace_and_is_cached() {
     });
     let mut md = MetadataMap::new();
     md.insert("authorization", "Bearer good-token".parse().unwrap());
-    let p = reviewer.authenticate(&md, None).await.unwrap();
+    let p = reviewer.authenticate(&md, None).await.unwrap().principal;
     assert_eq!(
         p,
         Principal {
@@ -103,7 +103,7 @@ async fn a_valid_token_names_the_namespace_and_is_cached() {
     let again = tokio::time::timeout(PATIENCE, reviewer.authenticate(&md, None))
         .await
         .expect("cached, no request");
-    assert_eq!(again.unwrap(), p);
+    assert_eq!(again.unwrap().principal, p);
 }
 
 #[tokio::test]
@@ -319,16 +319,18 @@ impl Authenticator for Tokens {
         &self,
         md: &MetadataMap,
         _: Option<&[Vec<u8>]>,
-    ) -> Result<Principal, Status> {
+    ) -> Result<Authenticated, Status> {
         match md.get("authorization").and_then(|v| v.to_str().ok()) {
             Some("Bearer shop-token") => Ok(Principal {
                 namespace: "shop".into(),
                 service_account: "app".into(),
-            }),
+            }
+            .into()),
             Some("Bearer web-token") => Ok(Principal {
                 namespace: "web".into(),
                 service_account: "app".into(),
-            }),
+            }
+            .into()),
             _ => Err(Status::unauthenticated("bad token")),
         }
     }
@@ -502,4 +504,171 @@ fn file_delivery_names_mounted_files_and_sends_no_password() {
         opts["authPassword"]["filename"],
         "/etc/redis-xds/secrets/auth/password"
     );
+}
+
+/// An ECDSA P-256 key standing in for the API server's ServiceAccount signing key, and
+/// what the API server publishes of it.
+struct SigningKey {
+    pkcs8: Vec<u8>,
+    public: Vec<u8>,
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+impl SigningKey {
+    fn generate() -> Self {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+        SigningKey {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            public: pair.public_key().as_ref().to_vec(),
+        }
+    }
+
+    /// `/openid/v1/jwks` with this key as `kid`.
+    fn jwks(&self, kid: &str) -> Value {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        // An uncompressed point: 0x04, then x and y of 32 bytes each.
+        let (x, y) = self.public[1..].split_at(32);
+        json!({"keys": [{"use": "sig", "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": b64(x), "y": b64(y)}]})
+    }
+
+    /// A ServiceAccount token as the API server makes them, valid for ten minutes.
+    fn token(&self, kid: &str, sub: &str, audience: &str) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let claims = json!({"iss": ISSUER, "aud": [audience], "sub": sub, "iat": now, "nbf": now, "exp": now + 600});
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}
+
+/// Expects `GET path` and answers `body`.
+async fn expect_get(
+    handle: &mut std::pin::Pin<&mut tower_test::mock::Handle<Request<Body>, Response<Body>>>,
+    path: &str,
+    body: Value,
+) {
+    let (req, send) = handle.next_request().await.expect("a GET");
+    assert_eq!((req.method(), req.uri().path()), (&Method::GET, path));
+    send.send_response(
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+#[tokio::test]
+async fn a_token_the_published_keys_vouch_for_starts_at_once_and_its_review_can_still_end_it() {
+    let (client, handle) = client();
+    let reviewer = TokenReviewer::new(client, "redis-xds");
+    let key = SigningKey::generate();
+    let mut handle = pin!(handle);
+    let token = key.token("k1", "system:serviceaccount:shop:checkout", "redis-xds");
+
+    // The first token fetches the keys (issuer, then key set), and nothing else is
+    // needed before the stream may start: no TokenReview has been answered yet.
+    let admitting = tokio::spawn({
+        let (reviewer, token) = (reviewer.clone(), token.clone());
+        async move { reviewer.admit(&token).await }
+    });
+    expect_get(
+        &mut handle,
+        "/.well-known/openid-configuration",
+        json!({"issuer": ISSUER, "jwks_uri": format!("{ISSUER}/openid/v1/jwks")}),
+    )
+    .await;
+    expect_get(&mut handle, "/openid/v1/jwks", key.jwks("k1")).await;
+    let admitted = tokio::time::timeout(PATIENCE, admitting)
+        .await
+        .expect("admitted without a TokenReview")
+        .unwrap()
+        .expect("vouched for by the published keys");
+    assert_eq!(
+        admitted.principal,
+        Principal {
+            namespace: "shop".into(),
+            service_account: "checkout".into()
+        }
+    );
+
+    // The review still follows, and what only it knows (the ServiceAccount is gone)
+    // ends the stream.
+    let confirming = tokio::spawn(admitted.confirmation.expect("the review follows"));
+    expect_review(
+        &mut handle,
+        &token,
+        review_answer(
+            false,
+            "",
+            &[],
+            Some("service account shop/checkout has been deleted"),
+        ),
+    )
+    .await;
+    let ended = confirming
+        .await
+        .unwrap()
+        .expect_err("the review refused it");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated);
+    assert!(ended.message().contains("has been deleted"), "{ended:?}");
+    // The sidecar's reconnect is refused from the cache, without asking again.
+    let again = tokio::time::timeout(PATIENCE, reviewer.admit(&token))
+        .await
+        .expect("no API call")
+        .expect_err("a refused token admitted again");
+    assert!(again.to_string().contains("has been deleted"), "{again}");
+
+    // A token the keys do not vouch for (signed by another key under the same key id,
+    // or naming a key not published) waits for its review; the keys are not fetched
+    // again within KEYS_REFRESH.
+    let forged =
+        SigningKey::generate().token("k1", "system:serviceaccount:shop:checkout", "redis-xds");
+    let unknown = key.token("k2", "system:serviceaccount:shop:checkout", "redis-xds");
+    for token in [forged, unknown] {
+        let admitting = tokio::spawn({
+            let (reviewer, token) = (reviewer.clone(), token.clone());
+            async move { reviewer.admit(&token).await }
+        });
+        expect_review(
+            &mut handle,
+            &token,
+            review_answer(false, "", &[], Some("invalid bearer token")),
+        )
+        .await;
+        let refused = admitting.await.unwrap().expect_err("refused by its review");
+        assert!(
+            matches!(
+                refused,
+                redis_xds::k8s::token_review::ReviewError::Rejected(_)
+            ),
+            "{refused:?}"
+        );
+    }
+    // And a token the keys vouch for, whose review agrees, is confirmed.
+    let good = key.token("k1", "system:serviceaccount:shop:cart", "redis-xds");
+    let admitted = reviewer.admit(&good).await.expect("vouched for");
+    let confirming = tokio::spawn(admitted.confirmation.expect("the review follows"));
+    expect_review(
+        &mut handle,
+        &good,
+        review_answer(
+            true,
+            "system:serviceaccount:shop:cart",
+            &["redis-xds"],
+            None,
+        ),
+    )
+    .await;
+    confirming.await.unwrap().expect("confirmed");
 }
