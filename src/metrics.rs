@@ -43,7 +43,26 @@ pub struct Metrics {
     /// 1 while the server serves: the source was read, and no task failed (what `/readyz`
     /// says); 0 otherwise. Set on each scrape.
     pub ready: Gauge,
+    /// Problems the compiler found (each leaves its object out), by reason (`reason` =
+    /// the reasons of `Accepted=False` conditions: Invalid, RefNotFound, ...). Every reason
+    /// is exported, at 0 when there is none.
+    pub problems_by_reason: Family<Label, Gauge>,
+    /// Failed list or watch calls to the Kubernetes API by kind (`kind` = RedisCluster |
+    /// Pod | EndpointSlice | Secret | Service), or failed reads of the manifests directory
+    /// (`kind` = Manifests). Each followed kind is exported from the start, at 0.
+    pub watch_errors: Family<Label, Counter>,
+    /// Per RedisCluster (`rediscluster` = `<namespace>/<name>`, the `envoy_redis_prefix` of
+    /// its listener's statistics), this replica's connected proxies that select it
+    /// (`state` = connected), hold its current version (synced) or rejected it
+    /// (rejected): the status's `proxies`, before the replicas' counts are added up. Set
+    /// on each scrape; a deleted RedisCluster's series go with it.
+    pub rediscluster_proxies: Family<ObjectLabels, Gauge>,
 }
+
+/// `rediscluster` (`<namespace>/<name>`, as Envoy's `envoy_redis_prefix`) and `state` of a
+/// RedisCluster's series. Not `namespace`: Kubernetes service discovery gives every
+/// scraped series the pod's own `namespace`, and Prometheus would rename ours.
+pub type ObjectLabels = [(&'static str, String); 2];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -62,6 +81,9 @@ impl Default for Metrics {
             source_events: Family::default(),
             proxies: Family::default(),
             ready: Gauge::default(),
+            problems_by_reason: Family::default(),
+            watch_errors: Family::default(),
+            rediscluster_proxies: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -118,6 +140,21 @@ impl Default for Metrics {
             "ready",
             "1 while the server serves (the source was read, no task failed)",
             m.ready.clone(),
+        );
+        registry.register(
+            "model_problems_by_reason",
+            "Problems the compiler found, by reason (the reasons of Accepted=False conditions)",
+            m.problems_by_reason.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Failed list or watch calls to the Kubernetes API, by kind (directory reads: kind Manifests)",
+            m.watch_errors.clone(),
+        );
+        registry.register(
+            "rediscluster_proxies",
+            "Per RedisCluster, this replica's connected proxies that select it (state connected), have its current version (synced) or rejected it (rejected)",
+            m.rediscluster_proxies.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -25,6 +25,16 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 6] = [
+        Reason::Invalid,
+        Reason::RefNotFound,
+        Reason::RefNotAccepted,
+        Reason::SecretNotFound,
+        Reason::PortConflict,
+        Reason::RefIncompatible,
+    ];
+
     /// The CamelCase reason used in status conditions.
     pub fn as_str(self) -> &'static str {
         match self {

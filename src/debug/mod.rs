@@ -176,8 +176,9 @@ async fn metrics(State(s): State<DebugState>) -> Response {
         SyncState::Nacked,
         SyncState::NotSent,
     ];
-    for p in s.registry.list() {
-        let state = proxy_state(&p);
+    let proxies = s.registry.list();
+    for p in &proxies {
+        let state = proxy_state(p);
         if let Some(i) = order.iter().position(|o| *o == state) {
             counts[i] += 1;
         }
@@ -190,6 +191,27 @@ async fn metrics(State(s): State<DebugState>) -> Response {
             SyncState::NotSent => "not_sent",
         };
         s.metrics.proxies.get_or_create(&[("state", label)]).set(n);
+    }
+    // Per RedisCluster, as its status counts them (from this replica's proxies); every
+    // RedisCluster of the model, at 0 without proxies, and none that is gone.
+    let snapshot = Arc::clone(&s.snapshots.borrow());
+    let facts = crate::k8s::fleet::proxy_facts(&snapshot, &proxies);
+    let per_object = &s.metrics.rediscluster_proxies;
+    per_object.clear();
+    for key in snapshot.model.redis_clusters.keys() {
+        let counts = facts.get(key).map(|f| f.counts.clone()).unwrap_or_default();
+        for (state, n) in [
+            ("connected", counts.connected),
+            ("synced", counts.synced),
+            ("rejected", counts.rejected),
+        ] {
+            per_object
+                .get_or_create(&[
+                    ("rediscluster", format!("{}/{}", key.namespace, key.name)),
+                    ("state", state.to_owned()),
+                ])
+                .set(i64::from(n));
+        }
     }
     let serving = *s.ready.borrow() && s.failed.borrow().is_none();
     s.metrics.ready.set(i64::from(serving));

@@ -75,6 +75,17 @@ pub fn snapshot(
         .problems
         .get_or_create(&[("stage", "compile")])
         .set(compiled.problems.len() as i64);
+    for reason in crate::compile::Reason::ALL {
+        let n = compiled
+            .problems
+            .iter()
+            .filter(|p| p.reason == reason)
+            .count();
+        metrics
+            .problems_by_reason
+            .get_or_create(&[("reason", reason.as_str())])
+            .set(n as i64);
+    }
     for p in &compiled.problems {
         warn!(object = %p.object, field = %p.field, reason = p.reason.as_str(), "{}", p.message);
     }

@@ -51,6 +51,8 @@ pub struct DirWatcher {
     next_seen: u64,
     dir_problem: Option<LoadProblem>,
     polled: bool,
+    /// Polls whose listing of the directory failed.
+    read_failures: u64,
 }
 
 impl DirWatcher {
@@ -63,7 +65,13 @@ impl DirWatcher {
             next_seen: 0,
             dir_problem: None,
             polled: false,
+            read_failures: 0,
         }
+    }
+
+    /// How many polls could not list the directory so far.
+    pub fn read_failures(&self) -> u64 {
+        self.read_failures
     }
 
     /// Re-reads the directory; returns the new state when anything changed.
@@ -76,6 +84,7 @@ impl DirWatcher {
                 l
             }
             Err(e) => {
+                self.read_failures += 1;
                 // Keep serving what was read before: a directory that briefly disappears
                 // (a volume remount) must not take every listener away.
                 let problem = LoadProblem {
@@ -196,16 +205,24 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let errors = metrics
+        .watch_errors
+        .get_or_create(&[("kind", "Manifests")])
+        .clone();
+    let events = metrics
+        .source_events
+        .get_or_create(&[("source", "manifests")])
+        .clone();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(state) = watcher.poll() {
-            metrics
-                .source_events
-                .get_or_create(&[("source", "manifests")])
-                .inc();
+        let failures = watcher.read_failures();
+        let polled = watcher.poll();
+        errors.inc_by(watcher.read_failures() - failures);
+        if let Some(state) = polled {
+            events.inc();
             metrics
                 .problems
                 .get_or_create(&[("stage", "load")])

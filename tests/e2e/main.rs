@@ -8,6 +8,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod dashboards;
 mod external_auth;
 mod kubernetes;
 mod own_rules;

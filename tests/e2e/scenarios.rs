@@ -90,6 +90,10 @@ pub const ALL: &[(&str, Scenario)] = &[
         crate::zones::zone_aware_reads,
     ),
     (
+        "every_dashboard_panel_answers_on_real_prometheus",
+        crate::dashboards::dashboards,
+    ),
+    (
         "traffic_survives_a_control_plane_restart_and_a_primary_failure",
         resilience,
     ),

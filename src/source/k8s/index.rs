@@ -30,6 +30,19 @@ pub enum Kind {
     Service,
 }
 
+impl Kind {
+    /// The kind's name, as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::RedisCluster => "RedisCluster",
+            Kind::Pod => "Pod",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Secret => "Secret",
+            Kind::Service => "Service",
+        }
+    }
+}
+
 /// Every kind, for readiness.
 pub const KINDS: [Kind; 4] = [
     Kind::RedisCluster,

@@ -250,6 +250,11 @@ async fn follow<K, F>(
         .source_events
         .get_or_create(&[("source", "kubernetes")])
         .clone();
+    let errors = shared
+        .metrics
+        .watch_errors
+        .get_or_create(&[("kind", kind.as_str())])
+        .clone();
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -282,6 +287,7 @@ async fn follow<K, F>(
             // Without the CRD every retry answers 404: say what is wrong once, not the
             // API server's "404 page not found" on every retry.
             Err(e) if kind == Kind::RedisCluster && not_found(&e) => {
+                errors.inc();
                 shared.set_crd_missing(true);
                 tracing::debug!(error = %e, "RedisCluster list refused; retrying with backoff");
             }
@@ -291,6 +297,7 @@ async fn follow<K, F>(
             // old resource version, which a restarted API server holds for seconds before
             // it answers 410 Gone (5 s for RedisClusters in tests/apiserver.rs).
             Err(e) if unreachable(&e) => {
+                errors.inc();
                 warn!(error = %e, "API server unreachable; listing afresh once it answers");
                 let delay = outage.next().unwrap_or(WatchBackoff::MAX);
                 tokio::select! {
@@ -301,7 +308,10 @@ async fn follow<K, F>(
                 stream = start();
             }
             // The backoff wrapper retries; the index keeps serving the last known state.
-            Err(e) => warn!(error = %e, "watch failed; retrying with backoff"),
+            Err(e) => {
+                errors.inc();
+                warn!(error = %e, "watch failed; retrying with backoff");
+            }
         }
     }
 }
