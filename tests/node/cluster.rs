@@ -79,6 +79,18 @@ impl Node {
             .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
     }
 
+    /// Helm as cluster-admin; panics unless it succeeds.
+    pub fn helm(&self, args: &[&str]) -> String {
+        let out = output(self.cmd("helm").args(args));
+        assert!(
+            out.status.success(),
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `kubectl get ... -o json`.
     pub fn get_json(&self, args: &[&str]) -> Value {
         let mut a = vec!["get"];

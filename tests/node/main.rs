@@ -1,5 +1,5 @@
 //! redis-xds as users run it: on a real one-node Kubernetes (kubelet, containerd, kube-proxy,
-//! CoreDNS; `scripts/node`), installed with `kubectl apply -k deploy/`, serving the sidecars
+//! CoreDNS; `scripts/node`), installed with `helm install` of charts/redis-xds, serving the sidecars
 //! its own webhook injects into `deploy/examples`, with faults under steady traffic.
 //!
 //! Everything is asserted on what the Redis servers saw or what a client got back. The

@@ -8,6 +8,7 @@ mod common;
 
 mod ads;
 mod alerts;
+mod chart;
 mod compile;
 mod compile_props;
 mod crd;
