@@ -510,21 +510,26 @@ fn service_account_token(api: &ApiServer, audience: &str) -> String {
         .to_owned()
 }
 
+/// A Delta stream with `token`, subscribed to clusters as proxy `id` of `shop`.
+async fn subscribed_with_token(
+    addr: std::net::SocketAddr,
+    token: &str,
+    id: &str,
+) -> Result<common::xds::Delta, tonic::Status> {
+    let d = common::xds::delta_as(addr, Some(token)).await?;
+    d.subscribe(common::xds::node(id, Some("shop")), common::xds::CDS, &[])
+        .await;
+    Ok(d)
+}
+
 /// Opens a Delta stream with `token`, subscribes to clusters as a proxy in `shop`, and
 /// returns the first response or the status the stream ended with.
 async fn delta_with_token(
     addr: std::net::SocketAddr,
     token: &str,
 ) -> Result<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse, tonic::Status> {
-    let mut d = common::xds::delta_as(addr, Some(token)).await?;
-    d.subscribe(
-        common::xds::node("app-1", Some("shop")),
-        common::xds::CDS,
-        &[],
-    )
-    .await;
-    let responses = &mut d.rx;
-    let next = tokio::time::timeout(common::xds::PATIENCE, responses.message())
+    let mut d = subscribed_with_token(addr, token, "app-1").await?;
+    let next = tokio::time::timeout(common::xds::PATIENCE, d.rx.message())
         .await
         .expect("an answer within the patience")?;
     next.ok_or_else(|| tonic::Status::unknown("the stream ended without a response"))
@@ -610,15 +615,9 @@ async fn should_end_a_stream_whose_token_the_keys_vouch_for_but_token_review_ref
     // Signed with the cluster's key, for the right audience and issuer, but for a
     // ServiceAccount that does not exist: only the TokenReview knows.
     let ghost = signed_token(&api, "ghost", "00000000-0000-0000-0000-000000000000");
-    let mut d = common::xds::delta_as(serve.xds, Some(&ghost))
+    let mut d = subscribed_with_token(serve.xds, &ghost, "ghost-1")
         .await
         .expect("the stream starts on the token's signature");
-    d.subscribe(
-        common::xds::node("ghost-1", Some("shop")),
-        common::xds::CDS,
-        &[],
-    )
-    .await;
     let ended = loop {
         match tokio::time::timeout(common::xds::PATIENCE, d.rx.message())
             .await
@@ -646,20 +645,13 @@ async fn should_end_a_stream_whose_token_the_keys_vouch_for_but_token_review_ref
         .unwrap();
     let account: Value = serde_json::from_str(&account).unwrap();
     let app = signed_token(&api, "app", account["metadata"]["uid"].as_str().unwrap());
-    let mut d = common::xds::delta_as(serve.xds, Some(&app))
+    let mut d = subscribed_with_token(serve.xds, &app, "app-1")
         .await
         .expect("a proxy of shop/app is served");
-    d.subscribe(
-        common::xds::node("app-1", Some("shop")),
-        common::xds::CDS,
-        &[],
-    )
-    .await;
     let first = d.rx.message().await.expect("served").expect("a response");
     assert_eq!(first.resources.len(), 1, "the orders cluster");
-    // Its review has confirmed it when a second stream with it is admitted from the
-    // cache; the first is still open then (an ACK is answered by nothing, so a
-    // subscription to another type shows the stream alive).
+    // Once the API server has answered its review (the second, after ghost's), the stream
+    // is still open: a subscription to another type is answered.
     common::wait_until("the review of shop/app answered", || {
         (api.token_reviews().values().sum::<f64>() >= 2.0).then_some(())
     });

@@ -364,11 +364,20 @@ fn metric_names(expr: &str) -> Vec<String> {
             _ => bare.push(c),
         }
     }
-    for keyword in ["by", "without", "on", "ignoring", "group_left", "group_right"] {
+    for keyword in [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ] {
         while let Some(i) = find_word(&bare, keyword) {
             let rest = &bare[i + keyword.len()..];
             let skip = match rest.trim_start().strip_prefix('(') {
-                Some(list) => rest.len() - list.len() + list.find(')').map_or(list.len(), |e| e + 1),
+                Some(list) => {
+                    rest.len() - list.len() + list.find(')').map_or(list.len(), |e| e + 1)
+                }
                 None => 0,
             };
             bare.replace_range(i..i + keyword.len() + skip, " ");

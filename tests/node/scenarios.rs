@@ -84,7 +84,9 @@ pub fn install(node: &Node) {
     let releases = node.helm(&["list", "--namespace", "redis-xds", "--output", "json"]);
     let releases: Value = serde_json::from_str(&releases).unwrap();
     assert_eq!(releases[0]["status"], "deployed", "{releases}");
-    println!("  redis-xds: helm install deployed, 2 replicas Ready, caBundle written to 3 webhooks");
+    println!(
+        "  redis-xds: helm install deployed, 2 replicas Ready, caBundle written to 3 webhooks"
+    );
 }
 
 /// The Redis Cluster's nodes as `(ip, is_primary)`, read from one of them.
