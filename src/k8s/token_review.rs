@@ -242,20 +242,22 @@ impl TokenReviewer {
         let token = token.to_owned();
         let claimed = vouched.clone();
         let confirmation = async move {
-            match reviewer.review(&token).await {
-                Ok(reviewed) if reviewed == claimed => Ok(()),
+            let refused = match reviewer.review(&token).await {
+                Ok(reviewed) if reviewed == claimed => return Ok(()),
                 Ok(reviewed) => {
                     let e = ReviewError::Mismatch(reviewed.to_string());
                     reviewer.remember(token_key(&token), Err(e.clone()), None);
-                    Err(e.into())
+                    e
                 }
                 // The keys vouched for it; the stream keeps running without the review.
                 Err(ReviewError::Unavailable) => {
                     tracing::warn!(principal = %claimed, "TokenReview unavailable; the stream keeps running on the token's signature alone");
-                    Ok(())
+                    return Ok(());
                 }
-                Err(e) => Err(e.into()),
-            }
+                Err(e) => e,
+            };
+            tracing::warn!(principal = %claimed, "stream ended: {refused}");
+            Err(refused.into())
         };
         Ok(Authenticated {
             principal: vouched,

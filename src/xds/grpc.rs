@@ -135,7 +135,6 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
         responses,
         done: false,
         confirmation,
-        peer,
         _gone: gone,
     }));
     response.headers_mut().insert(
@@ -208,8 +207,6 @@ struct ResponseBody {
     /// The rest of the caller's authentication, while it runs: polled with the responses,
     /// so that a refusal ends the stream with its status as soon as it is known.
     confirmation: Option<Confirmation>,
-    /// The client's address, for the log of a refusal.
-    peer: Option<SocketAddr>,
     /// Stops the stream when the body is dropped (the client reset the stream or left).
     _gone: tokio_util::sync::DropGuard,
 }
@@ -242,8 +239,8 @@ impl http_body::Body for ResponseBody {
             && let Poll::Ready(confirmed) = confirmation.as_mut().poll(cx)
         {
             self.confirmation = None;
+            // The authenticator logs a refusal: it knows whom it refused.
             if let Err(status) = confirmed {
-                tracing::warn!(peer = ?self.peer, code = ?status.code(), "stream ended: {}", status.message());
                 return Poll::Ready(Some(Ok(self.end(&status))));
             }
         }
