@@ -768,7 +768,7 @@ fn path_allowed(api: &ApiServer, verb: &str, path: &str) -> bool {
 
 #[test]
 fn should_grant_the_service_account_exactly_the_calls_it_makes() {
-    use redis_xds::k8s::calls::{API_CALLS, PATH_CALLS};
+    use redis_xds::k8s::calls::{API_CALLS, ISTIO_API_CALLS, PATH_CALLS};
     let api = ApiServer::start();
     api.install_crd();
     for file in ["deploy/base/namespace.yaml", "deploy/base/rbac.yaml"] {
@@ -798,6 +798,43 @@ fn should_grant_the_service_account_exactly_the_calls_it_makes() {
                 call.group,
                 call.resource,
                 call.why
+            );
+        }
+    }
+    // Istio mode's one extra call, from deploy/istio, for its one ServiceAccount only.
+    api.namespace("istio-system");
+    let out = api.kubectl_apply(&["-f", "deploy/istio/istiod-debug-rbac.yaml"]);
+    assert!(
+        out.status.success(),
+        "kubectl apply -f deploy/istio/istiod-debug-rbac.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for call in ISTIO_API_CALLS {
+        for verb in call.verbs {
+            assert!(
+                allowed_named(
+                    &api,
+                    verb,
+                    call.group,
+                    call.resource,
+                    "istio-system",
+                    "redis-xds-istiod-debug"
+                ),
+                "deploy/istio does not allow {verb} {} ({})",
+                call.resource,
+                call.why
+            );
+            assert!(
+                !allowed_named(
+                    &api,
+                    verb,
+                    call.group,
+                    call.resource,
+                    "istio-system",
+                    "istiod"
+                ),
+                "deploy/istio allows {verb} {} of another ServiceAccount",
+                call.resource
             );
         }
     }

@@ -111,15 +111,22 @@ fn install_istio(api: &ApiServer) {
 /// istiod reading config from `api` (and from redis-xds's config source on
 /// `config_source`), its plaintext xDS on the returned port.
 fn start_istiod(api: &ApiServer, dir: &std::path::Path, config_source: Option<u16>) -> (Proc, u16) {
-    start_istiod_on(api, dir, config_source, free_port())
+    start_istiod_on(
+        api,
+        dir,
+        config_source,
+        &format!("127.0.0.1:{}", free_port()),
+    )
 }
 
-/// [`start_istiod`] with its HTTP (debug) endpoints on `http`.
+/// [`start_istiod`] with its HTTP (debug) endpoints on `http` (`IP:PORT`). Its debug
+/// endpoints answer a caller from another address only with a token of audience
+/// `istio-ca`, and show every proxy only to one of the root namespace (istio-system).
 fn start_istiod_on(
     api: &ApiServer,
     dir: &std::path::Path,
     config_source: Option<u16>,
-    http: u16,
+    http: &str,
 ) -> (Proc, u16) {
     let (grpc, monitoring, ctrlz) = (free_port(), free_port(), free_port());
     let mesh = dir.join("mesh.yaml");
@@ -144,7 +151,7 @@ fn start_istiod_on(
     .arg("--meshConfig")
     .arg(&mesh)
     .args(["--networksConfig", "/nonexistent"])
-    .args(["--httpAddr", &format!("127.0.0.1:{http}")])
+    .args(["--httpAddr", http])
     .args(["--grpcAddr", &format!("127.0.0.1:{grpc}")])
     .args(["--secureGRPCAddr", "", "--httpsAddr", ""])
     .args(["--monitoringAddr", &format!("127.0.0.1:{monitoring}")])
@@ -163,9 +170,7 @@ fn start_istiod_on(
         name: "istiod",
         log: Some(Log::File(log)),
     };
-    wait_until("istiod is ready", || {
-        http_get(&format!("127.0.0.1:{http}"), "/ready").map(|_| ())
-    });
+    wait_until("istiod is ready", || http_get(http, "/ready").map(|_| ()));
     (proc, grpc)
 }
 
@@ -693,9 +698,18 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     let m = mesh();
     let config_port = free_port();
     let config_addr = format!("127.0.0.1:{config_port}");
-    let istiod_http = free_port();
-    let istiod_debug = format!("http://127.0.0.1:{istiod_http}");
-    let _serve = common::apiserver::start_serve_kube(
+    // istiod's debug endpoints on an address that is not loopback, as a pod reaches
+    // istiod's Service: they serve such a caller only with a token.
+    net("ip", &["addr", "add", "10.96.7.1/32", "dev", "lo"]);
+    let istiod_http = format!("10.96.7.1:{}", free_port());
+    let istiod_debug = format!("http://{istiod_http}");
+    // The ServiceAccount of the root namespace whose tokens redis-xds requests for istiod
+    // (deploy/istio/istiod-debug-rbac.yaml).
+    m.api.create(
+        "/api/v1/namespaces/istio-system/serviceaccounts",
+        &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "redis-xds-istiod-debug"}}),
+    );
+    let serve = common::apiserver::start_serve_kube(
         &m.api,
         &[
             "--istio",
@@ -703,6 +717,8 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
             &config_addr,
             "--istiod-debug-addr",
             &istiod_debug,
+            "--istiod-debug-service-account",
+            "istio-system/redis-xds-istiod-debug",
             "--xds-auth",
             "none",
             "--debounce-quiet",
@@ -710,7 +726,14 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
         ],
         "info",
     );
-    let (_istiod, grpc) = start_istiod_on(&m.api, m.tmp.path(), Some(config_port), istiod_http);
+    let (_istiod, grpc) = start_istiod_on(&m.api, m.tmp.path(), Some(config_port), &istiod_http);
+    // Without the token, istiod refuses a caller from that address.
+    let unauthenticated = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{istiod_debug}/debug/syncz"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&unauthenticated.stdout), "401");
     let (_sidecar, admin) = start_sidecar(m.tmp.path(), grpc);
     let listener = format!("{}_6379", m.cluster_ips[0]);
     wait_until(
@@ -730,6 +753,7 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     // Three periodic steps lie between (istiod's push, redis-xds's 5 s probe of istiod, the
     // Lease holder's status write); with the other Istio tests' API servers and istiods on
     // the same two cores, that can take longer than the usual bound.
+    let mut seen = Value::Null;
     common::wait_until_for(
         "orders is IstioProgrammed",
         std::time::Duration::from_secs(90),
@@ -741,6 +765,10 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
                 .iter()
                 .find(|c| c["type"] == "IstioProgrammed")?
                 .clone();
+            if c["message"] != seen["message"] {
+                println!("  IstioProgrammed {}: {}", c["status"], c["message"]);
+                seen = c.clone();
+            }
             (c["status"] == "True" && c["reason"] == "Programmed").then_some(c)
         },
     );
@@ -748,6 +776,10 @@ fn serve_is_istiods_config_source_and_writes_nothing_to_the_api_server() {
     assert!(
         body.contains(&format!("1 of 1 sidecars hold redis_proxy on {listener}")),
         "{body}"
+    );
+    assert!(
+        !serve.log.lock().unwrap().contains("eyJ"),
+        "a token was logged"
     );
     patch_read_policy(&m, &admin);
     // A new ClusterIP is followed.

@@ -149,10 +149,25 @@ struct IstioArgs {
     /// at it as xds://ADDRESS.
     #[arg(long, default_value = "0.0.0.0:18002")]
     istio_config_addr: std::net::SocketAddr,
-    /// istiod's debug endpoints (`http://istiod.istio-system:8080`), for the
+    /// istiod's debug endpoints (`http://istiod.istio-system.svc:15014`), for the
     /// IstioProgrammed condition: which selected sidecars hold the patched listener.
     #[arg(long, requires = "istio")]
     istiod_debug_addr: Option<String>,
+    /// NAMESPACE/NAME of a ServiceAccount in the mesh's root namespace whose tokens
+    /// (audience istio-ca, from the TokenRequest API, renewed before they expire) redis-xds
+    /// presents to istiod's debug endpoints. istiod answers callers that are not on its
+    /// loopback only with such a token, and shows every proxy only to the root namespace.
+    /// deploy/istio creates istio-system/redis-xds-istiod-debug for it.
+    #[arg(
+        long,
+        requires = "istiod_debug_addr",
+        conflicts_with = "istiod_token_file"
+    )]
+    istiod_debug_service_account: Option<String>,
+    /// Instead: a file holding such a token (a projected token, when redis-xds itself runs
+    /// in the root namespace), read again for every probe.
+    #[arg(long, requires = "istiod_debug_addr")]
+    istiod_token_file: Option<std::path::PathBuf>,
     /// The mesh's root namespace (meshConfig.rootNamespace): where filters for clients in
     /// any namespace go.
     #[arg(long, default_value = "istio-system")]
@@ -664,6 +679,8 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
                 inline_secrets: d == IstioDeliveryArg::Xds,
             },
             istiod_debug: istio.istiod_debug_addr.clone(),
+            istiod_token_file: istio.istiod_token_file.clone(),
+            istiod_debug_service_account: istio.istiod_debug_service_account.clone(),
         }),
     };
     options.check()?;

@@ -103,6 +103,11 @@ pub struct IstioSettings {
     pub options: crate::istio::IstioOptions,
     /// `http://HOST:PORT` of istiod's debug endpoints, for status.
     pub istiod_debug: Option<String>,
+    /// The token file sent to them (`--istiod-token-file`).
+    pub istiod_token_file: Option<std::path::PathBuf>,
+    /// `NAMESPACE/NAME` whose requested tokens are sent to them
+    /// (`--istiod-debug-service-account`).
+    pub istiod_debug_service_account: Option<String>,
 }
 
 /// `--debug-auth`: who may read `/debug/*` (see [`crate::k8s::debug_access`]).
@@ -537,11 +542,44 @@ pub async fn run(
         );
         let mut istio_facts = None;
         if let Some(istio) = &opts.istio {
+            use crate::istio::programmed::IstiodToken;
+            let istiod_token = match (
+                &istio.istiod_debug_service_account,
+                &istio.istiod_token_file,
+            ) {
+                (Some(account), _) => {
+                    let (namespace, name) = account.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--istiod-debug-service-account {account:?} is not NAMESPACE/NAME"
+                        )
+                    })?;
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    supervisor.spawn(
+                        "istiod token",
+                        crate::k8s::istiod_token::run(
+                            client.clone(),
+                            namespace.to_owned(),
+                            name.to_owned(),
+                            tx,
+                            shutdown.clone(),
+                        ),
+                    );
+                    IstiodToken::Requested(rx)
+                }
+                (None, Some(file)) => IstiodToken::File(file.clone()),
+                (None, None) => IstiodToken::None,
+            };
             let shared = crate::istio::programmed::SharedFacts::default();
             supervisor.spawn(
                 "Istio status",
                 crate::istio::programmed::run(
-                    istio.istiod_debug.clone(),
+                    istio
+                        .istiod_debug
+                        .clone()
+                        .map(|base| crate::istio::programmed::Istiod {
+                            base,
+                            token: istiod_token.clone(),
+                        }),
                     snap_rx.clone(),
                     istio.options.clone(),
                     std::sync::Arc::clone(&shared),

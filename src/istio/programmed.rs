@@ -163,12 +163,51 @@ pub fn facts(
     out
 }
 
-async fn get(client: &HttpClient, base: &str, path: &str) -> Result<Value, String> {
+/// Where istiod's debug endpoints are, and how to authenticate to them.
+#[derive(Clone, Debug)]
+pub struct Istiod {
+    /// `http://HOST:PORT`.
+    pub base: String,
+    /// The bearer token sent with each request.
+    pub token: IstiodToken,
+}
+
+/// A ServiceAccount token of audience `istio-ca` for istiod's debug endpoints. istiod
+/// serves loopback callers without one; any other caller must present one, and only a
+/// token of a ServiceAccount in the mesh's root namespace sees every proxy (a token from
+/// another namespace istiod allows, `DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES`, sees only
+/// that namespace's proxies).
+#[derive(Clone, Debug)]
+pub enum IstiodToken {
+    /// No token (istiod on loopback).
+    None,
+    /// A file (a projected token), read again for every probe: the kubelet rotates it.
+    File(std::path::PathBuf),
+    /// Tokens the TokenRequest API gives (`crate::k8s::istiod_token`), kept fresh there.
+    Requested(watch::Receiver<Option<String>>),
+}
+
+/// One probe's view of istiod: where, and the bearer token for this probe.
+struct Probe<'a> {
+    client: &'a HttpClient,
+    base: &'a str,
+    token: Option<String>,
+}
+
+async fn get(p: &Probe<'_>, path: &str) -> Result<Value, String> {
     use http_body_util::BodyExt;
+    let base = p.base;
     let uri: http::Uri = format!("{base}{path}")
         .parse()
         .map_err(|e| format!("{base}{path}: {e}"))?;
-    let answer = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+    let mut request = http::Request::get(uri);
+    if let Some(token) = &p.token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("{base}{path}: {e}"))?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), p.client.request(request))
         .await
         .map_err(|_| format!("istiod at {base} did not answer {path} within 10s"))?
         .map_err(|e| format!("istiod at {base}: {e}"))?;
@@ -179,8 +218,25 @@ async fn get(client: &HttpClient, base: &str, path: &str) -> Result<Value, Strin
         .await
         .map_err(|e| format!("istiod at {base}: {e}"))?
         .to_bytes();
-    if !status.is_success() {
-        return Err(format!("istiod at {base} answered {path} with {status}"));
+    match status {
+        http::StatusCode::UNAUTHORIZED => {
+            return Err(format!(
+                "istiod at {base} answered {path} with {status}: it serves its debug endpoints only to loopback callers or to a ServiceAccount token of audience istio-ca; {}",
+                match p.token {
+                    Some(_) => "istiod did not accept the token",
+                    None => "set --istiod-debug-service-account (deploy/istio does)",
+                }
+            ));
+        }
+        http::StatusCode::FORBIDDEN => {
+            return Err(format!(
+                "istiod at {base} answered {path} with {status}: it accepted the token but serves every proxy's debug endpoints only to a ServiceAccount of the mesh's root namespace; use --istiod-debug-service-account with one there (docs/istio.md)"
+            ));
+        }
+        s if !s.is_success() => {
+            return Err(format!("istiod at {base} answered {path} with {status}"));
+        }
+        _ => {}
     }
     serde_json::from_slice(&body).map_err(|e| format!("istiod at {base}, {path}: {e}"))
 }
@@ -191,25 +247,44 @@ type HttpClient = hyper_util::client::legacy::Client<
 >;
 
 /// The sidecars istiod serves, with what it gives each.
-async fn sidecars(client: &HttpClient, base: &str) -> Result<Vec<Sidecar>, String> {
-    let syncz = get(client, base, "/debug/syncz").await?;
+async fn sidecars(client: &HttpClient, istiod: &Istiod) -> Result<Vec<Sidecar>, String> {
+    let token = match &istiod.token {
+        IstiodToken::None => None,
+        // Never the token itself in an error: only the file and why it cannot be read.
+        IstiodToken::File(path) => Some(
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("cannot read --istiod-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        IstiodToken::Requested(tokens) => Some(tokens.borrow().clone().ok_or_else(|| {
+            "no token for istiod's debug endpoints yet (TokenRequest for --istiod-debug-service-account has not answered; redis-xds's log says why)".to_string()
+        })?),
+    };
+    let probe = Probe {
+        client,
+        base: &istiod.base,
+        token,
+    };
+    let syncz = get(&probe, "/debug/syncz").await?;
     let mut out = Vec::new();
     for p in syncz.as_array().into_iter().flatten() {
         let Some(id) = p["proxy"].as_str() else {
             continue;
         };
         let acked = p["listener_sent"] == p["listener_acked"];
-        let adsz = get(client, base, &format!("/debug/adsz?proxyID={id}")).await?;
-        let dump = get(client, base, &format!("/debug/config_dump?proxyID={id}")).await?;
+        let adsz = get(&probe, &format!("/debug/adsz?proxyID={id}")).await?;
+        let dump = get(&probe, &format!("/debug/config_dump?proxyID={id}")).await?;
         out.push(sidecar_from_dump(&adsz, &dump, acked));
     }
     Ok(out)
 }
 
-/// Keeps `shared` current until `shutdown`. Without `istiod` (`http://HOST:PORT` of its
-/// debug endpoints) only what needs no istiod is known.
+/// Keeps `shared` current until `shutdown`. Without `istiod` only what needs no istiod is
+/// known.
 pub async fn run(
-    istiod: Option<String>,
+    istiod: Option<Istiod>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     opts: IstioOptions,
     shared: SharedFacts,
@@ -232,7 +307,7 @@ pub async fn run(
                 generated = Some((Arc::clone(&snapshot), g));
             }
             let found = match &istiod {
-                Some(base) => sidecars(&client, base).await,
+                Some(istiod) => sidecars(&client, istiod).await,
                 None => {
                     Err("istiod's debug endpoints are not configured (--istiod-debug-addr)".into())
                 }

@@ -96,6 +96,15 @@ pub const API_CALLS: &[ApiCall] = &[
     },
 ];
 
+/// The calls of Istio mode that deploy/istio grants beyond deploy/base (a Role in the
+/// mesh's root namespace, which exists only where Istio does).
+pub const ISTIO_API_CALLS: &[ApiCall] = &[ApiCall {
+    group: "",
+    resource: "serviceaccounts/token",
+    verbs: &["create"],
+    why: "tokens of istio-system/redis-xds-istiod-debug for istiod's debug endpoints (IstioProgrammed; --istiod-debug-service-account, that one ServiceAccount only)",
+}];
+
 /// One non-resource URL redis-xds reads (RBAC's `nonResourceURLs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathCall {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod debug_access;
 pub mod envoy_filters;
 pub mod fleet;
+pub mod istiod_token;
 pub mod lease;
 pub mod status;
 pub mod token_review;

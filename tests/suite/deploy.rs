@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use redis_xds::k8s::calls::{API_CALLS, PATH_CALLS};
+use redis_xds::k8s::calls::{API_CALLS, ISTIO_API_CALLS, PATH_CALLS};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
@@ -227,6 +227,63 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
             );
         }
     }
+}
+
+#[test]
+fn the_istio_overlay_grants_exactly_the_calls_of_istio_mode_for_its_one_service_account() {
+    let docs = documents(&common::root().join("deploy/istio/istiod-debug-rbac.yaml"));
+    let mut granted = BTreeSet::new();
+    for doc in &docs {
+        if doc["kind"].as_str() != Some("Role") {
+            continue;
+        }
+        let role: Role = strict(doc).unwrap();
+        assert_eq!(role.metadata.namespace.as_deref(), Some("istio-system"));
+        for r in role.rules.unwrap_or_default() {
+            assert_eq!(
+                r.resource_names.as_deref(),
+                Some(&["redis-xds-istiod-debug".to_string()][..]),
+                "the token of that one ServiceAccount only"
+            );
+            for g in r.api_groups.unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    for v in &r.verbs {
+                        granted.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let used: BTreeSet<(String, String, String)> = ISTIO_API_CALLS
+        .iter()
+        .flat_map(|c| {
+            c.verbs
+                .iter()
+                .map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(granted, used);
+    // Bound to redis-xds's ServiceAccount, and the Deployment asks for that account's tokens.
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("RoleBinding"))
+        .unwrap();
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("redis-xds"));
+    assert_eq!(
+        binding["subjects"][0]["namespace"].as_str(),
+        Some("redis-xds")
+    );
+    let deployment = kustomize("deploy/istio")
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let args =
+        serde_yaml_ng::to_string(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+            .unwrap();
+    assert!(
+        args.contains("--istiod-debug-service-account=istio-system/redis-xds-istiod-debug"),
+        "{args}"
+    );
 }
 
 #[test]
