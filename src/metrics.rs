@@ -57,6 +57,8 @@ pub struct Metrics {
     /// (rejected): the status's `proxies`, before the replicas' counts are added up. Set
     /// on each scrape; a deleted RedisCluster's series go with it.
     pub rediscluster_proxies: Family<ObjectLabels, Gauge>,
+    /// Held by a scrape while it sets the gauges above and encodes them all.
+    pub scrape: std::sync::Mutex<()>,
 }
 
 /// `rediscluster` (`<namespace>/<name>`, as Envoy's `envoy_redis_prefix`) and `state` of a
@@ -84,6 +86,7 @@ impl Default for Metrics {
             problems_by_reason: Family::default(),
             watch_errors: Family::default(),
             rediscluster_proxies: Family::default(),
+            scrape: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(

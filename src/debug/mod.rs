@@ -176,6 +176,9 @@ async fn metrics(State(s): State<DebugState>) -> Response {
         SyncState::Nacked,
         SyncState::NotSent,
     ];
+    // One scrape at a time sets the gauges and encodes them: another scrape's clear and
+    // refill must not show in this one's text.
+    let _scrape = s.metrics.scrape.lock().unwrap_or_else(|e| e.into_inner());
     let proxies = s.registry.list();
     for p in &proxies {
         let state = proxy_state(p);

@@ -177,7 +177,7 @@ pub struct Istiod {
 /// token of a ServiceAccount in the mesh's root namespace sees every proxy (a token from
 /// another namespace istiod allows, `DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES`, sees only
 /// that namespace's proxies).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum IstiodToken {
     /// No token (istiod on loopback).
     None,
@@ -185,6 +185,17 @@ pub enum IstiodToken {
     File(std::path::PathBuf),
     /// Tokens the TokenRequest API gives (`crate::k8s::istiod_token`), kept fresh there.
     Requested(watch::Receiver<Option<String>>),
+}
+
+/// Says which kind of token, never the token (a `watch::Receiver` would show its value).
+impl std::fmt::Debug for IstiodToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IstiodToken::None => f.write_str("None"),
+            IstiodToken::File(path) => f.debug_tuple("File").field(path).finish(),
+            IstiodToken::Requested(_) => f.write_str("Requested"),
+        }
+    }
 }
 
 /// One probe's view of istiod: where, and the bearer token for this probe.

@@ -73,6 +73,8 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The published keys are fetched again, for a token naming a key not seen yet, at most
 /// this often: a flood of made-up key ids must not become a flood of requests.
 pub const KEYS_REFRESH: Duration = Duration::from_secs(30);
+/// How long fetched keys vouch for tokens before they are fetched again.
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(300);
 /// Clock skew allowed on `exp` and `nbf`, in seconds, as the API server's own
 /// ServiceAccount token authenticator allows.
 const LEEWAY_SECS: u64 = 60;
@@ -98,7 +100,7 @@ fn jwt_expiry(token: &str) -> Option<SystemTime> {
         .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = json.get("exp")?.as_u64()?;
-    Some(UNIX_EPOCH + Duration::from_secs(exp))
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
 }
 
 /// Why a token was not accepted. The xDS server turns it into a gRPC status
@@ -266,6 +268,30 @@ impl TokenReviewer {
     }
 }
 
+/// One stream waiting for a review in flight. The first to see the answer, or the last to
+/// give up before it, takes the review off the in-flight map, so that a review every waiter
+/// gave up on leaves nothing behind.
+struct Waiting<'a> {
+    in_flight: &'a Mutex<HashMap<[u8; 32], Answer>>,
+    key: [u8; 32],
+    answer: Answer,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // Answered (later streams read the cache, or ask again), or held by the map and
+        // by this waiter only (nobody else waits for it).
+        if in_flight
+            .get(&self.key)
+            .is_some_and(|a| Arc::ptr_eq(a, &self.answer))
+            && (self.answer.initialized() || Arc::strong_count(&self.answer) <= 2)
+        {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
 /// The cache key of a token: its SHA-256 (tokens themselves are never kept).
 fn token_key(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -296,7 +322,12 @@ impl Reviewer {
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_ENTRIES {
-            cache.clear();
+            // Answers that ran out first; everything only if a flood left nothing to drop.
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
         }
         cache.insert(key, (answer, Instant::now() + ttl));
     }
@@ -312,22 +343,22 @@ impl Reviewer {
         }
         // The first stream with this token asks; the others wait for its answer. Should
         // the first go away while it asks, the next waiting one asks instead (OnceCell).
-        let answer: Answer = Arc::clone(
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_default(),
-        );
-        let result = answer
+        let waiting = Waiting {
+            in_flight: &self.in_flight,
+            key,
+            answer: Arc::clone(
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key)
+                    .or_default(),
+            ),
+        };
+        waiting
+            .answer
             .get_or_init(|| self.ask(token, expiry, key))
             .await
-            .clone();
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if in_flight.get(&key).is_some_and(|a| Arc::ptr_eq(a, &answer)) {
-            in_flight.remove(&key);
-        }
-        result
+            .clone()
     }
 
     /// Sends the review (waiting for a free permit), asking again while the API server
@@ -410,6 +441,10 @@ struct KeySet {
     issuer: String,
     /// By key id (`kid`).
     keys: HashMap<String, DecodingKey>,
+    /// When they were fetched: after [`KEYS_MAX_AGE`] they vouch for nothing until fetched
+    /// again, so that a key the cluster stopped publishing (rotated out after a leak) stops
+    /// admitting tokens.
+    fetched: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -480,15 +515,16 @@ impl PublishedKeys {
         service_account(&claims.sub)
     }
 
-    /// The key set holding `kid`, fetching it when the one held lacks it (once for every
-    /// caller waiting at the time, and at most every [`KEYS_REFRESH`]).
+    /// The key set holding `kid`, fetching it when the one held lacks it or is older than
+    /// [`KEYS_MAX_AGE`] (once for every caller waiting at the time, and at most every
+    /// [`KEYS_REFRESH`]).
     async fn keys_with(&self, kid: &str) -> Option<Arc<KeySet>> {
         let held = || {
             self.current
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
-                .filter(|k| k.keys.contains_key(kid))
+                .filter(|k| k.keys.contains_key(kid) && k.fetched.elapsed() < KEYS_MAX_AGE)
         };
         if let Some(keys) = held() {
             return Some(keys);
@@ -546,6 +582,7 @@ impl PublishedKeys {
         Ok(KeySet {
             issuer: discovery.issuer,
             keys,
+            fetched: tokio::time::Instant::now(),
         })
     }
 }

@@ -32,7 +32,6 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use super::AdsServer;
-use super::auth::Confirmation;
 use super::registry::Variant;
 use super::resource::Resource;
 use super::stream::{Request as AnyRequest, Response, ResponseReceiver};
@@ -130,12 +129,29 @@ async fn handle(server: AdsServer, req: http::Request<Body>) -> http::Response<B
             AnyRequest::Delta(Box::new(m))
         }),
     };
-    let (responses, gone) = responses;
+    let (responses, stop) = responses;
+    // The rest of the authentication runs as a task of its own (a body that is not polled,
+    // its client's window full, must not hold a review back); a refusal stops the stream
+    // and is sent as its status.
+    let confirming = confirmation.map(|confirmation| {
+        let (refused, refusal) = tokio::sync::oneshot::channel();
+        let stream = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(status) = confirmation.await {
+                let _ = refused.send(status);
+                stream.cancel();
+            }
+        });
+        Box::new(Confirming {
+            refusal,
+            task: task.abort_handle(),
+        })
+    });
     let mut response = http::Response::new(Body::new(ResponseBody {
         responses,
         done: false,
-        confirmation,
-        _gone: gone,
+        confirming,
+        _gone: stop.drop_guard(),
     }));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -152,7 +168,7 @@ fn open<Req: Message + Default + Send + 'static>(
     variant: Variant,
     body: Body,
     wrap: fn(Req) -> AnyRequest,
-) -> (ResponseReceiver, tokio_util::sync::DropGuard) {
+) -> (ResponseReceiver, tokio_util::sync::CancellationToken) {
     let requests = Streaming::new_request(Decode::<Req>::default(), body, None, Some(MAX_REQUEST));
     server.start(principal, peer, variant, requests, wrap)
 }
@@ -200,13 +216,27 @@ impl<T: Message + Default> Decoder for Decode<T> {
     }
 }
 
+/// The confirmation of a stream's authentication, running as a task of its own.
+struct Confirming {
+    /// Receives the status if the confirmation refuses the caller.
+    refusal: tokio::sync::oneshot::Receiver<Status>,
+    /// Aborted when the body goes (the client is gone: nothing left to confirm).
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Confirming {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The response stream: one gRPC message per response, then the status as trailers.
 struct ResponseBody {
     responses: ResponseReceiver,
     done: bool,
-    /// The rest of the caller's authentication, while it runs: polled with the responses,
-    /// so that a refusal ends the stream with its status as soon as it is known.
-    confirmation: Option<Confirmation>,
+    /// The rest of the caller's authentication while it runs: a refusal ends the body with
+    /// its status.
+    confirming: Option<Box<Confirming>>,
     /// Stops the stream when the body is dropped (the client reset the stream or left).
     _gone: tokio_util::sync::DropGuard,
 }
@@ -235,12 +265,13 @@ impl http_body::Body for ResponseBody {
         if self.done {
             return Poll::Ready(None);
         }
-        if let Some(confirmation) = &mut self.confirmation
-            && let Poll::Ready(confirmed) = confirmation.as_mut().poll(cx)
+        if let Some(confirming) = &mut self.confirming
+            && let Poll::Ready(refused) = Pin::new(&mut confirming.refusal).poll(cx)
         {
-            self.confirmation = None;
-            // The authenticator logs a refusal: it knows whom it refused.
-            if let Err(status) = confirmed {
+            self.confirming = None;
+            // The authenticator logs a refusal: it knows whom it refused. No refusal sent
+            // (the sender dropped): confirmed.
+            if let Ok(status) = refused {
                 return Poll::Ready(Some(Ok(self.end(&status))));
             }
         }

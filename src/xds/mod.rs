@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming};
 
 pub use self::registry::{ProxyStatus, Registry, TypeStatus, TypeStatuses, Variant};
@@ -148,8 +148,9 @@ impl AdsServer {
     }
 
     /// Starts a stream over `incoming`; its responses arrive on the returned channel. The
-    /// stream stops when the returned guard is dropped (the response body is gone: the
-    /// client reset the stream or closed the connection) or when the server shuts down.
+    /// stream stops when the returned token is cancelled (the response body holds it as a
+    /// drop guard: the client reset the stream or closed the connection; or its
+    /// authentication was refused after it started) or when the server shuts down.
     fn start<Req>(
         &self,
         principal: Option<auth::Principal>,
@@ -157,7 +158,7 @@ impl AdsServer {
         variant: Variant,
         incoming: Streaming<Req>,
         wrap: fn(Req) -> AnyRequest,
-    ) -> (stream::ResponseReceiver, DropGuard)
+    ) -> (stream::ResponseReceiver, CancellationToken)
     where
         Req: Send + 'static,
     {
@@ -165,7 +166,7 @@ impl AdsServer {
         // One token for "stop": the server's shutdown, or the response body dropped. A
         // child token costs less per idle stream than watching the channel for closing.
         let stop = self.shutdown.child_token();
-        let gone = stop.clone().drop_guard();
+        let gone = stop.clone();
         let ctx = StreamContext {
             profile: self.profile,
             principal: principal.map(Box::new),

@@ -207,6 +207,11 @@ fn the_values_schema_refuses_bad_values_by_name() {
         ("istio.configPort=18000", "configPort"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("metrics.serviceMonitor.interval=soon", "interval"),
+        ("xds.tokenAudience=a b", "tokenAudience"),
+        (
+            "istio.istiodDebugAddr=https://istiod:15014",
+            "istiodDebugAddr",
+        ),
     ] {
         let refused = render(&[set]).expect_err(set);
         assert!(

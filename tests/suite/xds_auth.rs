@@ -672,3 +672,48 @@ async fn a_token_the_published_keys_vouch_for_starts_at_once_and_its_review_can_
     .await;
     confirming.await.unwrap().expect("confirmed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn published_keys_are_fetched_again_once_they_are_old() {
+    let (client, handle) = client();
+    let reviewer = TokenReviewer::new(client, "redis-xds");
+    let key = SigningKey::generate();
+    let mut handle = pin!(handle);
+    let discovery = json!({"issuer": ISSUER, "jwks_uri": format!("{ISSUER}/openid/v1/jwks")});
+    for round in 0..2 {
+        let token = key.token(
+            "k1",
+            &format!("system:serviceaccount:shop:app-{round}"),
+            "redis-xds",
+        );
+        let admitting = tokio::spawn({
+            let (reviewer, token) = (reviewer.clone(), token.clone());
+            async move { reviewer.admit(&token).await }
+        });
+        // Fetched the first time, and again once KEYS_MAX_AGE has passed: a key the cluster
+        // stopped publishing stops admitting tokens.
+        expect_get(
+            &mut handle,
+            "/.well-known/openid-configuration",
+            discovery.clone(),
+        )
+        .await;
+        expect_get(&mut handle, "/openid/v1/jwks", key.jwks("k1")).await;
+        let admitted = admitting.await.unwrap().expect("vouched for");
+        let confirming = tokio::spawn(admitted.confirmation.expect("the review follows"));
+        expect_review(
+            &mut handle,
+            &token,
+            review_answer(
+                true,
+                &format!("system:serviceaccount:shop:app-{round}"),
+                &["redis-xds"],
+                None,
+            ),
+        )
+        .await;
+        confirming.await.unwrap().expect("confirmed");
+        tokio::time::advance(redis_xds::k8s::token_review::KEYS_MAX_AGE + Duration::from_secs(1))
+            .await;
+    }
+}
