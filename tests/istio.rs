@@ -642,15 +642,9 @@ fn has_redis_proxy(admin: &str, listener: &str) -> Option<()> {
         .map(drop)
 }
 
-#[test]
-fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
-    if !in_private_network(
-        "serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them",
-    ) {
-        return;
-    }
-    let m = mesh();
-    let serve = common::apiserver::start_serve_kube(
+/// `serve --istio=write` against the mesh's API server.
+fn serve_writing(m: &Mesh) -> common::Serve {
+    common::apiserver::start_serve_kube(
         &m.api,
         &[
             "--istio",
@@ -661,7 +655,18 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
             "20ms",
         ],
         "info",
-    );
+    )
+}
+
+#[test]
+fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
+    if !in_private_network(
+        "serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them",
+    ) {
+        return;
+    }
+    let m = mesh();
+    let serve = serve_writing(&m);
     let written = wait_until("serve writes the EnvoyFilter", || {
         written_filters(&m.api).filter(|w| !w.is_empty())
     });
@@ -721,18 +726,7 @@ fn serve_writes_the_filters_follows_edits_and_cluster_ips_and_removes_them() {
         "the restarted istiod dropped the filter"
     );
     traffic(&m, &second_ip);
-    let _serve = common::apiserver::start_serve_kube(
-        &m.api,
-        &[
-            "--istio",
-            "write",
-            "--xds-auth",
-            "none",
-            "--debounce-quiet",
-            "20ms",
-        ],
-        "info",
-    );
+    let _serve = serve_writing(&m);
 
     // The RedisCluster deleted: the filter goes, and the Service is plain tcp_proxy again.
     delete_orders_and_see_tcp_proxy(&m, &admin, &second);

@@ -25,16 +25,20 @@ pub const EXPIRATION_SECONDS: i64 = 3600;
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// The wait now, doubling the next one up to [`RETRY_MAX`].
-fn backoff(retry: &mut Duration) -> Duration {
-    let now = *retry;
-    *retry = (now * 2).min(RETRY_MAX);
-    now
+/// The waits between failed requests (backon: 1 s doubling to 60 s, with jitter, without end).
+fn retries() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Keeps `tokens` holding a fresh token of `namespace/name` until `shutdown`: asked again
-/// when four fifths of its life have passed, and after a failure with a backoff of 1 s
-/// doubling to 60 s (the previous token stays in use while it lasts).
+/// when four fifths of its life have passed, and after a failure with [`retries`] (the
+/// previous token stays in use while it lasts).
 pub async fn run(
     client: kube::Client,
     namespace: String,
@@ -51,7 +55,7 @@ pub async fn run(
         },
         ..Default::default()
     };
-    let mut retry = RETRY_FIRST;
+    let mut retry = retries();
     loop {
         let wait = match api
             .create_token_request(&name, &PostParams::default(), &request)
@@ -60,7 +64,7 @@ pub async fn run(
             Ok(answer) => match answer.status {
                 Some(status) => {
                     tokens.send_replace(Some(status.token));
-                    retry = RETRY_FIRST;
+                    retry = retries();
                     let left = status
                         .expiration_timestamp
                         .0
@@ -74,12 +78,12 @@ pub async fn run(
                 }
                 None => {
                     tracing::warn!(service_account = %format!("{namespace}/{name}"), "TokenRequest answered without a token; asking again");
-                    backoff(&mut retry)
+                    retry.next().unwrap_or(RETRY_MAX)
                 }
             },
             Err(e) => {
                 tracing::warn!(service_account = %format!("{namespace}/{name}"), error = %e, "cannot get a token for istiod's debug endpoints (TokenRequest); IstioProgrammed stays Unknown until one comes. deploy/istio creates the ServiceAccount and lets redis-xds request its tokens");
-                backoff(&mut retry)
+                retry.next().unwrap_or(RETRY_MAX)
             }
         };
         tokio::select! {

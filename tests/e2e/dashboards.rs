@@ -63,28 +63,31 @@ impl Prometheus {
         p
     }
 
-    /// The value of an instant query that returns one series.
-    fn query_value(&self, expr: &str) -> Result<f64, String> {
+    /// The `data.result` of an instant query.
+    fn result(&self, expr: &str) -> Result<Value, String> {
         let q = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
         let body = http_get(&self.addr, &format!("/api/v1/query?query={q}"))
             .ok_or_else(|| "no answer".to_string())?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        v["data"]["result"][0]["value"][1]
+        let mut v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(body);
+        }
+        Ok(v["data"]["result"].take())
+    }
+
+    /// The value of an instant query that returns one series.
+    fn query_value(&self, expr: &str) -> Result<f64, String> {
+        let result = self.result(expr)?;
+        result[0]["value"][1]
             .as_str()
             .and_then(|s| s.parse().ok())
-            .ok_or(body)
+            .ok_or_else(|| format!("no single value: {result}"))
     }
 
     /// The series an instant query returns, as their label sets.
     fn query(&self, expr: &str) -> Result<Vec<serde_json::Map<String, Value>>, String> {
-        let q = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
-        let body = http_get(&self.addr, &format!("/api/v1/query?query={q}"))
-            .ok_or_else(|| "no answer".to_string())?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if v["status"] != "success" {
-            return Err(body);
-        }
-        Ok(v["data"]["result"]
+        Ok(self
+            .result(expr)?
             .as_array()
             .into_iter()
             .flatten()

@@ -13,9 +13,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use redis_xds::k8s::calls::{API_CALLS, ISTIO_API_CALLS, PATH_CALLS};
+use redis_xds::k8s::calls::{API_CALLS, ApiCall, ISTIO_API_CALLS, PATH_CALLS};
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
@@ -229,6 +229,31 @@ fn kustomizations_list_files_that_exist_and_install_the_crd() {
     }
 }
 
+/// (group, resource, verb) of every resource a rule grants; no wildcards.
+fn resource_grants(r: &PolicyRule) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for g in r.api_groups.clone().unwrap_or_default() {
+        for res in r.resources.clone().unwrap_or_default() {
+            for v in &r.verbs {
+                assert!(g != "*" && res != "*" && v != "*", "no wildcards in RBAC");
+                out.insert((g.clone(), res.clone(), v.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// (group, resource, verb) of every call listed.
+fn calls(list: &[ApiCall]) -> BTreeSet<(String, String, String)> {
+    list.iter()
+        .flat_map(|c| {
+            c.verbs
+                .iter()
+                .map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 #[test]
 fn the_istio_overlay_grants_exactly_the_calls_of_istio_mode_for_its_one_service_account() {
     let docs = documents(&common::root().join("deploy/istio/istiod-debug-rbac.yaml"));
@@ -245,24 +270,10 @@ fn the_istio_overlay_grants_exactly_the_calls_of_istio_mode_for_its_one_service_
                 Some(&["redis-xds-istiod-debug".to_string()][..]),
                 "the token of that one ServiceAccount only"
             );
-            for g in r.api_groups.unwrap_or_default() {
-                for res in r.resources.clone().unwrap_or_default() {
-                    for v in &r.verbs {
-                        granted.insert((g.clone(), res.clone(), v.clone()));
-                    }
-                }
-            }
+            granted.extend(resource_grants(&r));
         }
     }
-    let used: BTreeSet<(String, String, String)> = ISTIO_API_CALLS
-        .iter()
-        .flat_map(|c| {
-            c.verbs
-                .iter()
-                .map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string()))
-        })
-        .collect();
-    assert_eq!(granted, used);
+    assert_eq!(granted, calls(ISTIO_API_CALLS));
     // Bound to redis-xds's ServiceAccount, and the Deployment asks for that account's tokens.
     let binding = docs
         .iter()
@@ -306,25 +317,10 @@ fn rbac_grants_exactly_the_api_calls_the_code_makes() {
                     granted_paths.insert((path.clone(), v.clone()));
                 }
             }
-            for g in r.api_groups.unwrap_or_default() {
-                for res in r.resources.clone().unwrap_or_default() {
-                    for v in &r.verbs {
-                        assert!(g != "*" && res != "*" && v != "*", "no wildcards in RBAC");
-                        granted.insert((g.clone(), res.clone(), v.clone()));
-                    }
-                }
-            }
+            granted.extend(resource_grants(&r));
         }
     }
-    let used: BTreeSet<(String, String, String)> = API_CALLS
-        .iter()
-        .flat_map(|c| {
-            c.verbs
-                .iter()
-                .map(|v| (c.group.to_string(), c.resource.to_string(), v.to_string()))
-        })
-        .collect();
-    assert_eq!(granted, used);
+    assert_eq!(granted, calls(API_CALLS));
     let used_paths: BTreeSet<(String, String)> = PATH_CALLS
         .iter()
         .flat_map(|c| c.verbs.iter().map(|v| (c.path.to_string(), v.to_string())))

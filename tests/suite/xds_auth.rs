@@ -552,6 +552,15 @@ impl SigningKey {
     }
 }
 
+/// `reviewer.admit(token)` on a task of its own, so that the test can answer its requests.
+fn spawn_admit(
+    reviewer: &TokenReviewer,
+    token: &str,
+) -> tokio::task::JoinHandle<Result<Authenticated, redis_xds::k8s::token_review::ReviewError>> {
+    let (reviewer, token) = (reviewer.clone(), token.to_owned());
+    tokio::spawn(async move { reviewer.admit(&token).await })
+}
+
 /// Expects `GET path` and answers `body`.
 async fn expect_get(
     handle: &mut std::pin::Pin<&mut tower_test::mock::Handle<Request<Body>, Response<Body>>>,
@@ -578,10 +587,7 @@ async fn a_token_the_published_keys_vouch_for_starts_at_once_and_its_review_can_
 
     // The first token fetches the keys (issuer, then key set), and nothing else is
     // needed before the stream may start: no TokenReview has been answered yet.
-    let admitting = tokio::spawn({
-        let (reviewer, token) = (reviewer.clone(), token.clone());
-        async move { reviewer.admit(&token).await }
-    });
+    let admitting = spawn_admit(&reviewer, &token);
     expect_get(
         &mut handle,
         "/.well-known/openid-configuration",
@@ -636,10 +642,7 @@ async fn a_token_the_published_keys_vouch_for_starts_at_once_and_its_review_can_
         SigningKey::generate().token("k1", "system:serviceaccount:shop:checkout", "redis-xds");
     let unknown = key.token("k2", "system:serviceaccount:shop:checkout", "redis-xds");
     for token in [forged, unknown] {
-        let admitting = tokio::spawn({
-            let (reviewer, token) = (reviewer.clone(), token.clone());
-            async move { reviewer.admit(&token).await }
-        });
+        let admitting = spawn_admit(&reviewer, &token);
         expect_review(
             &mut handle,
             &token,
@@ -686,10 +689,7 @@ async fn published_keys_are_fetched_again_once_they_are_old() {
             &format!("system:serviceaccount:shop:app-{round}"),
             "redis-xds",
         );
-        let admitting = tokio::spawn({
-            let (reviewer, token) = (reviewer.clone(), token.clone());
-            async move { reviewer.admit(&token).await }
-        });
+        let admitting = spawn_admit(&reviewer, &token);
         // Fetched the first time, and again once KEYS_MAX_AGE has passed: a key the cluster
         // stopped publishing stops admitting tokens.
         expect_get(
