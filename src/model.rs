@@ -108,6 +108,24 @@ pub struct Pod {
     pub ip: Option<String>,
     /// The `Ready` condition is True.
     pub ready: bool,
+    /// `spec.serviceAccountName`, kept only for Pods in an Istio mesh (label
+    /// [`ISTIO_TLS_MODE_LABEL`] `istio`): their workload identity, which Istio mode's mutual
+    /// TLS verifies (`spiffe://<trust domain>/ns/<namespace>/sa/<name>`).
+    pub service_account: Option<String>,
+}
+
+/// The label istio's sidecar injector puts on every Pod it gives an istio-proxy
+/// (`security.istio.io/tlsMode: istio`); istiod's own EDS turns it into the endpoint
+/// metadata that selects mutual TLS (auto mTLS).
+pub const ISTIO_TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+impl Pod {
+    /// Whether an istio-proxy sidecar guards this Pod ([`ISTIO_TLS_MODE_LABEL`] is `istio`).
+    pub fn in_istio_mesh(&self) -> bool {
+        self.labels
+            .get(ISTIO_TLS_MODE_LABEL)
+            .is_some_and(|v| v == "istio")
+    }
 }
 
 /// One EndpointSlice, reduced to its ready addresses.

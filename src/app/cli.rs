@@ -172,6 +172,10 @@ struct IstioArgs {
     /// any namespace go.
     #[arg(long, default_value = "istio-system")]
     istio_root_namespace: String,
+    /// The mesh's trust domain (meshConfig.trustDomain): Redis Pods with an istio-proxy
+    /// must prove spiffe://<trust domain>/ns/<namespace>/sa/<ServiceAccount>.
+    #[arg(long, default_value = "cluster.local")]
+    istio_trust_domain: String,
 }
 
 /// `serve`: Kubernetes.
@@ -393,6 +397,10 @@ struct RenderArgs {
     /// any namespace go.
     #[arg(long, default_value = "istio-system", requires = "istio")]
     istio_root_namespace: String,
+    /// The mesh's trust domain (meshConfig.trustDomain): Redis Pods with an istio-proxy
+    /// must prove spiffe://<trust domain>/ns/<namespace>/sa/<ServiceAccount>.
+    #[arg(long, default_value = "cluster.local", requires = "istio")]
+    istio_trust_domain: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -463,6 +471,7 @@ fn render_istio(
         &crate::istio::IstioOptions {
             root_namespace: args.istio_root_namespace.clone(),
             inline_secrets: false,
+            trust_domain: args.istio_trust_domain.clone(),
         },
     );
     let mut stdout = std::io::stdout().lock();
@@ -677,6 +686,7 @@ fn serve_options(args: ServeArgs) -> anyhow::Result<crate::app::serve::ServeOpti
             options: crate::istio::IstioOptions {
                 root_namespace: istio.istio_root_namespace.clone(),
                 inline_secrets: d == IstioDeliveryArg::Xds,
+                trust_domain: istio.istio_trust_domain.clone(),
             },
             istiod_debug: istio.istiod_debug_addr.clone(),
             istiod_token_file: istio.istiod_token_file.clone(),

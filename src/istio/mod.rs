@@ -22,6 +22,7 @@
 //! secrets reach the sidecar only as files (`auth.delivery: File`).
 
 pub mod config_source;
+pub mod mtls;
 pub mod programmed;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +52,10 @@ pub struct IstioOptions {
     /// sidecar, as over redis-xds's own xDS; written objects (and `render` output) land
     /// in etcd or in Git.
     pub inline_secrets: bool,
+    /// The mesh's trust domain (`meshConfig.trustDomain`, default `cluster.local`): the
+    /// Redis Pods' certificates carry `spiffe://<trust domain>/ns/<namespace>/sa/<name>`
+    /// ([`mtls`]).
+    pub trust_domain: String,
 }
 
 impl Default for IstioOptions {
@@ -58,6 +63,7 @@ impl Default for IstioOptions {
         IstioOptions {
             root_namespace: "istio-system".into(),
             inline_secrets: false,
+            trust_domain: "cluster.local".into(),
         }
     }
 }
@@ -95,20 +101,28 @@ fn has_inline_secret(value: &Value) -> bool {
     redacted != *value
 }
 
-/// The cluster as istiod must add it: endpoints inline rather than from EDS.
-fn cluster_json(c: &crate::compile::CompiledCluster) -> Result<Value, protojson::Error> {
-    let cluster = crate::render::with_inline_endpoints(c);
-    let mut value = protojson::to_json(&cluster)?;
-    if let Some(map) = value.as_object_mut() {
-        map.remove("@type");
-    }
-    Ok(value)
+/// The cluster as istiod must add it: endpoints inline rather than from EDS, and Istio's
+/// mutual TLS towards the servers in the mesh ([`mtls::apply`]).
+fn cluster_json(
+    c: &crate::compile::CompiledCluster,
+    mesh: &mtls::MeshPods<'_>,
+    opts: &IstioOptions,
+) -> Result<Result<Value, protojson::Error>, mtls::Unreachable> {
+    let mut cluster = crate::render::with_inline_endpoints(c);
+    mtls::apply(&mut cluster, mesh, &opts.trust_domain)?;
+    Ok(protojson::to_json(&cluster).map(|mut value| {
+        if let Some(map) = value.as_object_mut() {
+            map.remove("@type");
+        }
+        value
+    }))
 }
 
 /// The EnvoyFilters for every accepted listener of `compiled` whose RedisCluster reads its
 /// endpoints from a Service, and a problem for each that cannot be expressed as one.
 pub fn envoy_filters(model: &Model, compiled: &Compiled, opts: &IstioOptions) -> Generated {
     let mut out = Generated::default();
+    let mesh = mtls::MeshPods::new(model);
     // (namespace, workload labels) -> patches
     let mut groups: BTreeMap<(String, BTreeMap<String, String>), Vec<Patch>> = BTreeMap::new();
     for listener in compiled.listeners.values() {
@@ -196,9 +210,24 @@ pub fn envoy_filters(model: &Model, compiled: &Compiled, opts: &IstioOptions) ->
             let Some(c) = compiled.clusters.get(name) else {
                 continue;
             };
-            match cluster_json(c) {
-                Ok(v) => clusters.push((name.clone(), v)),
-                Err(e) => {
+            match cluster_json(c, &mesh, opts) {
+                Ok(Ok(v)) => clusters.push((name.clone(), v)),
+                Err(unreachable) => {
+                    out.problems.push(problem(
+                        &c.owner,
+                        unreachable.field,
+                        unreachable.message.clone(),
+                    ));
+                    if c.owner != *owner {
+                        out.problems.push(problem(
+                            owner,
+                            "spec.listener",
+                            format!("sends commands to RedisCluster {}, which cannot reach its servers in the mesh ({}: {})", c.owner, unreachable.field, unreachable.message),
+                        ));
+                    }
+                    failed = true;
+                }
+                Ok(Err(e)) => {
                     out.problems.push(problem(
                         owner,
                         "spec",
@@ -253,6 +282,9 @@ pub fn envoy_filters(model: &Model, compiled: &Compiled, opts: &IstioOptions) ->
         out.filters
             .push(filter_object(&namespace, &labels, &patches));
     }
+    // A cluster several listeners use is reported once.
+    out.problems.sort();
+    out.problems.dedup();
     out
 }
 
@@ -382,6 +414,165 @@ mod tests {
             f["metadata"]["annotations"][SOURCES_ANNOTATION],
             "shop/orders"
         );
+    }
+
+    /// A Pod `name` at `ip` labelled `app: <app>`; with an istio-proxy when `sa` is given.
+    fn pod(name: &str, app: &str, ip: &str, sa: Option<&str>) -> String {
+        let (mesh, spec) = match sa {
+            Some(sa) => (
+                ", security.istio.io/tlsMode: istio".to_owned(),
+                format!("spec: {{serviceAccountName: {sa}, containers: []}}\n"),
+            ),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: {app}{mesh}}}}}\n{spec}status: {{podIP: {ip}, conditions: [{{type: Ready, status: \"True\"}}]}}\n"
+        )
+    }
+
+    fn added_cluster<'f>(filters: &'f [Value], name: &str) -> &'f Value {
+        filters
+            .iter()
+            .flat_map(|f| f["spec"]["configPatches"].as_array().unwrap())
+            .map(|p| &p["patch"]["value"])
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name} in {filters:?}"))
+    }
+
+    #[test]
+    fn should_give_servers_in_the_mesh_istio_mutual_tls_as_istiod_does() {
+        let yaml = format!(
+            "{SERVICE}{}{}{}{}{}{}",
+            pod("orders-0", "orders", "10.244.0.10", Some("orders-redis")),
+            pod("orders-1", "orders", "10.244.0.11", Some("orders-redis")),
+            pod("cache-0", "cache", "10.244.0.20", Some("cache")),
+            pod("cache-1", "cache", "10.244.0.21", None),
+            rc(
+                "orders",
+                "  endpoints: {selector: {matchLabels: {app: orders}}}\n  listener:\n    port: 6379\n    routes: [{prefix: \"c:\", cluster: cache}, {prefix: \"p:\", cluster: plain}]\n"
+            )
+            .replace("{selector: {matchLabels: {app: orders}}}", "{service: orders-redis}"),
+            rc(
+                "cache",
+                "  mode: Sharded\n  endpoints: {selector: {matchLabels: {app: cache}}}\n"
+            ) + &rc("plain", "  endpoints: {static: [\"10.0.0.9:6379\"]}\n"),
+        );
+        // orders reads its seeds from the Service's EndpointSlice: both Pods.
+        let slice = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: orders-redis-a, namespace: shop, labels: {kubernetes.io/service-name: orders-redis}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.0.10], conditions: {ready: true}, targetRef: {kind: Pod, name: orders-0}}, {addresses: [10.244.0.11], conditions: {ready: true}, targetRef: {kind: Pod, name: orders-1}}]\n";
+        let (model, compiled) = load(&format!("{yaml}{slice}"));
+        let out = envoy_filters(&model, &compiled, &IstioOptions::default());
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+
+        // Mode Cluster, every seed in the mesh: the cluster's own transport socket.
+        let orders = added_cluster(&out.filters, "redis/shop/orders");
+        let socket = &orders["transportSocket"];
+        assert_eq!(socket["name"], "envoy.transport_sockets.tls");
+        let common = &socket["typedConfig"]["commonTlsContext"];
+        assert_eq!(common["alpnProtocols"], json!(["istio"]));
+        let cert = &common["tlsCertificateSdsSecretConfigs"][0];
+        assert_eq!(cert["name"], "default");
+        assert_eq!(
+            cert["sdsConfig"]["apiConfigSource"]["grpcServices"][0]["envoyGrpc"]["clusterName"],
+            "sds-grpc"
+        );
+        let combined = &common["combinedValidationContext"];
+        assert_eq!(
+            combined["validationContextSdsSecretConfig"]["name"],
+            "ROOTCA"
+        );
+        assert_eq!(
+            combined["defaultValidationContext"]["matchTypedSubjectAltNames"],
+            json!([{"sanType": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/shop/sa/orders-redis"}}])
+        );
+        assert!(orders.get("transportSocketMatches").is_none());
+
+        // Mode Sharded, one server in and one outside the mesh: decided per endpoint.
+        let cache = added_cluster(&out.filters, "redis/shop/cache");
+        assert!(cache.get("transportSocket").is_none(), "{cache}");
+        let matches = cache["transportSocketMatches"].as_array().unwrap();
+        assert_eq!(matches[0]["name"], "tlsMode-istio");
+        assert_eq!(matches[0]["match"], json!({"tlsMode": "istio"}));
+        assert_eq!(
+            matches[0]["transportSocket"]["typedConfig"]["commonTlsContext"]["combinedValidationContext"]
+                ["defaultValidationContext"]["matchTypedSubjectAltNames"][0]["matcher"]["exact"],
+            "spiffe://cluster.local/ns/shop/sa/cache"
+        );
+        assert_eq!(
+            matches[1]["transportSocket"]["name"],
+            "envoy.transport_sockets.raw_buffer"
+        );
+        let tagged: BTreeMap<String, Value> =
+            cache["loadAssignment"]["endpoints"][0]["lbEndpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|ep| {
+                    (
+                        ep["endpoint"]["address"]["socketAddress"]["address"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                        ep["metadata"]["filterMetadata"]["envoy.transport_socket_match"].clone(),
+                    )
+                })
+                .collect();
+        assert_eq!(tagged["10.244.0.20"], json!({"tlsMode": "istio"}));
+        assert_eq!(tagged["10.244.0.21"], Value::Null);
+
+        // Outside the mesh: plain text, as before.
+        let plain = added_cluster(&out.filters, "redis/shop/plain");
+        assert!(plain.get("transportSocket").is_none(), "{plain}");
+        assert!(plain.get("transportSocketMatches").is_none(), "{plain}");
+
+        // Another trust domain names other identities.
+        let opts = IstioOptions {
+            trust_domain: "prod.example".into(),
+            ..IstioOptions::default()
+        };
+        let out = envoy_filters(&model, &compiled, &opts);
+        assert!(
+            out.filters[0]
+                .to_string()
+                .contains("spiffe://prod.example/ns/shop/sa/orders-redis")
+        );
+    }
+
+    #[test]
+    fn should_report_servers_in_the_mesh_that_the_cluster_cannot_reach() {
+        let yaml = format!(
+            "{SERVICE}{}{}{}{}{}{}",
+            pod("mixed-0", "mixed", "10.244.0.30", Some("redis")),
+            pod("mixed-1", "mixed", "10.244.0.31", None),
+            pod("tls-0", "tls", "10.244.0.40", Some("redis")),
+            rc(
+                "orders",
+                "  endpoints: {service: orders-redis}\n  listener:\n    port: 6379\n    routes: [{prefix: \"m:\", cluster: mixed}, {prefix: \"t:\", cluster: tls}]\n"
+            ),
+            rc(
+                "mixed",
+                "  endpoints: {selector: {matchLabels: {app: mixed}}}\n"
+            ),
+            rc(
+                "tls",
+                "  endpoints: {selector: {matchLabels: {app: tls}}}\n  tls: {}\n"
+            ),
+        );
+        let (model, compiled) = load(&yaml);
+        let out = envoy_filters(&model, &compiled, &IstioOptions::default());
+        let problems: Vec<String> = out.problems.iter().map(ToString::to_string).collect();
+        let find = |prefix: &str| {
+            problems
+                .iter()
+                .find(|p| p.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no problem {prefix:?} in {problems:#?}"))
+        };
+        assert!(find("shop/mixed: spec.endpoints: 1 of 2 seeds").contains("mixed-0"));
+        assert!(
+            find("shop/orders: spec.listener: sends commands to RedisCluster shop/mixed")
+                .contains("one transport")
+        );
+        assert!(find("shop/tls: spec.tls:").contains("excludeInboundPorts"));
+        assert!(out.filters.is_empty(), "{:?}", out.filters);
     }
 
     #[test]

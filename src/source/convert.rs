@@ -46,14 +46,26 @@ pub fn pod(p: &corev1::Pod, labels: Arc<crate::api::Labels>) -> model::Pod {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    model::Pod {
+    let mut pod = model::Pod {
         key: key(&p.metadata),
         labels,
         ip: status
             .and_then(|s| s.pod_ip.clone())
             .filter(|ip| !ip.is_empty()),
         ready,
+        service_account: None,
+    };
+    if pod.in_istio_mesh() {
+        // Kubernetes' own default when the field is left out.
+        pod.service_account = Some(
+            p.spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".to_owned()),
+        );
     }
+    pod
 }
 
 /// An EndpointSlice, or `None` when it belongs to no Service.

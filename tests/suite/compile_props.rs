@@ -724,6 +724,7 @@ fn pod(ns: &str, name: &str, ready: bool) -> Pod {
         ),
         ip: Some(format!("10.0.0.{}", name.len())),
         ready,
+        service_account: None,
     }
 }
 

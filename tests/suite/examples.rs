@@ -252,7 +252,25 @@ fn the_istio_example_renders_envoy_filters_matching_their_golden_file() {
             other => panic!("unexpected applyTo {other}"),
         }
     }
+    // istio-proxy's bootstrap holds the cluster through which pilot-agent serves the
+    // workload certificate (SDS), which Istio's mutual TLS names.
+    assert!(
+        clusters
+            .iter()
+            .any(|c| c.to_string().contains("\"clusterName\":\"sds-grpc\"")),
+        "no cluster speaks Istio mutual TLS: {clusters:?}"
+    );
+    clusters.push(serde_json::json!({
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "typedExtensionProtocolOptions": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicitHttpConfig": {"http2ProtocolOptions": {}}
+        }},
+        "loadAssignment": {"clusterName": "sds-grpc", "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]}
+    }));
     let bootstrap = serde_json::json!({
+        "node": {"id": "sidecar~10.244.0.7~checkout-0.shop~shop.svc.cluster.local", "cluster": "checkout.shop"},
         "staticResources": {"clusters": clusters, "listeners": listeners}
     });
     let tmp = tempfile::tempdir().unwrap();

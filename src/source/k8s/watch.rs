@@ -317,15 +317,24 @@ async fn follow<K, F>(
 }
 
 /// A Pod cut down to what the index reads (name, namespace, labels, IP, the Ready
-/// condition), before it is buffered during a list of thousands.
+/// condition, and the ServiceAccount of Pods in an Istio mesh), before it is buffered during
+/// a list of thousands.
 fn trim_pod(p: Pod) -> Pod {
-    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     let status = p.status.map(|s| PodStatus {
         pod_ip: s.pod_ip,
         conditions: s
             .conditions
             .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+    let in_mesh = p.metadata.labels.as_ref().is_some_and(|l| {
+        l.get(crate::model::ISTIO_TLS_MODE_LABEL)
+            .is_some_and(|v| v == "istio")
+    });
+    let spec = p.spec.filter(|_| in_mesh).map(|s| PodSpec {
+        service_account_name: s.service_account_name,
         ..Default::default()
     });
     Pod {
@@ -335,7 +344,7 @@ fn trim_pod(p: Pod) -> Pod {
             labels: p.metadata.labels,
             ..Default::default()
         },
-        spec: None,
+        spec,
         status,
     }
 }
