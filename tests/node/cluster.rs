@@ -158,6 +158,12 @@ impl Node {
         });
     }
 
+    /// `kubectl rollout status` of `what` (`deployment/NAME`) in `namespace`, for at most
+    /// three minutes.
+    pub fn rollout_status(&self, namespace: &str, what: &str) {
+        self.kubectl(&["-n", namespace, "rollout", "status", what, "--timeout=180s"]);
+    }
+
     /// `kubectl wait` with a timeout in seconds.
     pub fn wait(&self, args: &[&str], secs: u64) {
         let timeout = format!("--timeout={secs}s");
@@ -200,6 +206,16 @@ impl Node {
             &["get", "redisclusters", "-A"],
             &["get", "events", "-A", "--sort-by=.lastTimestamp"],
             &["-n", "redis-xds", "logs", "deploy/redis-xds", "--tail=40"],
+            &["-n", "istio-system", "logs", "deploy/istiod", "--tail=40"],
+            &[
+                "-n",
+                "shop-mesh",
+                "logs",
+                "deploy/checkout",
+                "-c",
+                "istio-proxy",
+                "--tail=40",
+            ],
         ] {
             match self.try_kubectl(args) {
                 Ok(out) => println!("$ kubectl {}\n{out}", args.join(" ")),

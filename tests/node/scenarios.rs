@@ -216,19 +216,23 @@ fn syncz(node: &Node, token: &str) -> BTreeMap<String, (String, BTreeMap<String,
     out
 }
 
+/// `count` static volumes named `<prefix>-<i>` for a Redis StatefulSet's claims (this node
+/// has no provisioner). Their data lives in the node's state directory, removed with it.
+pub fn static_volumes(node: &Node, prefix: &str, count: usize) {
+    let dir = node.state().join("pv");
+    for i in 0..count {
+        node.apply(&format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {prefix}-{i}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  hostPath: {{path: {}/{prefix}-{i}, type: DirectoryOrCreate}}\n",
+            dir.display()
+        ));
+    }
+}
+
 /// `kubectl apply -k deploy/examples/`: every checkout pod gets its sidecar, SYNCED; the
 /// app's commands land on the primaries by slot, reads on replicas (readPolicy Replica),
 /// `session:` keys on the Sharded servers, and a tenth of the writes on the mirror.
 pub fn examples(node: &Node) {
-    // Static volumes for the Redis StatefulSet's claims (this node has no provisioner).
-    // Their data lives in the node's state directory, removed with it.
-    let pv = node.state().join("pv");
-    for i in 0..6 {
-        node.apply(&format!(
-            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: kn-pv-{i}}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  hostPath: {{path: {}/{i}, type: DirectoryOrCreate}}\n",
-            pv.display()
-        ));
-    }
+    static_volumes(node, "kn-pv", 6);
     node.kubectl(&["apply", "-k", &format!("{}/deploy/examples", root())]);
     node.wait(
         &[
@@ -410,6 +414,16 @@ pub fn examples(node: &Node) {
 /// fault's start until the traffic is steady again: once `fault` returned (the system it
 /// disturbed is whole again), 20 commands in a row succeeded, all sent after that.
 fn under_traffic(node: &Node, name: &str, fault: impl FnOnce() -> Option<f64>) -> Window {
+    under_traffic_in(node, "shop", name, fault)
+}
+
+/// [`under_traffic`] for the traffic pod of `namespace`.
+pub fn under_traffic_in(
+    node: &Node,
+    namespace: &str,
+    name: &str,
+    fault: impl FnOnce() -> Option<f64>,
+) -> Window {
     let from = Timestamp::now();
     let t = Instant::now();
     let converged = fault();
@@ -418,7 +432,7 @@ fn under_traffic(node: &Node, name: &str, fault: impl FnOnce() -> Option<f64>) -
         &format!("{name}: 20 commands in a row succeeding after the fault"),
         2 * MINUTE,
         || {
-            let s = traffic::samples(node);
+            let s = traffic::samples_in(node, namespace);
             let last: Vec<_> = s.iter().rev().take(20).collect();
             (last.len() == 20 && last.iter().all(|x| x.ok && x.at > recovered)).then_some(s)
         },
@@ -458,12 +472,12 @@ fn steady(node: &Node) {
     });
 }
 
-fn redis_xds_ready(node: &Node) -> Option<()> {
+pub fn redis_xds_ready(node: &Node) -> Option<()> {
     let pods = node.pods("redis-xds", "app.kubernetes.io/name=redis-xds");
     (pods.len() == 2 && pods.iter().all(|p| p.2)).then_some(())
 }
 
-fn ready_condition(node: &Node) -> String {
+pub fn ready_condition(node: &Node) -> String {
     node.kubectl(&[
         "get",
         "node",
@@ -519,14 +533,7 @@ pub fn faults(node: &Node) {
             "restart",
             "deployment/redis-xds",
         ]);
-        node.kubectl(&[
-            "-n",
-            "redis-xds",
-            "rollout",
-            "status",
-            "deployment/redis-xds",
-            "--timeout=180s",
-        ]);
+        node.rollout_status("redis-xds", "deployment/redis-xds");
         steady(node);
         let after = node.pods("redis-xds", "app.kubernetes.io/name=redis-xds");
         assert!(

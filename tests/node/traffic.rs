@@ -1,7 +1,8 @@
-//! Steady traffic through a sidecar: a pod that SETs and GETs through 127.0.0.1:6379 about
-//! seven times a second, one redis-cli (one new connection to Envoy) per command, and
-//! prints every result. Its log, with the container runtime's timestamps, is the record of
-//! what a client saw during a fault.
+//! Steady traffic through a sidecar: a pod that SETs and GETs about seven times a second,
+//! one redis-cli (one new connection to Envoy) per command, and prints every result. Its
+//! log, with the container runtime's timestamps, is the record of what a client saw during
+//! a fault. With redis-xds's own sidecar it talks to 127.0.0.1:6379; in an Istio mesh, to
+//! the Service's name, whose outbound listener istio-proxy holds.
 
 use std::time::Duration;
 
@@ -50,9 +51,28 @@ pub struct Sample {
     pub ok: bool,
 }
 
+/// The traffic pod for `namespace`, sending to `host` (its sidecar's listener).
+pub fn pod(namespace: &str, host: &str) -> String {
+    POD.replace("namespace: shop", &format!("namespace: {namespace}"))
+        .replace("-h 127.0.0.1", &format!("-h {host}"))
+}
+
 /// Every result the traffic pod logged so far.
 pub fn samples(node: &Node) -> Vec<Sample> {
-    let log = node.kubectl(&["-n", "shop", "logs", "traffic", "-c", "app", "--timestamps"]);
+    samples_in(node, "shop")
+}
+
+/// Every result the traffic pod of `namespace` logged so far.
+pub fn samples_in(node: &Node, namespace: &str) -> Vec<Sample> {
+    let log = node.kubectl(&[
+        "-n",
+        namespace,
+        "logs",
+        "traffic",
+        "-c",
+        "app",
+        "--timestamps",
+    ]);
     log.lines()
         .filter_map(|l| {
             let (ts, rest) = l.split_once(' ')?;

@@ -212,6 +212,7 @@ fn the_values_schema_refuses_bad_values_by_name() {
             "istio.istiodDebugAddr=https://istiod:15014",
             "istiodDebugAddr",
         ),
+        ("istio.trustDomain=a/b", "trustDomain"),
     ] {
         let refused = render(&[set]).expect_err(set);
         assert!(
@@ -243,5 +244,31 @@ fn the_values_schema_refuses_bad_values_by_name() {
         args.contains(&"--xds-auth=mtls")
             && args.contains(&"--xds-tls-client-ca=/etc/redis-xds/client-ca/ca.crt"),
         "{args:?}"
+    );
+    // Another trust domain reaches serve; the default adds no argument (deploy/istio).
+    let args = |sets: &[&str]| -> Vec<String> {
+        let docs = render(sets).unwrap();
+        let deployment = docs
+            .iter()
+            .find(|d| d["kind"].as_str() == Some("Deployment"))
+            .unwrap();
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    let custom = args(&["istio.enabled=true", "istio.trustDomain=prod.example"]);
+    assert!(
+        custom.contains(&"--istio-trust-domain=prod.example".to_owned()),
+        "{custom:?}"
+    );
+    let default = args(&["istio.enabled=true"]);
+    assert!(
+        !default
+            .iter()
+            .any(|a| a.starts_with("--istio-trust-domain")),
+        "{default:?}"
     );
 }

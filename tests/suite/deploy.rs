@@ -20,10 +20,11 @@ use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 /// The kustomization directories.
-const KUSTOMIZATIONS: [&str; 5] = [
+const KUSTOMIZATIONS: [&str; 6] = [
     "deploy",
     "deploy/base",
     "deploy/examples",
+    "deploy/examples-istio",
     "deploy/cert-manager",
     "deploy/istio",
 ];
