@@ -393,6 +393,7 @@ pub fn workload(node: &Node) {
             assert_eq!(proxy["restartPolicy"], "Always", "{name}: a native sidecar");
         }
     }
+    whole_cluster(node);
     reads_on_every_shard(node);
     commands_land_where_they_should(node, "permissive");
 
