@@ -480,7 +480,8 @@ pub fn strict(node: &Node) {
 }
 
 /// The write delivery: redis-xds writes EnvoyFilters, istiod reads only the API server, and
-/// so istiod starts and serves while redis-xds is down.
+/// so istiod starts and serves while redis-xds is down. Under STRICT (left on by the
+/// scenarios before), then PERMISSIVE.
 pub fn write_delivery(node: &Node) {
     upgrade_redis_xds(node, "istio.delivery=write");
     wait_until("redis-xds's EnvoyFilter in shop-mesh", MINUTE, || {
@@ -536,6 +537,22 @@ pub fn write_delivery(node: &Node) {
         "--replicas=2",
     ]);
     redis_xds_rolled_out(node);
+
+    // And under the mesh's default PERMISSIVE mode again: still mutual TLS to the servers
+    // in the mesh (commands_land_where_they_should counts the handshakes).
+    node.kubectl(&[
+        "-n",
+        "istio-system",
+        "delete",
+        "peerauthentication",
+        "default",
+    ]);
+    let redis_ip = node.pods(NS, "app=orders-redis")[0].1.clone();
+    wait_until("plain text accepted again by a Redis pod", MINUTE, || {
+        let pong = node.exec(&["redis-cli", "-h", &redis_ip, "ping"]).ok()?;
+        (pong.trim() == "PONG").then_some(())
+    });
+    commands_land_where_they_should(node, "write-permissive");
 }
 
 /// Faults under steady traffic through istio-proxy, counted as in the faults scenario:

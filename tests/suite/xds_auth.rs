@@ -161,8 +161,8 @@ async fn unknown_and_wrong_audience_tokens_are_refused() {
 async fn an_expired_token_is_refused_without_asking_the_api_server() {
     let (client, _handle) = client();
     let reviewer = TokenReviewer::new(client, "redis-xds");
-    // {"alg":"none"}.{"exp":1000}. : expired in 1970. No responder: a request would hang.
-    let expired = "eyJhbGciOiJub25lIn0.eyJleHAiOjEwMDB9.";
+    // {"alg":"RS256"}.{"exp":1000}.(signature) : expired in 1970. No responder: a request would hang.
+    let expired = "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjEwMDB9.c2ln";
     let err: tonic::Status = tokio::time::timeout(PATIENCE, reviewer.review(expired))
         .await
         .expect("no API call")
