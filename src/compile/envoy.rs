@@ -93,7 +93,6 @@ fn file_source(path: String) -> core::DataSource {
 /// client certificate.
 fn upstream_tls(t: &TlsPlan) -> core::TransportSocket {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
     let trusted_ca = match (&t.ca, &t.ca_file) {
         (Some((secret, ca)), _) => secret_data(t.delivery, secret, "ca.crt", ca),
         (None, Some(path)) => file_source(path.clone()),
@@ -102,14 +101,7 @@ fn upstream_tls(t: &TlsPlan) -> core::TransportSocket {
     let names = t
         .server_name
         .iter()
-        .map(|name| tls::SubjectAltNameMatcher {
-            san_type: tls::subject_alt_name_matcher::SanType::Dns as i32,
-            matcher: Some(matcher::StringMatcher {
-                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(name.clone())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .map(|name| san_exact(tls::subject_alt_name_matcher::SanType::Dns, name))
         .collect();
     let context = tls::UpstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
@@ -136,10 +128,38 @@ fn upstream_tls(t: &TlsPlan) -> core::TransportSocket {
         sni: t.server_name.clone().unwrap_or_default(),
         ..Default::default()
     };
+    tls_transport_socket(&context)
+}
+
+/// A certificate name `name` must carry, of type `san_type` (DNS for a Redis server's own
+/// certificate, URI for a SPIFFE identity), matched exactly
+/// (`CertificateValidationContext.match_typed_subject_alt_names`).
+pub fn san_exact(
+    san_type: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType,
+    name: &str,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SubjectAltNameMatcher {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+    use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
+    tls::SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(matcher::StringMatcher {
+            match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(
+                name.to_owned(),
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The upstream transport socket `envoy.transport_sockets.tls` with `context`.
+pub fn tls_transport_socket(
+    context: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext,
+) -> core::TransportSocket {
     core::TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
         config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(
-            &context,
+            context,
         ))),
     }
 }

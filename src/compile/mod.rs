@@ -40,7 +40,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
-pub use self::envoy::{ads_config_source, any, socket_address};
+pub use self::envoy::{ads_config_source, any, san_exact, socket_address, tls_transport_socket};
 pub use self::names::{cluster_name, listener_name};
 pub use self::plan::ClientMatcher;
 use self::plan::Plan;

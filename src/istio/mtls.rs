@@ -30,7 +30,6 @@ use std::collections::{BTreeSet, HashMap};
 use envoy_types::pb::envoy::config::cluster::v3 as cluster;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
-use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf as pbw;
 
 use crate::model::{Model, Pod};
@@ -79,7 +78,7 @@ pub struct Unreachable {
     pub message: String,
 }
 
-/// The servers of a cluster that are in the mesh, as (address, identity).
+/// How many servers `cluster` has, and those in the mesh as (Pod name, SPIFFE identity).
 fn in_mesh(
     cluster: &cluster::Cluster,
     mesh: &MeshPods<'_>,
@@ -183,18 +182,13 @@ pub fn apply(
         cluster.transport_socket = Some(socket);
         return Ok(());
     }
-    let mesh_ips: BTreeSet<String> = endpoints(cluster)
-        .filter_map(address)
-        .filter(|ip| mesh.get(ip).is_some())
-        .map(str::to_owned)
-        .collect();
     for cla in cluster.load_assignment.iter_mut() {
         for ep in cla
             .endpoints
             .iter_mut()
             .flat_map(|l| l.lb_endpoints.iter_mut())
         {
-            if address(ep).is_some_and(|ip| mesh_ips.contains(ip)) {
+            if address(ep).is_some_and(|ip| mesh.get(ip).is_some()) {
                 ep.metadata
                     .get_or_insert_with(Default::default)
                     .filter_metadata
@@ -283,17 +277,11 @@ pub fn istio_mutual(identities: &BTreeSet<String>) -> core::TransportSocket {
                         default_validation_context: Some(tls::CertificateValidationContext {
                             match_typed_subject_alt_names: identities
                                 .iter()
-                                .map(|id| tls::SubjectAltNameMatcher {
-                                    san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
-                                    matcher: Some(matcher::StringMatcher {
-                                        match_pattern: Some(
-                                            matcher::string_matcher::MatchPattern::Exact(
-                                                id.clone(),
-                                            ),
-                                        ),
-                                        ..Default::default()
-                                    }),
-                                    ..Default::default()
+                                .map(|id| {
+                                    crate::compile::san_exact(
+                                        tls::subject_alt_name_matcher::SanType::Uri,
+                                        id,
+                                    )
                                 })
                                 .collect(),
                             ..Default::default()
@@ -307,10 +295,5 @@ pub fn istio_mutual(identities: &BTreeSet<String>) -> core::TransportSocket {
         }),
         ..Default::default()
     };
-    core::TransportSocket {
-        name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(core::transport_socket::ConfigType::TypedConfig(
-            crate::compile::any(&context),
-        )),
-    }
+    crate::compile::tls_transport_socket(&context)
 }
